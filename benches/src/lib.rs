@@ -1,0 +1,1 @@
+//! Benchmark support: the throughput harness lives in `src/bin/throughput.rs`.

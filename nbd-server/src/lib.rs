@@ -1,0 +1,163 @@
+//! NBD server: a pure protocol codec (`proto`, no I/O) and a tokio server over the [`Export`] trait.
+//! Knows nothing about QCOW2.
+//!
+//! This file is the public contract the hub builds against (the server behind it is being written).
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+
+/// Why an export operation failed; mapped to an NBD errno in exactly one place.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ExportError {
+    #[error("I/O error: {0}")]
+    Io(String),
+    #[error("no space")]
+    NoSpace,
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("not supported")]
+    NotSupported,
+    #[error("read-only export")]
+    ReadOnly,
+    #[error("shutting down")]
+    Shutdown,
+}
+
+/// One run of the export with the same status (for `base:allocation` and `qemu:allocation-depth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub length: u64,
+    /// Not allocated (NBD_STATE_HOLE).
+    pub hole: bool,
+    /// Reads as zeroes (NBD_STATE_ZERO).
+    pub zero: bool,
+    /// Depth in the backing chain supplying the bytes; 0 = unallocated anywhere.
+    pub depth: u32,
+}
+
+/// What an NBD export is. All methods take `&self`: many requests run at once.
+#[async_trait::async_trait]
+pub trait Export: Send + Sync + 'static {
+    /// Size in bytes.
+    fn size(&self) -> u64;
+    fn read_only(&self) -> bool;
+    /// Advertised in NBD_INFO_BLOCK_SIZE as the preferred size.
+    fn preferred_block_size(&self) -> u32 {
+        4096
+    }
+    async fn read(&self, offset: u64, len: u32) -> Result<Bytes, ExportError>;
+    /// `fua`: durable before returning.
+    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), ExportError>;
+    /// `may_trim`: clusters may be deallocated (no NO_HOLE flag). `fast_only`: fail with
+    /// `NotSupported` unless zeroing is cheap (FAST_ZERO).
+    async fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        may_trim: bool,
+        fast_only: bool,
+        fua: bool,
+    ) -> Result<(), ExportError>;
+    async fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<(), ExportError>;
+    async fn flush(&self) -> Result<(), ExportError>;
+    /// Extents covering at least the start of `[offset, offset+len)`, in order, none of length 0.
+    async fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>, ExportError>;
+    async fn cache(&self, _offset: u64, _len: u64) -> Result<(), ExportError> {
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub max_connections: usize,
+    pub max_connections_per_export: usize,
+    pub handshake_timeout: Duration,
+    /// Largest WRITE payload / READ length accepted; advertised as the maximum block size.
+    pub max_payload: u32,
+    /// Bytes of request payloads a connection may hold in flight before it stops reading.
+    pub max_in_flight_bytes_per_connection: usize,
+    /// Whether NBD_OPT_LIST reveals export names.
+    pub list_exports: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            max_connections_per_export: 16,
+            handshake_timeout: Duration::from_secs(10),
+            max_payload: 64 << 20,
+            max_in_flight_bytes_per_connection: 128 << 20,
+            list_exports: false,
+        }
+    }
+}
+
+/// Live figures of one export, polled by the hub for progress.
+#[derive(Debug, Clone, Default)]
+pub struct ExportStats {
+    pub connections: usize,
+    pub total_connections: u64,
+    pub bytes_written: u64,
+    pub bytes_read: u64,
+    pub last_activity: Option<SystemTime>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("export {0:?} already exists")]
+    ExportExists(String),
+    #[error("no export {0:?}")]
+    NoSuchExport(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// One NBD server: a registry of named exports served on any number of listeners.
+#[derive(Clone)]
+pub struct Server {
+    _private: Arc<()>,
+}
+
+impl Server {
+    pub fn new(_config: ServerConfig) -> Self {
+        todo!()
+    }
+    pub fn add_export(&self, _name: &str, _export: Arc<dyn Export>) -> Result<(), ServerError> {
+        todo!()
+    }
+    /// Stop new connections to `name`; let open ones finish for up to `grace`, then close them;
+    /// flush the export if writable. Returns when the export is gone.
+    pub async fn remove_export(&self, _name: &str, _grace: Duration) -> Result<(), ServerError> {
+        todo!()
+    }
+    pub fn export_stats(&self, _name: &str) -> Option<ExportStats> {
+        todo!()
+    }
+    pub fn export_names(&self) -> Vec<String> {
+        todo!()
+    }
+    /// Accept until `shutdown` is cancelled.
+    pub async fn serve_tcp(
+        &self,
+        _listener: tokio::net::TcpListener,
+        _shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<(), ServerError> {
+        todo!()
+    }
+    pub async fn serve_unix(
+        &self,
+        _listener: tokio::net::UnixListener,
+        _shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<(), ServerError> {
+        todo!()
+    }
+    /// After the listeners stopped: finish or fail (ESHUTDOWN) what is in flight, close every
+    /// connection and flush every writable export.
+    pub async fn shutdown(&self, _grace: Duration) {
+        todo!()
+    }
+}
