@@ -49,7 +49,12 @@ pub struct CreateOptions {
 
 impl Default for CreateOptions {
     fn default() -> Self {
-        Self { size: 0, cluster_size: 65536, backing_file: None, backing_format: None }
+        Self {
+            size: 0,
+            cluster_size: 65536,
+            backing_file: None,
+            backing_format: None,
+        }
     }
 }
 
@@ -67,7 +72,12 @@ pub struct OpenOptions {
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        Self { writable: false, open_backing: false, max_chain_depth: 64, l2_cache_bytes: 32 << 20 }
+        Self {
+            writable: false,
+            open_backing: false,
+            max_chain_depth: 64,
+            l2_cache_bytes: 32 << 20,
+        }
     }
 }
 
