@@ -2,7 +2,8 @@
 //! connections, each with a writer thread and a reader thread and up to `in_flight` WRITEs
 //! outstanding, then FLUSH (if offered) and DISC on every connection.
 //!
-//! Connections take the next request-sized chunk from one shared counter, so with several
+//! All framing is `nbd_server::proto` (the same codec the server uses, driven from the client
+//! side). Connections take the next request-sized chunk from one shared counter, so with several
 //! connections neighbouring chunks arrive on different sockets (as they do from nbdcopy).
 
 use std::fs::File;
@@ -15,7 +16,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
-use crate::wire::{self, REQUEST_LEN, SIMPLE_REPLY_LEN};
+use bytes::BytesMut;
+use nbd_server::proto::handshake::{
+    ClientOption, Greeting, Info, InfoRequest, OptionReply, OptionReplyBody,
+};
+use nbd_server::proto::reply::SimpleReply;
+use nbd_server::proto::request::{HeaderStyle, Request};
+use nbd_server::proto::{self, ProtoError};
+
 use crate::{Error, Result};
 
 /// What to copy where, and how.
@@ -61,6 +69,57 @@ pub struct WriteReport {
     pub transmission_flags: u16,
 }
 
+/// Reads from a stream until `decode` yields a message; bytes after it stay in `buf`.
+struct Framed {
+    stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+impl Framed {
+    fn new(stream: UnixStream) -> Self {
+        Self {
+            stream,
+            buf: Vec::with_capacity(8192),
+        }
+    }
+
+    fn next<T>(
+        &mut self,
+        decode: impl Fn(&[u8]) -> std::result::Result<Option<(T, usize)>, ProtoError>,
+    ) -> Result<T> {
+        loop {
+            if let Some((msg, used)) = decode(&self.buf)? {
+                self.buf.drain(..used);
+                return Ok(msg);
+            }
+            let have = self.buf.len();
+            self.buf.resize(have + 8192, 0);
+            let n = loop {
+                match self.stream.read(&mut self.buf[have..]) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    r => break r,
+                }
+            };
+            let n = n.inspect_err(|_| self.buf.truncate(have))?;
+            self.buf.truncate(have + n);
+            if n == 0 {
+                return Err(Error::Protocol("server closed the connection".into()));
+            }
+        }
+    }
+
+    fn reply(&mut self) -> Result<()> {
+        let r = self.next(SimpleReply::decode)?;
+        if r.error != 0 {
+            return Err(Error::Request {
+                cookie: r.cookie,
+                errno: r.error,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A connection after NBD_OPT_GO succeeded.
 pub struct Connection {
     stream: UnixStream,
@@ -68,96 +127,98 @@ pub struct Connection {
     pub transmission_flags: u16,
 }
 
-fn read_array<const N: usize>(s: &mut UnixStream) -> Result<[u8; N]> {
-    let mut b = [0u8; N];
-    s.read_exact(&mut b)?;
-    Ok(b)
-}
-
 impl Connection {
     /// Fixed-newstyle handshake ending in NBD_OPT_GO.
     pub fn connect(job: &WriteJob) -> Result<Connection> {
-        let mut stream = UnixStream::connect(&job.socket)?;
+        let stream = UnixStream::connect(&job.socket)?;
         stream.set_read_timeout(Some(job.io_timeout))?;
         stream.set_write_timeout(Some(job.io_timeout))?;
-        let server_flags = wire::decode_greeting(&read_array(&mut stream)?)?;
-        let mut out = wire::encode_client_flags(server_flags).to_vec();
-        wire::encode_opt_go(&job.export, &mut out);
-        stream.write_all(&out)?;
+        let mut framed = Framed::new(stream);
+        let greeting = framed.next(Greeting::decode)?;
+        if greeting.flags & proto::FLAG_FIXED_NEWSTYLE == 0 {
+            return Err(Error::Protocol("server lacks FIXED_NEWSTYLE".into()));
+        }
+        let mut out = BytesMut::new();
+        let client_flags =
+            u32::from(greeting.flags & (proto::FLAG_FIXED_NEWSTYLE | proto::FLAG_NO_ZEROES));
+        out.extend_from_slice(&client_flags.to_be_bytes());
+        ClientOption::Go(InfoRequest {
+            name: job.export.clone(),
+            requests: Vec::new(),
+        })
+        .encode(&mut out)?;
+        framed.stream.write_all(&out)?;
         let mut export = None;
         loop {
-            let h = wire::decode_option_reply_header(&read_array(&mut stream)?)?;
-            let mut data = vec![0u8; h.length as usize];
-            stream.read_exact(&mut data)?;
-            if h.option != wire::OPT_GO {
+            let reply = framed.next(OptionReply::decode)?;
+            if reply.option != proto::OPT_GO {
                 return Err(Error::Protocol(format!(
                     "reply to option {} during GO",
-                    h.option
+                    reply.option
                 )));
             }
-            match h.reply {
-                wire::REP_ACK => break,
-                wire::REP_INFO => {
-                    if let Some(e) = wire::decode_info_export(&data)? {
-                        export = Some(e);
-                    }
-                }
-                r if r & wire::REP_ERR_BIT != 0 => {
-                    let message = String::from_utf8_lossy(&data).into_owned();
+            match reply.body {
+                OptionReplyBody::Ack => break,
+                OptionReplyBody::Info(Info::Export { size, flags }) => export = Some((size, flags)),
+                OptionReplyBody::Error { code, message } => {
                     return Err(Error::OptionRefused {
-                        option: h.option,
-                        reply: r,
+                        option: reply.option,
+                        reply: code,
                         message,
                     });
                 }
                 _ => {}
             }
         }
+        if !framed.buf.is_empty() {
+            return Err(Error::Protocol("bytes after the GO acknowledgement".into()));
+        }
         let (size, transmission_flags) = export
             .ok_or_else(|| Error::Protocol("GO acknowledged without NBD_INFO_EXPORT".into()))?;
         Ok(Connection {
-            stream,
+            stream: framed.stream,
             size,
             transmission_flags,
         })
     }
 
-    fn send_request(&mut self, command: u16, cookie: u64) -> Result<()> {
-        let mut h = [0u8; REQUEST_LEN];
-        wire::encode_request(0, command, cookie, 0, 0, &mut h);
-        self.stream.write_all(&h)?;
-        Ok(())
-    }
-
-    fn expect_reply(&mut self) -> Result<()> {
-        let (errno, cookie) = wire::decode_simple_reply(&read_array(&mut self.stream)?)?;
-        if errno != 0 {
-            return Err(Error::Request { cookie, errno });
+    fn send(&mut self, command: u16, cookie: u64) -> Result<()> {
+        let mut out = BytesMut::with_capacity(Request::COMPACT_LEN);
+        Request {
+            flags: 0,
+            command,
+            cookie,
+            offset: 0,
+            length: 0,
         }
+        .encode(HeaderStyle::Simple, &mut out)?;
+        self.stream.write_all(&out)?;
         Ok(())
     }
 
     /// Pipelined WRITEs of chunks claimed from `next`; returns the number of requests sent.
     fn write_chunks(&mut self, job: &WriteJob, source: &File, next: &AtomicU64) -> Result<u64> {
-        let mut reader = self.stream.try_clone()?;
+        let mut replies = Framed::new(self.stream.try_clone()?);
         // The channel holds one token per outstanding request beyond the one the reader waits
         // for, so at most `in_flight` requests are on the wire.
         let (tx, rx) = sync_channel::<()>(job.in_flight.max(1) - 1);
         let req = u64::from(job.request_size);
+        let head = Request::COMPACT_LEN;
         std::thread::scope(|scope| {
-            let replies = scope.spawn(move || -> Result<u64> {
+            let reader = scope.spawn(move || -> Result<u64> {
                 let mut n = 0;
                 while rx.recv().is_ok() {
-                    let (errno, cookie) =
-                        wire::decode_simple_reply(&read_array::<SIMPLE_REPLY_LEN>(&mut reader)?)?;
-                    if errno != 0 {
-                        return Err(Error::Request { cookie, errno });
-                    }
+                    replies.reply()?;
                     n += 1;
+                }
+                if !replies.buf.is_empty() {
+                    return Err(Error::Protocol("more replies than requests".into()));
                 }
                 Ok(n)
             });
-            let mut buf = vec![0u8; REQUEST_LEN + job.request_size as usize];
+            // Header and payload in one buffer: one write per request.
+            let mut buf = vec![0u8; head + job.request_size as usize];
+            let mut header = BytesMut::with_capacity(head);
             let mut sent = 0u64;
             let result = (|| -> Result<()> {
                 loop {
@@ -166,15 +227,22 @@ impl Connection {
                         return Ok(());
                     }
                     let len = req.min(job.length - offset) as usize;
-                    source.read_exact_at(&mut buf[REQUEST_LEN..REQUEST_LEN + len], offset)?;
-                    let header: &mut [u8; REQUEST_LEN] =
-                        (&mut buf[..REQUEST_LEN]).try_into().expect("sized");
-                    wire::encode_request(0, wire::CMD_WRITE, sent, offset, len as u32, header);
+                    source.read_exact_at(&mut buf[head..head + len], offset)?;
+                    header.clear();
+                    let r = Request {
+                        flags: 0,
+                        command: proto::CMD_WRITE,
+                        cookie: sent,
+                        offset,
+                        length: len as u64,
+                    };
+                    r.encode(HeaderStyle::Simple, &mut header)?;
+                    buf[..head].copy_from_slice(&header);
                     if tx.send(()).is_err() {
                         // The reader stopped on an error; it is reported below.
                         return Ok(());
                     }
-                    self.stream.write_all(&buf[..REQUEST_LEN + len])?;
+                    self.stream.write_all(&buf[..head + len])?;
                     sent += 1;
                 }
             })();
@@ -183,7 +251,7 @@ impl Connection {
                 // Wake the reader instead of letting it wait for replies that will not come.
                 let _ = self.stream.shutdown(Shutdown::Both);
             }
-            let received = replies
+            let received = reader
                 .join()
                 .map_err(|_| Error::Protocol("reply reader panicked".into()))?;
             result?;
@@ -199,11 +267,11 @@ impl Connection {
 
     /// FLUSH (when `flush` and the server offers it), then DISC.
     fn finish(mut self, flush: bool) -> Result<()> {
-        if flush && self.transmission_flags & wire::TFLAG_SEND_FLUSH != 0 {
-            self.send_request(wire::CMD_FLUSH, u64::MAX)?;
-            self.expect_reply()?;
+        if flush && self.transmission_flags & proto::TFLAG_SEND_FLUSH != 0 {
+            self.send(proto::CMD_FLUSH, u64::MAX)?;
+            Framed::new(self.stream.try_clone()?).reply()?;
         }
-        self.send_request(wire::CMD_DISC, u64::MAX - 1)?;
+        self.send(proto::CMD_DISC, u64::MAX - 1)?;
         let _ = self.stream.shutdown(Shutdown::Write);
         Ok(())
     }
@@ -221,7 +289,7 @@ pub fn write_file(job: &WriteJob) -> Result<WriteReport> {
     let mut conns = Vec::with_capacity(job.connections);
     for _ in 0..job.connections {
         let c = Connection::connect(job)?;
-        if c.transmission_flags & wire::TFLAG_READ_ONLY != 0 {
+        if c.transmission_flags & proto::TFLAG_READ_ONLY != 0 {
             return Err(Error::Export("export is read-only".into()));
         }
         if c.size < job.length {

@@ -7,7 +7,6 @@ pub mod report;
 pub mod size;
 pub mod stats;
 pub mod sys;
-pub mod wire;
 
 /// What the benchmark client can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +15,8 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("protocol error: {0}")]
     Protocol(String),
+    #[error("protocol error: {0}")]
+    Proto(#[from] nbd_server::proto::ProtoError),
     #[error("server refused option {option}: reply type {reply:#x} {message:?}")]
     OptionRefused {
         option: u32,

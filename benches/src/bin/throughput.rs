@@ -506,6 +506,13 @@ fn machine_summary(work: &Path, tools: &Tools) -> String {
     )
 }
 
+/// Other work on the machine skews every figure: the report says how busy it was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     if args.runs == 0 || args.conns.contains(&0) || args.size == 0 {
@@ -543,6 +550,7 @@ fn main() -> Result<()> {
         eprintln!("note: ours is skipped: {why}");
     }
 
+    let load_start = load_average();
     let source = work.path().join("source.raw");
     let t = Instant::now();
     generate_source(&source, args.size).context("writing the source file")?;
@@ -604,8 +612,9 @@ fn main() -> Result<()> {
     }
 
     let report = format!(
-        "{}- {} per run, {} run(s) per row, servers in alternation; nbdcopy `-C N --flush`; rust client {} in flight per connection\n\n{}",
+        "{}- load average (1/5/15 min) at start: {load_start}; at end: {}\n- {} per run, {} run(s) per row, servers in alternation; nbdcopy `-C N --flush`; rust client {} in flight per connection\n\n{}",
         machine_summary(work.path(), &tools),
+        load_average(),
         format_size(args.size),
         args.runs,
         args.rust_in_flight,
