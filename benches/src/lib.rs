@@ -7,6 +7,7 @@ pub mod report;
 pub mod size;
 pub mod stats;
 pub mod sys;
+pub mod zero;
 
 /// What the benchmark client can fail with.
 #[derive(Debug, thiserror::Error)]
