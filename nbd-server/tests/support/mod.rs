@@ -308,7 +308,46 @@ pub fn python(script: &str, args: &[&str]) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/py")
         .join(script);
-    stdout(Command::new("/usr/bin/python3").arg(path).args(args))
+    let out = stdout(Command::new("/usr/bin/python3").arg(path).args(args));
+    assert!(out.ends_with("ok\n"), "{script} {args:?} said: {out}");
+    out
+}
+
+/// Starts `edge.py hold URI`: connected and ready once this returns; `release` makes it read.
+pub struct Holder {
+    child: std::process::Child,
+    lines: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Holder {
+    pub fn start(uri: &str) -> Self {
+        use std::io::BufRead;
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/edge.py");
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(path)
+            .args(["hold", uri])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        lines.read_line(&mut line).unwrap();
+        assert_eq!(line, "ready\n");
+        Self { child, lines }
+    }
+
+    /// Lets the client issue one more read; returns what it printed ("read ok"/"read failed").
+    pub fn release(mut self) -> String {
+        use std::io::{BufRead, Write};
+        let mut stdin = self.child.stdin.take().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        drop(stdin);
+        let mut line = String::new();
+        self.lines.read_line(&mut line).unwrap();
+        assert!(self.child.wait().unwrap().success());
+        line.trim().to_owned()
+    }
 }
 
 /// Deterministic pseudo-random bytes with some all-zero stretches.
