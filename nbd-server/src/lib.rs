@@ -4,6 +4,8 @@
 //! This file is the public contract the hub builds against (the server behind it is being written).
 #![forbid(unsafe_code)]
 
+pub mod proto;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
