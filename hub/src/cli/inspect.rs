@@ -1,5 +1,7 @@
 //! `sendense-hub check` and `sendense-hub info`.
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,45 +32,55 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
+    let mut out = String::new();
     for line in &report.messages {
-        println!("{line}");
+        let _ = writeln!(out, "{line}");
     }
     if report.leaks_fixed > 0 || report.corruptions_fixed > 0 {
-        println!("The following inconsistencies were found and repaired:\n");
-        println!("    {} leaked clusters", report.leaks_fixed);
-        println!("    {} corruptions\n", report.corruptions_fixed);
+        let _ = writeln!(
+            out,
+            "The following inconsistencies were found and repaired:\n"
+        );
+        let _ = writeln!(out, "    {} leaked clusters", report.leaks_fixed);
+        let _ = writeln!(out, "    {} corruptions\n", report.corruptions_fixed);
     }
     let corrupt = report.corruptions.saturating_sub(report.corruptions_fixed);
     let leaks = report.leaks.saturating_sub(report.leaks_fixed);
     if corrupt == 0 && leaks == 0 {
-        println!("No errors were found on the image.");
+        let _ = writeln!(out, "No errors were found on the image.");
     }
     if corrupt > 0 {
-        println!("\n{corrupt} errors were found on the image.");
-        println!("Data may be corrupted, or further writes to the image may corrupt it.");
+        let _ = writeln!(out, "\n{corrupt} errors were found on the image.");
+        let _ = writeln!(
+            out,
+            "Data may be corrupted, or further writes to the image may corrupt it."
+        );
     }
     if leaks > 0 {
-        println!("\n{leaks} leaked clusters were found on the image.");
-        println!("This means waste of disk space, but no harm to data.");
+        let _ = writeln!(out, "\n{leaks} leaked clusters were found on the image.");
+        let _ = writeln!(out, "This means waste of disk space, but no harm to data.");
     }
+    emit(&out);
     Ok(ExitCode::from(report.exit_code() as u8))
 }
 
 pub fn info(args: &InfoArgs) -> anyhow::Result<()> {
     let chain = open_chain(&args.image)?;
+    let mut out = String::new();
     if args.json {
         let items: Vec<_> = chain.iter().map(info_json).collect();
         let mut top = items.first().cloned().unwrap_or_default();
         top["backing-chain"] = serde_json::Value::Array(items);
-        println!("{}", serde_json::to_string_pretty(&top)?);
+        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&top)?);
     } else {
         for (i, info) in chain.iter().enumerate() {
             if i > 0 {
-                println!();
+                let _ = writeln!(out);
             }
-            print_info(info);
+            print_info(&mut out, info);
         }
     }
+    emit(&out);
     Ok(())
 }
 
@@ -102,29 +114,32 @@ fn info_json(info: &ImageInfo) -> serde_json::Value {
     })
 }
 
-fn print_info(info: &ImageInfo) {
-    println!("image: {}", info.path.display());
-    println!("file format: qcow2");
-    println!(
+fn print_info(out: &mut String, info: &ImageInfo) {
+    let _ = writeln!(out, "image: {}", info.path.display());
+    let _ = writeln!(out, "file format: qcow2");
+    let _ = writeln!(
+        out,
         "virtual size: {} ({} bytes)",
         human(info.virtual_size),
         info.virtual_size
     );
-    println!(
+    let _ = writeln!(
+        out,
         "allocated size: {} ({} bytes)",
         human(info.allocated_bytes),
         info.allocated_bytes
     );
-    println!(
+    let _ = writeln!(
+        out,
         "file size: {} ({} bytes)",
         human(info.file_size),
         info.file_size
     );
-    println!("cluster_size: {}", info.cluster_size);
+    let _ = writeln!(out, "cluster_size: {}", info.cluster_size);
     if let Some(backing) = &info.backing_file {
-        println!("backing file: {backing}");
+        let _ = writeln!(out, "backing file: {backing}");
         if let Some(format) = &info.backing_format {
-            println!("backing file format: {format}");
+            let _ = writeln!(out, "backing file format: {format}");
         }
     }
 }
@@ -142,4 +157,9 @@ fn human(bytes: u64) -> String {
     } else {
         format!("{value:.3} {}", UNITS[unit])
     }
+}
+
+/// Write the report; a closed pipe (`| head`) is not an error worth a panic.
+fn emit(text: &str) {
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }

@@ -2,6 +2,8 @@
 //! and the built binary.
 #![allow(dead_code)]
 
+pub mod hub;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -44,6 +44,13 @@ pub fn qemu_io(img: &Path, cmd: &str) {
 pub fn check_clean(img: &Path) {
     let (code, text) = qemu_img(&["check", "-f", "qcow2", img.to_str().unwrap()]);
     assert_eq!(code, 0, "qemu-img check {}: {text}", img.display());
+    let ours = qcow2::check::check(img, false).unwrap();
+    assert_eq!(
+        ours.exit_code(),
+        0,
+        "our check of {}: {ours:?}",
+        img.display()
+    );
 }
 
 /// Converts (the whole chain of) `img` to raw and returns the bytes.
