@@ -1,6 +1,21 @@
 //! `sendense-hub`: the binary's edge (CLI parsing, logging setup, exit codes).
 #![forbid(unsafe_code)]
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("not yet implemented")
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    cli::init_logging(args.log_json);
+    match cli::run(args.command) {
+        Ok(code) => code,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("sendense-hub: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -4,6 +4,14 @@
 //! This file is the public contract the hub builds against (the server behind it is being written).
 #![forbid(unsafe_code)]
 
+mod command;
+mod connection;
+mod errno;
+mod handshake;
+pub mod proto;
+mod registry;
+mod server;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -119,45 +127,137 @@ pub enum ServerError {
 /// One NBD server: a registry of named exports served on any number of listeners.
 #[derive(Clone)]
 pub struct Server {
-    _private: Arc<()>,
+    shared: Arc<server::Shared>,
 }
 
 impl Server {
-    pub fn new(_config: ServerConfig) -> Self {
-        todo!()
+    pub fn new(config: ServerConfig) -> Self {
+        Self {
+            shared: Arc::new(server::Shared::new(config)),
+        }
     }
-    pub fn add_export(&self, _name: &str, _export: Arc<dyn Export>) -> Result<(), ServerError> {
-        todo!()
+
+    pub fn add_export(&self, name: &str, export: Arc<dyn Export>) -> Result<(), ServerError> {
+        let entry = self.shared.new_entry(name, export);
+        if self.shared.registry.insert(entry) {
+            tracing::info!(export = name, "export added");
+            Ok(())
+        } else {
+            Err(ServerError::ExportExists(name.to_owned()))
+        }
     }
+
     /// Stop new connections to `name`; let open ones finish for up to `grace`, then close them;
     /// flush the export if writable. Returns when the export is gone.
-    pub async fn remove_export(&self, _name: &str, _grace: Duration) -> Result<(), ServerError> {
-        todo!()
+    pub async fn remove_export(&self, name: &str, grace: Duration) -> Result<(), ServerError> {
+        let entry = self
+            .shared
+            .registry
+            .remove(name)
+            .ok_or_else(|| ServerError::NoSuchExport(name.to_owned()))?;
+        entry.mark_removed();
+        entry.connections.close();
+        if tokio::time::timeout(grace, entry.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!(export = name, "grace period over, closing connections");
+            entry.hard_stop.cancel();
+            entry.connections.wait().await;
+        }
+        if !entry.export.read_only()
+            && let Err(e) = entry.export.flush().await
+        {
+            tracing::error!(export = name, error = %e, "flush on removal failed");
+        }
+        tracing::info!(export = name, "export removed");
+        Ok(())
     }
-    pub fn export_stats(&self, _name: &str) -> Option<ExportStats> {
-        todo!()
+
+    pub fn export_stats(&self, name: &str) -> Option<ExportStats> {
+        self.shared.registry.get(name).map(|e| e.stats())
     }
+
     pub fn export_names(&self) -> Vec<String> {
-        todo!()
+        self.shared.registry.names()
     }
+
     /// Accept until `shutdown` is cancelled.
     pub async fn serve_tcp(
         &self,
-        _listener: tokio::net::TcpListener,
-        _shutdown: tokio_util::sync::CancellationToken,
+        listener: tokio::net::TcpListener,
+        shutdown: tokio_util::sync::CancellationToken,
     ) -> Result<(), ServerError> {
-        todo!()
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.shared.stop_reading.cancelled() => break,
+                r = listener.accept() => r,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    // Replies are written whole; delaying small ones only adds latency.
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::warn!(%peer, error = %e, "cannot set TCP_NODELAY");
+                    }
+                    // Finds clients that vanished without a FIN (a dropped tunnel).
+                    let keepalive = socket2::TcpKeepalive::new()
+                        .with_time(Duration::from_secs(60))
+                        .with_interval(Duration::from_secs(10));
+                    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+                    self.shared.spawn_connection(stream, peer.to_string());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(server::ACCEPT_BACKOFF).await;
+                }
+            }
+        }
+        Ok(())
     }
+
     pub async fn serve_unix(
         &self,
-        _listener: tokio::net::UnixListener,
-        _shutdown: tokio_util::sync::CancellationToken,
+        listener: tokio::net::UnixListener,
+        shutdown: tokio_util::sync::CancellationToken,
     ) -> Result<(), ServerError> {
-        todo!()
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.shared.stop_reading.cancelled() => break,
+                r = listener.accept() => r,
+            };
+            match accepted {
+                Ok((stream, _)) => self.shared.spawn_connection(stream, "unix".to_owned()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(server::ACCEPT_BACKOFF).await;
+                }
+            }
+        }
+        Ok(())
     }
+
     /// After the listeners stopped: finish or fail (ESHUTDOWN) what is in flight, close every
     /// connection and flush every writable export.
-    pub async fn shutdown(&self, _grace: Duration) {
-        todo!()
+    pub async fn shutdown(&self, grace: Duration) {
+        let shared = &self.shared;
+        shared.stop_reading.cancel();
+        shared.tracker.close();
+        if tokio::time::timeout(grace, shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!("grace period over, failing what is still in flight");
+            shared.hard_stop.cancel();
+            shared.tracker.wait().await;
+        }
+        for entry in shared.registry.all() {
+            if !entry.export.read_only()
+                && let Err(e) = entry.export.flush().await
+            {
+                tracing::error!(export = entry.name, error = %e, "flush at shutdown failed");
+            }
+        }
     }
 }

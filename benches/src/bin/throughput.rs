@@ -1,0 +1,691 @@
+//! Throughput harness: copies the same random data into our `serve-image`, into `qemu-nbd` (the
+//! anchor) and into `nbdkit null` (the protocol ceiling), in alternation, with nbdcopy and with the
+//! project's own pipelined client; checks every image against the source; prints a table.
+//!
+//! `cargo build --release -p hub && cargo run --release -p benches --bin throughput -- --help`
+
+use std::fs::File;
+use std::io::Write as _;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use benches::client::{WriteJob, write_file};
+use benches::report::{Measurement, Row, render};
+use benches::size::{format_size, parse_size};
+use benches::sys;
+use clap::{Parser, ValueEnum};
+use rand::{RngCore as _, SeedableRng as _};
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+#[derive(Debug, Parser)]
+#[command(about = "NBD write throughput: our serve-image beside qemu-nbd and nbdkit null")]
+struct Args {
+    /// Bytes of random data copied per run (K, M, G, T suffixes).
+    #[arg(long, default_value = "4G", value_parser = parse_size)]
+    size: u64,
+    /// Where the source file and the images go (default /dev/shm, else the temp dir).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Connection counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    conns: Vec<usize>,
+    /// Runs per combination (median and spread are over these).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ours,qemu-nbd,nbdkit-null"
+    )]
+    servers: Vec<ServerKind>,
+    #[arg(long, value_delimiter = ',', default_value = "nbdcopy,rust")]
+    clients: Vec<ClientKind>,
+    /// The sendense-hub binary (default: next to this executable).
+    #[arg(long)]
+    hub_bin: Option<PathBuf>,
+    /// WRITE sizes of the Rust client (one table row each).
+    #[arg(long, value_delimiter = ',', default_value = "2M", value_parser = parse_size)]
+    rust_request_size: Vec<u64>,
+    /// WRITEs in flight per connection for the Rust client.
+    #[arg(long, default_value_t = 64)]
+    rust_in_flight: usize,
+    /// Also write the report (Markdown) to this file.
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ServerKind {
+    Ours,
+    QemuNbd,
+    NbdkitNull,
+}
+
+impl ServerKind {
+    fn name(self) -> &'static str {
+        match self {
+            ServerKind::Ours => "ours",
+            ServerKind::QemuNbd => "qemu-nbd",
+            ServerKind::NbdkitNull => "nbdkit-null",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ClientKind {
+    Nbdcopy,
+    Rust,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Client {
+    Nbdcopy,
+    Rust { request_size: u32 },
+}
+
+impl Client {
+    fn label(self) -> String {
+        match self {
+            Client::Nbdcopy => "nbdcopy".into(),
+            Client::Rust { request_size } => format!("rust {}", format_size(request_size.into())),
+        }
+    }
+}
+
+/// Where each peer is, or why it is not.
+struct Tools {
+    hub: std::result::Result<PathBuf, String>,
+    qemu_img: Option<PathBuf>,
+    qemu_nbd: Option<PathBuf>,
+    nbdkit: Option<PathBuf>,
+    nbdcopy: Option<PathBuf>,
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+impl Tools {
+    fn find(hub_bin: Option<&Path>) -> Tools {
+        let hub = match hub_bin {
+            Some(p) if p.is_file() => Ok(p.to_path_buf()),
+            Some(p) => Err(format!("--hub-bin {} not found", p.display())),
+            None => std::env::current_exe()
+                .ok()
+                .and_then(|e| Some(e.parent()?.join("sendense-hub")))
+                .filter(|p| p.is_file())
+                .ok_or_else(|| {
+                    "sendense-hub not built: run `cargo build --release -p hub`".to_string()
+                }),
+        };
+        Tools {
+            hub,
+            qemu_img: which("qemu-img"),
+            qemu_nbd: which("qemu-nbd"),
+            nbdkit: which("nbdkit"),
+            nbdcopy: which("nbdcopy"),
+        }
+    }
+
+    fn server_missing(&self, kind: ServerKind) -> Option<String> {
+        match kind {
+            ServerKind::Ours => self.hub.as_ref().err().cloned(),
+            ServerKind::QemuNbd if self.qemu_nbd.is_none() => {
+                Some("qemu-nbd not found in PATH".into())
+            }
+            ServerKind::QemuNbd if self.qemu_img.is_none() => {
+                Some("qemu-img not found in PATH".into())
+            }
+            ServerKind::NbdkitNull if self.nbdkit.is_none() => {
+                Some("nbdkit not found in PATH".into())
+            }
+            _ => None,
+        }
+    }
+
+    fn client_missing(&self, client: Client) -> Option<String> {
+        match client {
+            Client::Nbdcopy if self.nbdcopy.is_none() => Some("nbdcopy not found in PATH".into()),
+            _ => None,
+        }
+    }
+}
+
+fn tool(p: &Option<PathBuf>, name: &str) -> Result<PathBuf> {
+    p.clone().ok_or_else(|| anyhow!("{name} not found in PATH"))
+}
+
+/// A server started for one run, in its own temp dir.
+struct Server {
+    pid: u32,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    image: PathBuf,
+    log: PathBuf,
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<_> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    // A panic or an anyhow error prints its message first and a long backtrace after: show the
+    // message.
+    let shown: Vec<_> = match lines
+        .iter()
+        .position(|l| l.contains("panicked at") || l.starts_with("Error:"))
+    {
+        Some(i) => lines[i..lines.len().min(i + 2)].to_vec(),
+        None => lines[lines.len().saturating_sub(3)..].to_vec(),
+    };
+    if shown.is_empty() {
+        String::new()
+    } else {
+        format!(" (log: {})", shown.join(" / "))
+    }
+}
+
+fn run_quiet(cmd: &mut Command) -> Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} {}: {}{}",
+            cmd.get_program(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn start_server(kind: ServerKind, tools: &Tools, size: u64, base: &Path) -> Result<Server> {
+    let dir = tempfile::Builder::new().prefix("run-").tempdir_in(base)?;
+    let socket = dir.path().join("nbd.sock");
+    let image = dir.path().join("image.qcow2");
+    let log = dir.path().join("server.log");
+    let mut cmd = match kind {
+        ServerKind::Ours => {
+            let hub = tools.hub.clone().map_err(|e| anyhow!(e))?;
+            let mut c = Command::new(hub);
+            c.arg("serve-image")
+                .arg("--create")
+                .arg(size.to_string())
+                .arg("--socket")
+                .arg(&socket)
+                .arg(&image);
+            c
+        }
+        ServerKind::QemuNbd => {
+            run_quiet(
+                Command::new(tool(&tools.qemu_img, "qemu-img")?)
+                    .args(["create", "-q", "-f", "qcow2"])
+                    .arg(&image)
+                    .arg(size.to_string()),
+            )?;
+            let mut c = Command::new(tool(&tools.qemu_nbd, "qemu-nbd")?);
+            c.args(["-f", "qcow2", "-t", "--shared=8", "-k"])
+                .arg(&socket)
+                .arg(&image);
+            c
+        }
+        ServerKind::NbdkitNull => {
+            let mut c = Command::new(tool(&tools.nbdkit, "nbdkit")?);
+            c.arg("-f")
+                .arg("-U")
+                .arg(&socket)
+                .arg("null")
+                .arg(format!("size={size}"));
+            c
+        }
+    };
+    let pid = sys::spawn(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log)?),
+    )
+    .with_context(|| format!("starting {}", kind.name()))?;
+    let server = Server {
+        pid,
+        dir,
+        socket,
+        image,
+        log,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(r) = sys::try_reap(server.pid)? {
+            bail!(
+                "{} exited before accepting: {}{}",
+                kind.name(),
+                r.status,
+                log_tail(&server.log)
+            );
+        }
+        if UnixStream::connect(&server.socket).is_ok() {
+            return Ok(server);
+        }
+        if Instant::now() > deadline {
+            let _ = sys::kill(server.pid);
+            let _ = sys::reap_within(server.pid, Duration::from_secs(10));
+            bail!(
+                "{} did not accept within 20 s{}",
+                kind.name(),
+                log_tail(&server.log)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// SIGTERM, then wait; returns the reaped figures and VmHWM read just before the signal (KiB).
+fn stop_server(server: &Server) -> Result<(sys::Reaped, Option<u64>)> {
+    let hwm = sys::peak_rss_kib(server.pid);
+    sys::terminate(server.pid)?;
+    if let Some(r) = sys::reap_within(server.pid, Duration::from_secs(120))? {
+        return Ok((r, hwm));
+    }
+    sys::kill(server.pid)?;
+    sys::reap_within(server.pid, Duration::from_secs(10))?;
+    bail!(
+        "server did not exit within 120 s of SIGTERM{}",
+        log_tail(&server.log)
+    )
+}
+
+/// Copies with `client`; returns wall time and client CPU time.
+fn run_client(
+    client: Client,
+    tools: &Tools,
+    server: &Server,
+    source: &Path,
+    size: u64,
+    conns: usize,
+    in_flight: usize,
+) -> Result<(Duration, Duration)> {
+    let timeout = Duration::from_secs(60 + size / (10 << 20));
+    match client {
+        Client::Nbdcopy => {
+            let log = server.dir.path().join("client.log");
+            let uri = format!("nbd+unix:///?socket={}", server.socket.display());
+            let start = Instant::now();
+            let pid = sys::spawn(
+                Command::new(tool(&tools.nbdcopy, "nbdcopy")?)
+                    .arg("-C")
+                    .arg(conns.to_string())
+                    .arg("--flush")
+                    .arg(source)
+                    .arg(&uri)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(File::create(&log)?),
+            )
+            .context("starting nbdcopy")?;
+            let Some(r) = sys::reap_within(pid, timeout)? else {
+                sys::kill(pid)?;
+                sys::reap_within(pid, Duration::from_secs(10))?;
+                bail!("nbdcopy did not finish within {} s", timeout.as_secs());
+            };
+            let wall = start.elapsed();
+            if !r.status.success() {
+                bail!("nbdcopy {}{}", r.status, log_tail(&log));
+            }
+            Ok((wall, r.cpu))
+        }
+        Client::Rust { request_size } => {
+            let mut job = WriteJob::new(server.socket.clone(), source.to_path_buf(), size);
+            job.connections = conns;
+            job.request_size = request_size;
+            job.in_flight = in_flight;
+            let cpu0 = sys::self_cpu();
+            let report = write_file(&job).context("rust client")?;
+            Ok((report.elapsed, sys::self_cpu().saturating_sub(cpu0)))
+        }
+    }
+}
+
+fn verify(kind: ServerKind, tools: &Tools, image: &Path, source: &Path) -> Result<()> {
+    if kind == ServerKind::NbdkitNull {
+        return Ok(());
+    }
+    let qemu_img = tool(&tools.qemu_img, "qemu-img")?;
+    if kind == ServerKind::Ours {
+        run_quiet(
+            Command::new(&qemu_img)
+                .args(["check", "-q", "-f", "qcow2"])
+                .arg(image),
+        )
+        .context("qemu-img check")?;
+    }
+    run_quiet(
+        Command::new(&qemu_img)
+            .args(["compare", "-q", "-f", "qcow2", "-F", "raw"])
+            .arg(image)
+            .arg(source),
+    )
+    .context("image differs from source (qemu-img compare)")
+}
+
+fn one_run(
+    kind: ServerKind,
+    client: Client,
+    conns: usize,
+    args: &Args,
+    tools: &Tools,
+    source: &Path,
+    work: &Path,
+) -> Result<Measurement> {
+    let server = start_server(kind, tools, args.size, work)?;
+    let copied = run_client(
+        client,
+        tools,
+        &server,
+        source,
+        args.size,
+        conns,
+        args.rust_in_flight,
+    );
+    let stopped = stop_server(&server);
+    let (wall, client_cpu) = copied.map_err(|e| anyhow!("{e:#}{}", log_tail(&server.log)))?;
+    let (reaped, hwm_kib) = stopped?;
+    if !reaped.status.success() {
+        bail!(
+            "{} exited with {} after SIGTERM{}",
+            kind.name(),
+            reaped.status,
+            log_tail(&server.log)
+        );
+    }
+    verify(kind, tools, &server.image, source)?;
+    let gib = args.size as f64 / GIB;
+    let rss_kib = hwm_kib.unwrap_or(0).max(reaped.max_rss_kib);
+    Ok(Measurement {
+        gib_per_s: gib / wall.as_secs_f64(),
+        server_cpu_per_gib: reaped.cpu.as_secs_f64() / gib,
+        client_cpu_per_gib: client_cpu.as_secs_f64() / gib,
+        server_peak_rss_mib: rss_kib as f64 / 1024.0,
+    })
+}
+
+fn generate_source(path: &Path, size: u64) -> Result<()> {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(0x5e4d_e45e);
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, File::create(path)?);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        rng.fill_bytes(&mut buf[..n]);
+        f.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(())
+}
+
+/// The filesystem type holding `path`, from the text of /proc/self/mounts (longest mount prefix).
+fn fs_type(path: &Path, mounts: &str) -> Option<String> {
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, mnt, ty) = (f.next()?, f.next()?, f.next()?);
+            path.starts_with(mnt).then(|| (mnt.len(), ty.to_string()))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, ty)| ty)
+}
+
+fn first_line(cmd: &mut Command) -> String {
+    cmd.output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+fn machine_summary(work: &Path, tools: &Tools) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "?".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib >> 20);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let canon = work.canonicalize().unwrap_or_else(|_| work.to_path_buf());
+    let fs = std::fs::read_to_string("/proc/self/mounts")
+        .ok()
+        .and_then(|m| fs_type(&canon, &m))
+        .unwrap_or("?".into());
+    let version = |p: &Option<PathBuf>| {
+        p.as_ref().map_or("missing".to_string(), |p| {
+            first_line(Command::new(p).arg("--version"))
+        })
+    };
+    let now = time::OffsetDateTime::now_utc();
+    format!(
+        "- date: {:04}-{:02}-{:02} {:02}:{:02} UTC\n- machine: {cores} cores ({cpu}), {mem_gib} GiB RAM, Linux {}, unix sockets (loopback), data on {fs} ({})\n- peers: {}; {}; {}\n",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        kernel.trim(),
+        work.display(),
+        version(&tools.qemu_nbd),
+        version(&tools.nbdkit),
+        version(&tools.nbdcopy),
+    )
+}
+
+/// Other work on the machine skews every figure: the report says how busy it was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.runs == 0 || args.conns.contains(&0) || args.size == 0 {
+        bail!("--runs, --conns and --size must be positive");
+    }
+    let tools = Tools::find(args.hub_bin.as_deref());
+    let mut clients = Vec::new();
+    for c in &args.clients {
+        match c {
+            ClientKind::Nbdcopy => clients.push(Client::Nbdcopy),
+            ClientKind::Rust => {
+                for &s in &args.rust_request_size {
+                    let request_size = u32::try_from(s)
+                        .ok()
+                        .filter(|&s| s > 0)
+                        .context("--rust-request-size out of range")?;
+                    clients.push(Client::Rust { request_size });
+                }
+            }
+        }
+    }
+    let base = args.dir.clone().unwrap_or_else(|| {
+        let shm = PathBuf::from("/dev/shm");
+        if shm.is_dir() {
+            shm
+        } else {
+            std::env::temp_dir()
+        }
+    });
+    let work = tempfile::Builder::new()
+        .prefix("sendense-throughput-")
+        .tempdir_in(&base)
+        .with_context(|| format!("creating a temp dir in {}", base.display()))?;
+    if let Err(why) = &tools.hub {
+        eprintln!("note: ours is skipped: {why}");
+    }
+
+    let load_start = load_average();
+    let source = work.path().join("source.raw");
+    let t = Instant::now();
+    generate_source(&source, args.size).context("writing the source file")?;
+    eprintln!(
+        "source: {} of random data in {:.1} s",
+        format_size(args.size),
+        t.elapsed().as_secs_f64()
+    );
+
+    let mut rows = Vec::new();
+    for &client in &clients {
+        for &conns in &args.conns {
+            for &server in &args.servers {
+                let missing = tools
+                    .server_missing(server)
+                    .or_else(|| tools.client_missing(client));
+                rows.push(Row {
+                    server: server.name().into(),
+                    client: client.label(),
+                    conns,
+                    missing,
+                    ..Row::default()
+                });
+            }
+        }
+    }
+    for run in 1..=args.runs {
+        let mut i = 0;
+        for &client in &clients {
+            for &conns in &args.conns {
+                for &server in &args.servers {
+                    let row = &mut rows[i];
+                    i += 1;
+                    if row.missing.is_some() {
+                        continue;
+                    }
+                    let what = format!(
+                        "run {run}/{} {} / {} / {conns} conns",
+                        args.runs,
+                        server.name(),
+                        row.client
+                    );
+                    match one_run(server, client, conns, &args, &tools, &source, work.path()) {
+                        Ok(m) => {
+                            eprintln!(
+                                "{what}: {:.2} GiB/s, server {:.2} CPU s/GiB, {:.0} MiB RSS",
+                                m.gib_per_s, m.server_cpu_per_gib, m.server_peak_rss_mib
+                            );
+                            row.runs.push(m);
+                        }
+                        Err(e) => {
+                            eprintln!("{what}: FAILED: {e:#}");
+                            row.failures.push(format!("run {run}: {e:#}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    let report = format!(
+        "{}- load average (1/5/15 min) at start: {load_start}; at end: {}\n- {} per run, {} run(s) per row, servers in alternation; nbdcopy `-C N --flush`; rust client {} in flight per connection\n\n{}",
+        machine_summary(work.path(), &tools),
+        load_average(),
+        format_size(args.size),
+        args.runs,
+        args.rust_in_flight,
+        render(
+            &rows,
+            ServerKind::QemuNbd.name(),
+            ServerKind::NbdkitNull.name()
+        ),
+    );
+    println!("{report}");
+    if let Some(out) = &args.output {
+        std::fs::write(out, &report).with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_lists_and_sizes() {
+        let a = Args::try_parse_from([
+            "throughput",
+            "--size",
+            "2G",
+            "--conns",
+            "1,4,8",
+            "--servers",
+            "ours,nbdkit-null",
+            "--clients",
+            "rust",
+            "--rust-request-size",
+            "256K,2M",
+        ])
+        .unwrap();
+        assert_eq!(a.size, 2 << 30);
+        assert_eq!(a.conns, vec![1, 4, 8]);
+        assert_eq!(a.servers, vec![ServerKind::Ours, ServerKind::NbdkitNull]);
+        assert_eq!(a.clients, vec![ClientKind::Rust]);
+        assert_eq!(a.rust_request_size, vec![256 << 10, 2 << 20]);
+        let d = Args::try_parse_from(["throughput"]).unwrap();
+        assert_eq!((d.size, d.runs, d.conns.clone()), (4 << 30, 3, vec![1, 4]));
+        assert_eq!(d.servers.len(), 3);
+        assert!(Args::try_parse_from(["throughput", "--servers", "nbd-server"]).is_err());
+        assert!(Args::try_parse_from(["throughput", "--size", "lots"]).is_err());
+    }
+
+    #[test]
+    fn finds_filesystem_by_longest_mount() {
+        let mounts =
+            "/dev/vda / ext4 rw 0 0\ntmpfs /dev/shm tmpfs rw 0 0\ntmpfs /dev tmpfs rw 0 0\n";
+        assert_eq!(
+            fs_type(Path::new("/dev/shm/x"), mounts).as_deref(),
+            Some("tmpfs")
+        );
+        assert_eq!(
+            fs_type(Path::new("/work/x"), mounts).as_deref(),
+            Some("ext4")
+        );
+    }
+
+    #[test]
+    fn client_labels() {
+        assert_eq!(Client::Nbdcopy.label(), "nbdcopy");
+        assert_eq!(
+            Client::Rust {
+                request_size: 256 << 10
+            }
+            .label(),
+            "rust 256K"
+        );
+    }
+}

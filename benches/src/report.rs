@@ -1,0 +1,173 @@
+//! The result table: one row per (server, client, connections), medians over runs, ratios to the
+//! anchor (qemu-nbd) and to the protocol ceiling (nbdkit null) measured with the same client.
+
+use std::fmt::Write as _;
+
+use crate::stats::Summary;
+
+/// Figures of one successful run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Measurement {
+    pub gib_per_s: f64,
+    /// Server CPU seconds (user + system) per GiB copied.
+    pub server_cpu_per_gib: f64,
+    /// Client CPU seconds per GiB copied.
+    pub client_cpu_per_gib: f64,
+    /// Server peak resident set, MiB.
+    pub server_peak_rss_mib: f64,
+}
+
+/// All runs of one combination.
+#[derive(Debug, Clone, Default)]
+pub struct Row {
+    pub server: String,
+    pub client: String,
+    pub conns: usize,
+    /// Why the combination was not run (peer not installed), if so.
+    pub missing: Option<String>,
+    pub runs: Vec<Measurement>,
+    /// One line per failed run.
+    pub failures: Vec<String>,
+}
+
+impl Row {
+    pub fn throughput(&self) -> Option<Summary> {
+        Summary::of(&self.runs.iter().map(|m| m.gib_per_s).collect::<Vec<_>>())
+    }
+}
+
+fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
+    match v {
+        Some(x) if x.is_finite() => format!("{x:.decimals$}"),
+        _ => "-".to_string(),
+    }
+}
+
+/// Markdown table; `anchor` and `ceiling` name the servers the ratios are taken against.
+pub fn render(rows: &[Row], anchor: &str, ceiling: &str) -> String {
+    let median_of = |server: &str, client: &str, conns: usize| {
+        rows.iter()
+            .find(|r| r.server == server && r.client == client && r.conns == conns)
+            .and_then(Row::throughput)
+            .map(|s| s.median)
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| server | client | conns | GiB/s median | spread (min-max) | vs {anchor} | vs {ceiling} | server CPU s/GiB | client CPU s/GiB | server peak RSS MiB | runs ok |"
+    );
+    let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for row in rows {
+        let total = row.runs.len() + row.failures.len();
+        if let Some(why) = &row.missing {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | missing | {why} | - | - | - | - | - | 0/0 |",
+                row.server, row.client, row.conns
+            );
+            continue;
+        }
+        let tp = row.throughput();
+        let ratio = |other: &str| {
+            let base = median_of(other, &row.client, row.conns)?;
+            Some(tp?.median / base)
+        };
+        let med = |f: fn(&Measurement) -> f64| {
+            Summary::of(&row.runs.iter().map(f).collect::<Vec<_>>()).map(|s| s.median)
+        };
+        let peak_rss = row
+            .runs
+            .iter()
+            .map(|m| m.server_peak_rss_mib)
+            .fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))));
+        let spread = tp.map_or("-".to_string(), |s| format!("{:.2}-{:.2}", s.min, s.max));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} |",
+            row.server,
+            row.client,
+            row.conns,
+            fmt_opt(tp.map(|s| s.median), 2),
+            spread,
+            fmt_opt(ratio(anchor), 2),
+            fmt_opt(ratio(ceiling), 2),
+            fmt_opt(med(|m| m.server_cpu_per_gib), 2),
+            fmt_opt(med(|m| m.client_cpu_per_gib), 2),
+            fmt_opt(peak_rss, 0),
+            row.runs.len(),
+            total,
+        );
+    }
+    let failures: Vec<_> = rows
+        .iter()
+        .flat_map(|r| r.failures.iter().map(move |f| (r, f)))
+        .collect();
+    if !failures.is_empty() {
+        let _ = writeln!(out, "\nFailed runs (not counted above):");
+        for (r, f) in failures {
+            let _ = writeln!(
+                out,
+                "- {} / {} / {} conns: {f}",
+                r.server, r.client, r.conns
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(gib_per_s: f64) -> Measurement {
+        Measurement {
+            gib_per_s,
+            server_cpu_per_gib: 0.5,
+            client_cpu_per_gib: 0.25,
+            server_peak_rss_mib: 40.0,
+        }
+    }
+
+    fn row(server: &str, runs: &[f64]) -> Row {
+        Row {
+            server: server.into(),
+            client: "nbdcopy".into(),
+            conns: 1,
+            runs: runs.iter().copied().map(m).collect(),
+            ..Row::default()
+        }
+    }
+
+    #[test]
+    fn ratios_against_anchor_and_ceiling() {
+        let rows = vec![
+            row("ours", &[2.0, 2.2, 1.8]),
+            row("qemu-nbd", &[0.8, 0.8, 0.8]),
+            row("nbdkit-null", &[2.5]),
+        ];
+        let t = render(&rows, "qemu-nbd", "nbdkit-null");
+        let ours = t.lines().find(|l| l.starts_with("| ours")).unwrap();
+        assert_eq!(
+            ours,
+            "| ours | nbdcopy | 1 | 2.00 | 1.80-2.20 | 2.50 | 0.80 | 0.50 | 0.25 | 40 | 3/3 |"
+        );
+        assert!(t.lines().next().unwrap().contains("vs qemu-nbd"));
+    }
+
+    #[test]
+    fn missing_and_failed_runs_are_shown_not_faked() {
+        let mut failed = row("ours", &[]);
+        failed.failures.push("image differs from source".into());
+        let missing = Row {
+            server: "qemu-nbd".into(),
+            client: "nbdcopy".into(),
+            conns: 1,
+            missing: Some("qemu-nbd not found in PATH".into()),
+            ..Row::default()
+        };
+        let t = render(&[failed, missing], "qemu-nbd", "nbdkit-null");
+        assert!(t.contains("| ours | nbdcopy | 1 | - | - | - | - | - | - | - | 0/1 |"));
+        assert!(t.contains("| qemu-nbd | nbdcopy | 1 | missing | qemu-nbd not found in PATH |"));
+        assert!(t.contains("- ours / nbdcopy / 1 conns: image differs from source"));
+    }
+}

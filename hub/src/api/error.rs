@@ -1,0 +1,56 @@
+//! The one error type of the HTTP API: `{"error": {"code", "message"}}` with the right status.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::Error;
+
+#[derive(Debug)]
+pub enum ApiError {
+    BadRequest(String),
+    Unauthorized,
+    NotFound(String),
+    Conflict(String),
+    /// Logged in full; the client only learns that something failed inside.
+    Internal(String),
+}
+
+impl From<Error> for ApiError {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::Invalid(m) => ApiError::BadRequest(m),
+            Error::NotFound(m) => ApiError::NotFound(m),
+            Error::Conflict(m) => ApiError::Conflict(m),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong bearer token".to_owned(),
+            ),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m),
+            ApiError::Internal(m) => {
+                tracing::error!(error = %m, "request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; see the hub's log".to_owned(),
+                )
+            }
+        };
+        if status.is_client_error() {
+            tracing::debug!(%status, %message, "request refused");
+        }
+        let body = serde_json::json!({ "error": { "code": code, "message": message } });
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,69 @@
+//! `GET /metrics` in the Prometheus text format.
+
+use std::fmt::Write;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+
+use super::ApiError;
+use crate::catalog::Status;
+use crate::state::Hub;
+use crate::views::repository_view;
+
+pub async fn metrics(State(hub): State<Hub>) -> Result<impl IntoResponse, ApiError> {
+    let mut out = String::new();
+    let counts = hub.catalog.count_by_status()?;
+    out.push_str("# HELP sendense_backups Backups in the catalog by status.\n# TYPE sendense_backups gauge\n");
+    for status in Status::ALL {
+        let n = counts
+            .iter()
+            .find(|(s, _)| s == status.as_str())
+            .map_or(0, |(_, n)| *n);
+        let _ = writeln!(
+            out,
+            "sendense_backups{{status=\"{}\"}} {n}",
+            status.as_str()
+        );
+    }
+
+    let actives: Vec<_> = hub.active.lock().values().cloned().collect();
+    let (mut exports, mut connections, mut live_bytes) = (0u64, 0u64, 0u64);
+    for active in &actives {
+        for disk in &active.disks {
+            if let Some(stats) = hub.nbd.export_stats(&disk.export_name) {
+                exports += 1;
+                connections += stats.connections as u64;
+                live_bytes += stats.bytes_written;
+            } else {
+                live_bytes += disk.last_stats.lock().bytes_written;
+            }
+        }
+    }
+    let restores = hub.restores.lock().len() as u64;
+    let received = hub.catalog.bytes_received_finished()? + live_bytes;
+    let _ = write!(
+        out,
+        "# HELP sendense_bytes_received_total Bytes written by NBD clients into backup images.\n\
+         # TYPE sendense_bytes_received_total counter\nsendense_bytes_received_total {received}\n\
+         # HELP sendense_active_exports NBD exports open (backups and restores).\n\
+         # TYPE sendense_active_exports gauge\nsendense_active_exports {}\n\
+         # HELP sendense_nbd_connections Open NBD connections to backup exports.\n\
+         # TYPE sendense_nbd_connections gauge\nsendense_nbd_connections {connections}\n",
+        exports + restores
+    );
+    out.push_str(
+        "# HELP sendense_repository_free_bytes Free bytes on each repository's filesystem.\n",
+    );
+    out.push_str("# TYPE sendense_repository_free_bytes gauge\n");
+    for repo in hub.catalog.repositories()? {
+        if let Some(free) = repository_view(&repo).free_bytes {
+            let _ = writeln!(
+                out,
+                "sendense_repository_free_bytes{{repository=\"{}\"}} {free}",
+                repo.id
+            );
+        }
+    }
+    Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+}

@@ -1,0 +1,525 @@
+//! Backup operations: create (images + exports), complete and finalise, cancel, fail, delete,
+//! chains and change ids.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use serde::Deserialize;
+
+use crate::catalog::{Backup, BackupFilter, BackupType, Disk, Status};
+use crate::error::{Error, Result};
+use crate::export::ImageExport;
+use crate::state::{
+    ActiveBackup, ActiveDisk, DEFAULT_REPOSITORY, Hub, close_image, create_image, now, open_image,
+    random_hex, safe_name,
+};
+
+/// Largest virtual size accepted for one disk (QCOW2 with 64 KiB clusters handles far more; this
+/// only bounds what a request can ask for).
+const MAX_CAPACITY: u64 = 256 << 40;
+const MAX_DISKS: usize = 256;
+const MAX_VM_NAME: usize = 255;
+
+#[derive(Debug, Deserialize)]
+pub struct CreateBackup {
+    pub vm_name: String,
+    #[serde(default)]
+    pub repository_id: Option<String>,
+    pub backup_type: BackupType,
+    pub disks: Vec<DiskRequest>,
+    #[serde(default)]
+    pub parent_backup_id: Option<String>,
+    #[serde(default)]
+    pub tags: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DiskRequest {
+    pub disk_id: u32,
+    pub vmware_disk_key: i64,
+    pub capacity_bytes: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct CompleteRequest {
+    #[serde(default)]
+    pub disk_id: Option<u32>,
+    #[serde(default)]
+    pub change_id: Option<String>,
+    #[serde(default)]
+    pub bytes_transferred: Option<u64>,
+}
+
+fn validate(req: &CreateBackup) -> Result<()> {
+    let invalid = |m: String| Err(Error::Invalid(m));
+    if req.vm_name.trim().is_empty() || req.vm_name.len() > MAX_VM_NAME {
+        return invalid(format!("vm_name must have 1 to {MAX_VM_NAME} bytes"));
+    }
+    if req.disks.is_empty() || req.disks.len() > MAX_DISKS {
+        return invalid(format!("disks must list 1 to {MAX_DISKS} disks"));
+    }
+    let mut ids = HashSet::new();
+    let mut keys = HashSet::new();
+    for d in &req.disks {
+        if d.capacity_bytes == 0 || d.capacity_bytes % 512 != 0 {
+            return invalid(format!(
+                "disk {}: capacity_bytes must be a positive multiple of 512, got {}",
+                d.disk_id, d.capacity_bytes
+            ));
+        }
+        if d.capacity_bytes > MAX_CAPACITY {
+            return invalid(format!(
+                "disk {}: capacity_bytes {} is too large",
+                d.disk_id, d.capacity_bytes
+            ));
+        }
+        if !ids.insert(d.disk_id) {
+            return invalid(format!("duplicate disk_id {}", d.disk_id));
+        }
+        if !keys.insert(d.vmware_disk_key) {
+            return invalid(format!("duplicate vmware_disk_key {}", d.vmware_disk_key));
+        }
+    }
+    if req.backup_type == BackupType::Full && req.parent_backup_id.is_some() {
+        return invalid("parent_backup_id is only valid for an incremental backup".into());
+    }
+    Ok(())
+}
+
+impl Hub {
+    pub async fn create_backup(&self, req: CreateBackup) -> Result<Backup> {
+        validate(&req)?;
+        let repository_id = req
+            .repository_id
+            .clone()
+            .unwrap_or_else(|| DEFAULT_REPOSITORY.to_owned());
+        let _ops = self.ops.lock().await;
+        let repo = self
+            .catalog
+            .repository(&repository_id)?
+            .ok_or_else(|| Error::NotFound(format!("no repository {repository_id:?}")))?;
+        let same_vm = BackupFilter {
+            vm_name: Some(req.vm_name.clone()),
+            ..BackupFilter::default()
+        };
+        if let Some(running) = self
+            .catalog
+            .backups(&same_vm)?
+            .into_iter()
+            .find(|b| b.status.is_active())
+        {
+            return Err(Error::Conflict(format!(
+                "backup {} of VM {:?} is {}",
+                running.id,
+                req.vm_name,
+                running.status.as_str()
+            )));
+        }
+        let parent = match req.backup_type {
+            BackupType::Full => None,
+            BackupType::Incremental => Some(self.find_parent(&req, &repository_id)?),
+        };
+
+        let id = uuid::Uuid::new_v4().to_string();
+        let vm_dir = safe_name(&req.vm_name);
+        let dir = repo.path.join(&vm_dir).join(&id);
+        std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+
+        let mut disks = Vec::with_capacity(req.disks.len());
+        let mut active = Vec::with_capacity(req.disks.len());
+        let made = self
+            .make_disks(
+                &req,
+                parent.as_ref(),
+                &dir,
+                &vm_dir,
+                &mut disks,
+                &mut active,
+            )
+            .await;
+        let backup = Backup {
+            id: id.clone(),
+            vm_name: req.vm_name.clone(),
+            repository_id,
+            backup_type: req.backup_type,
+            parent_backup_id: parent.map(|p| p.id),
+            status: Status::Ready,
+            error: None,
+            tags: req.tags,
+            telemetry: None,
+            created_at: now(),
+            started_at: None,
+            completed_at: None,
+            disks,
+        };
+        if let Err(err) = made.and_then(|()| self.catalog.insert_backup(&backup)) {
+            for disk in &active {
+                let _ = self
+                    .nbd
+                    .remove_export(&disk.export_name, Duration::ZERO)
+                    .await;
+            }
+            drop(active);
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(err);
+        }
+        self.active.lock().insert(
+            id.clone(),
+            Arc::new(ActiveBackup {
+                id: id.clone(),
+                disks: active,
+                last_touch: Mutex::new(SystemTime::now()),
+            }),
+        );
+        tracing::info!(backup_id = %id, vm = %backup.vm_name, disks = backup.disks.len(),
+            backup_type = backup.backup_type.as_str(), "backup ready");
+        Ok(backup)
+    }
+
+    fn find_parent(&self, req: &CreateBackup, repository_id: &str) -> Result<Backup> {
+        let Some(parent_id) = &req.parent_backup_id else {
+            return self.catalog.latest_completed(&req.vm_name, Some(repository_id))?.ok_or_else(|| {
+                Error::Invalid(format!(
+                    "incremental backup of VM {:?} needs a completed backup in repository {repository_id:?}",
+                    req.vm_name
+                ))
+            });
+        };
+        let parent = self
+            .catalog
+            .backup(parent_id)?
+            .ok_or_else(|| Error::Invalid(format!("parent backup {parent_id} does not exist")))?;
+        if parent.status != Status::Completed {
+            return Err(Error::Invalid(format!(
+                "parent backup {parent_id} is {}",
+                parent.status.as_str()
+            )));
+        }
+        if parent.vm_name != req.vm_name || parent.repository_id != repository_id {
+            return Err(Error::Invalid(format!(
+                "parent backup {parent_id} belongs to VM {:?} in repository {:?}",
+                parent.vm_name, parent.repository_id
+            )));
+        }
+        Ok(parent)
+    }
+
+    /// Create, open and export each disk's image; what was made so far is in `disks`/`active`
+    /// for the caller to undo on error.
+    async fn make_disks(
+        &self,
+        req: &CreateBackup,
+        parent: Option<&Backup>,
+        dir: &std::path::Path,
+        vm_dir: &str,
+        disks: &mut Vec<Disk>,
+        active: &mut Vec<ActiveDisk>,
+    ) -> Result<()> {
+        for d in &req.disks {
+            let path = dir.join(format!("disk{}.qcow2", d.disk_id));
+            let backing: Option<PathBuf> = parent
+                .and_then(|p| p.disk(d.disk_id))
+                .map(|pd| pd.qcow2_path.clone());
+            create_image(path.clone(), d.capacity_bytes, backing).await?;
+            let image = open_image(path.clone(), true).await?;
+            let export_name = format!("{vm_dir}-{}-disk{}", random_hex(), d.disk_id);
+            self.nbd
+                .add_export(&export_name, Arc::new(ImageExport::new(Arc::clone(&image))))?;
+            active.push(ActiveDisk {
+                disk_id: d.disk_id,
+                export_name: export_name.clone(),
+                image: Mutex::new(Some(image)),
+                last_stats: Mutex::new(Default::default()),
+            });
+            disks.push(Disk {
+                disk_id: d.disk_id,
+                vmware_disk_key: d.vmware_disk_key,
+                capacity_bytes: d.capacity_bytes,
+                export_name,
+                qcow2_path: path,
+                completed: false,
+                change_id: None,
+                bytes_transferred: None,
+                bytes_written: 0,
+                image_size: None,
+                completed_at: None,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn backup(&self, id: &str) -> Result<Backup> {
+        self.catalog
+            .backup(id)?
+            .ok_or_else(|| Error::NotFound(format!("no backup {id}")))
+    }
+
+    /// Mark one disk (or all) complete; when all are, finalise in the background. Idempotent.
+    pub async fn complete(&self, id: &str, req: CompleteRequest) -> Result<Backup> {
+        let _ops = self.ops.lock().await;
+        let backup = self.backup(id)?;
+        if let Some(disk_id) = req.disk_id {
+            if backup.disk(disk_id).is_none() {
+                return Err(Error::NotFound(format!(
+                    "backup {id} has no disk {disk_id}"
+                )));
+            }
+        }
+        match backup.status {
+            Status::Completed | Status::Finalizing => return Ok(backup),
+            Status::Failed | Status::Cancelled => {
+                return Err(Error::Conflict(format!(
+                    "backup {id} is {}",
+                    backup.status.as_str()
+                )));
+            }
+            Status::Ready | Status::Running => {}
+        }
+        let targets: Vec<u32> = match req.disk_id {
+            Some(disk_id) => vec![disk_id],
+            None => backup.disks.iter().map(|d| d.disk_id).collect(),
+        };
+        for disk_id in targets {
+            self.catalog.mark_disk_complete(
+                id,
+                disk_id,
+                req.change_id.as_deref(),
+                req.bytes_transferred,
+            )?;
+            tracing::info!(backup_id = %id, disk_id, change_id = ?req.change_id, "disk complete");
+        }
+        if let Some(active) = self.active.lock().get(id) {
+            active.touch();
+        }
+        let backup = self.backup(id)?;
+        if backup.disks.iter().all(|d| d.completed) {
+            self.catalog.set_status(id, Status::Finalizing, None)?;
+            let hub = self.clone();
+            let id = id.to_owned();
+            self.tasks.spawn(async move { hub.finalize(&id).await });
+            return self.backup(backup.id.as_str());
+        }
+        Ok(backup)
+    }
+
+    /// Stop the exports (draining open connections), close the images, record the results.
+    async fn finalize(&self, id: &str) {
+        let result = self.finalize_inner(id).await;
+        let _ops = self.ops.lock().await;
+        self.active.lock().remove(id);
+        match result {
+            Ok(()) => {
+                if let Err(err) = self.catalog.set_status(id, Status::Completed, None) {
+                    tracing::error!(backup_id = %id, %err, "recording completion");
+                } else {
+                    tracing::info!(backup_id = %id, "backup completed");
+                }
+            }
+            Err(err) => {
+                tracing::error!(backup_id = %id, %err, "finalising failed");
+                let reason = format!("finalising failed: {err}");
+                if let Err(err) = self.catalog.set_status(id, Status::Failed, Some(&reason)) {
+                    tracing::error!(backup_id = %id, %err, "recording failure");
+                }
+            }
+        }
+    }
+
+    async fn finalize_inner(&self, id: &str) -> Result<()> {
+        let active = self.active.lock().get(id).cloned();
+        let Some(active) = active else {
+            return Err(Error::Internal("no open images for this backup".into()));
+        };
+        let grace = self.config.drain_grace;
+        let mut drains = tokio::task::JoinSet::new();
+        for disk in &active.disks {
+            if let Some(stats) = self.nbd.export_stats(&disk.export_name) {
+                *disk.last_stats.lock() = stats;
+            }
+            let nbd = self.nbd.clone();
+            let name = disk.export_name.clone();
+            drains.spawn(async move { (nbd.remove_export(&name, grace).await, name) });
+        }
+        while let Some(joined) = drains.join_next().await {
+            match joined {
+                Ok((Ok(()), _)) => {}
+                Ok((Err(err), name)) => tracing::warn!(export = %name, %err, "removing export"),
+                Err(err) => return Err(Error::Internal(format!("drain task: {err}"))),
+            }
+        }
+        let backup = self.backup(id)?;
+        for disk in &active.disks {
+            let image = disk.image.lock().take();
+            if let Some(image) = image {
+                close_image(image).await?;
+            }
+            let Some(record) = backup.disk(disk.disk_id) else {
+                continue;
+            };
+            let size = std::fs::metadata(&record.qcow2_path)
+                .map_err(Error::io(format!("stat {}", record.qcow2_path.display())))?
+                .len();
+            let written = disk.last_stats.lock().bytes_written;
+            self.catalog
+                .record_disk_result(id, disk.disk_id, written, size)?;
+        }
+        Ok(())
+    }
+
+    /// Close the exports and drop the images of an active backup (connections are cut).
+    async fn abandon(&self, id: &str) {
+        let active = self.active.lock().remove(id);
+        let Some(active) = active else { return };
+        for disk in &active.disks {
+            if let Some(stats) = self.nbd.export_stats(&disk.export_name) {
+                *disk.last_stats.lock() = stats;
+            }
+            if let Err(err) = self
+                .nbd
+                .remove_export(&disk.export_name, Duration::ZERO)
+                .await
+            {
+                tracing::warn!(export = %disk.export_name, %err, "removing export");
+            }
+            let image = disk.image.lock().take();
+            if let Some(image) = image {
+                if let Err(err) = close_image(image).await {
+                    tracing::warn!(export = %disk.export_name, %err, "closing image");
+                }
+            }
+            let written = disk.last_stats.lock().bytes_written;
+            let _ = self
+                .catalog
+                .record_disk_result(id, disk.disk_id, written, 0);
+        }
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<Backup> {
+        let _ops = self.ops.lock().await;
+        let backup = self.backup(id)?;
+        match backup.status {
+            Status::Cancelled => return Ok(backup),
+            Status::Ready | Status::Running => {}
+            other => {
+                return Err(Error::Conflict(format!(
+                    "backup {id} is {}",
+                    other.as_str()
+                )));
+            }
+        }
+        self.catalog
+            .set_status(id, Status::Cancelled, Some("cancelled by request"))?;
+        self.abandon(id).await;
+        remove_backup_dir(&backup);
+        tracing::info!(backup_id = %id, "backup cancelled");
+        self.backup(id)
+    }
+
+    /// Fail an active backup that is not finalising (stale, or anything else that ends it).
+    pub async fn fail(&self, id: &str, reason: &str) -> Result<()> {
+        let _ops = self.ops.lock().await;
+        let backup = self.backup(id)?;
+        if !matches!(backup.status, Status::Ready | Status::Running) {
+            return Ok(());
+        }
+        tracing::warn!(backup_id = %id, %reason, "backup failed");
+        self.catalog.set_status(id, Status::Failed, Some(reason))?;
+        self.abandon(id).await;
+        Ok(())
+    }
+
+    pub async fn delete_backup(&self, id: &str) -> Result<()> {
+        let _ops = self.ops.lock().await;
+        let backup = self.backup(id)?;
+        if backup.status.is_active() {
+            return Err(Error::Conflict(format!(
+                "backup {id} is {}; cancel it first",
+                backup.status.as_str()
+            )));
+        }
+        let dependents = self.catalog.dependents(id)?;
+        if !dependents.is_empty() {
+            return Err(Error::Conflict(format!(
+                "backup {id} is the parent of {}; delete those first",
+                dependents.join(", ")
+            )));
+        }
+        if self.catalog.restores_of(id)? > 0 {
+            return Err(Error::Conflict(format!("backup {id} has an open restore")));
+        }
+        remove_backup_dir(&backup);
+        self.catalog.delete_backup(id)?;
+        tracing::info!(backup_id = %id, "backup deleted");
+        Ok(())
+    }
+
+    pub fn set_telemetry(&self, id: &str, telemetry: &serde_json::Value) -> Result<()> {
+        self.backup(id)?;
+        self.catalog.set_telemetry(id, telemetry)?;
+        if let Some(active) = self.active.lock().get(id) {
+            active.touch();
+        }
+        Ok(())
+    }
+
+    /// The newest completed backup of the VM that has this disk (any disk when none is named).
+    pub fn latest_with_disk(&self, vm_name: &str, disk_id: Option<u32>) -> Result<(Backup, u32)> {
+        let filter = BackupFilter {
+            vm_name: Some(vm_name.to_owned()),
+            status: Some(Status::Completed.as_str().to_owned()),
+            ..BackupFilter::default()
+        };
+        for backup in self.catalog.backups(&filter)? {
+            let disk = match disk_id {
+                Some(id) => backup.disk(id).map(|d| d.disk_id),
+                None => backup.disks.iter().map(|d| d.disk_id).min(),
+            };
+            if let Some(disk) = disk {
+                return Ok((backup, disk));
+            }
+        }
+        Err(Error::NotFound(format!(
+            "no completed backup of VM {vm_name:?} with that disk"
+        )))
+    }
+
+    /// From the full backup to the newest completed one of the VM.
+    pub fn chain(&self, vm_name: &str, repository_id: Option<&str>) -> Result<Vec<Backup>> {
+        let newest = self
+            .catalog
+            .latest_completed(vm_name, repository_id)?
+            .ok_or_else(|| Error::NotFound(format!("no completed backup of VM {vm_name:?}")))?;
+        let mut chain = vec![newest];
+        while let Some(parent_id) = chain.last().and_then(|b| b.parent_backup_id.clone()) {
+            if chain.len() > 10_000 || chain.iter().any(|b| b.id == parent_id) {
+                return Err(Error::Internal(format!(
+                    "backup chain of {vm_name:?} loops"
+                )));
+            }
+            match self.catalog.backup(&parent_id)? {
+                Some(parent) => chain.push(parent),
+                None => break,
+            }
+        }
+        chain.reverse();
+        Ok(chain)
+    }
+}
+
+fn remove_backup_dir(backup: &Backup) {
+    let Some(dir) = backup.disks.first().and_then(|d| d.qcow2_path.parent()) else {
+        return;
+    };
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => tracing::warn!(dir = %dir.display(), %err, "removing backup images"),
+    }
+    // The VM's directory goes when its last backup does; a non-empty one stays.
+    if let Some(vm_dir) = dir.parent() {
+        let _ = std::fs::remove_dir(vm_dir);
+    }
+}

@@ -1,0 +1,544 @@
+//! The SQLite catalog: repositories, backups with their disks, restores.
+//!
+//! One connection behind a mutex; every call is a short statement or transaction, so callers use
+//! it directly from async code. WAL mode keeps readers from waiting on the writer's fsync.
+
+pub mod model;
+
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+pub use model::*;
+
+use crate::error::{Error, Result};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql")];
+
+pub struct Catalog {
+    conn: Mutex<Connection>,
+}
+
+pub fn fmt_time(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+fn parse_time(s: &str) -> rusqlite::Result<OffsetDateTime> {
+    OffsetDateTime::parse(s, &Rfc3339).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn parse_opt_time(s: Option<String>) -> rusqlite::Result<Option<OffsetDateTime>> {
+    s.as_deref().map(parse_time).transpose()
+}
+
+fn bad_value(what: &str, value: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Text,
+        format!("bad {what} {value:?} in catalog").into(),
+    )
+}
+
+fn parse_json(s: Option<String>) -> Option<serde_json::Value> {
+    s.and_then(|s| serde_json::from_str(&s).ok())
+}
+
+const BACKUP_COLUMNS: &str = "id, vm_name, repository_id, backup_type, parent_backup_id, status, error, \
+     tags, telemetry, created_at, started_at, completed_at";
+
+fn backup_from_row(row: &Row<'_>) -> rusqlite::Result<Backup> {
+    let backup_type: String = row.get(3)?;
+    let status: String = row.get(5)?;
+    Ok(Backup {
+        id: row.get(0)?,
+        vm_name: row.get(1)?,
+        repository_id: row.get(2)?,
+        backup_type: BackupType::parse(&backup_type)
+            .ok_or_else(|| bad_value("backup type", &backup_type))?,
+        parent_backup_id: row.get(4)?,
+        status: Status::parse(&status).ok_or_else(|| bad_value("status", &status))?,
+        error: row.get(6)?,
+        tags: parse_json(row.get(7)?),
+        telemetry: parse_json(row.get(8)?),
+        created_at: parse_time(&row.get::<_, String>(9)?)?,
+        started_at: parse_opt_time(row.get(10)?)?,
+        completed_at: parse_opt_time(row.get(11)?)?,
+        disks: Vec::new(),
+    })
+}
+
+fn disk_from_row(row: &Row<'_>) -> rusqlite::Result<Disk> {
+    Ok(Disk {
+        disk_id: row.get(0)?,
+        vmware_disk_key: row.get(1)?,
+        capacity_bytes: row.get::<_, i64>(2)? as u64,
+        export_name: row.get(3)?,
+        qcow2_path: PathBuf::from(row.get::<_, String>(4)?),
+        completed: row.get(5)?,
+        change_id: row.get(6)?,
+        bytes_transferred: row.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+        bytes_written: row.get::<_, i64>(8)? as u64,
+        image_size: row.get::<_, Option<i64>>(9)?.map(|v| v as u64),
+        completed_at: parse_opt_time(row.get(10)?)?,
+    })
+}
+
+fn restore_from_row(row: &Row<'_>) -> rusqlite::Result<Restore> {
+    Ok(Restore {
+        id: row.get(0)?,
+        backup_id: row.get(1)?,
+        disk_id: row.get(2)?,
+        export_name: row.get(3)?,
+        created_at: parse_time(&row.get::<_, String>(4)?)?,
+        expires_at: parse_time(&row.get::<_, String>(5)?)?,
+    })
+}
+
+fn load_disks(conn: &Connection, backup: &mut Backup) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT disk_id, vmware_disk_key, capacity_bytes, export_name, qcow2_path, completed, change_id, \
+         bytes_transferred, bytes_written, image_size, completed_at \
+         FROM backup_disks WHERE backup_id = ?1 ORDER BY position",
+    )?;
+    backup.disks = stmt
+        .query_map([&backup.id], disk_from_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(())
+}
+
+fn query_backups(
+    conn: &Connection,
+    sql: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> rusqlite::Result<Vec<Backup>> {
+    let mut stmt = conn.prepare(sql)?;
+    let mut backups: Vec<Backup> = stmt
+        .query_map(args, backup_from_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    for backup in &mut backups {
+        load_disks(conn, backup)?;
+    }
+    Ok(backups)
+}
+
+impl Catalog {
+    pub fn open(path: &Path) -> Result<Catalog> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut conn)?;
+        Ok(Catalog {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    // --- repositories
+
+    pub fn insert_repository(&self, repo: &Repository) -> Result<()> {
+        let conn = self.conn.lock();
+        let inserted = conn.execute(
+            "INSERT INTO repositories (id, name, path, created_at) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (id) DO NOTHING",
+            params![
+                repo.id,
+                repo.name,
+                repo.path.to_string_lossy(),
+                fmt_time(repo.created_at)
+            ],
+        )?;
+        if inserted == 0 {
+            return Err(Error::Conflict(format!(
+                "repository {:?} already exists",
+                repo.id
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn repository(&self, id: &str) -> Result<Option<Repository>> {
+        let conn = self.conn.lock();
+        Ok(conn
+            .query_row(
+                "SELECT id, name, path, created_at FROM repositories WHERE id = ?1",
+                [id],
+                |row| {
+                    Ok(Repository {
+                        id: row.get(0)?,
+                        name: row.get(1)?,
+                        path: PathBuf::from(row.get::<_, String>(2)?),
+                        created_at: parse_time(&row.get::<_, String>(3)?)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    pub fn repositories(&self) -> Result<Vec<Repository>> {
+        let conn = self.conn.lock();
+        let mut stmt =
+            conn.prepare("SELECT id, name, path, created_at FROM repositories ORDER BY id")?;
+        let repos = stmt
+            .query_map([], |row| {
+                Ok(Repository {
+                    id: row.get(0)?,
+                    name: row.get(1)?,
+                    path: PathBuf::from(row.get::<_, String>(2)?),
+                    created_at: parse_time(&row.get::<_, String>(3)?)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(repos)
+    }
+
+    // --- backups
+
+    pub fn insert_backup(&self, backup: &Backup) -> Result<()> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
+            &format!("INSERT INTO backups ({BACKUP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+            params![
+                backup.id,
+                backup.vm_name,
+                backup.repository_id,
+                backup.backup_type.as_str(),
+                backup.parent_backup_id,
+                backup.status.as_str(),
+                backup.error,
+                backup.tags.as_ref().map(|t| t.to_string()),
+                backup.telemetry.as_ref().map(|t| t.to_string()),
+                fmt_time(backup.created_at),
+                backup.started_at.map(fmt_time),
+                backup.completed_at.map(fmt_time),
+            ],
+        )?;
+        for (position, disk) in backup.disks.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO backup_disks (backup_id, disk_id, position, vmware_disk_key, capacity_bytes, \
+                 export_name, qcow2_path) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    backup.id,
+                    disk.disk_id,
+                    position as i64,
+                    disk.vmware_disk_key,
+                    disk.capacity_bytes as i64,
+                    disk.export_name,
+                    disk.qcow2_path.to_string_lossy(),
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn backup(&self, id: &str) -> Result<Option<Backup>> {
+        let conn = self.conn.lock();
+        let sql = format!("SELECT {BACKUP_COLUMNS} FROM backups WHERE id = ?1");
+        Ok(query_backups(&conn, &sql, &[&id])?.pop())
+    }
+
+    /// Newest first.
+    pub fn backups(&self, filter: &BackupFilter) -> Result<Vec<Backup>> {
+        let conn = self.conn.lock();
+        let sql = format!(
+            "SELECT {BACKUP_COLUMNS} FROM backups WHERE (?1 IS NULL OR vm_name = ?1) \
+             AND (?2 IS NULL OR repository_id = ?2) AND (?3 IS NULL OR status = ?3) \
+             AND (?4 IS NULL OR backup_type = ?4) ORDER BY created_at DESC, rowid DESC"
+        );
+        Ok(query_backups(
+            &conn,
+            &sql,
+            &[
+                &filter.vm_name,
+                &filter.repository_id,
+                &filter.status,
+                &filter.backup_type,
+            ],
+        )?)
+    }
+
+    /// Backups whose exports were open (or being drained): ready, running, finalizing.
+    pub fn active_backups(&self) -> Result<Vec<Backup>> {
+        let conn = self.conn.lock();
+        let sql = format!(
+            "SELECT {BACKUP_COLUMNS} FROM backups WHERE status IN ('ready', 'running', 'finalizing') \
+             ORDER BY rowid"
+        );
+        Ok(query_backups(&conn, &sql, &[])?)
+    }
+
+    /// The newest completed backup of a VM (in one repository, when given).
+    pub fn latest_completed(
+        &self,
+        vm_name: &str,
+        repository_id: Option<&str>,
+    ) -> Result<Option<Backup>> {
+        let conn = self.conn.lock();
+        let sql = format!(
+            "SELECT {BACKUP_COLUMNS} FROM backups WHERE vm_name = ?1 AND status = 'completed' \
+             AND (?2 IS NULL OR repository_id = ?2) ORDER BY completed_at DESC, rowid DESC LIMIT 1"
+        );
+        Ok(query_backups(&conn, &sql, &[&vm_name, &repository_id])?.pop())
+    }
+
+    /// Backups (other than cancelled ones, whose images are gone) that use `id` as parent.
+    pub fn dependents(&self, id: &str) -> Result<Vec<String>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare(
+            "SELECT id FROM backups WHERE parent_backup_id = ?1 AND status != 'cancelled' ORDER BY rowid",
+        )?;
+        Ok(stmt
+            .query_map([id], |row| row.get(0))?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn set_status(&self, id: &str, status: Status, error: Option<&str>) -> Result<()> {
+        let conn = self.conn.lock();
+        let completed_at = (!status.is_active()).then(|| fmt_time(OffsetDateTime::now_utc()));
+        conn.execute(
+            "UPDATE backups SET status = ?2, error = COALESCE(?3, error), \
+             completed_at = COALESCE(?4, completed_at) WHERE id = ?1",
+            params![id, status.as_str(), error, completed_at],
+        )?;
+        Ok(())
+    }
+
+    /// ready -> running, once; returns whether this call made the change.
+    pub fn mark_running(&self, id: &str) -> Result<bool> {
+        let conn = self.conn.lock();
+        let changed = conn.execute(
+            "UPDATE backups SET status = 'running', started_at = ?2 WHERE id = ?1 AND status = 'ready'",
+            params![id, fmt_time(OffsetDateTime::now_utc())],
+        )?;
+        Ok(changed == 1)
+    }
+
+    pub fn set_telemetry(&self, id: &str, telemetry: &serde_json::Value) -> Result<()> {
+        let conn = self.conn.lock();
+        conn.execute(
+            "UPDATE backups SET telemetry = ?2 WHERE id = ?1",
+            params![id, telemetry.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// Record the client's `complete` for one disk. Values already recorded are kept when the
+    /// call does not repeat them.
+    pub fn mark_disk_complete(
+        &self,
+        id: &str,
+        disk_id: u32,
+        change_id: Option<&str>,
+        bytes_transferred: Option<u64>,
+    ) -> Result<()> {
+        let conn = self.conn.lock();
+        conn.execute(
+            "UPDATE backup_disks SET completed = 1, change_id = COALESCE(?3, change_id), \
+             bytes_transferred = COALESCE(?4, bytes_transferred), completed_at = COALESCE(completed_at, ?5) \
+             WHERE backup_id = ?1 AND disk_id = ?2",
+            params![
+                id,
+                disk_id,
+                change_id,
+                bytes_transferred.map(|b| b as i64),
+                fmt_time(OffsetDateTime::now_utc())
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn record_disk_result(
+        &self,
+        id: &str,
+        disk_id: u32,
+        bytes_written: u64,
+        image_size: u64,
+    ) -> Result<()> {
+        let conn = self.conn.lock();
+        conn.execute(
+            "UPDATE backup_disks SET bytes_written = ?3, image_size = ?4 WHERE backup_id = ?1 AND disk_id = ?2",
+            params![id, disk_id, bytes_written as i64, image_size as i64],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_backup(&self, id: &str) -> Result<()> {
+        let conn = self.conn.lock();
+        conn.execute("DELETE FROM backups WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    pub fn count_by_status(&self) -> Result<Vec<(String, u64)>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM backups GROUP BY status")?;
+        Ok(stmt
+            .query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn bytes_received_finished(&self) -> Result<u64> {
+        let conn = self.conn.lock();
+        let total: i64 = conn.query_row(
+            "SELECT COALESCE(SUM(d.bytes_written), 0) FROM backup_disks d JOIN backups b ON b.id = d.backup_id \
+             WHERE b.status NOT IN ('ready', 'running', 'finalizing')",
+            [],
+            |row| row.get(0),
+        )?;
+        Ok(total as u64)
+    }
+
+    // --- restores
+
+    pub fn insert_restore(&self, restore: &Restore) -> Result<()> {
+        let conn = self.conn.lock();
+        conn.execute(
+            "INSERT INTO restores (id, backup_id, disk_id, export_name, created_at, expires_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                restore.id,
+                restore.backup_id,
+                restore.disk_id,
+                restore.export_name,
+                fmt_time(restore.created_at),
+                fmt_time(restore.expires_at)
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn restores(&self) -> Result<Vec<Restore>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare(
+            "SELECT id, backup_id, disk_id, export_name, created_at, expires_at FROM restores ORDER BY rowid DESC",
+        )?;
+        Ok(stmt
+            .query_map([], restore_from_row)?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn delete_restore(&self, id: &str) -> Result<bool> {
+        let conn = self.conn.lock();
+        Ok(conn.execute("DELETE FROM restores WHERE id = ?1", [id])? == 1)
+    }
+
+    pub fn restores_of(&self, backup_id: &str) -> Result<usize> {
+        let conn = self.conn.lock();
+        let n: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM restores WHERE backup_id = ?1",
+            [backup_id],
+            |r| r.get(0),
+        )?;
+        Ok(n as usize)
+    }
+
+    pub fn clear_restores(&self) -> Result<()> {
+        let conn = self.conn.lock();
+        conn.execute("DELETE FROM restores", [])?;
+        Ok(())
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let applied: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    let applied = usize::try_from(applied).unwrap_or(0);
+    if applied > MIGRATIONS.len() {
+        return Err(Error::Config(format!(
+            "catalog schema version {applied} is newer than this binary knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "catalog migrated");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(id: &str, vm: &str, status: Status) -> Backup {
+        Backup {
+            id: id.into(),
+            vm_name: vm.into(),
+            repository_id: "default".into(),
+            backup_type: BackupType::Full,
+            parent_backup_id: None,
+            status,
+            error: None,
+            tags: None,
+            telemetry: None,
+            created_at: OffsetDateTime::now_utc(),
+            started_at: None,
+            completed_at: None,
+            disks: vec![Disk {
+                disk_id: 3,
+                vmware_disk_key: 2001,
+                capacity_bytes: 1 << 20,
+                export_name: format!("{vm}-{id}-disk3"),
+                qcow2_path: "/x/disk3.qcow2".into(),
+                completed: false,
+                change_id: None,
+                bytes_transferred: None,
+                bytes_written: 0,
+                image_size: None,
+                completed_at: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trip_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.sqlite");
+        {
+            let cat = Catalog::open(&path).unwrap();
+            let repo = Repository {
+                id: "default".into(),
+                name: "default".into(),
+                path: dir.path().into(),
+                created_at: OffsetDateTime::now_utc(),
+            };
+            cat.insert_repository(&repo).unwrap();
+            assert!(matches!(
+                cat.insert_repository(&repo),
+                Err(Error::Conflict(_))
+            ));
+            cat.insert_backup(&sample("a", "vm1", Status::Ready))
+                .unwrap();
+            cat.mark_disk_complete("a", 3, Some("cid"), Some(42))
+                .unwrap();
+            cat.mark_disk_complete("a", 3, None, None).unwrap();
+            cat.set_status("a", Status::Completed, None).unwrap();
+        }
+        // Migrations are not applied twice; data survives.
+        let cat = Catalog::open(&path).unwrap();
+        let b = cat.backup("a").unwrap().unwrap();
+        assert_eq!(b.status, Status::Completed);
+        assert!(b.completed_at.is_some());
+        assert_eq!(b.disks[0].change_id.as_deref(), Some("cid"));
+        assert_eq!(b.disks[0].bytes_transferred, Some(42));
+        assert_eq!(
+            cat.latest_completed("vm1", Some("default"))
+                .unwrap()
+                .unwrap()
+                .id,
+            "a"
+        );
+        assert!(cat.latest_completed("vm2", None).unwrap().is_none());
+        assert!(cat.backup("zz").unwrap().is_none());
+    }
+}

@@ -1,0 +1,143 @@
+//! Records kept in the catalog.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupType {
+    Full,
+    Incremental,
+}
+
+impl BackupType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupType::Full => "full",
+            BackupType::Incremental => "incremental",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "full" => Some(BackupType::Full),
+            "incremental" => Some(BackupType::Incremental),
+            _ => None,
+        }
+    }
+}
+
+/// ready (exports open) -> running (first connection) -> finalizing -> completed;
+/// or failed / cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ready,
+    Running,
+    Finalizing,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub const ALL: [Status; 6] = [
+        Status::Ready,
+        Status::Running,
+        Status::Finalizing,
+        Status::Completed,
+        Status::Failed,
+        Status::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ready => "ready",
+            Status::Running => "running",
+            Status::Finalizing => "finalizing",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Status::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Exports exist (or are being drained) for a backup in this state.
+    pub fn is_active(self) -> bool {
+        matches!(self, Status::Ready | Status::Running | Status::Finalizing)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Repository {
+    pub id: String,
+    pub name: String,
+    pub path: PathBuf,
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone)]
+pub struct Backup {
+    pub id: String,
+    pub vm_name: String,
+    pub repository_id: String,
+    pub backup_type: BackupType,
+    pub parent_backup_id: Option<String>,
+    pub status: Status,
+    pub error: Option<String>,
+    pub tags: Option<serde_json::Value>,
+    pub telemetry: Option<serde_json::Value>,
+    pub created_at: OffsetDateTime,
+    pub started_at: Option<OffsetDateTime>,
+    pub completed_at: Option<OffsetDateTime>,
+    /// In the order the request listed them.
+    pub disks: Vec<Disk>,
+}
+
+impl Backup {
+    pub fn disk(&self, disk_id: u32) -> Option<&Disk> {
+        self.disks.iter().find(|d| d.disk_id == disk_id)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Disk {
+    pub disk_id: u32,
+    pub vmware_disk_key: i64,
+    pub capacity_bytes: u64,
+    pub export_name: String,
+    pub qcow2_path: PathBuf,
+    /// The client reported this disk complete.
+    pub completed: bool,
+    pub change_id: Option<String>,
+    pub bytes_transferred: Option<u64>,
+    /// Bytes the NBD server received for this disk (recorded when finalised).
+    pub bytes_written: u64,
+    /// Host size of the image file once finalised.
+    pub image_size: Option<u64>,
+    pub completed_at: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Restore {
+    pub id: String,
+    pub backup_id: String,
+    pub disk_id: u32,
+    pub export_name: String,
+    pub created_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
+/// Filters of `GET /api/v1/backups`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct BackupFilter {
+    pub vm_name: Option<String>,
+    pub repository_id: Option<String>,
+    pub status: Option<String>,
+    pub backup_type: Option<String>,
+}

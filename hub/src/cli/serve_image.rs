@@ -1,0 +1,154 @@
+//! `sendense-hub serve-image`: one image, one export, until SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use hub::export::ImageExport;
+use hub::size::parse_size;
+use nbd_server::{Server, ServerConfig};
+use qcow2::{CreateOptions, Image, OpenOptions};
+
+/// How long open connections get to finish their requests after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, clap::Args)]
+pub struct ServeImageArgs {
+    /// TCP address to listen on.
+    #[arg(long, value_name = "ADDR", conflicts_with = "socket")]
+    listen: Option<String>,
+    /// Unix socket to listen on instead of TCP.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Export name (default: the empty name).
+    #[arg(long, default_value = "")]
+    name: String,
+    #[arg(long)]
+    read_only: bool,
+    /// Create a new image of this virtual size (K, M, G, T suffixes) before serving.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    create: Option<u64>,
+    /// Cluster size of the created image.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, requires = "create")]
+    cluster_size: Option<u64>,
+    /// Backing file of the created image (a QCOW2).
+    #[arg(long, value_name = "FILE", requires = "create")]
+    backing: Option<PathBuf>,
+    image: PathBuf,
+}
+
+pub async fn run(args: ServeImageArgs) -> anyhow::Result<()> {
+    let shutdown = super::shutdown_on_signal()?;
+    if let Some(size) = args.create {
+        create(&args, size)?;
+    }
+    let opts = OpenOptions {
+        writable: !args.read_only,
+        open_backing: true,
+        ..OpenOptions::default()
+    };
+    let path = args.image.clone();
+    let image = tokio::task::spawn_blocking(move || Image::open(&path, &opts))
+        .await?
+        .with_context(|| format!("opening {}", args.image.display()))?;
+    let image = Arc::new(image);
+
+    let server = Server::new(ServerConfig {
+        list_exports: true,
+        ..ServerConfig::default()
+    });
+    let mut export = ImageExport::new(Arc::clone(&image));
+    if args.read_only {
+        export = export.read_only();
+    }
+    server.add_export(&args.name, Arc::new(export))?;
+
+    let serving = {
+        let server = server.clone();
+        let shutdown = shutdown.clone();
+        if let Some(socket) = &args.socket {
+            remove_stale_socket(socket)?;
+            let listener = tokio::net::UnixListener::bind(socket)
+                .with_context(|| format!("binding {}", socket.display()))?;
+            announce(&format!(
+                "nbd+unix:///{}?socket={}",
+                args.name,
+                socket.display()
+            ));
+            tokio::spawn(async move { server.serve_unix(listener, shutdown).await })
+        } else {
+            let addr = args.listen.as_deref().unwrap_or("127.0.0.1:10809");
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
+            announce(&format!("nbd://{}/{}", listener.local_addr()?, args.name));
+            tokio::spawn(async move { server.serve_tcp(listener, shutdown).await })
+        }
+    };
+
+    let served = serving.await;
+    shutdown.cancel();
+    server.shutdown(SHUTDOWN_GRACE).await;
+    if let Err(err) = server.remove_export(&args.name, Duration::ZERO).await {
+        tracing::debug!(%err, "export already gone after shutdown");
+    }
+    drop(server);
+    if let Some(socket) = &args.socket {
+        let _ = std::fs::remove_file(socket);
+    }
+    close(image).await?;
+    served?.context("NBD server")?;
+    tracing::info!("image flushed, exiting");
+    Ok(())
+}
+
+fn create(args: &ServeImageArgs, size: u64) -> anyhow::Result<()> {
+    if args.image.exists() {
+        bail!("--create: {} already exists", args.image.display());
+    }
+    let mut opts = CreateOptions {
+        size,
+        ..CreateOptions::default()
+    };
+    if let Some(cluster_size) = args.cluster_size {
+        opts.cluster_size = u32::try_from(cluster_size).context("--cluster-size too large")?;
+    }
+    if let Some(backing) = &args.backing {
+        opts.backing_file = Some(backing.clone());
+        opts.backing_format = Some("qcow2".to_owned());
+    }
+    Image::create(&args.image, &opts)
+        .with_context(|| format!("creating {}", args.image.display()))?;
+    tracing::info!(image = %args.image.display(), size, "image created");
+    Ok(())
+}
+
+/// Print where the export is on stdout, so scripts and tests learn an ephemeral port.
+fn announce(uri: &str) {
+    use std::io::Write;
+    tracing::info!(%uri, "serving");
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{uri}");
+    let _ = out.flush();
+}
+
+fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => Ok(std::fs::remove_file(path)?),
+        Ok(_) => bail!("{} exists and is not a socket", path.display()),
+        Err(_) => Ok(()),
+    }
+}
+
+async fn close(image: Arc<Image>) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || match Arc::try_unwrap(image) {
+        Ok(image) => image.close(),
+        // Something still holds the image (a connection task that has not dropped yet): flushing
+        // is what makes the data durable; the file is released when the last holder goes.
+        Err(shared) => shared.flush(),
+    })
+    .await?
+    .context("closing image")
+}

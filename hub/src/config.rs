@@ -1,0 +1,178 @@
+//! Configuration: defaults, then a TOML file, then `SENDENSE_HUB_*` variables and flags (the
+//! binary's clap layer merges those two, flags first).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub api_listen: String,
+    pub nbd_listen: String,
+    /// Host put into NBD URIs handed to clients; default: the NBD listen address, or 127.0.0.1
+    /// when that is a wildcard.
+    pub nbd_host: Option<String>,
+    /// API token; when unset, the token in `<data_dir>/api-token` (created at first start).
+    pub api_token: Option<String>,
+    /// A backup with no NBD traffic and no client call for this long fails as `stale`.
+    pub stale_after: Duration,
+    /// How long finalising waits for open connections to finish before closing them.
+    pub drain_grace: Duration,
+    /// How often progress, lifecycle and expiry are checked.
+    pub monitor_interval: Duration,
+    pub default_restore_ttl: Duration,
+    /// Time given to in-flight requests at shutdown.
+    pub shutdown_grace: Duration,
+    pub max_connections_per_export: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./sendense-data"),
+            api_listen: "127.0.0.1:8082".into(),
+            nbd_listen: "127.0.0.1:10809".into(),
+            nbd_host: None,
+            api_token: None,
+            stale_after: Duration::from_secs(3600),
+            drain_grace: Duration::from_secs(30),
+            monitor_interval: Duration::from_secs(1),
+            default_restore_ttl: Duration::from_secs(3600),
+            shutdown_grace: Duration::from_secs(10),
+            max_connections_per_export: 16,
+        }
+    }
+}
+
+/// The TOML file; every key optional. Durations in seconds.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub api_listen: Option<String>,
+    pub nbd_listen: Option<String>,
+    pub nbd_host: Option<String>,
+    pub api_token: Option<String>,
+    pub stale_after_secs: Option<u64>,
+    pub drain_grace_secs: Option<u64>,
+    pub monitor_interval_ms: Option<u64>,
+    pub default_restore_ttl_secs: Option<u64>,
+    pub shutdown_grace_secs: Option<u64>,
+    pub max_connections_per_export: Option<usize>,
+}
+
+/// Values from flags or the environment; they win over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub api_listen: Option<String>,
+    pub nbd_listen: Option<String>,
+    pub nbd_host: Option<String>,
+    pub api_token: Option<String>,
+    pub stale_after_secs: Option<u64>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(Error::io(format!("reading {}", path.display())))?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+}
+
+impl Config {
+    pub fn resolve(file: FileConfig, flags: Overrides) -> Result<Config> {
+        let d = Config::default();
+        let secs = Duration::from_secs;
+        let config = Config {
+            data_dir: flags.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
+            api_listen: flags.api_listen.or(file.api_listen).unwrap_or(d.api_listen),
+            nbd_listen: flags.nbd_listen.or(file.nbd_listen).unwrap_or(d.nbd_listen),
+            nbd_host: flags.nbd_host.or(file.nbd_host),
+            api_token: flags.api_token.or(file.api_token),
+            stale_after: flags
+                .stale_after_secs
+                .or(file.stale_after_secs)
+                .map(secs)
+                .unwrap_or(d.stale_after),
+            drain_grace: file.drain_grace_secs.map(secs).unwrap_or(d.drain_grace),
+            monitor_interval: file
+                .monitor_interval_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.monitor_interval),
+            default_restore_ttl: file
+                .default_restore_ttl_secs
+                .map(secs)
+                .unwrap_or(d.default_restore_ttl),
+            shutdown_grace: file
+                .shutdown_grace_secs
+                .map(secs)
+                .unwrap_or(d.shutdown_grace),
+            max_connections_per_export: file
+                .max_connections_per_export
+                .unwrap_or(d.max_connections_per_export),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.stale_after.is_zero() {
+            return Err(Error::Config("stale_after must be positive".into()));
+        }
+        if self.monitor_interval.is_zero() {
+            return Err(Error::Config("monitor_interval must be positive".into()));
+        }
+        if self.max_connections_per_export == 0 {
+            return Err(Error::Config(
+                "max_connections_per_export must be positive".into(),
+            ));
+        }
+        if let Some(token) = &self.api_token {
+            if token.trim().len() < 16 {
+                return Err(Error::Config(
+                    "api_token must have at least 16 characters".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_over_defaults() {
+        let file: FileConfig = toml::from_str(
+            "data_dir = \"/srv/hub\"\napi_listen = \"0.0.0.0:9000\"\nstale_after_secs = 60\ndrain_grace_secs = 2\n",
+        )
+        .unwrap();
+        let flags = Overrides {
+            api_listen: Some("127.0.0.1:1".into()),
+            ..Overrides::default()
+        };
+        let c = Config::resolve(file, flags).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/hub"));
+        assert_eq!(c.api_listen, "127.0.0.1:1");
+        assert_eq!(c.nbd_listen, "127.0.0.1:10809");
+        assert_eq!(c.stale_after, Duration::from_secs(60));
+        assert_eq!(c.drain_grace, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn bad_files_are_errors() {
+        assert!(toml::from_str::<FileConfig>("no_such_key = 1").is_err());
+        assert!(toml::from_str::<FileConfig>("stale_after_secs = \"x\"").is_err());
+        let zero = FileConfig {
+            stale_after_secs: Some(0),
+            ..FileConfig::default()
+        };
+        assert!(Config::resolve(zero, Overrides::default()).is_err());
+    }
+}

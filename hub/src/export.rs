@@ -1,0 +1,291 @@
+//! The adapter from a [`qcow2::Image`] to an [`nbd_server::Export`].
+//!
+//! `qcow2` is synchronous (positional file I/O); every call goes to tokio's blocking pool so an NBD
+//! connection task never blocks a runtime thread. Image errors become NBD export errors here and
+//! nowhere else.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use nbd_server::{Export, ExportError, Extent};
+use qcow2::{ErrorKind, ExtentKind, Image};
+
+/// Largest preferred block size we advertise; bigger clusters do not make bigger requests better.
+const MAX_PREFERRED: u64 = 2 << 20;
+const MIN_PREFERRED: u64 = 4096;
+
+/// A QCOW2 image served as an NBD export.
+pub struct ImageExport {
+    image: Arc<Image>,
+    size: u64,
+    read_only: bool,
+    preferred: u32,
+}
+
+impl ImageExport {
+    pub fn new(image: Arc<Image>) -> Self {
+        let size = image.virtual_size();
+        let read_only = !image.is_writable();
+        let preferred = image.cluster_size().clamp(MIN_PREFERRED, MAX_PREFERRED) as u32;
+        Self {
+            image,
+            size,
+            read_only,
+            preferred,
+        }
+    }
+
+    /// Serve a writable image read-only (restores share the image files of completed backups).
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
+        self
+    }
+
+    pub fn image(&self) -> &Arc<Image> {
+        &self.image
+    }
+
+    async fn blocking<T, F>(&self, op: F) -> Result<T, ExportError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Image) -> qcow2::Result<T> + Send + 'static,
+    {
+        let image = Arc::clone(&self.image);
+        match tokio::task::spawn_blocking(move || op(&image)).await {
+            Ok(result) => result.map_err(map_error),
+            Err(join) => Err(ExportError::Io(format!("image task failed: {join}"))),
+        }
+    }
+
+    fn check_writable(&self) -> Result<(), ExportError> {
+        if self.read_only {
+            Err(ExportError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The one place where an image error becomes an NBD export error (and so an errno).
+pub fn map_error(err: qcow2::Error) -> ExportError {
+    match err.kind() {
+        ErrorKind::NoSpace => ExportError::NoSpace,
+        ErrorKind::OutOfBounds | ErrorKind::InvalidArgument => ExportError::Invalid(err.message),
+        ErrorKind::ReadOnly => ExportError::ReadOnly,
+        ErrorKind::Unsupported => ExportError::NotSupported,
+        // Io, Corrupt, InvalidFormat and kinds added later: the client can only see EIO. The
+        // details are logged here because the client never sees them.
+        _ => {
+            tracing::error!(error = %err, "image error");
+            ExportError::Io(err.to_string())
+        }
+    }
+}
+
+/// Turn the image's extents into NBD extents covering `[offset, ..)` without gaps.
+pub fn map_extents(offset: u64, extents: &[qcow2::Extent]) -> Result<Vec<Extent>, ExportError> {
+    let mut out: Vec<Extent> = Vec::with_capacity(extents.len());
+    let mut pos = offset;
+    for e in extents {
+        if e.offset != pos {
+            return Err(ExportError::Io(format!(
+                "block status gap at {pos:#x} (next extent at {:#x})",
+                e.offset
+            )));
+        }
+        if e.length == 0 {
+            continue;
+        }
+        pos += e.length;
+        let (hole, zero, depth) = match e.kind {
+            ExtentKind::Unallocated => (true, true, 0),
+            ExtentKind::Zero => (true, true, e.depth),
+            ExtentKind::Data => (false, false, e.depth),
+        };
+        match out.last_mut() {
+            Some(last) if last.hole == hole && last.zero == zero && last.depth == depth => {
+                last.length += e.length;
+            }
+            _ => out.push(Extent {
+                length: e.length,
+                hole,
+                zero,
+                depth,
+            }),
+        }
+    }
+    if out.is_empty() {
+        return Err(ExportError::Io(format!("no block status at {offset:#x}")));
+    }
+    Ok(out)
+}
+
+#[async_trait::async_trait]
+impl Export for ImageExport {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn preferred_block_size(&self) -> u32 {
+        self.preferred
+    }
+
+    async fn read(&self, offset: u64, len: u32) -> Result<Bytes, ExportError> {
+        self.blocking(move |image| {
+            let mut buf = vec![0u8; len as usize];
+            image.read_at(offset, &mut buf)?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+    }
+
+    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), ExportError> {
+        self.check_writable()?;
+        self.blocking(move |image| {
+            image.write_at(offset, &data)?;
+            if fua {
+                image.flush()?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        may_trim: bool,
+        _fast_only: bool,
+        fua: bool,
+    ) -> Result<(), ExportError> {
+        // Zeroing never writes data clusters (only L2 entries), so it is always "fast".
+        self.check_writable()?;
+        self.blocking(move |image| {
+            image.write_zeroes(offset, len, may_trim)?;
+            if fua {
+                image.flush()?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<(), ExportError> {
+        self.check_writable()?;
+        self.blocking(move |image| {
+            image.discard(offset, len)?;
+            if fua {
+                image.flush()?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn flush(&self) -> Result<(), ExportError> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.blocking(|image| image.flush()).await
+    }
+
+    async fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>, ExportError> {
+        let extents = self
+            .blocking(move |image| image.block_status(offset, len))
+            .await?;
+        map_extents(offset, &extents)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ext(offset: u64, length: u64, kind: ExtentKind, depth: u32) -> qcow2::Extent {
+        qcow2::Extent {
+            offset,
+            length,
+            kind,
+            depth,
+        }
+    }
+
+    #[test]
+    fn extents_map_kinds_and_merge_equal_neighbours() {
+        let got = map_extents(
+            4096,
+            &[
+                ext(4096, 4096, ExtentKind::Data, 1),
+                ext(8192, 4096, ExtentKind::Data, 1),
+                ext(12288, 4096, ExtentKind::Data, 2),
+                ext(16384, 4096, ExtentKind::Zero, 1),
+                ext(20480, 4096, ExtentKind::Unallocated, 0),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            vec![
+                Extent {
+                    length: 8192,
+                    hole: false,
+                    zero: false,
+                    depth: 1
+                },
+                Extent {
+                    length: 4096,
+                    hole: false,
+                    zero: false,
+                    depth: 2
+                },
+                Extent {
+                    length: 4096,
+                    hole: true,
+                    zero: true,
+                    depth: 1
+                },
+                Extent {
+                    length: 4096,
+                    hole: true,
+                    zero: true,
+                    depth: 0
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn extents_with_gap_or_none_are_errors() {
+        assert!(map_extents(0, &[ext(512, 512, ExtentKind::Data, 1)]).is_err());
+        assert!(map_extents(0, &[]).is_err());
+        assert!(map_extents(0, &[ext(0, 0, ExtentKind::Data, 1)]).is_err());
+    }
+
+    #[test]
+    fn error_kinds_map_to_export_errors() {
+        let e = |kind| qcow2::Error {
+            kind,
+            message: "m".into(),
+        };
+        assert_eq!(map_error(e(ErrorKind::NoSpace)), ExportError::NoSpace);
+        assert_eq!(
+            map_error(e(ErrorKind::OutOfBounds)),
+            ExportError::Invalid("m".into())
+        );
+        assert_eq!(
+            map_error(e(ErrorKind::InvalidArgument)),
+            ExportError::Invalid("m".into())
+        );
+        assert_eq!(map_error(e(ErrorKind::ReadOnly)), ExportError::ReadOnly);
+        assert!(matches!(map_error(e(ErrorKind::Io)), ExportError::Io(_)));
+        assert!(matches!(
+            map_error(e(ErrorKind::Corrupt)),
+            ExportError::Io(_)
+        ));
+    }
+}

@@ -1,0 +1,23 @@
+//! The Sendense hub: REST API, catalog and backup lifecycle over the embedded NBD server, and the
+//! adapter that serves QCOW2 images as NBD exports.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod backups;
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod export;
+mod monitor;
+mod notify;
+pub mod restores;
+pub mod serve;
+pub mod size;
+pub mod state;
+pub mod token;
+pub mod views;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use serve::{serve, start};
+pub use state::Hub;

@@ -1,0 +1,103 @@
+//! Restores: a read-only export of one disk as of one backup, through its backing chain.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::catalog::{Restore, Status};
+use crate::error::{Error, Result};
+use crate::export::ImageExport;
+use crate::state::{Hub, now, open_image, random_hex, safe_name};
+
+const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+#[derive(Debug, Deserialize)]
+pub struct CreateRestore {
+    pub backup_id: String,
+    pub disk_id: u32,
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+}
+
+impl Hub {
+    pub async fn create_restore(&self, req: CreateRestore) -> Result<Restore> {
+        let ttl = req
+            .ttl_seconds
+            .map(Duration::from_secs)
+            .unwrap_or(self.config.default_restore_ttl);
+        if ttl.is_zero() || ttl > MAX_TTL {
+            return Err(Error::Invalid(format!(
+                "ttl_seconds must be 1 to {}",
+                MAX_TTL.as_secs()
+            )));
+        }
+        let _ops = self.ops.lock().await;
+        let backup = self.backup(&req.backup_id)?;
+        let disk = backup.disk(req.disk_id).ok_or_else(|| {
+            Error::NotFound(format!("backup {} has no disk {}", backup.id, req.disk_id))
+        })?;
+        if backup.status != Status::Completed {
+            return Err(Error::Conflict(format!(
+                "backup {} is {}; only completed backups can be restored",
+                backup.id,
+                backup.status.as_str()
+            )));
+        }
+        let image = open_image(disk.qcow2_path.clone(), false).await?;
+        let export_name = format!(
+            "restore-{}-{}-disk{}",
+            safe_name(&backup.vm_name),
+            random_hex(),
+            disk.disk_id
+        );
+        self.nbd.add_export(
+            &export_name,
+            Arc::new(ImageExport::new(Arc::clone(&image)).read_only()),
+        )?;
+        let created_at = now();
+        let restore = Restore {
+            id: uuid::Uuid::new_v4().to_string(),
+            backup_id: backup.id.clone(),
+            disk_id: disk.disk_id,
+            export_name,
+            created_at,
+            expires_at: created_at + ttl,
+        };
+        if let Err(err) = self.catalog.insert_restore(&restore) {
+            let _ = self
+                .nbd
+                .remove_export(&restore.export_name, Duration::ZERO)
+                .await;
+            return Err(err);
+        }
+        self.restores.lock().insert(restore.id.clone(), image);
+        tracing::info!(restore_id = %restore.id, backup_id = %backup.id, disk_id = disk.disk_id, "restore export open");
+        Ok(restore)
+    }
+
+    pub fn restores(&self) -> Result<Vec<Restore>> {
+        self.catalog.restores()
+    }
+
+    pub async fn delete_restore(&self, id: &str) -> Result<()> {
+        let _ops = self.ops.lock().await;
+        let restore = self
+            .catalog
+            .restores()?
+            .into_iter()
+            .find(|r| r.id == id)
+            .ok_or_else(|| Error::NotFound(format!("no restore {id}")))?;
+        if let Err(err) = self
+            .nbd
+            .remove_export(&restore.export_name, Duration::ZERO)
+            .await
+        {
+            tracing::warn!(export = %restore.export_name, %err, "removing restore export");
+        }
+        self.restores.lock().remove(id);
+        self.catalog.delete_restore(id)?;
+        tracing::info!(restore_id = %id, "restore closed");
+        Ok(())
+    }
+}

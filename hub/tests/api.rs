@@ -1,0 +1,828 @@
+//! The hub driven like the SNA and an operator would: REST calls through the router, disks written
+//! and read by real NBD clients (nbdcopy, python3-libnbd), images judged by qemu-img.
+
+mod common;
+
+use std::process::Command;
+
+use axum::http::{Method, StatusCode};
+use common::hub::*;
+use common::*;
+use serde_json::{Value, json};
+
+const MIB: u64 = 1 << 20;
+
+fn disk(disk_id: u32, key: i64, capacity: u64) -> Value {
+    json!({ "disk_id": disk_id, "vmware_disk_key": key, "capacity_bytes": capacity })
+}
+
+fn full(vm: &str, disks: Vec<Value>) -> Value {
+    json!({ "vm_name": vm, "backup_type": "full", "disks": disks })
+}
+
+async fn nbdcopy(args: Vec<String>) {
+    blocking(move || {
+        run_ok(Command::new("nbdcopy").args(&args));
+    })
+    .await
+}
+
+/// Create a one-disk full backup, write `src` into it, complete it; returns the backup body.
+async fn completed_full(h: &TestHub, vm: &str, src: &std::path::Path, capacity: u64) -> Value {
+    let (status, body) = h
+        .post("/api/v1/backups", &full(vm, vec![disk(0, 2000, capacity)]))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let uri = body["disk_results"][0]["nbd_uri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    nbdcopy(vec![src.display().to_string(), uri]).await;
+    let id = body["backup_id"].as_str().unwrap().to_owned();
+    let r = h
+        .call(
+            Method::POST,
+            &format!("/api/v1/backups/{id}/complete"),
+            Some(r#"{"change_id":"c0"}"#),
+            Caller::Sna,
+        )
+        .await;
+    assert_eq!(r.0, StatusCode::OK, "{}", r.1);
+    h.wait_status(&id, "completed").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_disk_full_backup_completed_per_disk_then_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = TestHub::start(test_config(dir.path().join("data"))).await;
+    let src0 = dir.path().join("src0.raw");
+    let src1 = dir.path().join("src1.raw");
+    let cap0 = 4 * MIB;
+    let cap1 = 6 * MIB + 1536; // not a whole number of MiB: sizes are exact
+    make_raw(&src0, cap0 as usize, 10);
+    make_raw(&src1, cap1 as usize, 11);
+
+    let req = json!({
+        "vm_name": "web 01", "backup_type": "full", "tags": {"site": "a"},
+        "disks": [disk(0, 2000, cap0), disk(1, 2016, cap1)],
+    });
+    let (status, b) = h.post("/api/v1/backups", &req).await;
+    assert_eq!(status, StatusCode::OK, "{b}");
+    assert_eq!(b["status"], "ready");
+    assert_eq!(b["repository_id"], "default");
+    assert_eq!(b["disks_count"], 2);
+    let id = b["backup_id"].as_str().unwrap().to_owned();
+    let d = &b["disk_results"];
+    let (e0, e1) = (
+        d[0]["nbd_export_name"].as_str().unwrap(),
+        d[1]["nbd_export_name"].as_str().unwrap(),
+    );
+    assert!(
+        e0.ends_with("-disk0") && e1.ends_with("-disk1"),
+        "{e0} {e1}"
+    );
+    assert!(
+        e0.len() > "web_01--disk0".len() + 8,
+        "export name has a random part: {e0}"
+    );
+    let (u0, u1) = (
+        d[0]["nbd_uri"].as_str().unwrap().to_owned(),
+        d[1]["nbd_uri"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(b["nbd_targets_string"], format!("2000:{u0},2016:{u1}"));
+    assert_eq!(d[1]["capacity_bytes"], cap1);
+    assert_eq!(d[0]["nbd_port"], h.hub.nbd_port);
+
+    // The hub's NBD server does not list backup exports.
+    let base_uri = format!("nbd://127.0.0.1:{}/", h.hub.nbd_port);
+    let list = blocking(move || {
+        Command::new("nbdinfo")
+            .arg("--list")
+            .arg(base_uri)
+            .output()
+            .unwrap()
+    })
+    .await;
+    assert!(!String::from_utf8_lossy(&list.stdout).contains(e0));
+
+    // The SNA writes each disk with two connections.
+    nbdcopy(vec![
+        "--connections=2".into(),
+        src0.display().to_string(),
+        u0.clone(),
+    ])
+    .await;
+    h.wait_status(&id, "running").await;
+    nbdcopy(vec![
+        "--connections=2".into(),
+        src1.display().to_string(),
+        u1.clone(),
+    ])
+    .await;
+    let (_, live) = h.get(&format!("/api/v1/backups/{id}")).await;
+    assert!(live["bytes_written"].as_u64().unwrap() > 0, "{live}");
+
+    // Per-disk completion, without a token, from the loopback peer; not from a remote one.
+    let complete = format!("/api/v1/backups/{id}/complete");
+    let body0 = r#"{"disk_id":0,"change_id":"52 3c-0/1","bytes_transferred":4194304}"#;
+    assert_error(
+        &h.call(Method::POST, &complete, Some(body0), Caller::Remote)
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    let (s, after0) = h
+        .call(Method::POST, &complete, Some(body0), Caller::Sna)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{after0}");
+    assert_eq!(after0["status"], "running");
+    assert_eq!(after0["disk_results"][0]["status"], "completed");
+    let telemetry =
+        json!({"job_id": id, "status": "running", "progress_percent": 60.0, "disks": []});
+    let (s, _) = h
+        .call(
+            Method::POST,
+            &format!("/api/v1/telemetry/backup/{id}"),
+            Some(&telemetry.to_string()),
+            Caller::Sna,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let body1 = r#"{"disk_id":1,"change_id":"52 3c-1/9"}"#;
+    let (s, _) = h
+        .call(Method::POST, &complete, Some(body1), Caller::Sna)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let done = h.wait_status(&id, "completed").await;
+    assert_eq!(done["progress_percent"], 100.0);
+    assert_eq!(done["telemetry"]["progress_percent"], 60.0);
+    assert!(
+        done["disk_results"][1]["image_size_bytes"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    // Idempotent.
+    let (s, again) = h
+        .call(Method::POST, &complete, Some(body1), Caller::Sna)
+        .await;
+    assert_eq!(
+        (s, again["status"].clone()),
+        (StatusCode::OK, json!("completed"))
+    );
+
+    for (src, disk) in [
+        (&src0, &done["disk_results"][0]),
+        (&src1, &done["disk_results"][1]),
+    ] {
+        let image = std::path::PathBuf::from(disk["qcow2_path"].as_str().unwrap());
+        qemu_img_check(&image);
+        qemu_img_compare(src, &image);
+        let info = run_ok(
+            Command::new("qemu-img")
+                .args(["info", "--output=json"])
+                .arg(&image),
+        );
+        let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+        assert_eq!(info["virtual-size"], disk["capacity_bytes"]);
+    }
+
+    // The change id the SNA asks for before its next incremental.
+    let (s, cid) = h
+        .call(
+            Method::GET,
+            "/api/v1/backups/changeid?vm_name=web%2001&disk_id=1",
+            None,
+            Caller::Sna,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{cid}");
+    assert_eq!(
+        cid,
+        json!({"vm_name": "web 01", "disk_id": 1, "change_id": "52 3c-1/9", "backup_job_id": id})
+    );
+
+    // Listing and filters.
+    let (_, list) = h
+        .get("/api/v1/backups?vm_name=web%2001&status=completed")
+        .await;
+    assert_eq!(list["backups"].as_array().unwrap().len(), 1);
+    let (_, none) = h.get("/api/v1/backups?vm_name=other").await;
+    assert_eq!(none["backups"], json!([]));
+
+    // A restore export reads back exactly what was written.
+    let (s, r) = h
+        .post(
+            "/api/v1/restores",
+            &json!({"backup_id": id, "disk_id": 1, "ttl_seconds": 600}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let back = dir.path().join("back1.raw");
+    nbdcopy(vec![
+        r["nbd_uri"].as_str().unwrap().to_owned(),
+        back.display().to_string(),
+    ])
+    .await;
+    assert!(std::fs::read(&back).unwrap() == std::fs::read(&src1).unwrap());
+    let (_, restores) = h.get("/api/v1/restores").await;
+    assert_eq!(restores["restores"].as_array().unwrap().len(), 1);
+    // A restore is read-only.
+    let uri = r["nbd_uri"].as_str().unwrap().to_owned();
+    let src = src1.clone();
+    let write = blocking(move || Command::new("nbdcopy").arg(src).arg(uri).output().unwrap()).await;
+    assert!(!write.status.success());
+    let rid = r["restore_id"].as_str().unwrap();
+    let (s, _) = h
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/restores/{rid}"),
+            None,
+            Caller::Operator,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_error(
+        &h.call(
+            Method::DELETE,
+            &format!("/api/v1/restores/{rid}"),
+            None,
+            Caller::Operator,
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+
+    let (s, metrics) = h.call(Method::GET, "/metrics", None, Caller::Remote).await;
+    assert_eq!(s, StatusCode::OK);
+    let metrics = metrics.as_str().unwrap().to_owned();
+    assert!(
+        metrics.contains("sendense_backups{status=\"completed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sendense_repository_free_bytes{repository=\"default\"}"),
+        "{metrics}"
+    );
+    h.stop().await;
+}
+
+/// Changed blocks only: data and WRITE_ZEROES over parent data, into a grown disk.
+const WRITE_CHANGES: &str = r#"
+import nbd, sys
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+h.pwrite(b"\xab" * 65536, 1 << 20)
+h.zero(131072, 2 << 20)
+h.pwrite(b"\xcd" * 65536, 4608 * 1024)
+h.shutdown()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn incremental_holds_only_changed_clusters_and_its_chain_compares_equal() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = TestHub::start(test_config(dir.path().join("data"))).await;
+    let src = dir.path().join("src.raw");
+    let mut data = make_raw(&src, (4 * MIB) as usize, 20);
+    // Parent data under the zeroed range, so the zeroes must hide it.
+    data[(2 * MIB) as usize..(2 * MIB + 131072) as usize].fill(0x11);
+    std::fs::write(&src, &data).unwrap();
+    let parent = completed_full(&h, "db", &src, 4 * MIB).await;
+    let parent_id = parent["backup_id"].as_str().unwrap();
+
+    // The disk grew by 1 MiB since.
+    let req =
+        json!({"vm_name": "db", "backup_type": "incremental", "disks": [disk(0, 2000, 5 * MIB)]});
+    let (s, inc) = h.post("/api/v1/backups", &req).await;
+    assert_eq!(s, StatusCode::OK, "{inc}");
+    assert_eq!(inc["parent_backup_id"], parent_id);
+    let id = inc["backup_id"].as_str().unwrap().to_owned();
+    let uri = inc["disk_results"][0]["nbd_uri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    blocking(move || {
+        run_ok(
+            Command::new("/usr/bin/python3")
+                .args(["-c", WRITE_CHANGES])
+                .arg(uri),
+        )
+    })
+    .await;
+    let (s, _) = h
+        .call(
+            Method::POST,
+            &format!("/api/v1/backups/{id}/complete"),
+            Some(r#"{"change_id":"c1"}"#),
+            Caller::Sna,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let done = h.wait_status(&id, "completed").await;
+
+    data.resize((5 * MIB) as usize, 0);
+    data[MIB as usize..(MIB + 65536) as usize].fill(0xab);
+    data[(2 * MIB) as usize..(2 * MIB + 131072) as usize].fill(0);
+    data[4608 * 1024..4608 * 1024 + 65536].fill(0xcd);
+    let expected = dir.path().join("expected.raw");
+    std::fs::write(&expected, &data).unwrap();
+    let image = std::path::PathBuf::from(done["disk_results"][0]["qcow2_path"].as_str().unwrap());
+    qemu_img_check(&image);
+    qemu_img_compare(&expected, &image);
+
+    // Only the changed clusters live in the incremental's own layer.
+    let map = run_ok(
+        Command::new("qemu-img")
+            .args(["map", "--output=json", "-f", "qcow2"])
+            .arg(&image),
+    );
+    let map: Vec<Value> = serde_json::from_slice(&map.stdout).unwrap();
+    let own_data: Vec<(u64, u64)> = map
+        .iter()
+        .filter(|e| e["depth"] == 0 && e["data"] == true)
+        .map(|e| (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        own_data,
+        vec![(MIB, 65536), (4608 * 1024, 65536)],
+        "{map:#?}"
+    );
+    let own_zero = map.iter().any(|e| {
+        e["depth"] == 0
+            && e["zero"] == true
+            && e["start"].as_u64().unwrap() <= 2 * MIB
+            && e["start"].as_u64().unwrap() + e["length"].as_u64().unwrap() >= 2 * MIB + 131072
+    });
+    assert!(
+        own_zero,
+        "zeroes over parent data are recorded in the incremental: {map:#?}"
+    );
+
+    // The chain, oldest first.
+    let (s, chain) = h.get("/api/v1/backups/db/chain?disk_id=0").await;
+    assert_eq!(s, StatusCode::OK, "{chain}");
+    let ids: Vec<&str> = chain["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["backup_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![parent_id, id.as_str()]);
+
+    // A restore of the incremental reads through the chain.
+    let (s, r) = h
+        .post("/api/v1/restores", &json!({"backup_id": id, "disk_id": 0}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let back = dir.path().join("back.raw");
+    nbdcopy(vec![
+        r["nbd_uri"].as_str().unwrap().to_owned(),
+        back.display().to_string(),
+    ])
+    .await;
+    assert!(std::fs::read(&back).unwrap() == data);
+    // The restored backup cannot be deleted while its restore is open; a parent never while a child exists.
+    let rid = r["restore_id"].as_str().unwrap();
+    assert_error(
+        &h.call(
+            Method::DELETE,
+            &format!("/api/v1/backups/{id}"),
+            None,
+            Caller::Operator,
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "conflict",
+    );
+    assert_error(
+        &h.call(
+            Method::DELETE,
+            &format!("/api/v1/backups/{parent_id}"),
+            None,
+            Caller::Operator,
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "conflict",
+    );
+    h.call(
+        Method::DELETE,
+        &format!("/api/v1/restores/{rid}"),
+        None,
+        Caller::Operator,
+    )
+    .await;
+    let (s, _) = h
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/backups/{id}"),
+            None,
+            Caller::Operator,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(!image.exists());
+    let (s, _) = h
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/backups/{parent_id}"),
+            None,
+            Caller::Operator,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_error(
+        &h.get(&format!("/api/v1/backups/{parent_id}")).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_error_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = TestHub::start(test_config(dir.path().join("data"))).await;
+    let bad = StatusCode::BAD_REQUEST;
+    let post = |body: String| {
+        let h = &h;
+        async move {
+            h.call(
+                Method::POST,
+                "/api/v1/backups",
+                Some(&body),
+                Caller::Operator,
+            )
+            .await
+        }
+    };
+
+    // Authentication.
+    let ok_body = full("vm", vec![disk(0, 2000, MIB)]).to_string();
+    for caller in [Caller::Sna, Caller::Remote, Caller::WrongToken] {
+        let r = h
+            .call(Method::POST, "/api/v1/backups", Some(&ok_body), caller)
+            .await;
+        assert_error(&r, StatusCode::UNAUTHORIZED, "unauthorized");
+        assert_error(
+            &h.call(Method::GET, "/api/v1/backups", None, caller).await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        );
+    }
+    assert_error(
+        &h.call(
+            Method::GET,
+            "/api/v1/backups/changeid?vm_name=x",
+            None,
+            Caller::Remote,
+        )
+        .await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    let (s, health) = h.call(Method::GET, "/health", None, Caller::Remote).await;
+    assert_eq!((s, health["status"].clone()), (StatusCode::OK, json!("ok")));
+
+    // 400s.
+    assert_error(&post("{not json".into()).await, bad, "bad_request");
+    assert_error(
+        &post(r#"{"vm_name":"vm","backup_type":"full"}"#.into()).await,
+        bad,
+        "bad_request",
+    );
+    assert_error(
+        &post(r#"{"vm_name":"vm","backup_type":"weekly","disks":[]}"#.into()).await,
+        bad,
+        "bad_request",
+    );
+    assert_error(
+        &post(full("vm", vec![]).to_string()).await,
+        bad,
+        "bad_request",
+    );
+    assert_error(
+        &post(full("", vec![disk(0, 2000, MIB)]).to_string()).await,
+        bad,
+        "bad_request",
+    );
+    assert_error(
+        &post(full("vm", vec![disk(0, 2000, 0)]).to_string()).await,
+        bad,
+        "bad_request",
+    );
+    assert_error(
+        &post(full("vm", vec![disk(0, 2000, MIB + 100)]).to_string()).await,
+        bad,
+        "bad_request",
+    );
+    assert_error(
+        &post(full("vm", vec![disk(0, 2000, MIB), disk(0, 2001, MIB)]).to_string()).await,
+        bad,
+        "bad_request",
+    );
+    assert_error(
+        &post(full("vm", vec![disk(0, 2000, MIB), disk(1, 2000, MIB)]).to_string()).await,
+        bad,
+        "bad_request",
+    );
+    let inc = json!({"vm_name": "vm", "backup_type": "incremental", "disks": [disk(0, 2000, MIB)]});
+    assert_error(&post(inc.to_string()).await, bad, "bad_request");
+    assert_error(
+        &h.get("/api/v1/backups?status=sideways").await,
+        bad,
+        "bad_request",
+    );
+    assert_error(
+        &h.post(
+            "/api/v1/restores",
+            &json!({"backup_id": "x", "disk_id": 0, "ttl_seconds": 0}),
+        )
+        .await,
+        bad,
+        "bad_request",
+    );
+    assert_error(
+        &h.post(
+            "/api/v1/repositories",
+            &json!({"id": "a/b", "path": "/tmp"}),
+        )
+        .await,
+        bad,
+        "bad_request",
+    );
+    assert_error(
+        &h.post(
+            "/api/v1/repositories",
+            &json!({"id": "r", "path": "relative"}),
+        )
+        .await,
+        bad,
+        "bad_request",
+    );
+
+    // 404s.
+    let mut unknown_repo = full("vm", vec![disk(0, 2000, MIB)]);
+    unknown_repo["repository_id"] = json!("nope");
+    assert_error(
+        &h.post("/api/v1/backups", &unknown_repo).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        &h.get("/api/v1/backups/nope").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        &h.call(
+            Method::POST,
+            "/api/v1/backups/nope/complete",
+            Some("{}"),
+            Caller::Sna,
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        &h.call(
+            Method::POST,
+            "/api/v1/telemetry/backup/nope",
+            Some("{}"),
+            Caller::Sna,
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        &h.call(
+            Method::GET,
+            "/api/v1/backups/changeid?vm_name=vm&disk_id=0",
+            None,
+            Caller::Sna,
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        &h.get("/api/v1/backups/vm/chain").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        &h.post(
+            "/api/v1/restores",
+            &json!({"backup_id": "nope", "disk_id": 0}),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        &h.call(
+            Method::POST,
+            "/api/v1/backups/nope/cancel",
+            None,
+            Caller::Operator,
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        &h.call(
+            Method::DELETE,
+            "/api/v1/backups/nope",
+            None,
+            Caller::Operator,
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        &h.get("/api/v1/nothing-here").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+
+    // A second repository works like the default one.
+    let repo_path = dir.path().join("repo2");
+    let (s, repo) = h
+        .post(
+            "/api/v1/repositories",
+            &json!({"id": "r2", "name": "second", "path": repo_path}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{repo}");
+    assert!(repo["free_bytes"].as_u64().unwrap() > 0);
+    assert_error(
+        &h.post(
+            "/api/v1/repositories",
+            &json!({"id": "r2", "path": repo_path}),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "conflict",
+    );
+    let (_, repos) = h.get("/api/v1/repositories").await;
+    assert_eq!(repos["repositories"].as_array().unwrap().len(), 2);
+
+    // 409s around a backup that is ready.
+    let mut in_r2 = full("vm", vec![disk(0, 2000, MIB)]);
+    in_r2["repository_id"] = json!("r2");
+    let (s, b) = h.post("/api/v1/backups", &in_r2).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let id = b["backup_id"].as_str().unwrap().to_owned();
+    let image = std::path::PathBuf::from(b["disk_results"][0]["qcow2_path"].as_str().unwrap());
+    assert!(image.starts_with(&repo_path) && image.exists());
+    assert_error(
+        &h.post("/api/v1/backups", &full("vm", vec![disk(0, 2000, MIB)]))
+            .await,
+        StatusCode::CONFLICT,
+        "conflict",
+    );
+    assert_error(
+        &h.call(
+            Method::DELETE,
+            &format!("/api/v1/backups/{id}"),
+            None,
+            Caller::Operator,
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "conflict",
+    );
+    assert_error(
+        &h.post("/api/v1/restores", &json!({"backup_id": id, "disk_id": 0}))
+            .await,
+        StatusCode::CONFLICT,
+        "conflict",
+    );
+    assert_error(
+        &h.call(
+            Method::POST,
+            &format!("/api/v1/backups/{id}/complete"),
+            Some(r#"{"disk_id":7}"#),
+            Caller::Sna,
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+
+    // Cancel closes the export and removes the images; then completing is a conflict.
+    let uri = b["disk_results"][0]["nbd_uri"].as_str().unwrap().to_owned();
+    let (s, c) = h
+        .call(
+            Method::POST,
+            &format!("/api/v1/backups/{id}/cancel"),
+            None,
+            Caller::Operator,
+        )
+        .await;
+    assert_eq!(
+        (s, c["status"].clone()),
+        (StatusCode::OK, json!("cancelled")),
+        "{c}"
+    );
+    assert!(!image.exists());
+    let probe = blocking(move || Command::new("nbdinfo").arg(uri).output().unwrap()).await;
+    assert!(!probe.status.success(), "cancelled export still served");
+    assert_error(
+        &h.call(
+            Method::POST,
+            &format!("/api/v1/backups/{id}/complete"),
+            None,
+            Caller::Sna,
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "conflict",
+    );
+    // Cancelled: the VM may be backed up again, and the record can be deleted.
+    let (s, again) = h
+        .post("/api/v1/backups", &full("vm", vec![disk(0, 2000, MIB)]))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{again}");
+    let (s, _) = h
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/backups/{id}"),
+            None,
+            Caller::Operator,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restart_keeps_the_catalog_and_fails_unfinished_backups() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let src = dir.path().join("src.raw");
+    make_raw(&src, (2 * MIB) as usize, 30);
+
+    let h = TestHub::start(test_config(data.clone())).await;
+    let token = h.token.clone();
+    let done = completed_full(&h, "app", &src, 2 * MIB).await;
+    let done_id = done["backup_id"].as_str().unwrap().to_owned();
+    let (s, open) = h
+        .post("/api/v1/backups", &full("other", vec![disk(0, 2000, MIB)]))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let open_id = open["backup_id"].as_str().unwrap().to_owned();
+    h.stop().await;
+
+    let h = TestHub::start(test_config(data)).await;
+    assert_eq!(h.token, token, "the token file is kept");
+    let (_, kept) = h.get(&format!("/api/v1/backups/{done_id}")).await;
+    assert_eq!(kept["status"], "completed");
+    assert_eq!(kept["disk_results"][0]["change_id"], "c0");
+    let (_, failed) = h.get(&format!("/api/v1/backups/{open_id}")).await;
+    assert_eq!(failed["status"], "failed");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted by restart"),
+        "{failed}"
+    );
+    let image = std::path::PathBuf::from(kept["disk_results"][0]["qcow2_path"].as_str().unwrap());
+    qemu_img_check(&image);
+    qemu_img_compare(&src, &image);
+    // The chain continues from the completed backup.
+    let inc =
+        json!({"vm_name": "app", "backup_type": "incremental", "disks": [disk(0, 2000, 2 * MIB)]});
+    let (s, inc) = h.post("/api/v1/backups", &inc).await;
+    assert_eq!(s, StatusCode::OK, "{inc}");
+    assert_eq!(inc["parent_backup_id"], done_id.as_str());
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_backup_goes_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path().join("data"));
+    config.stale_after = std::time::Duration::from_secs(1);
+    let h = TestHub::start(config).await;
+    let (s, b) = h
+        .post("/api/v1/backups", &full("idle", vec![disk(0, 2000, MIB)]))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let id = b["backup_id"].as_str().unwrap();
+    let failed = h.wait_status(id, "failed").await;
+    assert!(
+        failed["error"].as_str().unwrap().starts_with("stale"),
+        "{failed}"
+    );
+    let uri = b["disk_results"][0]["nbd_uri"].as_str().unwrap().to_owned();
+    let probe = blocking(move || Command::new("nbdinfo").arg(uri).output().unwrap()).await;
+    assert!(!probe.status.success(), "stale export still served");
+    h.stop().await;
+}

@@ -1,0 +1,145 @@
+//! An in-process hub on 127.0.0.1:0 in a temp dir, driven through `tower::ServiceExt::oneshot`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use hub::{Config, Hub};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+pub struct TestHub {
+    pub data_dir: PathBuf,
+    pub hub: Hub,
+    pub app: Router,
+    pub shutdown: CancellationToken,
+    pub token: String,
+}
+
+/// Who is calling: the operator with the token, the SNA through the tunnel (loopback, no token),
+/// or someone remote without a token.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    Operator,
+    Sna,
+    Remote,
+    WrongToken,
+}
+
+pub fn test_config(data_dir: PathBuf) -> Config {
+    Config {
+        data_dir,
+        monitor_interval: Duration::from_millis(50),
+        drain_grace: Duration::from_secs(5),
+        shutdown_grace: Duration::from_secs(5),
+        ..Config::default()
+    }
+}
+
+impl TestHub {
+    pub async fn start(config: Config) -> TestHub {
+        let data_dir = config.data_dir.clone();
+        let nbd = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let shutdown = CancellationToken::new();
+        let hub = hub::start(config, nbd, shutdown.clone())
+            .await
+            .expect("hub starts");
+        let token = std::fs::read_to_string(data_dir.join("api-token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let app = hub::api::app(hub.clone());
+        TestHub {
+            data_dir,
+            hub,
+            app,
+            shutdown,
+            token,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.hub.shutdown().await;
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<&str>,
+        caller: Caller,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        match caller {
+            Caller::Operator => req = req.header("authorization", format!("Bearer {}", self.token)),
+            Caller::WrongToken => req = req.header("authorization", "Bearer not-the-token"),
+            Caller::Sna | Caller::Remote => {}
+        }
+        let peer: SocketAddr = if caller == Caller::Remote {
+            "192.0.2.7:40000".parse().unwrap()
+        } else {
+            "127.0.0.1:40000".parse().unwrap()
+        };
+        let mut req = req.body(Body::from(body.unwrap_or("").to_owned())).unwrap();
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        (status, value)
+    }
+
+    pub async fn post(&self, uri: &str, body: &Value) -> (StatusCode, Value) {
+        self.call(Method::POST, uri, Some(&body.to_string()), Caller::Operator)
+            .await
+    }
+
+    pub async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, uri, None, Caller::Operator).await
+    }
+
+    /// Poll a backup until its status is `want` (the lifecycle runs in the background).
+    pub async fn wait_status(&self, id: &str, want: &str) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..600 {
+            let (status, body) = self.get(&format!("/api/v1/backups/{id}")).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            if body["status"] == want {
+                return body;
+            }
+            last = body;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("backup {id} never became {want}: {last:#}");
+    }
+}
+
+/// Check the `{"error": {"code", "message"}}` shape and the status.
+pub fn assert_error(resp: &(StatusCode, Value), status: StatusCode, code: &str) {
+    assert_eq!(resp.0, status, "{}", resp.1);
+    assert_eq!(resp.1["error"]["code"], code, "{}", resp.1);
+    assert!(
+        resp.1["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{}",
+        resp.1
+    );
+}
+
+/// Run a blocking command (a real NBD client) off the runtime's threads.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}

@@ -1,0 +1,117 @@
+//! Helpers shared by the integration tests: real peers (qemu-img, nbdcopy, nbdinfo, python3-libnbd)
+//! and the built binary.
+#![allow(dead_code)]
+
+pub mod hub;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sendense-hub");
+
+/// Run a command, panic with its output unless it exits with one of `codes`.
+pub fn run_expect(cmd: &mut Command, codes: &[i32]) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let code = out.status.code().unwrap_or(-1);
+    assert!(
+        codes.contains(&code),
+        "{cmd:?} exited {code}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    run_expect(cmd, &[0])
+}
+
+pub fn qemu_img_check(image: &Path) {
+    run_ok(
+        Command::new("qemu-img")
+            .args(["check", "-f", "qcow2"])
+            .arg(image),
+    );
+}
+
+/// `qemu-img compare` of a raw file against a qcow2 image (with its chain).
+pub fn qemu_img_compare(raw: &Path, image: &Path) {
+    run_ok(
+        Command::new("qemu-img")
+            .args(["compare", "-f", "raw", "-F", "qcow2"])
+            .arg(raw)
+            .arg(image),
+    );
+}
+
+/// A raw file of `size` bytes: random data with some all-zero stretches, deterministic per seed.
+pub fn make_raw(path: &Path, size: usize, seed: u64) -> Vec<u8> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut data = vec![0u8; size];
+    rng.fill(&mut data[..]);
+    // Zero stretches exercise WRITE_ZEROES/holes in the copy tools.
+    let chunk = 256 << 10;
+    for (i, block) in data.chunks_mut(chunk).enumerate() {
+        if i % 3 == 1 {
+            block.fill(0);
+        }
+    }
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+/// A child process killed when dropped, so a failing test leaves nothing running.
+pub struct ChildGuard(pub Option<Child>);
+
+impl ChildGuard {
+    pub fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("child already waited")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().expect("child already waited").id()
+    }
+
+    pub fn terminate_and_wait(&mut self) -> std::process::ExitStatus {
+        run_ok(Command::new("kill").args(["-TERM", &self.pid().to_string()]));
+        let mut child = self.0.take().expect("child already waited");
+        child.wait().unwrap()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Start `sendense-hub serve-image ARGS` and return it with the URI it prints on stdout.
+pub fn serve_image(args: &[&str], image: &Path) -> (ChildGuard, String) {
+    let child = Command::new(BIN)
+        .arg("serve-image")
+        .args(args)
+        .arg(image)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn sendense-hub");
+    let mut guard = ChildGuard(Some(child));
+    let stdout = guard.child().stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let uri = line.trim().to_owned();
+    assert!(uri.starts_with("nbd"), "serve-image printed {uri:?}");
+    (guard, uri)
+}
+
+pub fn tmp_path(dir: &tempfile::TempDir, name: &str) -> PathBuf {
+    dir.path().join(name)
+}

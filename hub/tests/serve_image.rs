@@ -1,0 +1,189 @@
+//! `sendense-hub serve-image`, `check` and `info` driven through the built binary by real clients.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+const SIZE: usize = 8 << 20;
+
+#[test]
+fn nbdcopy_in_and_out_then_sigterm_leaves_a_clean_identical_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = tmp_path(&dir, "src.raw");
+    let image = tmp_path(&dir, "disk.qcow2");
+    make_raw(&src, SIZE, 1);
+
+    let (mut server, uri) = serve_image(&["--listen", "127.0.0.1:0", "--create", "8M"], &image);
+    assert!(uri.starts_with("nbd://127.0.0.1:"), "{uri}");
+    run_ok(
+        Command::new("nbdcopy")
+            .args(["--connections=4", "--requests=16"])
+            .arg(&src)
+            .arg(&uri),
+    );
+    // Read it back over NBD while the server still runs.
+    let back = tmp_path(&dir, "back.raw");
+    run_ok(
+        Command::new("nbdcopy")
+            .arg("--connections=1")
+            .arg(&uri)
+            .arg(&back),
+    );
+    assert!(std::fs::read(&back).unwrap() == std::fs::read(&src).unwrap());
+
+    let status = server.terminate_and_wait();
+    assert!(status.success(), "serve-image exited with {status}");
+    qemu_img_check(&image);
+    qemu_img_compare(&src, &image);
+
+    // Our own checker and info agree with qemu-img.
+    run_ok(Command::new(BIN).arg("check").arg(&image));
+    let info = run_ok(Command::new(BIN).args(["info", "--json"]).arg(&image));
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["virtual-size"], SIZE as u64);
+}
+
+#[test]
+fn qemu_img_convert_over_unix_socket_and_read_only_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = tmp_path(&dir, "src.raw");
+    let image = tmp_path(&dir, "disk.qcow2");
+    let socket = tmp_path(&dir, "nbd.sock");
+    make_raw(&src, SIZE, 2);
+
+    let (mut server, uri) = serve_image(
+        &[
+            "--socket",
+            socket.to_str().unwrap(),
+            "--name",
+            "disk0",
+            "--create",
+            "8M",
+            "--cluster-size",
+            "4K",
+        ],
+        &image,
+    );
+    assert_eq!(
+        uri,
+        format!("nbd+unix:///disk0?socket={}", socket.display())
+    );
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-n", "-f", "raw", "-O", "raw"])
+            .arg(&src)
+            .arg(&uri),
+    );
+    assert!(server.terminate_and_wait().success());
+    qemu_img_check(&image);
+    qemu_img_compare(&src, &image);
+
+    let (mut server, uri) = serve_image(
+        &["--listen", "127.0.0.1:0", "--read-only", "--name", "ro"],
+        &image,
+    );
+    let list = run_ok(
+        Command::new("nbdinfo")
+            .arg("--list")
+            .arg(uri.trim_end_matches("ro")),
+    );
+    assert!(
+        String::from_utf8_lossy(&list.stdout).contains("export=\"ro\""),
+        "LIST does not show the export"
+    );
+    let out = tmp_path(&dir, "out.raw");
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "raw"])
+            .arg(&uri)
+            .arg(&out),
+    );
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&src).unwrap());
+    // A write to the read-only export fails.
+    let fail = Command::new("nbdcopy")
+        .arg(&src)
+        .arg(&uri)
+        .output()
+        .unwrap();
+    assert!(!fail.status.success());
+    assert!(server.terminate_and_wait().success());
+    qemu_img_check(&image);
+}
+
+#[test]
+fn overlay_with_backing_file_reads_through_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let base_raw = tmp_path(&dir, "base.raw");
+    let base = tmp_path(&dir, "base.qcow2");
+    let top = tmp_path(&dir, "top.qcow2");
+    let mut data = make_raw(&base_raw, SIZE, 3);
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "qcow2"])
+            .arg(&base_raw)
+            .arg(&base),
+    );
+
+    let (mut server, uri) = serve_image(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--create",
+            "8M",
+            "--backing",
+            base.to_str().unwrap(),
+        ],
+        &top,
+    );
+    // Change 1 MiB in the middle through the overlay.
+    run_ok(
+        Command::new("qemu-io")
+            .args([
+                "-f",
+                "raw",
+                "-c",
+                "write -P 0xa5 3M 1M",
+                "-c",
+                "write -z 6M 64K",
+            ])
+            .arg(&uri),
+    );
+    data[3 << 20..4 << 20].fill(0xa5);
+    data[6 << 20..(6 << 20) + (64 << 10)].fill(0);
+    assert!(server.terminate_and_wait().success());
+
+    let expected = tmp_path(&dir, "expected.raw");
+    std::fs::write(&expected, &data).unwrap();
+    qemu_img_check(&top);
+    qemu_img_compare(&expected, &top);
+    let info = run_ok(Command::new(BIN).args(["info"]).arg(&top));
+    assert!(String::from_utf8_lossy(&info.stdout).contains("backing file:"));
+}
+
+#[test]
+fn bad_arguments_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = tmp_path(&dir, "x.qcow2");
+    run_expect(
+        Command::new(BIN)
+            .args(["serve-image", "--create", "1X"])
+            .arg(&image),
+        &[2],
+    );
+    run_expect(
+        Command::new(BIN)
+            .args(["serve-image", "--backing", "b.qcow2"])
+            .arg(&image),
+        &[2],
+    );
+    // Nothing to open.
+    run_expect(
+        Command::new(BIN)
+            .args(["serve-image", "--listen", "127.0.0.1:0"])
+            .arg(&image),
+        &[1],
+    );
+    run_expect(Command::new(BIN).arg("check").arg(&image), &[1]);
+}

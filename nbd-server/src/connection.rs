@@ -1,0 +1,366 @@
+//! The transmission phase on a socket: one reader that decodes requests and spawns a task per
+//! request, tasks that run against the export, and one writer that sends their replies in
+//! whatever order they finish.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::command::{self, Limits, MetaContext, Outcome};
+use crate::proto::request::{HeaderStyle, Request};
+use crate::proto::{CMD_DISC, CMD_READ, CMD_WRITE, EINVAL, ESHUTDOWN};
+use crate::registry::ExportEntry;
+
+/// Requests one connection may have in flight; the reader stops reading beyond this.
+pub(crate) const MAX_REQUESTS_IN_FLIGHT: usize = 128;
+/// A WRITE payload above the limit but at most this long is read and dropped, then refused with
+/// EINVAL; anything longer closes the connection (reading it would only waste the link).
+pub(crate) const MAX_DISCARD: u64 = 256 << 20;
+/// The reader's buffer for headers; payloads are read into their own exact buffers.
+const READ_BUF: usize = 64 * 1024;
+/// After a hard stop the writer gets this long to deliver the ESHUTDOWN replies.
+const HARD_STOP_WRITE_WINDOW: Duration = Duration::from_secs(1);
+/// Replies gathered into one vectored write at most.
+const MAX_BATCH: usize = 64;
+
+/// Everything one connection needs during transmission.
+pub(crate) struct ConnCtx {
+    pub entry: Arc<ExportEntry>,
+    pub style: HeaderStyle,
+    pub contexts: Vec<MetaContext>,
+    pub max_payload: u32,
+    pub max_in_flight_bytes: usize,
+    /// Server shutdown: stop reading requests, finish those in flight.
+    pub stop_reading: CancellationToken,
+}
+
+/// A reply ready to send, with the permits it releases once written.
+struct Outgoing {
+    segments: Vec<Bytes>,
+    _permits: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+}
+
+/// Why the reader stopped.
+#[derive(Debug)]
+enum End {
+    Disc,
+    Eof,
+    Stopped,
+    WriterFailed,
+    BadMagic(u32),
+    Oversize(u64),
+    Io(io::Error),
+}
+
+/// Serves requests until the client disconnects or the server stops this connection. Returns
+/// when every request read has been answered (or failed) and the writer is done.
+pub(crate) async fn serve<R, W>(mut reader: R, writer: W, ctx: Arc<ConnCtx>)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
+    let writer_failed = CancellationToken::new();
+    let writer_task = tokio::spawn(
+        write_loop(
+            writer,
+            rx,
+            ctx.entry.hard_stop.clone(),
+            writer_failed.clone(),
+        )
+        .in_current_span(),
+    );
+    let requests = TaskTracker::new();
+    let end = tokio::select! {
+        biased;
+        _ = ctx.entry.hard_stop.cancelled() => End::Stopped,
+        _ = ctx.stop_reading.cancelled() => End::Stopped,
+        _ = writer_failed.cancelled() => End::WriterFailed,
+        e = read_loop(&mut reader, &ctx, &tx, &requests) => e,
+    };
+    match &end {
+        End::Disc => tracing::debug!("client disconnected"),
+        End::Eof => tracing::debug!("client closed the connection"),
+        End::Stopped => tracing::debug!("connection stopped by the server"),
+        End::WriterFailed => tracing::info!("connection lost while sending replies"),
+        End::BadMagic(m) => tracing::info!(magic = m, "bad request magic, closing"),
+        End::Oversize(len) => tracing::info!(len, "payload far over the limit, closing"),
+        End::Io(e) => tracing::info!(error = %e, "connection lost"),
+    }
+    requests.close();
+    requests.wait().await;
+    drop(tx);
+    let _ = writer_task.await;
+}
+
+async fn read_loop<R>(
+    reader: &mut R,
+    ctx: &Arc<ConnCtx>,
+    tx: &mpsc::UnboundedSender<Outgoing>,
+    requests: &TaskTracker,
+) -> End
+where
+    R: AsyncRead + Unpin,
+{
+    let style = ctx.style;
+    let hdr_len = style.request_len();
+    let export = &ctx.entry.export;
+    let limits = Limits {
+        size: export.size(),
+        read_only: export.read_only(),
+        max_payload: ctx.max_payload,
+        style,
+        has_contexts: !ctx.contexts.is_empty(),
+    };
+    let byte_budget = ctx.max_in_flight_bytes.clamp(1, Semaphore::MAX_PERMITS) as u64;
+    let count_sem = Arc::new(Semaphore::new(MAX_REQUESTS_IN_FLIGHT));
+    let bytes_sem = Arc::new(Semaphore::new(byte_budget as usize));
+    let mut buf = BytesMut::with_capacity(READ_BUF);
+    // After a large payload the next header is read alone, so the payload after it lands in its
+    // own buffer instead of being read ahead into `buf` and copied out.
+    let mut exact = false;
+    loop {
+        while buf.len() < hdr_len {
+            let want = if exact {
+                hdr_len - buf.len()
+            } else {
+                READ_BUF - buf.len().min(READ_BUF)
+            }
+            .max(hdr_len - buf.len());
+            buf.reserve(want);
+            match reader.read_buf(&mut (&mut buf).limit(want)).await {
+                Ok(0) if buf.is_empty() => return End::Eof,
+                Ok(0) => return End::Io(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => {}
+                Err(e) => return End::Io(e),
+            }
+        }
+        let req = match Request::decode(&buf, style) {
+            Ok(Some((req, n))) => {
+                buf.advance(n);
+                req
+            }
+            Ok(None) => unreachable!("a whole header is buffered"),
+            Err(_) => {
+                let magic = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+                return End::BadMagic(magic);
+            }
+        };
+        ctx.entry.touch();
+        let payload_len = req.payload_len(style);
+        tracing::trace!(
+            cookie = req.cookie,
+            command = req.command,
+            offset = req.offset,
+            length = req.length,
+            "request"
+        );
+        if req.command == CMD_DISC && payload_len == 0 {
+            return End::Disc;
+        }
+        if payload_len > u64::from(ctx.max_payload) {
+            if payload_len > MAX_DISCARD {
+                return End::Oversize(payload_len);
+            }
+            if let Err(e) = discard(reader, &mut buf, payload_len).await {
+                return End::Io(e);
+            }
+            tracing::info!(length = payload_len, "payload over the limit refused");
+            let segments = command::encode_reply(
+                style,
+                &req,
+                &ctx.contexts,
+                Outcome::Failed(EINVAL, "payload larger than the maximum block size".into()),
+            );
+            let _ = tx.send(Outgoing {
+                segments,
+                _permits: None,
+            });
+            continue;
+        }
+        exact = payload_len >= 4096;
+        let cost = if req.command == CMD_READ {
+            req.length.min(u64::from(ctx.max_payload))
+        } else {
+            payload_len
+        }
+        .min(byte_budget)
+        .min(u64::from(u32::MAX)) as u32;
+        // Backpressure: no more reading until earlier requests have been answered.
+        let (Ok(count_permit), Ok(byte_permit)) = (
+            count_sem.clone().acquire_owned().await,
+            bytes_sem.clone().acquire_many_owned(cost).await,
+        ) else {
+            unreachable!("the semaphores are never closed");
+        };
+        let payload = if payload_len > 0 {
+            match read_payload(reader, &mut buf, payload_len as usize).await {
+                Ok(p) => p,
+                Err(e) => return End::Io(e),
+            }
+        } else {
+            Bytes::new()
+        };
+        let ctx = Arc::clone(ctx);
+        let tx = tx.clone();
+        requests.spawn(
+            async move {
+                let outcome = tokio::select! {
+                    biased;
+                    o = run(&ctx, &req, limits, payload) => o,
+                    _ = ctx.entry.hard_stop.cancelled() => {
+                        Outcome::Failed(ESHUTDOWN, "export is going away".into())
+                    }
+                };
+                let segments = command::encode_reply(ctx.style, &req, &ctx.contexts, outcome);
+                // A closed channel means the writer is gone; the reply has nowhere to go.
+                let _ = tx.send(Outgoing {
+                    segments,
+                    _permits: Some((count_permit, byte_permit)),
+                });
+            }
+            .in_current_span(),
+        );
+    }
+}
+
+async fn run(ctx: &ConnCtx, req: &Request, limits: Limits, payload: Bytes) -> Outcome {
+    let op = match command::validate(req, &limits) {
+        Ok(op) => op,
+        Err((errno, msg)) => {
+            tracing::debug!(cookie = req.cookie, errno, msg, "request refused");
+            return Outcome::Failed(errno, msg.into());
+        }
+    };
+    let len = payload.len() as u64;
+    let outcome = command::execute(&*ctx.entry.export, op, payload, ctx.style).await;
+    match &outcome {
+        Outcome::Done if req.command == CMD_WRITE => ctx.entry.add_written(len),
+        Outcome::Read(_) => ctx.entry.add_read(req.length),
+        Outcome::Failed(errno, msg) => {
+            tracing::debug!(cookie = req.cookie, errno, msg, "request failed")
+        }
+        _ => {}
+    }
+    ctx.entry.touch();
+    outcome
+}
+
+/// Reads exactly `len` payload bytes: what is already buffered, then straight from the socket into
+/// a buffer of exactly that size, which becomes the `Bytes` handed to the export.
+async fn read_payload<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    len: usize,
+) -> io::Result<Bytes> {
+    if buf.len() >= len {
+        return Ok(buf.split_to(len).freeze());
+    }
+    let mut payload = BytesMut::with_capacity(len);
+    payload.put(buf.split());
+    while payload.len() < len {
+        let want = len - payload.len();
+        if reader.read_buf(&mut (&mut payload).limit(want)).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(payload.freeze())
+}
+
+/// Consumes `len` payload bytes without keeping them.
+async fn discard<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    len: u64,
+) -> io::Result<()> {
+    let from_buf = (buf.len() as u64).min(len);
+    buf.advance(from_buf as usize);
+    let rest = len - from_buf;
+    let copied = tokio::io::copy(&mut (&mut *reader).take(rest), &mut tokio::io::sink()).await?;
+    if copied < rest {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    hard_stop: CancellationToken,
+    failed: CancellationToken,
+) {
+    let mut batch: Vec<Outgoing> = Vec::with_capacity(MAX_BATCH);
+    let mut queue: VecDeque<Bytes> = VecDeque::new();
+    // A client that stops reading must not hold the connection open past a hard stop.
+    let deadline = async {
+        hard_stop.cancelled().await;
+        tokio::time::sleep(HARD_STOP_WRITE_WINDOW).await;
+    };
+    tokio::pin!(deadline);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        queue.extend(
+            batch
+                .iter_mut()
+                .flat_map(|m| m.segments.drain(..))
+                .filter(|b| !b.is_empty()),
+        );
+        let r = tokio::select! {
+            r = write_all(&mut writer, &mut queue) => r,
+            _ = &mut deadline => Err(io::ErrorKind::TimedOut.into()),
+        };
+        batch.clear();
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "writing replies failed");
+            failed.cancel();
+            return;
+        }
+    }
+    let _ = tokio::select! {
+        r = writer.shutdown() => r,
+        _ = &mut deadline => Ok(()),
+    };
+}
+
+/// Writes every queued segment with vectored writes.
+async fn write_all<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    queue: &mut VecDeque<Bytes>,
+) -> io::Result<()> {
+    while !queue.is_empty() {
+        let mut n = {
+            let slices: Vec<IoSlice<'_>> = queue.iter().take(64).map(|b| IoSlice::new(b)).collect();
+            writer.write_vectored(&slices).await?
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let Some(front) = queue.front_mut() else {
+                break;
+            };
+            if front.len() <= n {
+                n -= front.len();
+                queue.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+    writer.flush().await
+}

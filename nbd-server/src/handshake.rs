@@ -1,0 +1,354 @@
+//! The handshake phase on a socket: greeting, option haggling, and the export the client picks.
+//! Message formats live in `proto::handshake`; this module only decides and does the I/O.
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::command::MetaContext;
+use crate::proto::handshake::{
+    ClientOption, ExportNameReply, Greeting, Info, InfoRequest, MetaContextRequest, OptionHeader,
+    OptionReply, OptionReplyBody, decode_client_flags,
+};
+use crate::proto::request::HeaderStyle;
+use crate::proto::*;
+use crate::registry::{AttachError, Attachment, ExportEntry};
+use crate::server::Shared;
+
+/// What the client negotiated, ready for transmission.
+pub(crate) struct Session {
+    pub attachment: Attachment,
+    pub style: HeaderStyle,
+    pub contexts: Vec<MetaContext>,
+}
+
+fn invalid(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Transmission flags for `export` on a connection of `style`.
+pub(crate) fn transmission_flags(entry: &ExportEntry, style: HeaderStyle) -> u16 {
+    let mut f = TFLAG_HAS_FLAGS
+        | TFLAG_SEND_FLUSH
+        | TFLAG_SEND_FUA
+        | TFLAG_CAN_MULTI_CONN
+        | TFLAG_SEND_CACHE;
+    if entry.export.read_only() {
+        f |= TFLAG_READ_ONLY;
+    } else {
+        f |= TFLAG_SEND_TRIM | TFLAG_SEND_WRITE_ZEROES | TFLAG_SEND_FAST_ZERO;
+    }
+    if style.structured() {
+        f |= TFLAG_SEND_DF;
+    }
+    f
+}
+
+/// NBD_INFO_BLOCK_SIZE: minimum 1, the export's preferred size (a power of two, at least 512),
+/// and the payload limit as maximum.
+pub(crate) fn block_size(entry: &ExportEntry, max_payload: u32) -> Info {
+    let mut preferred = entry.export.preferred_block_size().max(512);
+    if !preferred.is_power_of_two() {
+        preferred = preferred.checked_next_power_of_two().unwrap_or(1 << 31);
+    }
+    Info::BlockSize {
+        min: 1,
+        preferred,
+        max: max_payload.max(preferred),
+    }
+}
+
+struct State {
+    style: HeaderStyle,
+    no_zeroes: bool,
+    /// Export named in the last SET_META_CONTEXT and the contexts it selected.
+    meta: Option<(String, Vec<MetaContext>)>,
+}
+
+/// Runs the handshake. `Ok(None)`: the client ended it (ABORT, or EOF between options).
+pub(crate) async fn negotiate<S>(stream: &mut S, shared: &Shared) -> io::Result<Option<Session>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let offered = FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES;
+    let mut out = BytesMut::with_capacity(256);
+    Greeting { flags: offered }.encode(&mut out);
+    stream.write_all(&out).await?;
+    let raw = stream.read_u32().await?;
+    let client_flags = decode_client_flags(raw, offered).map_err(invalid)?;
+    let mut st = State {
+        style: HeaderStyle::Simple,
+        no_zeroes: client_flags & CLIENT_FLAG_NO_ZEROES != 0,
+        meta: None,
+    };
+
+    loop {
+        let mut head = [0u8; OptionHeader::LEN];
+        match stream.read_exact(&mut head).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let (header, _) = OptionHeader::decode(&head)
+            .map_err(invalid)?
+            .ok_or_else(|| invalid("short option header"))?;
+        // Refused before anything is sized by it.
+        header.check_length().map_err(invalid)?;
+        let mut data = vec![0u8; header.length as usize];
+        stream.read_exact(&mut data).await?;
+        let option = match ClientOption::decode(header.option, &data) {
+            Ok(o) => o,
+            Err(e) if header.option == OPT_EXPORT_NAME => return Err(invalid(e)),
+            Err(e) => {
+                tracing::debug!(option = header.option, error = %e, "malformed option");
+                let r = OptionReply::error(header.option, REP_ERR_INVALID, e.to_string());
+                send(stream, &[r]).await?;
+                continue;
+            }
+        };
+        tracing::trace!(?option, "option");
+        let code = option.code();
+        let mut replies = Vec::new();
+        match option {
+            ClientOption::ExportName(name) => {
+                if st.style == HeaderStyle::Extended {
+                    return Err(invalid("EXPORT_NAME after extended headers"));
+                }
+                let attachment = lookup_and_attach(shared, &name).map_err(|(_, m)| invalid(m))?;
+                let entry = attachment.entry();
+                let mut out = BytesMut::with_capacity(134);
+                ExportNameReply {
+                    size: entry.export.size(),
+                    flags: transmission_flags(entry, st.style),
+                }
+                .encode(st.no_zeroes, &mut out);
+                stream.write_all(&out).await?;
+                let contexts = contexts_for(&st, &name);
+                return Ok(Some(Session {
+                    attachment,
+                    style: st.style,
+                    contexts,
+                }));
+            }
+            ClientOption::Abort => {
+                // The client may already be gone; the ACK is a courtesy.
+                let _ = send(stream, &[OptionReply::new(code, OptionReplyBody::Ack)]).await;
+                return Ok(None);
+            }
+            ClientOption::List => {
+                if shared.config.list_exports {
+                    for name in shared.registry.names() {
+                        replies.push(OptionReply::new(
+                            code,
+                            OptionReplyBody::Server {
+                                name,
+                                details: String::new(),
+                            },
+                        ));
+                    }
+                    replies.push(OptionReply::new(code, OptionReplyBody::Ack));
+                } else {
+                    replies.push(OptionReply::error(
+                        code,
+                        REP_ERR_POLICY,
+                        "this server does not list its exports",
+                    ));
+                }
+            }
+            ClientOption::StartTls => {
+                replies.push(OptionReply::error(
+                    code,
+                    REP_ERR_POLICY,
+                    "TLS is not configured on this server",
+                ));
+            }
+            ClientOption::StructuredReply => replies.push(match st.style {
+                HeaderStyle::Extended => OptionReply::error(
+                    code,
+                    REP_ERR_EXT_HEADER_REQD,
+                    "extended headers already negotiated",
+                ),
+                HeaderStyle::Structured => OptionReply::error(
+                    code,
+                    REP_ERR_INVALID,
+                    "structured replies already negotiated",
+                ),
+                HeaderStyle::Simple => {
+                    st.style = HeaderStyle::Structured;
+                    OptionReply::new(code, OptionReplyBody::Ack)
+                }
+            }),
+            ClientOption::ExtendedHeaders => replies.push(if st.style == HeaderStyle::Extended {
+                OptionReply::error(code, REP_ERR_INVALID, "extended headers already negotiated")
+            } else {
+                st.style = HeaderStyle::Extended;
+                OptionReply::new(code, OptionReplyBody::Ack)
+            }),
+            ClientOption::ListMetaContext(req) => {
+                meta_context(shared, &mut st, code, req, false, &mut replies)
+            }
+            ClientOption::SetMetaContext(req) => {
+                meta_context(shared, &mut st, code, req, true, &mut replies)
+            }
+            ClientOption::Info(req) => {
+                match info(shared, &st, code, &req, false) {
+                    Ok((r, _)) => replies.extend(r),
+                    Err(r) => replies.push(r),
+                };
+            }
+            ClientOption::Go(req) => match info(shared, &st, code, &req, true) {
+                Ok((r, Some(attachment))) => {
+                    send(stream, &r).await?;
+                    let contexts = contexts_for(&st, &req.name);
+                    return Ok(Some(Session {
+                        attachment,
+                        style: st.style,
+                        contexts,
+                    }));
+                }
+                Ok((r, None)) => replies.extend(r),
+                Err(r) => replies.push(r),
+            },
+            ClientOption::Unknown(_) => {
+                replies.push(OptionReply::error(code, REP_ERR_UNSUP, "unknown option"));
+            }
+        }
+        send(stream, &replies).await?;
+    }
+}
+
+async fn send<S: AsyncWrite + Unpin>(stream: &mut S, replies: &[OptionReply]) -> io::Result<()> {
+    let mut out = BytesMut::with_capacity(256);
+    for r in replies {
+        r.encode(&mut out).map_err(invalid)?;
+    }
+    stream.write_all(&out).await
+}
+
+/// The contexts selected by SET_META_CONTEXT, if it named the export now chosen.
+fn contexts_for(st: &State, name: &str) -> Vec<MetaContext> {
+    match &st.meta {
+        Some((export, ctxs)) if export == name && st.style.structured() => ctxs.clone(),
+        _ => Vec::new(),
+    }
+}
+
+fn lookup_and_attach(shared: &Shared, name: &str) -> Result<Attachment, (u32, String)> {
+    if shared.stop_reading.is_cancelled() {
+        return Err((REP_ERR_SHUTDOWN, "server is shutting down".into()));
+    }
+    let entry = shared
+        .registry
+        .get(name)
+        .ok_or_else(|| (REP_ERR_UNKNOWN, format!("unknown export {name:?}")))?;
+    entry
+        .attach(shared.config.max_connections_per_export)
+        .map_err(|e| match e {
+            AttachError::Removed => (REP_ERR_UNKNOWN, format!("unknown export {name:?}")),
+            AttachError::TooManyConnections => (
+                REP_ERR_POLICY,
+                format!("too many connections to export {name:?}"),
+            ),
+        })
+}
+
+type InfoResult = Result<(Vec<OptionReply>, Option<Attachment>), OptionReply>;
+
+/// Replies to INFO or GO; GO also attaches the connection to the export.
+fn info(shared: &Shared, st: &State, code: u32, req: &InfoRequest, go: bool) -> InfoResult {
+    let (entry, attachment): (Arc<ExportEntry>, Option<Attachment>) = if go {
+        let a = lookup_and_attach(shared, &req.name)
+            .map_err(|(c, m)| OptionReply::error(code, c, m))?;
+        (Arc::clone(a.entry()), Some(a))
+    } else {
+        if shared.stop_reading.is_cancelled() {
+            return Err(OptionReply::error(
+                code,
+                REP_ERR_SHUTDOWN,
+                "server is shutting down",
+            ));
+        }
+        let e = shared.registry.get(&req.name).ok_or_else(|| {
+            OptionReply::error(
+                code,
+                REP_ERR_UNKNOWN,
+                format!("unknown export {:?}", req.name),
+            )
+        })?;
+        (e, None)
+    };
+    let style = st.style;
+    let mut replies = vec![OptionReply::new(
+        code,
+        OptionReplyBody::Info(Info::Export {
+            size: entry.export.size(),
+            flags: transmission_flags(&entry, style),
+        }),
+    )];
+    if req.requests.contains(&INFO_NAME) {
+        replies.push(OptionReply::new(
+            code,
+            OptionReplyBody::Info(Info::Name(entry.name.clone())),
+        ));
+    }
+    // Sent whether asked for or not, as qemu-nbd does: clients that did not ask ignore it.
+    replies.push(OptionReply::new(
+        code,
+        OptionReplyBody::Info(block_size(&entry, shared.config.max_payload)),
+    ));
+    replies.push(OptionReply::new(code, OptionReplyBody::Ack));
+    Ok((replies, attachment))
+}
+
+fn meta_context(
+    shared: &Shared,
+    st: &mut State,
+    code: u32,
+    req: MetaContextRequest,
+    set: bool,
+    replies: &mut Vec<OptionReply>,
+) {
+    if !st.style.structured() {
+        replies.push(OptionReply::error(
+            code,
+            REP_ERR_INVALID,
+            "structured replies must be negotiated first",
+        ));
+        return;
+    }
+    if shared.registry.get(&req.export).is_none() {
+        replies.push(OptionReply::error(
+            code,
+            REP_ERR_UNKNOWN,
+            format!("unknown export {:?}", req.export),
+        ));
+        return;
+    }
+    let mut selected: Vec<MetaContext> = Vec::new();
+    if !set && req.queries.is_empty() {
+        selected.extend(MetaContext::ALL);
+    }
+    for q in &req.queries {
+        for c in MetaContext::matching(q, !set) {
+            if !selected.contains(&c) {
+                selected.push(c);
+            }
+        }
+    }
+    for c in &selected {
+        replies.push(OptionReply::new(
+            code,
+            OptionReplyBody::MetaContext {
+                // LIST replies carry id 0 as the spec recommends.
+                id: if set { c.id() } else { 0 },
+                name: c.name().to_owned(),
+            },
+        ));
+    }
+    replies.push(OptionReply::new(code, OptionReplyBody::Ack));
+    if set {
+        st.meta = Some((req.export, selected));
+    }
+}

@@ -1,0 +1,144 @@
+//! Listeners and the life of one connection: accept, handshake under a time limit, transmission,
+//! and the flush when the last connection to a writable export ends.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::ServerConfig;
+use crate::connection::{self, ConnCtx};
+use crate::handshake;
+use crate::registry::{ExportEntry, Registry};
+
+/// State shared by the listeners and connections of one server.
+pub(crate) struct Shared {
+    pub config: ServerConfig,
+    pub registry: Registry,
+    /// Every connection task, from accept to close.
+    pub tracker: TaskTracker,
+    /// Shutdown, first step: stop accepting and reading; finish what is in flight.
+    pub stop_reading: CancellationToken,
+    /// Shutdown, second step (after the grace period): parent of every export's hard stop.
+    pub hard_stop: CancellationToken,
+    connections: AtomicUsize,
+}
+
+/// A socket that splits into independently owned halves.
+pub(crate) trait Split: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    type Read: AsyncRead + Unpin + Send + 'static;
+    type Write: AsyncWrite + Unpin + Send + 'static;
+    fn split(self) -> (Self::Read, Self::Write);
+}
+
+impl Split for TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+    fn split(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl Split for UnixStream {
+    type Read = tokio::net::unix::OwnedReadHalf;
+    type Write = tokio::net::unix::OwnedWriteHalf;
+    fn split(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+/// Releases the connection's place in the server-wide count.
+struct ConnSlot(Arc<Shared>);
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Shared {
+    pub fn new(config: ServerConfig) -> Self {
+        Self {
+            config,
+            registry: Registry::default(),
+            tracker: TaskTracker::new(),
+            stop_reading: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            connections: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn new_entry(&self, name: &str, export: Arc<dyn crate::Export>) -> Arc<ExportEntry> {
+        Arc::new(ExportEntry::new(name, export, self.hard_stop.child_token()))
+    }
+
+    /// Runs one accepted socket to its end, unless the server is full.
+    pub fn spawn_connection<S: Split>(self: &Arc<Self>, stream: S, peer: String) {
+        let n = self.connections.fetch_add(1, Ordering::Relaxed);
+        let slot = ConnSlot(Arc::clone(self));
+        if n >= self.config.max_connections {
+            tracing::warn!(%peer, "connection refused: server has too many connections");
+            return;
+        }
+        let span = tracing::info_span!("nbd", %peer, export = tracing::field::Empty);
+        let shared = Arc::clone(self);
+        self.tracker.spawn(
+            async move {
+                let _slot = slot;
+                run_connection(shared, stream).await;
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn run_connection<S: Split>(shared: Arc<Shared>, mut stream: S) {
+    let limit = shared.config.handshake_timeout;
+    let session = tokio::select! {
+        _ = shared.stop_reading.cancelled() => return,
+        r = tokio::time::timeout(limit, handshake::negotiate(&mut stream, &shared)) => match r {
+            Err(_) => {
+                tracing::info!("handshake timed out");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "handshake failed");
+                return;
+            }
+            Ok(Ok(None)) => {
+                tracing::debug!("client ended the handshake");
+                return;
+            }
+            Ok(Ok(Some(session))) => session,
+        },
+    };
+    let mut attachment = session.attachment;
+    let entry = Arc::clone(attachment.entry());
+    tracing::Span::current().record("export", entry.name.as_str());
+    tracing::debug!(style = ?session.style, contexts = ?session.contexts, "transmission");
+    let ctx = Arc::new(ConnCtx {
+        entry: Arc::clone(&entry),
+        style: session.style,
+        contexts: session.contexts,
+        max_payload: shared.config.max_payload,
+        max_in_flight_bytes: shared.config.max_in_flight_bytes_per_connection,
+        stop_reading: shared.stop_reading.clone(),
+    });
+    let (r, w) = stream.split();
+    connection::serve(r, w, ctx).await;
+    // Clients such as nbdcopy and the SNA never send FLUSH: their data becomes durable here.
+    if attachment.leave() && !entry.export.read_only() {
+        if let Err(e) = entry.export.flush().await {
+            tracing::error!(error = %e, "flush after the last connection failed");
+        }
+    }
+    drop(attachment);
+}
+
+/// Pause after a failed accept (out of file descriptors, usually) before the next try.
+pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);

@@ -1,0 +1,964 @@
+//! An open image: lookups under the metadata lock, data I/O outside it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use crate::chain::{self, Backing, push_extent};
+use crate::compress::{self, CompressionType};
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::{self, Header, L2Entry};
+use crate::meta::{Geometry, Meta};
+use crate::storage::{FileStorage, Storage};
+use crate::{Extent, ExtentKind, ImageInfo, OpenOptions};
+
+pub struct Image {
+    path: PathBuf,
+    st: Arc<dyn Storage>,
+    header: Header,
+    geo: Geometry,
+    writable: bool,
+    compression: CompressionType,
+    backing: Option<Backing>,
+    meta: Mutex<Meta>,
+    /// Signalled when in-flight allocations complete.
+    done: Condvar,
+    file_len: Arc<AtomicU64>,
+    closed: AtomicBool,
+}
+
+/// Where the bytes of one guest range come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Map {
+    Data(u64),
+    Zero,
+    Lower,
+    Compressed { host: u64, sectors: u64 },
+}
+
+impl Image {
+    /// Creates a v3 image (16-bit refcounts) under a temporary name, then links it into place;
+    /// fails if `path` exists. A backing name is stored relative to the image's directory when
+    /// both share a tree. `size` 0 with a backing file takes the backing file's size.
+    pub fn create(path: &Path, opts: &crate::CreateOptions) -> Result<()> {
+        create(path, opts)
+    }
+
+    /// Creates an image in an empty storage (tests, fuzzing); no backing file.
+    pub fn create_storage(st: &dyn Storage, size: u64, cluster_size: u32) -> Result<()> {
+        if !cluster_size.is_power_of_two()
+            || !(512..=2 << 20).contains(&cluster_size)
+            || size % 512 != 0
+        {
+            return Err(Error::invalid_argument(format!(
+                "size {size} / cluster size {cluster_size}"
+            )));
+        }
+        let mut header = Header::new_v3(cluster_size.trailing_zeros(), size);
+        write_new_image(st, &mut header)
+    }
+
+    /// Opens an image file (and, when allowed, its backing chain).
+    pub fn open(path: &Path, opts: &OpenOptions) -> Result<Image> {
+        let mut seen = Vec::new();
+        Self::open_chain(path, opts, 0, &mut seen)
+    }
+
+    fn open_chain(
+        path: &Path,
+        opts: &OpenOptions,
+        depth: u32,
+        seen: &mut Vec<PathBuf>,
+    ) -> Result<Image> {
+        if depth > opts.max_chain_depth {
+            return Err(Error::unsupported(format!(
+                "backing chain deeper than {} at {}",
+                opts.max_chain_depth,
+                path.display()
+            )));
+        }
+        let canon = path
+            .canonicalize()
+            .map_err(|e| Error::io(e, format!("opening {}", path.display())))?;
+        if seen.contains(&canon) {
+            return Err(Error::corrupt(format!(
+                "backing chain loops back to {}",
+                path.display()
+            )));
+        }
+        seen.push(canon);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(opts.writable)
+            .open(path)
+            .map_err(|e| Error::io(e, format!("opening {}", path.display())))?;
+        let st: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
+        let mut img = Self::open_storage(st, opts)?;
+        img.path = path.to_path_buf();
+        if let (Some(name), true) = (img.header.backing_file.clone(), opts.open_backing) {
+            let bpath = chain::resolve_backing(path, &name);
+            let fmt = img.header.backing_format.clone();
+            img.backing = Some(Self::open_backing(
+                &bpath,
+                fmt.as_deref(),
+                opts,
+                depth,
+                seen,
+            )?);
+        }
+        Ok(img)
+    }
+
+    fn open_backing(
+        path: &Path,
+        fmt: Option<&str>,
+        opts: &OpenOptions,
+        depth: u32,
+        seen: &mut Vec<PathBuf>,
+    ) -> Result<Backing> {
+        let fmt = match fmt {
+            Some(f) => f.to_owned(),
+            None => {
+                let mut magic = [0u8; 4];
+                let f = std::fs::File::open(path).map_err(|e| {
+                    Error::io(e, format!("opening backing file {}", path.display()))
+                })?;
+                let is_qcow2 = std::os::unix::fs::FileExt::read_exact_at(&f, &mut magic, 0).is_ok()
+                    && u32::from_be_bytes(magic) == format::MAGIC;
+                if is_qcow2 {
+                    "qcow2".into()
+                } else {
+                    "raw".into()
+                }
+            }
+        };
+        let bopts = OpenOptions {
+            writable: false,
+            ..opts.clone()
+        };
+        match fmt.as_str() {
+            "qcow2" => Ok(Backing::Qcow2(Box::new(Self::open_chain(
+                path,
+                &bopts,
+                depth + 1,
+                seen,
+            )?))),
+            "raw" => {
+                let f = std::fs::File::open(path).map_err(|e| {
+                    Error::io(e, format!("opening backing file {}", path.display()))
+                })?;
+                let st = FileStorage::new(f);
+                let size = st.len().map_err(|e| Error::io(e, "backing file size"))?;
+                Ok(Backing::Raw {
+                    st: Arc::new(st),
+                    size,
+                    path: path.to_path_buf(),
+                    format: fmt,
+                })
+            }
+            other => Err(Error::unsupported(format!(
+                "backing format {other:?} of {}",
+                path.display()
+            ))),
+        }
+    }
+
+    /// Opens an image held by any storage. Backing files are never opened from here (reads of
+    /// unallocated clusters of an image that names one fail with [`ErrorKind::Unsupported`]).
+    pub fn open_storage(st: Arc<dyn Storage>, opts: &OpenOptions) -> Result<Image> {
+        let file_len = st.len().map_err(|e| Error::io(e, "image size"))?;
+        let mut prefix = [0u8; 24];
+        if file_len < 24 {
+            return Err(Error::invalid_format("file too short for a qcow2 header"));
+        }
+        st.read_at(&mut prefix, 0)
+            .map_err(|e| Error::io(e, "reading header"))?;
+        let cs = Header::peek_cluster_size(&prefix)?;
+        let mut c0 = vec![0u8; cs.min(file_len) as usize];
+        st.read_at(&mut c0, 0)
+            .map_err(|e| Error::io(e, "reading header cluster"))?;
+        let header = Header::decode(&c0)?;
+        Self::refuse(&header, opts.writable)?;
+        header.validate(file_len)?;
+        let compression = CompressionType::from_header(header.compression_type)?;
+        let meta = Meta::load(
+            st.clone(),
+            &header,
+            file_len,
+            opts.l2_cache_bytes,
+            opts.writable,
+        )?;
+        let file_len = meta.file_len.clone();
+        let img = Image {
+            path: PathBuf::new(),
+            st,
+            geo: Geometry::from_header(&header),
+            header,
+            writable: opts.writable,
+            compression,
+            backing: None,
+            meta: Mutex::new(meta),
+            done: Condvar::new(),
+            file_len,
+            closed: AtomicBool::new(false),
+        };
+        if img.writable && img.header.autoclear_features != 0 {
+            // We keep none of the autoclear structures (bitmaps) up to date: declare them stale.
+            img.st
+                .write_at(&[0u8; 8], 88)
+                .and_then(|()| img.st.flush())
+                .map_err(|e| Error::io(e, "clearing autoclear features"))?;
+        }
+        Ok(img)
+    }
+
+    fn refuse(h: &Header, writable: bool) -> Result<()> {
+        let unknown = h.incompatible_features & !format::INCOMPAT_KNOWN;
+        if unknown != 0 {
+            return Err(Error::unsupported(format!(
+                "unknown incompatible features {unknown:#x} (offset 72)"
+            )));
+        }
+        if h.crypt_method != 0 || h.extensions.contains(&format::EXT_CRYPTO) {
+            return Err(Error::unsupported(
+                "encrypted images (crypt_method at offset 32)",
+            ));
+        }
+        if h.incompatible_features & format::INCOMPAT_DATA_FILE != 0
+            || h.extensions.contains(&format::EXT_DATA_FILE)
+        {
+            return Err(Error::unsupported(
+                "external data files (incompatible feature bit 2)",
+            ));
+        }
+        if h.extended_l2() && h.cluster_bits < 14 {
+            return Err(Error::corrupt(format!(
+                "extended L2 with cluster_bits {} (offset 20)",
+                h.cluster_bits
+            )));
+        }
+        if h.incompatible_features & format::INCOMPAT_COMPRESSION == 0 && h.compression_type != 0 {
+            return Err(Error::corrupt(
+                "compression type set without its incompatible bit (offset 104)",
+            ));
+        }
+        if !writable {
+            return Ok(());
+        }
+        if h.version < 3 {
+            return Err(Error::unsupported("writing to version 2 images"));
+        }
+        if h.nb_snapshots != 0 {
+            return Err(Error::unsupported(format!(
+                "writing to an image with {} snapshots",
+                h.nb_snapshots
+            )));
+        }
+        if h.incompatible_features & format::INCOMPAT_DIRTY != 0 {
+            return Err(Error::unsupported(
+                "writing to an image with the dirty bit set (run check --repair)",
+            ));
+        }
+        if h.incompatible_features & format::INCOMPAT_CORRUPT != 0 {
+            return Err(Error::corrupt(
+                "image is marked corrupt (incompatible feature bit 1)",
+            ));
+        }
+        if h.extended_l2() {
+            return Err(Error::unsupported(
+                "writing to images with extended L2 entries",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn virtual_size(&self) -> u64 {
+        self.geo.virtual_size
+    }
+
+    pub fn cluster_size(&self) -> u64 {
+        self.geo.cluster_size
+    }
+
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    pub fn info_chain(&self) -> Vec<ImageInfo> {
+        let file_size = self.st.len().unwrap_or(0);
+        let allocated_bytes = self.meta.lock().allocated_bytes().unwrap_or(file_size);
+        let mut out = vec![ImageInfo {
+            path: self.path.clone(),
+            virtual_size: self.geo.virtual_size,
+            cluster_size: self.geo.cluster_size,
+            backing_file: self.header.backing_file.clone(),
+            backing_format: self
+                .header
+                .backing_format
+                .clone()
+                .or_else(|| self.backing.as_ref().map(|b| b.format().to_owned())),
+            allocated_bytes,
+            file_size,
+        }];
+        if let Some(b) = &self.backing {
+            b.info(&mut out);
+        }
+        out
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.geo.virtual_size => Ok(()),
+            _ => Err(Error::new(
+                ErrorKind::OutOfBounds,
+                format!(
+                    "range {offset}+{len} beyond virtual size {}",
+                    self.geo.virtual_size
+                ),
+            )),
+        }
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.writable {
+            Ok(())
+        } else {
+            Err(Error::new(ErrorKind::ReadOnly, "image opened read-only"))
+        }
+    }
+
+    /// The decoded entry of `gc` (Unallocated when it has no L2 table).
+    fn entry(&self, m: &mut Meta, gc: u64) -> Result<L2Entry> {
+        match m.l2_entry(gc)? {
+            None => Ok(L2Entry::Unallocated),
+            Some((w0, _)) => L2Entry::decode(w0, self.geo.cluster_bits, self.header.extended_l2())
+                .map_err(|s| {
+                    Error::corrupt(format!("guest offset {}: {s}", gc << self.geo.cluster_bits))
+                }),
+        }
+    }
+
+    /// The mapping of the (sub)cluster holding `pos` and how many bytes from `pos` it covers.
+    fn map(&self, m: &mut Meta, pos: u64) -> Result<(Map, u64)> {
+        let cs = self.geo.cluster_size;
+        let gc = pos >> self.geo.cluster_bits;
+        let in_c = pos & (cs - 1);
+        let Some((w0, w1)) = m.l2_entry(gc)? else {
+            return Ok((Map::Lower, cs - in_c));
+        };
+        let ext = self.header.extended_l2();
+        let e = L2Entry::decode(w0, self.geo.cluster_bits, ext)
+            .map_err(|s| Error::corrupt(format!("guest offset {pos}: {s}")))?;
+        let file_len = self.file_len.load(Ordering::Relaxed);
+        let data = |host: u64| {
+            if host >= file_len {
+                Err(Error::corrupt(format!(
+                    "guest offset {pos}: data cluster {host} past end of file"
+                )))
+            } else {
+                Ok(Map::Data(host + in_c))
+            }
+        };
+        if let L2Entry::Compressed { host, sectors } = e {
+            if ext && w1 != 0 {
+                return Err(Error::corrupt(format!(
+                    "guest offset {pos}: compressed entry with subcluster bits"
+                )));
+            }
+            return Ok((Map::Compressed { host, sectors }, cs - in_c));
+        }
+        if !ext {
+            let map = match e {
+                L2Entry::Unallocated => Map::Lower,
+                L2Entry::Zero { .. } => Map::Zero,
+                L2Entry::Normal { host, .. } => data(host)?,
+                L2Entry::Compressed { .. } => unreachable!("handled above"),
+            };
+            return Ok((map, cs - in_c));
+        }
+        let sc = cs / 32;
+        let si = in_c / sc;
+        let (alloc, zero) = (w1 as u32, (w1 >> 32) as u32);
+        if alloc & zero != 0 {
+            return Err(Error::corrupt(format!(
+                "guest offset {pos}: subcluster both allocated and zero"
+            )));
+        }
+        let avail = sc - in_c % sc;
+        let map = if alloc >> si & 1 != 0 {
+            match e {
+                L2Entry::Normal { host, .. } => data(host)?,
+                _ => {
+                    return Err(Error::corrupt(format!(
+                        "guest offset {pos}: allocated subcluster without cluster"
+                    )));
+                }
+            }
+        } else if zero >> si & 1 != 0 {
+            Map::Zero
+        } else {
+            Map::Lower
+        };
+        Ok((map, avail))
+    }
+
+    /// The longest run from `pos` (up to `end`) with one kind of mapping.
+    fn map_run(&self, m: &mut Meta, pos: u64, end: u64) -> Result<(Map, u64)> {
+        let (first, n) = self.map(m, pos)?;
+        let mut len = n.min(end - pos);
+        if matches!(first, Map::Compressed { .. }) {
+            return Ok((first, len));
+        }
+        while pos + len < end {
+            let (next, n) = self.map(m, pos + len)?;
+            let merges = match (first, next) {
+                (Map::Data(h), Map::Data(h2)) => h2 == h + len,
+                (Map::Zero, Map::Zero) | (Map::Lower, Map::Lower) => true,
+                _ => false,
+            };
+            if !merges {
+                break;
+            }
+            len += n.min(end - pos - len);
+        }
+        Ok((first, len))
+    }
+
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.check_range(offset, buf.len() as u64)?;
+        let end = offset + buf.len() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let (map, len) = {
+                let mut m = self.meta.lock();
+                self.map_run(&mut m, pos, end)?
+            };
+            let at = (pos - offset) as usize;
+            let dst = &mut buf[at..at + len as usize];
+            match map {
+                Map::Data(host) => self.read_data(host, dst)?,
+                Map::Zero => dst.fill(0),
+                Map::Lower => self.read_lower(pos, dst)?,
+                Map::Compressed { host, sectors } => {
+                    let mut cluster = vec![0u8; self.geo.cluster_size as usize];
+                    self.decompress(host, sectors, &mut cluster)?;
+                    let in_c = (pos & (self.geo.cluster_size - 1)) as usize;
+                    dst.copy_from_slice(&cluster[in_c..in_c + dst.len()]);
+                }
+            }
+            pos += len;
+        }
+        Ok(())
+    }
+
+    /// Reads host bytes of a data cluster; bytes past the end of the file read as zeros.
+    fn read_data(&self, host: u64, dst: &mut [u8]) -> Result<()> {
+        let file_len = self.file_len.load(Ordering::Relaxed);
+        let inside = file_len.saturating_sub(host).min(dst.len() as u64) as usize;
+        let (head, tail) = dst.split_at_mut(inside);
+        tail.fill(0);
+        if !head.is_empty() {
+            self.st
+                .read_at(head, host)
+                .map_err(|e| Error::io(e, format!("reading data at {host}")))?;
+        }
+        Ok(())
+    }
+
+    /// Reads what the layers below this one hold.
+    fn read_lower(&self, pos: u64, dst: &mut [u8]) -> Result<()> {
+        match (&self.backing, &self.header.backing_file) {
+            (Some(b), _) => b.read(pos, dst),
+            (None, Some(name)) => Err(Error::unsupported(format!(
+                "guest offset {pos} falls through to backing file {name:?}, which was not opened"
+            ))),
+            (None, None) => {
+                dst.fill(0);
+                Ok(())
+            }
+        }
+    }
+
+    fn decompress(&self, host: u64, sectors: u64, out: &mut [u8]) -> Result<()> {
+        let file_len = self.file_len.load(Ordering::Relaxed);
+        if host >= file_len {
+            return Err(Error::corrupt(format!(
+                "compressed cluster at {host} past end of file"
+            )));
+        }
+        let len = (sectors * 512 - (host & 511)).min(file_len - host);
+        let mut input = vec![0u8; len as usize];
+        self.st
+            .read_at(&mut input, host)
+            .map_err(|e| Error::io(e, format!("reading compressed cluster at {host}")))?;
+        compress::decompress(self.compression, &input, out, host)
+    }
+
+    /// Fills a whole cluster buffer with what cluster `gc` reads as now (for copy-on-write).
+    fn cow_source(&self, gc: u64, old: L2Entry, dst: &mut [u8]) -> Result<()> {
+        match old {
+            L2Entry::Unallocated => self.read_lower(gc << self.geo.cluster_bits, dst),
+            L2Entry::Zero { .. } => {
+                dst.fill(0);
+                Ok(())
+            }
+            L2Entry::Compressed { host, sectors } => self.decompress(host, sectors, dst),
+            L2Entry::Normal { host, .. } => self.read_data(host, dst),
+        }
+    }
+
+    fn wait_inflight<'a>(&self, m: &mut MutexGuard<'a, Meta>, gc: u64) -> bool {
+        if m.inflight.contains(&gc) {
+            self.done.wait(m);
+            return true;
+        }
+        false
+    }
+
+    pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        self.check_writable()?;
+        self.check_range(offset, buf.len() as u64)?;
+        let mut done = 0;
+        while done < buf.len() {
+            done += self.write_run(offset + done as u64, &buf[done..])?;
+        }
+        Ok(())
+    }
+
+    /// Writes the longest prefix of `buf` that is either one in-place run of owned clusters or
+    /// one run of clusters needing fresh allocation. Returns the bytes written.
+    fn write_run(&self, pos: u64, buf: &[u8]) -> Result<usize> {
+        let bits = self.geo.cluster_bits;
+        let cs = self.geo.cluster_size;
+        let end = pos + buf.len() as u64;
+        let first = pos >> bits;
+        let last = (end - 1) >> bits;
+        let mut m = self.meta.lock();
+        let e = loop {
+            if self.wait_inflight(&mut m, first) {
+                continue;
+            }
+            break self.entry(&mut m, first)?;
+        };
+        if let L2Entry::Normal { host, copied: true } = e {
+            let mut next = first + 1;
+            let mut next_host = host + cs;
+            while next <= last && !m.inflight.contains(&next) {
+                match self.entry(&mut m, next)? {
+                    L2Entry::Normal {
+                        host: h,
+                        copied: true,
+                    } if h == next_host => {
+                        next += 1;
+                        next_host += cs;
+                    }
+                    _ => break,
+                }
+            }
+            if next_host > m.frontier << bits {
+                return Err(Error::corrupt(format!(
+                    "guest offset {pos}: data cluster {host} not refcounted"
+                )));
+            }
+            drop(m);
+            let len = ((next << bits).min(end) - pos) as usize;
+            let at = host + (pos & (cs - 1));
+            self.st
+                .write_at(&buf[..len], at)
+                .map_err(|err| Error::io(err, format!("writing data at {at}")))?;
+            return Ok(len);
+        }
+        // A run of clusters that need fresh host clusters.
+        let mut n = 1;
+        while first + n <= last && !m.inflight.contains(&(first + n)) {
+            match self.entry(&mut m, first + n)? {
+                L2Entry::Normal { copied: true, .. } => break,
+                _ => n += 1,
+            }
+        }
+        let mut gc = first;
+        while gc < first + n {
+            m.ensure_l2(gc)?;
+            gc = (gc / self.geo.l2_entries + 1) * self.geo.l2_entries;
+        }
+        let tail_old = self.entry(&mut m, first + n - 1)?;
+        let host = m.alloc(n)?;
+        for c in first..first + n {
+            m.inflight.insert(c);
+        }
+        drop(m);
+        let res = self.write_fresh(pos, buf, first, n, host, e, tail_old);
+        let mut m = self.meta.lock();
+        let mut out = res;
+        if out.is_ok() {
+            for i in 0..n {
+                let c = first + i;
+                let installed = self.entry(&mut m, c).map(|old| {
+                    m.set_l2(c, L2Entry::normal(host + i * cs));
+                    m.release(old);
+                });
+                if let Err(err) = installed {
+                    out = Err(err);
+                    break;
+                }
+            }
+        }
+        for c in first..first + n {
+            m.inflight.remove(&c);
+        }
+        self.done.notify_all();
+        let len = out?;
+        m.maybe_writeback()?;
+        Ok(len)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_fresh(
+        &self,
+        pos: u64,
+        buf: &[u8],
+        first: u64,
+        n: u64,
+        host: u64,
+        head_old: L2Entry,
+        tail_old: L2Entry,
+    ) -> Result<usize> {
+        let bits = self.geo.cluster_bits;
+        let cs = self.geo.cluster_size as usize;
+        let run_start = first << bits;
+        let run_end = (first + n) << bits;
+        let data_end = (pos + buf.len() as u64).min(run_end);
+        let len = (data_end - pos) as usize;
+        let head_partial = pos > run_start;
+        let tail_partial = data_end < run_end.min(self.geo.virtual_size);
+        let wrote = if !head_partial && !tail_partial {
+            self.st.write_at(&buf[..len], host)
+        } else {
+            let mut bounce = vec![0u8; n as usize * cs];
+            if head_partial {
+                self.cow_source(first, head_old, &mut bounce[..cs])?;
+            }
+            if tail_partial && (n > 1 || !head_partial) {
+                let at = (n as usize - 1) * cs;
+                self.cow_source(first + n - 1, tail_old, &mut bounce[at..])?;
+            }
+            let at = (pos - run_start) as usize;
+            bounce[at..at + len].copy_from_slice(&buf[..len]);
+            self.st.write_at(&bounce, host)
+        };
+        wrote.map_err(|e| Error::io(e, format!("writing data at {host}")))?;
+        Ok(len)
+    }
+
+    pub fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<()> {
+        self.check_writable()?;
+        self.check_range(offset, len)?;
+        self.zero_range(offset, len, unmap, false)
+    }
+
+    pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.check_writable()?;
+        self.check_range(offset, len)?;
+        self.zero_range(offset, len, true, true)
+    }
+
+    /// Zeroes (or discards: `partial_too` false) a range: whole clusters by metadata only,
+    /// partial clusters by writing zeros unless they already read as zeros.
+    fn zero_range(&self, offset: u64, len: u64, unmap: bool, discard: bool) -> Result<()> {
+        let cs = self.geo.cluster_size;
+        let end = offset + len;
+        let vend = self.geo.virtual_size;
+        let mut pos = offset;
+        while pos < end {
+            let c_start = pos & !(cs - 1);
+            let c_end = (c_start + cs).min(vend);
+            if pos == c_start && end >= c_end {
+                // Whole clusters up to the end of this L2 table (or of the range).
+                let first = c_start / cs;
+                let table_end = (first / self.geo.l2_entries + 1) * self.geo.l2_entries;
+                let full_end = if end >= vend {
+                    vend.div_ceil(cs)
+                } else {
+                    end / cs
+                };
+                let last = full_end.min(table_end);
+                self.zero_clusters(first, last, unmap)?;
+                pos = (last * cs).min(end);
+            } else {
+                let piece = c_end.min(end) - pos;
+                if !discard {
+                    self.zero_partial(pos, piece)?;
+                }
+                pos += piece;
+            }
+        }
+        Ok(())
+    }
+
+    fn zero_partial(&self, pos: u64, len: u64) -> Result<()> {
+        let gc = pos >> self.geo.cluster_bits;
+        let reads_zero = {
+            let mut m = self.meta.lock();
+            while self.wait_inflight(&mut m, gc) {}
+            match self.entry(&mut m, gc)? {
+                L2Entry::Zero { .. } => true,
+                L2Entry::Unallocated => self.header.backing_file.is_none(),
+                _ => false,
+            }
+        };
+        if !reads_zero {
+            self.write_at(pos, &vec![0u8; len as usize])?;
+        }
+        Ok(())
+    }
+
+    /// Marks clusters `[first, last)` (all in one L2 table) as zero or unallocated.
+    fn zero_clusters(&self, first: u64, last: u64, unmap: bool) -> Result<()> {
+        let has_backing = self.header.backing_file.is_some();
+        let mut m = self.meta.lock();
+        if !has_backing && unmap && m.l2_offset(self.geo.l1_index(first))?.is_none() {
+            return Ok(());
+        }
+        for c in first..last {
+            while self.wait_inflight(&mut m, c) {}
+            let old = self.entry(&mut m, c)?;
+            let new = match old {
+                L2Entry::Normal { host, copied: true } if !unmap => {
+                    host | format::ZERO | format::COPIED
+                }
+                L2Entry::Zero { prealloc: Some(_) } if !unmap => continue,
+                L2Entry::Zero { prealloc: None } if has_backing => continue,
+                L2Entry::Unallocated if !has_backing => continue,
+                _ if has_backing => format::ZERO,
+                L2Entry::Normal { .. } | L2Entry::Compressed { .. } | L2Entry::Zero { .. }
+                    if !unmap =>
+                {
+                    format::ZERO
+                }
+                _ => 0,
+            };
+            m.ensure_l2(c)?;
+            // ensure_l2 may have loaded the table; refresh the entry in case it was evicted.
+            self.entry(&mut m, c)?;
+            m.set_l2(c, new);
+            if new & format::OFFSET_MASK == 0 {
+                m.release(old);
+            }
+        }
+        m.maybe_writeback()
+    }
+
+    pub fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        self.check_range(offset, len)?;
+        let mut out = Vec::new();
+        self.status_into(offset, len, 1, &mut out)?;
+        Ok(out)
+    }
+
+    pub(crate) fn status_into(
+        &self,
+        offset: u64,
+        len: u64,
+        depth: u32,
+        out: &mut Vec<Extent>,
+    ) -> Result<()> {
+        let end = offset + len;
+        let mut pos = offset;
+        while pos < end {
+            let (map, n) = {
+                let mut m = self.meta.lock();
+                self.map_run(&mut m, pos, end)?
+            };
+            match map {
+                Map::Data(_) | Map::Compressed { .. } => {
+                    push_extent(out, pos, n, ExtentKind::Data, depth)
+                }
+                Map::Zero => push_extent(out, pos, n, ExtentKind::Zero, depth),
+                Map::Lower => match &self.backing {
+                    Some(b) => b.status(pos, n, depth + 1, out)?,
+                    None => push_extent(out, pos, n, ExtentKind::Unallocated, 0),
+                },
+            }
+            pos += n;
+        }
+        Ok(())
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        if !self.writable {
+            return Ok(());
+        }
+        self.meta.lock().writeback()
+    }
+
+    pub fn close(self) -> Result<()> {
+        self.closed.store(true, Ordering::Relaxed);
+        if !self.writable {
+            return Ok(());
+        }
+        let mut m = self.meta.lock();
+        m.writeback()?;
+        if m.has_pending() {
+            // The first pass released clusters; their refcounts go out now.
+            m.writeback()?;
+        }
+        let keep = (m.frontier * self.geo.cluster_size).max(m.len_at_open);
+        if self.file_len.load(Ordering::Relaxed) > keep {
+            self.st
+                .set_len(keep)
+                .and_then(|()| self.st.flush())
+                .map_err(|e| Error::io(e, "trimming the preallocated tail"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        if self.writable && !self.closed.load(Ordering::Relaxed) {
+            let mut m = self.meta.lock();
+            if let Err(e) = m.writeback().and_then(|()| m.writeback()) {
+                tracing::error!(path = %self.path.display(), error = %e, "write-back on drop failed");
+            }
+        }
+    }
+}
+
+/// Guest clusters of an image being created in a fresh storage: header, refcount table,
+/// refblocks, L1 table — computed to a fixed point so the refblocks count themselves.
+pub(crate) fn write_new_image(st: &dyn Storage, header: &mut Header) -> Result<()> {
+    let cs = header.cluster_size();
+    let l2_entries = cs / 8;
+    let l1_size = header.size.div_ceil(cs * l2_entries);
+    if l1_size * 8 > format::MAX_L1_BYTES {
+        return Err(Error::invalid_argument(format!(
+            "virtual size {} needs an L1 table larger than {} bytes; use bigger clusters",
+            header.size,
+            format::MAX_L1_BYTES
+        )));
+    }
+    let l1_clusters = (l1_size * 8).div_ceil(cs).max(1);
+    let rb_entries = cs * 8 / 16;
+    let (mut rb, mut rt) = (1u64, 1u64);
+    let total = loop {
+        let total = 1 + rt + rb + l1_clusters;
+        let rb2 = total.div_ceil(rb_entries);
+        let rt2 = (rb2 * 8).div_ceil(cs);
+        if rb2 == rb && rt2 == rt {
+            break total;
+        }
+        (rb, rt) = (rb2, rt2);
+    };
+    header.l1_size = l1_size as u32;
+    header.refcount_table_offset = cs;
+    header.refcount_table_clusters = rt as u32;
+    let rb_start = 1 + rt;
+    header.l1_table_offset = (rb_start + rb) * cs;
+    let c0 = header.encode()?;
+    let io = |e| Error::io(e, "writing new image");
+    st.set_len(total * cs).map_err(io)?;
+    let mut table = vec![0u8; (rt * cs) as usize];
+    for i in 0..rb {
+        let off = (rb_start + i) * cs;
+        table[i as usize * 8..i as usize * 8 + 8].copy_from_slice(&off.to_be_bytes());
+    }
+    st.write_at(&table, cs).map_err(io)?;
+    let mut block = vec![0u8; (rb * cs) as usize];
+    for c in 0..total as usize {
+        format::refcount_set(&mut block, 4, c, 1);
+    }
+    st.write_at(&block, rb_start * cs).map_err(io)?;
+    st.write_at(&c0, 0).map_err(io)?;
+    st.flush().map_err(io)
+}
+
+/// Creates an image; see [`crate::Image::create`].
+pub(crate) fn create(path: &Path, opts: &crate::CreateOptions) -> Result<()> {
+    let cs = opts.cluster_size;
+    if !cs.is_power_of_two() || !(512..=2 << 20).contains(&cs) {
+        return Err(Error::invalid_argument(format!(
+            "cluster size {cs} (must be a power of two, 512 B..2 MiB)"
+        )));
+    }
+    let mut size = opts.size;
+    let mut header = Header::new_v3(cs.trailing_zeros(), 0);
+    if let Some(b) = &opts.backing_file {
+        let fmt = opts
+            .backing_format
+            .clone()
+            .unwrap_or_else(|| "qcow2".into());
+        if fmt != "qcow2" && fmt != "raw" {
+            return Err(Error::invalid_argument(format!("backing format {fmt:?}")));
+        }
+        let name = chain::backing_name(path, b)?;
+        if size == 0 {
+            size = if fmt == "qcow2" {
+                Image::open(b, &OpenOptions::default())?.virtual_size()
+            } else {
+                std::fs::metadata(b)
+                    .map_err(|e| Error::io(e, format!("backing file {}", b.display())))?
+                    .len()
+            };
+        }
+        header.backing_file = Some(name);
+        header.backing_format = Some(fmt);
+    }
+    if size % 512 != 0 || size > format::MAX_VIRTUAL_SIZE {
+        return Err(Error::invalid_argument(format!(
+            "virtual size {size} (must be a multiple of 512)"
+        )));
+    }
+    header.size = size;
+    if path.exists() {
+        return Err(Error::invalid_argument(format!(
+            "{} already exists",
+            path.display()
+        )));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let fname = path
+        .file_name()
+        .ok_or_else(|| Error::invalid_argument(format!("{} has no file name", path.display())))?;
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{nonce}",
+        fname.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Error::io(e, format!("creating {}", tmp.display())))?;
+        write_new_image(&FileStorage::new(file), &mut header)?;
+        // A hard link fails instead of replacing an image that appeared meanwhile.
+        std::fs::hard_link(&tmp, path)
+            .map_err(|e| Error::io(e, format!("creating {}", path.display())))?;
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Image>();
+}
