@@ -115,19 +115,6 @@ fn is_loopback(ip: std::net::IpAddr) -> bool {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn loopback_peers() {
-        for ip in ["127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1"] {
-            assert!(super::is_loopback(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in ["10.0.0.1", "::ffff:10.0.0.1", "2001:db8::1"] {
-            assert!(!super::is_loopback(ip.parse().unwrap()), "{ip}");
-        }
-    }
-}
-
 /// A JSON body whose every rejection (unreadable, too large, malformed, wrong fields) is an
 /// [`ApiError`]. The content type is not checked: existing clients do not all send one. An empty
 /// body reads as `{}`, so optional-field bodies may be left out.
@@ -162,5 +149,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
             .await
             .map(|q| ApiQuery(q.0))
             .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_peers() {
+        for ip in ["127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1"] {
+            assert!(super::is_loopback(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["10.0.0.1", "::ffff:10.0.0.1", "2001:db8::1"] {
+            assert!(!super::is_loopback(ip.parse().unwrap()), "{ip}");
+        }
     }
 }
