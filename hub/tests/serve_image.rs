@@ -112,6 +112,24 @@ fn qemu_img_convert_over_unix_socket_and_read_only_export() {
     qemu_img_check(&image);
 }
 
+/// First extent (length, flags) of each metadata context at a few offsets, as JSON.
+const BLOCK_STATUS: &str = r#"
+import json, nbd, sys
+h = nbd.NBD()
+h.add_meta_context("base:allocation")
+h.add_meta_context("qemu:allocation-depth")
+h.connect_uri(sys.argv[1])
+def probe(offset):
+    seen = {}
+    def cb(ctx, off, entries, err):
+        seen[ctx] = entries[:2]
+        return 0
+    h.block_status(65536, offset, cb)
+    return seen
+print(json.dumps({str(o): probe(o) for o in (0, 3 << 20, 6 << 20)}))
+h.shutdown()
+"#;
+
 #[test]
 fn overlay_with_backing_file_reads_through_the_chain() {
     let dir = tempfile::tempdir().unwrap();
@@ -150,6 +168,24 @@ fn overlay_with_backing_file_reads_through_the_chain() {
             ])
             .arg(&uri),
     );
+    // Block status through the adapter: base:allocation flags and chain depth per range.
+    let status = run_ok(
+        Command::new("/usr/bin/python3")
+            .args(["-c", BLOCK_STATUS])
+            .arg(&uri),
+    );
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let at = |offset: u64| &status[offset.to_string()];
+    assert_eq!(at(0)["base:allocation"][1], 0, "{status}"); // data, from the backing file
+    assert_eq!(at(0)["qemu:allocation-depth"][1], 2, "{status}");
+    assert_eq!(at(3 << 20)["base:allocation"][1], 0, "{status}");
+    assert_eq!(at(3 << 20)["qemu:allocation-depth"][1], 1, "{status}");
+    assert_eq!(
+        at(6 << 20)["base:allocation"][1].as_u64().unwrap() & 2,
+        2,
+        "{status}"
+    ); // zero
+    assert_eq!(at(6 << 20)["qemu:allocation-depth"][1], 1, "{status}");
     data[3 << 20..4 << 20].fill(0xa5);
     data[6 << 20..(6 << 20) + (64 << 10)].fill(0);
     assert!(server.terminate_and_wait().success());

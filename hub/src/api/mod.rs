@@ -98,11 +98,21 @@ async fn require_token_or_loopback(
     let loopback = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .is_some_and(|ConnectInfo(peer)| peer.ip().is_loopback());
+        .is_some_and(|ConnectInfo(peer)| is_loopback(peer.ip()));
     if !loopback && !bearer_ok(&hub, &parts) {
         return Err(ApiError::Unauthorized);
     }
     Ok(next.run(Request::from_parts(parts, body)).await)
+}
+
+/// Loopback, also as an IPv4-mapped IPv6 address (an API listening on `[::]`).
+fn is_loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+    }
 }
 
 /// A JSON body whose every rejection (unreadable, too large, malformed, wrong fields) is an
@@ -139,5 +149,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
             .await
             .map(|q| ApiQuery(q.0))
             .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_peers() {
+        for ip in ["127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1"] {
+            assert!(super::is_loopback(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["10.0.0.1", "::ffff:10.0.0.1", "2001:db8::1"] {
+            assert!(!super::is_loopback(ip.parse().unwrap()), "{ip}");
+        }
     }
 }
