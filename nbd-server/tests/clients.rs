@@ -420,3 +420,34 @@ fn connections_over_the_server_limit_are_dropped() {
     assert_eq!(holder.release(), "read ok");
     t.shutdown();
 }
+
+#[test]
+fn requests_still_running_after_the_grace_period_fail_with_eshutdown() {
+    let export = Arc::new(MemExport::new(MIB));
+    export.stall_writes.store(true, Ordering::Relaxed);
+    let t = TestServer::with_export(ServerConfig::default(), "d", export.clone());
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/edge.py");
+    let child = Command::new("/usr/bin/python3")
+        .arg(path)
+        .args(["write_expect_shutdown", &t.uri("d")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait (boundedly) until the write has reached the export and is stuck there.
+    for _ in 0..2000 {
+        if export.writes.load(Ordering::Relaxed) > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(export.writes.load(Ordering::Relaxed), 1);
+    t.rt.block_on(
+        t.server
+            .remove_export("d", std::time::Duration::from_millis(50)),
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+    t.shutdown();
+}

@@ -325,6 +325,13 @@ def hold(uri):
         print("read failed", flush=True)
 
 
+def write_expect_shutdown(uri):
+    """The export stalls writes; the server's hard stop must answer with ESHUTDOWN."""
+    h = connect(uri)
+    expect_error(lambda: h.pwrite(b"s" * 4096, 0), errno.ESHUTDOWN, "stalled write")
+    print("ok")
+
+
 # --- extended headers, by hand (libnbd here predates them) ---
 
 def opt(s, code, data=b""):
