@@ -312,6 +312,21 @@ def write_and_vanish(uri):
     os._exit(0)
 
 
+def sna_like(uri):
+    """What the SNA backup client does: structured replies and base:allocation, several
+    connections, 32 MiB writes and WRITE_ZEROES, one idle connection, no FLUSH, no DISC."""
+    mib32 = 32 << 20
+    a, b, idle = (connect(uri, ["base:allocation"]) for _ in range(3))
+    assert a.get_block_size(nbd.SIZE_MAXIMUM) >= mib32
+    a.pwrite(b"\x5a" * mib32, 0)
+    b.pwrite(b"\x33" * mib32, mib32)
+    b.zero(mib32, mib32 // 2)
+    a.pwrite(b"\x77" * 4096, 3 * mib32 - 4096)
+    sys.stdout.write("ok\n")
+    sys.stdout.flush()
+    os._exit(0)
+
+
 def hold(uri):
     """Connects, says ready, waits for a line on stdin, then reads: prints the outcome."""
     h = connect(uri)
