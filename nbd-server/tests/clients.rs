@@ -473,3 +473,10 @@ fn an_sna_like_session_is_durable_without_flush_or_disc() {
     assert_eq!(stats.bytes_written, 2 * 32 * MIB + 4096);
     t.shutdown();
 }
+
+#[test]
+fn option_haggling_follows_the_spec() {
+    let t = TestServer::with_export(ServerConfig::default(), "hs", Arc::new(MemExport::new(MIB)));
+    python("edge.py", &["handshake_rules", &t.uri("hs")]);
+    t.shutdown();
+}

@@ -428,5 +428,108 @@ def extended(uri):
     print("ok")
 
 
+def handshake_rules(uri):
+    """Option haggling by hand: the answers the spec asks for, and the connection going on."""
+    _, _, name = parse_tcp(uri)
+    n = name.encode()
+
+    def meta(code, export, *queries):
+        data = struct.pack(">I", len(export)) + export + struct.pack(">I", len(queries))
+        for q in queries:
+            data += struct.pack(">I", len(q)) + q
+        opt(s, code, data)
+        out = []
+        while True:
+            _, rtype, body = opt_reply(s)
+            if rtype != 4:
+                return rtype, out
+            out.append((struct.unpack(">I", body[:4])[0], body[4:]))
+
+    s = raw_connect(uri, go=False)
+    # Meta contexts need structured replies first.
+    assert meta(9, n)[0] == 0x80000003
+    opt(s, 99, b"junk")
+    assert opt_reply(s)[1] == 0x80000001, "unknown option"
+    opt(s, 8, b"x")
+    assert opt_reply(s)[1] == 0x80000003, "structured reply with data"
+    opt(s, 8)
+    assert opt_reply(s)[1] == 1
+    opt(s, 8)
+    assert opt_reply(s)[1] == 0x80000003, "structured reply twice"
+    # INFO on an unknown export, then on ours (asking for its name).
+    opt(s, 6, struct.pack(">I", 4) + b"nope" + struct.pack(">H", 0))
+    assert opt_reply(s)[1] == 0x80000006
+    opt(s, 6, struct.pack(">I", len(n)) + n + struct.pack(">HH", 1, 1))
+    infos = {}
+    while True:
+        _, rtype, body = opt_reply(s)
+        if rtype == 1:
+            break
+        assert rtype == 3
+        infos[struct.unpack(">H", body[:2])[0]] = body[2:]
+    assert set(infos) == {0, 1, 3}, infos
+    assert infos[1] == n
+    assert struct.unpack(">III", infos[3]) == (1, 4096, 64 << 20)
+    # Malformed INFO: name length past the data.
+    opt(s, 6, struct.pack(">I", 200) + n)
+    assert opt_reply(s)[1] == 0x80000003
+    # Listing contexts: all, by namespace, unknown.
+    rtype, ctxs = meta(9, n)
+    assert rtype == 1 and [c[1] for c in ctxs] == [b"base:allocation", b"qemu:allocation-depth"]
+    rtype, ctxs = meta(9, n, b"qemu:")
+    assert [c[1] for c in ctxs] == [b"qemu:allocation-depth"]
+    rtype, ctxs = meta(9, n, b"other:thing")
+    assert rtype == 1 and ctxs == []
+    assert meta(9, b"nope")[0] == 0x80000006
+    # A second SET replaces what the first selected.
+    rtype, ctxs = meta(10, n, b"qemu:allocation-depth")
+    assert rtype == 1 and len(ctxs) == 1
+    rtype, ctxs = meta(10, n, b"base:allocation")
+    assert rtype == 1 and len(ctxs) == 1
+    ctx_id = ctxs[0][0]
+    opt(s, 7, struct.pack(">I", len(n)) + n + struct.pack(">H", 0))
+    while opt_reply(s)[1] != 1:
+        pass
+    # Compact requests, structured block status with the selected context only.
+    s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 7, 77, 0, 8192))
+    magic, flags, rtype, cookie, length = struct.unpack(">IHHQI", recv_exact(s, 20))
+    assert (magic, flags, rtype, cookie) == (0x668E33EF, 1, 5, 77)
+    body = recv_exact(s, length)
+    assert struct.unpack(">III", body) == (ctx_id, 8192, 3)
+    # A write gets a simple reply.
+    s.sendall(struct.pack(">IHHQQI", 0x25609513, 1, 1, 78, 0, 4) + b"abcd")
+    assert struct.unpack(">IIQ", recv_exact(s, 16)) == (0x67446698, 0, 78)
+    s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 2, 79, 0, 0))
+    assert recv_until_eof(s)
+
+    # ABORT: an ACK, then the end.
+    s = raw_connect(uri, go=False)
+    opt(s, 2)
+    assert opt_reply(s)[1] == 1
+    assert recv_until_eof(s)
+    # An option of absurd length: dropped before anything is allocated.
+    s = raw_connect(uri, go=False)
+    s.sendall(struct.pack(">QII", IHAVEOPT, 7, 0xFFFFFFF0))
+    assert recv_until_eof(s)
+    # EXPORT_NAME of an unknown export: no error reply exists, the connection closes.
+    s = raw_connect(uri, go=False)
+    opt(s, 1, b"nope")
+    assert recv_until_eof(s)
+    # EXPORT_NAME of ours without NO_ZEROES: size, flags, 124 zeroes.
+    host, port, _ = parse_tcp(uri)
+    s = socket.create_connection((host, port))
+    s.settimeout(20)
+    recv_exact(s, 18)
+    s.sendall(struct.pack(">I", 1))
+    opt(s, 1, n)
+    size, tflags = struct.unpack(">QH", recv_exact(s, 10))
+    assert size == 1 << 20 and tflags & 1 and not tflags & 0x80, hex(tflags)
+    assert recv_exact(s, 124) == b"\0" * 124
+    s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 0, 5, 0, 4))
+    assert struct.unpack(">IIQ", recv_exact(s, 16)) == (0x67446698, 0, 5)
+    assert recv_exact(s, 4) == b"abcd"
+    print("ok")
+
+
 if __name__ == "__main__":
     globals()[sys.argv[1]](*sys.argv[2:])
