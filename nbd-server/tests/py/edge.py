@@ -496,6 +496,11 @@ def handshake_rules(uri):
     assert (magic, flags, rtype, cookie) == (0x668E33EF, 1, 5, 77)
     body = recv_exact(s, length)
     assert struct.unpack(">III", body) == (ctx_id, 8192, 3)
+    # An unknown flag on a READ: an error chunk, and the connection goes on.
+    s.sendall(struct.pack(">IHHQQI", 0x25609513, 0x40, 0, 80, 0, 512))
+    magic, flags, rtype, cookie, length = struct.unpack(">IHHQI", recv_exact(s, 20))
+    assert (magic, flags, rtype, cookie) == (0x668E33EF, 1, 0x8001, 80)
+    assert struct.unpack(">I", recv_exact(s, length)[:4])[0] == errno.EINVAL
     # A write gets a simple reply.
     s.sendall(struct.pack(">IHHQQI", 0x25609513, 1, 1, 78, 0, 4) + b"abcd")
     assert struct.unpack(">IIQ", recv_exact(s, 16)) == (0x67446698, 0, 78)
