@@ -45,12 +45,33 @@ pub struct DiskRequest {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct CompleteRequest {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_u32")]
     pub disk_id: Option<u32>,
     #[serde(default)]
     pub change_id: Option<String>,
     #[serde(default)]
     pub bytes_transferred: Option<u64>,
+}
+
+/// A disk id as a number or a string of digits (clients differ in how they encode it).
+fn lenient_u32<'de, D: serde::Deserializer<'de>>(
+    de: D,
+) -> std::result::Result<Option<u32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumOrText {
+        Num(u32),
+        Text(String),
+    }
+    match Option::<NumOrText>::deserialize(de)? {
+        None => Ok(None),
+        Some(NumOrText::Num(n)) => Ok(Some(n)),
+        Some(NumOrText::Text(t)) => t
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("disk_id {t:?} is not a number"))),
+    }
 }
 
 fn validate(req: &CreateBackup) -> Result<()> {
@@ -391,9 +412,19 @@ impl Hub {
                 }
             }
             let written = disk.last_stats.lock().bytes_written;
+            let size = self
+                .catalog
+                .backup(id)
+                .ok()
+                .flatten()
+                .and_then(|b| {
+                    b.disk(disk.disk_id)
+                        .and_then(|d| std::fs::metadata(&d.qcow2_path).ok())
+                })
+                .map_or(0, |m| m.len());
             let _ = self
                 .catalog
-                .record_disk_result(id, disk.disk_id, written, 0);
+                .record_disk_result(id, disk.disk_id, written, size);
         }
     }
 
@@ -521,5 +552,21 @@ fn remove_backup_dir(backup: &Backup) {
     // The VM's directory goes when its last backup does; a non-empty one stays.
     if let Some(vm_dir) = dir.parent() {
         let _ = std::fs::remove_dir(vm_dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CompleteRequest;
+
+    #[test]
+    fn complete_bodies() {
+        let parse = |s: &str| serde_json::from_str::<CompleteRequest>(s);
+        assert_eq!(parse(r#"{"disk_id": 2}"#).unwrap().disk_id, Some(2));
+        assert_eq!(parse(r#"{"disk_id": "3"}"#).unwrap().disk_id, Some(3));
+        assert_eq!(parse(r#"{"disk_id": null}"#).unwrap().disk_id, None);
+        assert_eq!(parse("{}").unwrap().disk_id, None);
+        assert!(parse(r#"{"disk_id": "x"}"#).is_err());
+        assert!(parse(r#"{"disk_id": -1}"#).is_err());
     }
 }

@@ -57,7 +57,26 @@ pub fn app(hub: Hub) -> Router {
         .merge(sna)
         .merge(operator)
         .fallback(not_found)
+        .layer(middleware::from_fn(log_request))
         .with_state(hub)
+}
+
+/// One log line per request: state changes at info, reads at debug, failures at warn.
+async fn log_request(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let ms = started.elapsed().as_millis() as u64;
+    if resp.status().is_server_error() {
+        tracing::warn!(%method, %path, status, ms, "request");
+    } else if method == axum::http::Method::GET {
+        tracing::debug!(%method, %path, status, ms, "request");
+    } else {
+        tracing::info!(%method, %path, status, ms, "request");
+    }
+    resp
 }
 
 async fn health() -> Json<serde_json::Value> {
