@@ -231,6 +231,15 @@ pub(crate) async fn execute(
     payload: Bytes,
     style: HeaderStyle,
 ) -> Outcome {
+    // Zero-length requests are legal but mean nothing; exports need not handle them.
+    match op {
+        Op::Read { len: 0, .. } => return Outcome::Read(Vec::new()),
+        Op::Write { .. } if payload.is_empty() => return Outcome::Done,
+        Op::Trim { len: 0, .. } | Op::Cache { len: 0, .. } | Op::WriteZeroes { len: 0, .. } => {
+            return Outcome::Done;
+        }
+        _ => {}
+    }
     match op {
         Op::Read { offset, len, df } => {
             let r = if style.structured() && !df && len > 0 {

@@ -4,6 +4,7 @@
 //! This file is the public contract the hub builds against (the server behind it is being written).
 #![forbid(unsafe_code)]
 
+mod bufpool;
 mod command;
 mod connection;
 mod errno;

@@ -227,3 +227,227 @@ fn qemu_io_reads_and_writes() {
     assert!(c[12288..69632].iter().all(|&b| b == 0xab));
     t.shutdown();
 }
+
+/// The layout `edge.py block_status` and `structured` expect.
+fn layered_export() -> MemExport {
+    MemExport::new(MIB)
+        .fill(0, 64 * 1024, 0xaa)
+        .backing(256 * 1024, 128 * 1024, 0xbb)
+}
+
+#[test]
+fn out_of_range_requests_get_errors_and_the_connection_goes_on() {
+    let t = TestServer::with_export(ServerConfig::default(), "d", Arc::new(MemExport::new(MIB)));
+    python("edge.py", &["out_of_range", &t.uri("d"), &MIB.to_string()]);
+    t.shutdown();
+}
+
+#[test]
+fn read_only_export_refuses_writes_with_eperm() {
+    let export = Arc::new(MemExport::new(MIB).read_only());
+    let t = TestServer::with_export(ServerConfig::default(), "ro", export.clone());
+    python("edge.py", &["read_only", &t.uri("ro")]);
+    t.wait_idle("ro");
+    t.shutdown();
+    // Nothing to make durable on a read-only export... except the client's own FLUSH.
+    assert_eq!(export.flushes.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn unknown_export_is_refused_at_go() {
+    let t = TestServer::with_export(
+        ServerConfig::default(),
+        "good",
+        Arc::new(MemExport::new(MIB)),
+    );
+    python("edge.py", &["unknown_export", &t.uri(""), "good"]);
+    t.shutdown();
+}
+
+#[test]
+fn oversize_requests_do_not_harm_the_server() {
+    let config = ServerConfig {
+        max_payload: MIB as u32,
+        ..ServerConfig::default()
+    };
+    let t = TestServer::with_export(config, "d", Arc::new(MemExport::new(4 * MIB)));
+    python("edge.py", &["oversize", &t.uri("d"), &MIB.to_string()]);
+    t.shutdown();
+}
+
+#[test]
+fn garbage_is_dropped_while_other_clients_keep_working() {
+    let t = TestServer::with_export(ServerConfig::default(), "d", Arc::new(MemExport::new(MIB)));
+    python("edge.py", &["garbage", &t.uri("d")]);
+    t.shutdown();
+}
+
+#[test]
+fn a_silent_client_is_dropped_at_the_handshake_limit() {
+    let config = ServerConfig {
+        handshake_timeout: std::time::Duration::from_millis(200),
+        ..ServerConfig::default()
+    };
+    let t = TestServer::with_export(config, "d", Arc::new(MemExport::new(MIB)));
+    python("edge.py", &["silent", &t.uri("d")]);
+    t.shutdown();
+}
+
+#[test]
+fn one_flush_makes_writes_on_four_connections_visible_on_all() {
+    let t = TestServer::with_export(ServerConfig::default(), "d", Arc::new(MemExport::new(MIB)));
+    python("edge.py", &["multi_conn", &t.uri("d")]);
+    t.shutdown();
+}
+
+#[test]
+fn block_status_reports_holes_data_and_depth() {
+    let t = TestServer::with_export(ServerConfig::default(), "d", Arc::new(layered_export()));
+    python("edge.py", &["block_status", &t.uri("d")]);
+    t.shutdown();
+}
+
+#[test]
+fn structured_reads_send_data_and_hole_chunks() {
+    let t = TestServer::with_export(ServerConfig::default(), "d", Arc::new(layered_export()));
+    python("edge.py", &["structured", &t.uri("d")]);
+    t.shutdown();
+}
+
+#[test]
+fn extended_headers_starttls_and_out_of_order_replies() {
+    let t = TestServer::with_export(ServerConfig::default(), "x", Arc::new(MemExport::new(MIB)));
+    python("edge.py", &["extended", &t.uri("x")]);
+    t.shutdown();
+}
+
+#[test]
+fn per_export_connection_limit() {
+    let config = ServerConfig {
+        max_connections_per_export: 2,
+        ..ServerConfig::default()
+    };
+    let t = TestServer::with_export(config, "d", Arc::new(MemExport::new(MIB)));
+    python("edge.py", &["per_export_limit", &t.uri("d")]);
+    t.shutdown();
+}
+
+#[test]
+fn the_last_connection_vanishing_without_disc_still_flushes() {
+    let export = Arc::new(MemExport::new(MIB));
+    let t = TestServer::with_export(ServerConfig::default(), "d", export.clone());
+    python("edge.py", &["write_and_vanish", &t.uri("d")]);
+    t.wait_idle("d");
+    assert_eq!(export.flushes.load(Ordering::Relaxed), 1);
+    assert!(export.contents()[..65536].iter().all(|&b| b == b'v'));
+    t.shutdown();
+}
+
+#[test]
+fn remove_export_lets_connections_finish_then_flushes() {
+    let export = Arc::new(MemExport::new(MIB));
+    let t = TestServer::with_export(ServerConfig::default(), "d", export.clone());
+    let holder = Holder::start(&t.uri("d"));
+    let server = t.server.clone();
+    let removal = t.rt.spawn(async move {
+        server
+            .remove_export("d", std::time::Duration::from_secs(60))
+            .await
+    });
+    // During the grace period the open connection is still served...
+    assert_eq!(holder.release(), "read ok");
+    // ...and once it has gone, the removal completes long before the grace period would end.
+    t.rt.block_on(removal).unwrap().unwrap();
+    assert_eq!(export.flushes.load(Ordering::Relaxed), 2);
+    assert!(t.server.export_stats("d").is_none());
+    assert!(t.server.export_names().is_empty());
+    let out = Command::new("nbdinfo").arg(t.uri("d")).output().unwrap();
+    assert!(!out.status.success(), "removed export still reachable");
+    t.shutdown();
+}
+
+#[test]
+fn remove_export_closes_connections_after_the_grace_period() {
+    let export = Arc::new(MemExport::new(MIB));
+    let t = TestServer::with_export(ServerConfig::default(), "d", export.clone());
+    let holder = Holder::start(&t.uri("d"));
+    let server = t.server.clone();
+    t.rt.block_on(server.remove_export("d", std::time::Duration::from_millis(100)))
+        .unwrap();
+    assert!(export.flushes.load(Ordering::Relaxed) >= 1);
+    assert_eq!(holder.release(), "read failed");
+    assert!(matches!(
+        t.rt.block_on(t.server.remove_export("d", std::time::Duration::ZERO)),
+        Err(nbd_server::ServerError::NoSuchExport(_))
+    ));
+    t.shutdown();
+}
+
+#[test]
+fn shutdown_closes_connections_and_flushes_every_writable_export() {
+    let a = Arc::new(MemExport::new(MIB));
+    let b = Arc::new(MemExport::new(MIB).read_only());
+    let t = TestServer::with_export(ServerConfig::default(), "a", a.clone());
+    t.server.add_export("b", b.clone()).unwrap();
+    assert!(matches!(
+        t.server.add_export("b", b.clone()),
+        Err(nbd_server::ServerError::ExportExists(_))
+    ));
+    let holder = Holder::start(&t.uri("a"));
+    let uri = t.uri("a");
+    t.shutdown();
+    assert_eq!(holder.release(), "read failed");
+    // The idle connection's end and the shutdown itself both flushed.
+    assert!(a.flushes.load(Ordering::Relaxed) >= 1);
+    assert_eq!(b.flushes.load(Ordering::Relaxed), 0);
+    let out = Command::new("nbdinfo").arg(uri).output().unwrap();
+    assert!(
+        !out.status.success(),
+        "server still accepting after shutdown"
+    );
+}
+
+#[test]
+fn connections_over_the_server_limit_are_dropped() {
+    let config = ServerConfig {
+        max_connections: 1,
+        ..ServerConfig::default()
+    };
+    let t = TestServer::with_export(config, "d", Arc::new(MemExport::new(MIB)));
+    let holder = Holder::start(&t.uri("d"));
+    let out = Command::new("nbdinfo").arg(t.uri("d")).output().unwrap();
+    assert!(!out.status.success(), "second connection was served");
+    assert_eq!(holder.release(), "read ok");
+    t.shutdown();
+}
+
+#[test]
+fn requests_still_running_after_the_grace_period_fail_with_eshutdown() {
+    let export = Arc::new(MemExport::new(MIB));
+    export.stall_writes.store(true, Ordering::Relaxed);
+    let t = TestServer::with_export(ServerConfig::default(), "d", export.clone());
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/edge.py");
+    let child = Command::new("/usr/bin/python3")
+        .arg(path)
+        .args(["write_expect_shutdown", &t.uri("d")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait (boundedly) until the write has reached the export and is stuck there.
+    for _ in 0..2000 {
+        if export.writes.load(Ordering::Relaxed) > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(export.writes.load(Ordering::Relaxed), 1);
+    t.rt.block_on(
+        t.server
+            .remove_export("d", std::time::Duration::from_millis(50)),
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+    t.shutdown();
+}

@@ -40,6 +40,8 @@ pub struct MemExport {
     read_only: bool,
     pub flushes: AtomicU64,
     pub writes: AtomicU64,
+    /// When set, writes never complete (until the server drops them).
+    pub stall_writes: std::sync::atomic::AtomicBool,
 }
 
 impl MemExport {
@@ -55,6 +57,7 @@ impl MemExport {
             read_only: false,
             flushes: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            stall_writes: Default::default(),
         }
     }
 
@@ -144,6 +147,9 @@ impl Export for MemExport {
         }
         self.check(offset, data.len() as u64)?;
         self.writes.fetch_add(1, Ordering::Relaxed);
+        if self.stall_writes.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
         let mut g = self.inner.lock();
         g.data[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
         for b in offset / BLOCK..(offset + data.len() as u64).div_ceil(BLOCK) {
@@ -308,7 +314,46 @@ pub fn python(script: &str, args: &[&str]) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/py")
         .join(script);
-    stdout(Command::new("/usr/bin/python3").arg(path).args(args))
+    let out = stdout(Command::new("/usr/bin/python3").arg(path).args(args));
+    assert!(out.ends_with("ok\n"), "{script} {args:?} said: {out}");
+    out
+}
+
+/// Starts `edge.py hold URI`: connected and ready once this returns; `release` makes it read.
+pub struct Holder {
+    child: std::process::Child,
+    lines: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Holder {
+    pub fn start(uri: &str) -> Self {
+        use std::io::BufRead;
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/edge.py");
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(path)
+            .args(["hold", uri])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        lines.read_line(&mut line).unwrap();
+        assert_eq!(line, "ready\n");
+        Self { child, lines }
+    }
+
+    /// Lets the client issue one more read; returns what it printed ("read ok"/"read failed").
+    pub fn release(mut self) -> String {
+        use std::io::{BufRead, Write};
+        let mut stdin = self.child.stdin.take().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        drop(stdin);
+        let mut line = String::new();
+        self.lines.read_line(&mut line).unwrap();
+        assert!(self.child.wait().unwrap().success());
+        line.trim().to_owned()
+    }
 }
 
 /// Deterministic pseudo-random bytes with some all-zero stretches.
