@@ -1,9 +1,10 @@
 //! `sendense-hub serve` as a real process: curl for the API (like the README's quick start),
-//! nbdcopy for the disk, SIGTERM at the end.
+//! nbdcopy for the disk, SIGTERM at the end, and a restart on the same data dir.
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 
@@ -20,10 +21,8 @@ fn curl(args: &[&str]) -> Value {
         .unwrap_or_else(|e| panic!("curl {args:?}: {e}: {:?}", out.stdout))
 }
 
-#[test]
-fn serve_process_quick_start_then_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+/// Start `sendense-hub serve` on ephemeral ports; learn them from its JSON log.
+fn start_hub(data: &Path) -> (ChildGuard, String, String) {
     let mut child = Command::new(BIN)
         .args([
             "--log-json",
@@ -34,12 +33,12 @@ fn serve_process_quick_start_then_sigterm() {
             "127.0.0.1:0",
             "--data-dir",
         ])
-        .arg(&data)
+        .arg(data)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    let mut guard = ChildGuard(Some(child));
+    let guard = ChildGuard(Some(child));
     let (tx, rx) = mpsc::channel::<String>();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -60,7 +59,37 @@ fn serve_process_quick_start_then_sigterm() {
             nbd = Some(n.to_owned());
         }
     }
-    let api = format!("http://{}", api.unwrap());
+    (guard, format!("http://{}", api.unwrap()), nbd.unwrap())
+}
+
+fn create(api: &str, auth: &str, vm: &str, capacity: u64) -> Value {
+    let req = json!({"vm_name": vm, "backup_type": "full",
+        "disks": [{"disk_id": 0, "vmware_disk_key": 2000, "capacity_bytes": capacity}]});
+    curl(&[
+        "-H",
+        auth,
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &req.to_string(),
+        &format!("{api}/api/v1/backups"),
+    ])
+}
+
+/// Writes 1 MiB, says so, then holds the connection open (no FLUSH) until stdin closes.
+const HOLD_OPEN: &str = r#"
+import nbd, sys
+h = nbd.NBD(); h.connect_uri(sys.argv[1])
+h.pwrite(b"\x77" * 1048576, 1048576)
+print("written", flush=True)
+sys.stdin.readline()
+"#;
+
+#[test]
+fn serve_process_quick_start_sigterm_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut hub, api, nbd) = start_hub(&data);
     assert_eq!(curl(&[&format!("{api}/health")])["status"], "ok");
 
     let token = std::fs::read_to_string(data.join("api-token"))
@@ -70,23 +99,10 @@ fn serve_process_quick_start_then_sigterm() {
     let auth = format!("Authorization: Bearer {token}");
     let src = dir.path().join("disk.raw");
     make_raw(&src, 3 << 20, 40);
-    let req = json!({"vm_name": "quick", "backup_type": "full",
-        "disks": [{"disk_id": 0, "vmware_disk_key": 2000, "capacity_bytes": 3 << 20}]});
-    let backup = curl(&[
-        "-H",
-        &auth,
-        "-H",
-        "Content-Type: application/json",
-        "-d",
-        &req.to_string(),
-        &format!("{api}/api/v1/backups"),
-    ]);
-    let id = backup["backup_id"].as_str().unwrap();
+    let backup = create(&api, &auth, "quick", 3 << 20);
+    let id = backup["backup_id"].as_str().unwrap().to_owned();
     let uri = backup["disk_results"][0]["nbd_uri"].as_str().unwrap();
-    assert!(
-        uri.starts_with(&format!("nbd://{}/", nbd.unwrap())),
-        "{uri}"
-    );
+    assert!(uri.starts_with(&format!("nbd://{nbd}/")), "{uri}");
     run_ok(Command::new("nbdcopy").arg(&src).arg(uri));
     // The SNA completes without a token (it comes from loopback through its tunnel).
     let complete = format!("{api}/api/v1/backups/{id}/complete");
@@ -114,9 +130,51 @@ fn serve_process_quick_start_then_sigterm() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
 
-    let exit = guard.terminate_and_wait();
+    // A second backup is mid-write, its connection open and never flushed, when SIGTERM comes.
+    let open = create(&api, &auth, "busy", 2 << 20);
+    let open_id = open["backup_id"].as_str().unwrap().to_owned();
+    let mut writer = Command::new("/usr/bin/python3")
+        .args(["-c", HOLD_OPEN])
+        .arg(open["disk_results"][0]["nbd_uri"].as_str().unwrap())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(writer.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "written");
+
+    let exit = hub.terminate_and_wait();
     assert!(exit.success(), "hub exited with {exit}");
+    let _ = writer.stdin.take().unwrap().write_all(b"\n");
+    let _ = writer.wait();
+
     let image = std::path::PathBuf::from(status["disk_results"][0]["qcow2_path"].as_str().unwrap());
     qemu_img_check(&image);
     qemu_img_compare(&src, &image);
+    // What the interrupted client wrote was flushed at shutdown.
+    let busy = std::path::PathBuf::from(open["disk_results"][0]["qcow2_path"].as_str().unwrap());
+    qemu_img_check(&busy);
+    let mut expected = vec![0u8; 2 << 20];
+    expected[1 << 20..].fill(0x77);
+    let raw = dir.path().join("busy.raw");
+    std::fs::write(&raw, &expected).unwrap();
+    qemu_img_compare(&raw, &busy);
+
+    // Restart: the catalog is kept; the interrupted backup is failed.
+    let (mut hub, api, _) = start_hub(&data);
+    let kept = curl(&["-H", &auth, &format!("{api}/api/v1/backups/{id}")]);
+    assert_eq!(kept["status"], "completed");
+    let failed = curl(&["-H", &auth, &format!("{api}/api/v1/backups/{open_id}")]);
+    assert_eq!(failed["status"], "failed");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted by restart"),
+        "{failed}"
+    );
+    assert!(hub.terminate_and_wait().success());
 }
