@@ -247,13 +247,15 @@ impl Hub {
             create_image(path.clone(), d.capacity_bytes, backing).await?;
             let image = open_image(path.clone(), true).await?;
             let export_name = format!("{vm_dir}-{}-disk{}", random_hex(), d.disk_id);
-            self.nbd
-                .add_export(&export_name, Arc::new(ImageExport::new(Arc::clone(&image))))?;
+            let export = ImageExport::new(Arc::clone(&image));
+            let written = export.written_counter();
+            self.nbd.add_export(&export_name, Arc::new(export))?;
             active.push(ActiveDisk {
                 disk_id: d.disk_id,
                 export_name: export_name.clone(),
                 image: Mutex::new(Some(image)),
                 last_stats: Mutex::new(Default::default()),
+                written,
             });
             disks.push(Disk {
                 disk_id: d.disk_id,
@@ -383,7 +385,7 @@ impl Hub {
             let size = std::fs::metadata(&record.qcow2_path)
                 .map_err(Error::io(format!("stat {}", record.qcow2_path.display())))?
                 .len();
-            let written = disk.last_stats.lock().bytes_written;
+            let written = disk.bytes_written();
             self.catalog
                 .record_disk_result(id, disk.disk_id, written, size)?;
         }
@@ -411,7 +413,7 @@ impl Hub {
                     tracing::warn!(export = %disk.export_name, %err, "closing image");
                 }
             }
-            let written = disk.last_stats.lock().bytes_written;
+            let written = disk.bytes_written();
             let size = self
                 .catalog
                 .backup(id)

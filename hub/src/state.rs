@@ -66,6 +66,15 @@ pub(crate) struct ActiveDisk {
     pub image: Mutex<Option<Arc<Image>>>,
     /// Last figures read from the server; kept once the export is gone.
     pub last_stats: Mutex<ExportStats>,
+    /// Bytes written through the export (see [`crate::export::ImageExport::written_counter`]).
+    pub written: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ActiveDisk {
+    pub fn bytes_written(&self) -> u64 {
+        let counted = self.written.load(std::sync::atomic::Ordering::Relaxed);
+        counted.max(self.last_stats.lock().bytes_written)
+    }
 }
 
 impl ActiveBackup {
@@ -166,7 +175,9 @@ impl Hub {
         if let Some(stats) = self.nbd.export_stats(&disk.export_name) {
             *disk.last_stats.lock() = stats;
         }
-        Some(disk.last_stats.lock().clone())
+        let mut stats = disk.last_stats.lock().clone();
+        stats.bytes_written = disk.bytes_written();
+        Some(stats)
     }
 
     /// Stop serving: listeners are already closed by the caller's token. In-flight requests get

@@ -36,7 +36,7 @@ pub async fn metrics(State(hub): State<Hub>) -> Result<impl IntoResponse, ApiErr
                 connections += stats.connections as u64;
                 live_bytes += stats.bytes_written;
             } else {
-                live_bytes += disk.last_stats.lock().bytes_written;
+                live_bytes += disk.bytes_written();
             }
         }
     }
