@@ -193,6 +193,7 @@ impl Hub {
                 id: id.clone(),
                 disks: active,
                 last_touch: Mutex::new(SystemTime::now()),
+                connected: Default::default(),
             }),
         );
         tracing::info!(backup_id = %id, vm = %backup.vm_name, disks = backup.disks.len(),

@@ -57,6 +57,8 @@ pub(crate) struct ActiveBackup {
     pub disks: Vec<ActiveDisk>,
     /// Last call from the client (complete, telemetry) or creation; counts as activity.
     pub last_touch: Mutex<SystemTime>,
+    /// A client has connected (ready -> running was recorded).
+    pub connected: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) struct ActiveDisk {

@@ -802,6 +802,27 @@ async fn restart_keeps_the_catalog_and_fails_unfinished_backups() {
     let (s, inc) = h.post("/api/v1/backups", &inc).await;
     assert_eq!(s, StatusCode::OK, "{inc}");
     assert_eq!(inc["parent_backup_id"], done_id.as_str());
+
+    // A restore expires after its ttl: its export goes and it leaves the list.
+    let (s, r) = h
+        .post(
+            "/api/v1/restores",
+            &json!({"backup_id": done_id, "disk_id": 0, "ttl_seconds": 1}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let mut left = Value::Null;
+    for _ in 0..600 {
+        left = h.get("/api/v1/restores").await.1;
+        if left["restores"] == json!([]) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(left["restores"], json!([]), "{left}");
+    let uri = r["nbd_uri"].as_str().unwrap().to_owned();
+    let probe = blocking(move || Command::new("nbdinfo").arg(uri).output().unwrap()).await;
+    assert!(!probe.status.success(), "expired restore still served");
     h.stop().await;
 }
 
