@@ -315,8 +315,21 @@ impl Hub {
             )?;
             tracing::info!(backup_id = %id, disk_id, change_id = ?req.change_id, "disk complete");
         }
-        if let Some(active) = self.active.lock().get(id) {
+        let active = self.active.lock().get(id).cloned();
+        if let Some(active) = active {
             active.touch();
+            // A fast client may connect, write and complete between two lifecycle ticks; the
+            // backup still ran, and its start time feeds the speed figure.
+            let connected = active.disks.iter().any(|d| {
+                self.nbd
+                    .export_stats(&d.export_name)
+                    .is_some_and(|s| s.total_connections > 0)
+            });
+            if connected && self.catalog.mark_running(id)? {
+                active
+                    .connected
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         let backup = self.backup(id)?;
         if backup.disks.iter().all(|d| d.completed) {

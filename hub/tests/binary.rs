@@ -123,6 +123,15 @@ fn serve_process_quick_start_sigterm_and_restart() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert_eq!(status["status"], "completed", "{status}");
+    assert!(
+        status["started_at"].is_string(),
+        "the first connection was recorded: {status}"
+    );
+    assert_eq!(
+        status["disk_results"][0]["bytes_written"],
+        2 << 20,
+        "{status}"
+    ); // the zero MiB is skipped
     // Without a token the operator routes refuse.
     let out = Command::new("curl")
         .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &get])
