@@ -508,6 +508,16 @@ pub(crate) fn encode_reply(
                 })
             }
         }
+        Outcome::Status(_) if contexts.is_empty() => {
+            // Validation refuses BLOCK_STATUS without contexts; an empty reply would hang the
+            // client, so this stays an error even if that ever changes.
+            return encode_reply(
+                style,
+                req,
+                contexts,
+                Outcome::Failed(EINVAL, "no metadata context was negotiated".into()),
+            );
+        }
         Outcome::Status(extents) => {
             let n = contexts.len();
             contexts.iter().enumerate().all(|(i, ctx)| {

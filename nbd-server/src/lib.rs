@@ -8,6 +8,8 @@ mod bufpool;
 mod command;
 mod connection;
 mod errno;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handshake;
 pub mod proto;
 mod registry;
