@@ -61,7 +61,8 @@ pub fn app(hub: Hub) -> Router {
         .with_state(hub)
 }
 
-/// One log line per request: state changes at info, reads at debug, failures at warn.
+/// One log line per request: state changes at info, reads and the periodic telemetry at debug,
+/// failures at warn.
 async fn log_request(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -71,7 +72,7 @@ async fn log_request(req: Request, next: Next) -> Response {
     let ms = started.elapsed().as_millis() as u64;
     if resp.status().is_server_error() {
         tracing::warn!(%method, %path, status, ms, "request");
-    } else if method == axum::http::Method::GET {
+    } else if method == axum::http::Method::GET || path.starts_with("/api/v1/telemetry/") {
         tracing::debug!(%method, %path, status, ms, "request");
     } else {
         tracing::info!(%method, %path, status, ms, "request");
