@@ -556,7 +556,7 @@ impl Hub {
     }
 }
 
-fn remove_backup_dir(backup: &Backup) {
+pub(crate) fn remove_backup_dir(backup: &Backup) {
     let Some(dir) = backup.disks.first().and_then(|d| d.qcow2_path.parent()) else {
         return;
     };

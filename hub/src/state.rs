@@ -154,6 +154,17 @@ impl Hub {
                 .set_status(&backup.id, Status::Failed, Some(&reason))?;
         }
         self.catalog.clear_restores()?;
+        // A cancel interrupted between the catalog update and the removal of its images.
+        let cancelled = crate::catalog::BackupFilter {
+            status: Some(Status::Cancelled.as_str().to_owned()),
+            ..Default::default()
+        };
+        for backup in self.catalog.backups(&cancelled)? {
+            if backup.disks.iter().any(|d| d.qcow2_path.exists()) {
+                tracing::info!(backup_id = %backup.id, "removing images of a cancelled backup");
+                crate::backups::remove_backup_dir(&backup);
+            }
+        }
         Ok(())
     }
 
