@@ -667,6 +667,10 @@ async fn every_error_status() {
         StatusCode::NOT_FOUND,
         "not_found",
     );
+    let put = h
+        .call(Method::PUT, "/api/v1/backups", Some("{}"), Caller::Operator)
+        .await;
+    assert_error(&put, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
 
     // A second repository works like the default one.
     let repo_path = dir.path().join("repo2");

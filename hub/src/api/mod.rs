@@ -57,6 +57,7 @@ pub fn app(hub: Hub) -> Router {
         .merge(sna)
         .merge(operator)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(log_request))
         .with_state(hub)
 }
@@ -86,6 +87,10 @@ async fn health() -> Json<serde_json::Value> {
 
 async fn not_found() -> ApiError {
     ApiError::NotFound("no such route".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 fn bearer_ok(hub: &Hub, parts: &Parts) -> bool {
