@@ -21,7 +21,8 @@ fn curl(args: &[&str]) -> Value {
         .unwrap_or_else(|e| panic!("curl {args:?}: {e}: {:?}", out.stdout))
 }
 
-/// Start `sendense-hub serve` on ephemeral ports; learn them from its JSON log.
+/// Start `sendense-hub serve` on ephemeral ports; learn them from its JSON log. The data dir
+/// comes from the environment; the listen flags win over (unusable) environment values.
 fn start_hub(data: &Path) -> (ChildGuard, String, String) {
     let mut child = Command::new(BIN)
         .args([
@@ -31,9 +32,10 @@ fn start_hub(data: &Path) -> (ChildGuard, String, String) {
             "127.0.0.1:0",
             "--nbd-listen",
             "127.0.0.1:0",
-            "--data-dir",
         ])
-        .arg(data)
+        .env("SENDENSE_HUB_DATA_DIR", data)
+        .env("SENDENSE_HUB_API_LISTEN", "192.0.2.1:1")
+        .env("SENDENSE_HUB_NBD_LISTEN", "192.0.2.1:2")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
