@@ -1,9 +1,11 @@
-//! `sendense-hub serve` as a real process: curl for the API (like the README's quick start),
-//! nbdcopy for the disk, SIGTERM at the end, and a restart on the same data dir.
+//! `sendense-hub serve` as a real process, driven over real sockets like the README's quick
+//! start: HTTP for the API, nbdcopy for the disk, SIGTERM at the end, and a restart on the same
+//! data dir.
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -11,14 +13,43 @@ use std::sync::mpsc;
 use common::*;
 use serde_json::{Value, json};
 
-fn curl(args: &[&str]) -> Value {
-    let out = run_ok(
-        Command::new("curl")
-            .args(["-sS", "--fail-with-body"])
-            .args(args),
+/// A minimal HTTP/1.1 client (one request per connection), so the test needs no curl.
+fn http(
+    method: &str,
+    addr: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, payload) = response.split_once("\r\n\r\n").expect("HTTP response");
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
     );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("curl {args:?}: {e}: {:?}", out.stdout))
+    let value = serde_json::from_str(payload).unwrap_or(Value::String(payload.to_owned()));
+    (status, value)
+}
+
+fn ok(resp: (u16, Value)) -> Value {
+    assert_eq!(resp.0, 200, "{}", resp.1);
+    resp.1
 }
 
 /// Start `sendense-hub serve` on ephemeral ports; learn them from its JSON log. The data dir
@@ -61,21 +92,19 @@ fn start_hub(data: &Path) -> (ChildGuard, String, String) {
             nbd = Some(n.to_owned());
         }
     }
-    (guard, format!("http://{}", api.unwrap()), nbd.unwrap())
+    (guard, api.unwrap(), nbd.unwrap())
 }
 
-fn create(api: &str, auth: &str, vm: &str, capacity: u64) -> Value {
+fn create(api: &str, token: &str, vm: &str, capacity: u64) -> Value {
     let req = json!({"vm_name": vm, "backup_type": "full",
         "disks": [{"disk_id": 0, "vmware_disk_key": 2000, "capacity_bytes": capacity}]});
-    curl(&[
-        "-H",
-        auth,
-        "-H",
-        "Content-Type: application/json",
-        "-d",
-        &req.to_string(),
-        &format!("{api}/api/v1/backups"),
-    ])
+    ok(http(
+        "POST",
+        api,
+        "/api/v1/backups",
+        Some(token),
+        Some(&req),
+    ))
 }
 
 /// Writes 1 MiB, says so, then holds the connection open (no FLUSH) until stdin closes.
@@ -92,33 +121,32 @@ fn serve_process_quick_start_sigterm_and_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let (mut hub, api, nbd) = start_hub(&data);
-    assert_eq!(curl(&[&format!("{api}/health")])["status"], "ok");
+    assert_eq!(ok(http("GET", &api, "/health", None, None))["status"], "ok");
 
     let token = std::fs::read_to_string(data.join("api-token"))
         .unwrap()
         .trim()
         .to_owned();
-    let auth = format!("Authorization: Bearer {token}");
     let src = dir.path().join("disk.raw");
     make_raw(&src, 3 << 20, 40);
-    let backup = create(&api, &auth, "quick", 3 << 20);
+    let backup = create(&api, &token, "quick", 3 << 20);
     let id = backup["backup_id"].as_str().unwrap().to_owned();
     let uri = backup["disk_results"][0]["nbd_uri"].as_str().unwrap();
     assert!(uri.starts_with(&format!("nbd://{nbd}/")), "{uri}");
     run_ok(Command::new("nbdcopy").arg(&src).arg(uri));
     // The SNA completes without a token (it comes from loopback through its tunnel).
-    let complete = format!("{api}/api/v1/backups/{id}/complete");
-    curl(&[
-        "-X",
+    let body = json!({"disk_id": 0, "change_id": "x-1"});
+    ok(http(
         "POST",
-        "-d",
-        r#"{"disk_id":0,"change_id":"x-1"}"#,
-        &complete,
-    ]);
-    let get = format!("{api}/api/v1/backups/{id}");
+        &api,
+        &format!("/api/v1/backups/{id}/complete"),
+        None,
+        Some(&body),
+    ));
+    let get = format!("/api/v1/backups/{id}");
     let mut status = Value::Null;
     for _ in 0..600 {
-        status = curl(&["-H", &auth, &get]);
+        status = ok(http("GET", &api, &get, Some(&token), None));
         if status["status"] == "completed" {
             break;
         }
@@ -129,20 +157,18 @@ fn serve_process_quick_start_sigterm_and_restart() {
         status["started_at"].is_string(),
         "the first connection was recorded: {status}"
     );
+    // nbdcopy skips the all-zero MiB of the source.
     assert_eq!(
         status["disk_results"][0]["bytes_written"],
         2 << 20,
         "{status}"
-    ); // the zero MiB is skipped
+    );
     // Without a token the operator routes refuse.
-    let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &get])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
+    let (code, err) = http("GET", &api, &get, None, None);
+    assert_eq!((code, &err["error"]["code"]), (401, &json!("unauthorized")));
 
     // A second backup is mid-write, its connection open and never flushed, when SIGTERM comes.
-    let open = create(&api, &auth, "busy", 2 << 20);
+    let open = create(&api, &token, "busy", 2 << 20);
     let open_id = open["backup_id"].as_str().unwrap().to_owned();
     let mut writer = Command::new("/usr/bin/python3")
         .args(["-c", HOLD_OPEN])
@@ -176,9 +202,21 @@ fn serve_process_quick_start_sigterm_and_restart() {
 
     // Restart: the catalog is kept; the interrupted backup is failed.
     let (mut hub, api, _) = start_hub(&data);
-    let kept = curl(&["-H", &auth, &format!("{api}/api/v1/backups/{id}")]);
+    let kept = ok(http(
+        "GET",
+        &api,
+        &format!("/api/v1/backups/{id}"),
+        Some(&token),
+        None,
+    ));
     assert_eq!(kept["status"], "completed");
-    let failed = curl(&["-H", &auth, &format!("{api}/api/v1/backups/{open_id}")]);
+    let failed = ok(http(
+        "GET",
+        &api,
+        &format!("/api/v1/backups/{open_id}"),
+        Some(&token),
+        None,
+    ));
     assert_eq!(failed["status"], "failed");
     assert!(
         failed["error"]
