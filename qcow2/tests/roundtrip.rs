@@ -129,8 +129,13 @@ fn run_random(cluster_size: u32, size: u64, with_backing: bool, seed: u64) {
         raw.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "compare: {text}");
-    // Reopen and read back through our own reader too.
+    // Reopen and read back through our own reader too; block status agrees with qemu-img map.
     let img = Image::open(&top, &ro()).unwrap();
+    let granule = u64::from(cluster_size).min(65536);
+    let (theirs, ours) = (qemu_map(&top, granule, size), our_map(&img, granule));
+    for (i, (t, o)) in theirs.iter().zip(&ours).enumerate() {
+        assert_eq!(t, o, "block status of cluster {i}");
+    }
     let mut again = vec![0u8; size as usize];
     img.read_at(0, &mut again).unwrap();
     assert!(again == model);
