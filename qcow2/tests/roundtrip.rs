@@ -362,7 +362,14 @@ fn open_refusals() {
     set_bits(2); // corrupt
     assert!(Image::open(&p, &rw()).is_err());
     set_bits(0);
-    assert!(Image::open(&p, &rw()).is_ok());
+    let first = Image::open(&p, &rw()).unwrap();
+    // A second writer is refused while the first holds the image.
+    assert_eq!(
+        Image::open(&p, &rw()).err().unwrap().kind(),
+        qcow2::ErrorKind::Busy
+    );
+    assert!(Image::open(&p, &ro()).is_ok());
+    first.close().unwrap();
     // A loop: a -> b -> a.
     let a = dir.path().join("a.qcow2");
     let b = dir.path().join("b.qcow2");
