@@ -398,6 +398,16 @@ pub fn check_storage(st: &dyn Storage, repair: bool) -> Result<CheckReport> {
         st.write_at(&bytes, w.h.l1_table_offset)
             .map_err(|e| Error::io(e, "repairing L1 table"))?;
     }
+    let marks = w.h.incompatible_features & (format::INCOMPAT_DIRTY | format::INCOMPAT_CORRUPT);
+    if repair && marks != 0 && w.report.corruptions == w.report.corruptions_fixed {
+        // Refcounts are right again: the dirty / corrupt marks can go (as qemu-img check -r all).
+        st.flush().map_err(|e| Error::io(e, "fdatasync"))?;
+        let bits = w.h.incompatible_features & !marks;
+        st.write_at(&bits.to_be_bytes(), 72)
+            .map_err(|e| Error::io(e, "clearing dirty/corrupt bits"))?;
+        w.report
+            .push("Cleared the dirty/corrupt bits in the header".into());
+    }
     if repair {
         st.flush().map_err(|e| Error::io(e, "fdatasync"))?;
     }

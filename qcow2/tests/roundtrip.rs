@@ -501,3 +501,38 @@ fn concurrent_mixed_operations_on_shared_clusters() {
         assert!(raw[start..start + model.len()] == model[..], "region {t}");
     }
 }
+
+#[test]
+fn raw_backing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.raw");
+    let top = dir.path().join("top.qcow2");
+    let mut model: Vec<u8> = (0..3u32 << 20).map(|i| (i / 4096) as u8).collect();
+    std::fs::write(&base, &model).unwrap();
+    Image::create(
+        &top,
+        &CreateOptions {
+            size: 4 << 20,
+            backing_file: Some(base.clone()),
+            backing_format: Some("raw".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    model.resize(4 << 20, 0);
+    let img = Image::open(&top, &rw()).unwrap();
+    img.write_at(10_000, &[0xfe; 100]).unwrap();
+    model[10_000..10_100].fill(0xfe);
+    img.write_zeroes(1 << 20, 200_000, true).unwrap();
+    model[1 << 20..(1 << 20) + 200_000].fill(0);
+    img.write_at((3 << 20) - 50, &[0xfd; 100]).unwrap();
+    model[(3 << 20) - 50..(3 << 20) + 50].fill(0xfd);
+    let chain = img.info_chain();
+    assert_eq!(chain.len(), 2);
+    assert_eq!(chain[0].backing_format.as_deref(), Some("raw"));
+    img.close().unwrap();
+    check_clean(&top);
+    assert!(to_raw(&top) == model);
+    let info = qemu_img_ok(&["info", "--backing-chain", top.to_str().unwrap()]);
+    assert!(info.contains("backing file format: raw"), "{info}");
+}
