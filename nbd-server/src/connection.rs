@@ -161,13 +161,6 @@ where
         };
         ctx.entry.touch();
         let payload_len = req.payload_len(style);
-        tracing::trace!(
-            cookie = req.cookie,
-            command = req.command,
-            offset = req.offset,
-            length = req.length,
-            "request"
-        );
         if req.command == CMD_DISC && payload_len == 0 {
             return End::Disc;
         }
@@ -217,6 +210,13 @@ where
         let ctx = Arc::clone(ctx);
         let tx = tx.clone();
         let pool = Arc::clone(pool);
+        let span = tracing::debug_span!(
+            "request",
+            cookie = req.cookie,
+            command = req.command,
+            offset = req.offset,
+            length = req.length
+        );
         requests.spawn(
             async move {
                 let reclaim = payload.clone();
@@ -235,7 +235,7 @@ where
                     _permits: Some((count_permit, byte_permit)),
                 });
             }
-            .in_current_span(),
+            .instrument(span),
         );
     }
 }

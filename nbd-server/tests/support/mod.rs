@@ -272,13 +272,15 @@ impl TestServer {
         let server = self.server.clone();
         let name = name.to_owned();
         self.rt.block_on(async move {
-            loop {
+            // Bounded so a connection that never ends fails the test instead of hanging it.
+            for _ in 0..12_000 {
                 match server.export_stats(&name) {
-                    Some(s) if s.connections > 0 => tokio::task::yield_now().await,
-                    _ => break,
+                    Some(s) if s.connections > 0 => {}
+                    _ => return,
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
+            panic!("connections to {name:?} did not end");
         });
     }
 
