@@ -291,9 +291,9 @@ async fn incremental_holds_only_changed_clusters_and_its_chain_compares_equal() 
     let parent = completed_full(&h, "db", &src, 4 * MIB).await;
     let parent_id = parent["backup_id"].as_str().unwrap();
 
-    // The disk grew by 1 MiB since.
-    let req =
-        json!({"vm_name": "db", "backup_type": "incremental", "disks": [disk(0, 2000, 5 * MIB)]});
+    // The disk grew by 1 MiB since, and a new disk (no parent image: a full image) was added.
+    let req = json!({"vm_name": "db", "backup_type": "incremental",
+        "disks": [disk(0, 2000, 5 * MIB), disk(1, 2001, MIB)]});
     let (s, inc) = h.post("/api/v1/backups", &req).await;
     assert_eq!(s, StatusCode::OK, "{inc}");
     assert_eq!(inc["parent_backup_id"], parent_id);
@@ -330,6 +330,24 @@ async fn incremental_holds_only_changed_clusters_and_its_chain_compares_equal() 
     let image = std::path::PathBuf::from(done["disk_results"][0]["qcow2_path"].as_str().unwrap());
     qemu_img_check(&image);
     qemu_img_compare(&expected, &image);
+    let info = |path: &std::path::Path| -> Value {
+        let out = run_ok(
+            Command::new("qemu-img")
+                .args(["info", "--output=json"])
+                .arg(path),
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert!(info(&image)["backing-filename"].is_string());
+    assert_eq!(info(&image)["virtual-size"], 5 * MIB);
+    let new_disk =
+        std::path::PathBuf::from(done["disk_results"][1]["qcow2_path"].as_str().unwrap());
+    qemu_img_check(&new_disk);
+    assert!(
+        info(&new_disk)["backing-filename"].is_null(),
+        "{}",
+        info(&new_disk)
+    );
 
     // Only the changed clusters live in the incremental's own layer.
     let map = run_ok(
@@ -649,6 +667,10 @@ async fn every_error_status() {
         StatusCode::NOT_FOUND,
         "not_found",
     );
+    let put = h
+        .call(Method::PUT, "/api/v1/backups", Some("{}"), Caller::Operator)
+        .await;
+    assert_error(&put, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
 
     // A second repository works like the default one.
     let repo_path = dir.path().join("repo2");
@@ -802,6 +824,27 @@ async fn restart_keeps_the_catalog_and_fails_unfinished_backups() {
     let (s, inc) = h.post("/api/v1/backups", &inc).await;
     assert_eq!(s, StatusCode::OK, "{inc}");
     assert_eq!(inc["parent_backup_id"], done_id.as_str());
+
+    // A restore expires after its ttl: its export goes and it leaves the list.
+    let (s, r) = h
+        .post(
+            "/api/v1/restores",
+            &json!({"backup_id": done_id, "disk_id": 0, "ttl_seconds": 1}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let mut left = Value::Null;
+    for _ in 0..600 {
+        left = h.get("/api/v1/restores").await.1;
+        if left["restores"] == json!([]) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(left["restores"], json!([]), "{left}");
+    let uri = r["nbd_uri"].as_str().unwrap().to_owned();
+    let probe = blocking(move || Command::new("nbdinfo").arg(uri).output().unwrap()).await;
+    assert!(!probe.status.success(), "expired restore still served");
     h.stop().await;
 }
 

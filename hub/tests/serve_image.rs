@@ -223,3 +223,47 @@ fn bad_arguments_are_refused() {
     );
     run_expect(Command::new(BIN).arg("check").arg(&image), &[1]);
 }
+
+#[test]
+fn check_exit_codes_follow_qemu_img() {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let image = tmp_path(&dir, "x.qcow2");
+    run_ok(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&image)
+            .arg("4M"),
+    );
+    run_ok(
+        Command::new("qemu-io")
+            .args(["-f", "qcow2", "-c", "write -P 9 0 128K"])
+            .arg(&image),
+    );
+    run_ok(Command::new(BIN).arg("check").arg(&image));
+
+    // Point the first L1 entry far past the end of the file: a corruption.
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&image)
+        .unwrap();
+    let mut header = [0u8; 48];
+    f.read_exact(&mut header).unwrap();
+    let l1_offset = u64::from_be_bytes(header[40..48].try_into().unwrap());
+    f.seek(SeekFrom::Start(l1_offset)).unwrap();
+    f.write_all(&((1u64 << 63) | (1u64 << 40)).to_be_bytes())
+        .unwrap();
+    drop(f);
+    run_expect(
+        Command::new("qemu-img")
+            .args(["check", "-f", "qcow2"])
+            .arg(&image),
+        &[2],
+    );
+    let out = run_expect(Command::new(BIN).arg("check").arg(&image), &[2]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("errors were found"),
+        "{out:?}"
+    );
+}

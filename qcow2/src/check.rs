@@ -21,6 +21,45 @@ pub struct CheckReport {
     pub messages: Vec<String>,
 }
 
+impl std::fmt::Display for CheckReport {
+    /// The problems, then a summary in `qemu-img check`'s words.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for m in &self.messages {
+            writeln!(f, "{m}")?;
+        }
+        if self.corruptions == 0 && self.leaks == 0 {
+            return writeln!(f, "No errors were found on the image.");
+        }
+        if self.leaks_fixed + self.corruptions_fixed > 0 {
+            writeln!(
+                f,
+                "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n",
+                self.leaks_fixed, self.corruptions_fixed
+            )?;
+        }
+        let (c, l) = (
+            self.corruptions - self.corruptions_fixed,
+            self.leaks - self.leaks_fixed,
+        );
+        if c > 0 {
+            writeln!(
+                f,
+                "{c} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it."
+            )?;
+        }
+        if l > 0 {
+            writeln!(
+                f,
+                "{l} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data."
+            )?;
+        }
+        if c == 0 && l == 0 {
+            writeln!(f, "No errors remain on the image.")?;
+        }
+        Ok(())
+    }
+}
+
 impl CheckReport {
     /// 0 clean, 3 leaks only, 2 corrupt (as `qemu-img check`).
     pub fn exit_code(&self) -> i32 {
@@ -358,6 +397,16 @@ pub fn check_storage(st: &dyn Storage, repair: bool) -> Result<CheckReport> {
         let bytes: Vec<u8> = l1_fixed.iter().flat_map(|x| x.to_be_bytes()).collect();
         st.write_at(&bytes, w.h.l1_table_offset)
             .map_err(|e| Error::io(e, "repairing L1 table"))?;
+    }
+    let marks = w.h.incompatible_features & (format::INCOMPAT_DIRTY | format::INCOMPAT_CORRUPT);
+    if repair && marks != 0 && w.report.corruptions == w.report.corruptions_fixed {
+        // Refcounts are right again: the dirty / corrupt marks can go (as qemu-img check -r all).
+        st.flush().map_err(|e| Error::io(e, "fdatasync"))?;
+        let bits = w.h.incompatible_features & !marks;
+        st.write_at(&bits.to_be_bytes(), 72)
+            .map_err(|e| Error::io(e, "clearing dirty/corrupt bits"))?;
+        w.report
+            .push("Cleared the dirty/corrupt bits in the header".into());
     }
     if repair {
         st.flush().map_err(|e| Error::io(e, "fdatasync"))?;

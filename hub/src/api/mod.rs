@@ -57,7 +57,28 @@ pub fn app(hub: Hub) -> Router {
         .merge(sna)
         .merge(operator)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(log_request))
         .with_state(hub)
+}
+
+/// One log line per request: state changes at info, reads and the periodic telemetry at debug,
+/// failures at warn.
+async fn log_request(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let ms = started.elapsed().as_millis() as u64;
+    if resp.status().is_server_error() {
+        tracing::warn!(%method, %path, status, ms, "request");
+    } else if method == axum::http::Method::GET || path.starts_with("/api/v1/telemetry/") {
+        tracing::debug!(%method, %path, status, ms, "request");
+    } else {
+        tracing::info!(%method, %path, status, ms, "request");
+    }
+    resp
 }
 
 async fn health() -> Json<serde_json::Value> {
@@ -66,6 +87,10 @@ async fn health() -> Json<serde_json::Value> {
 
 async fn not_found() -> ApiError {
     ApiError::NotFound("no such route".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 fn bearer_ok(hub: &Hub, parts: &Parts) -> bool {
