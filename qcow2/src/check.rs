@@ -21,6 +21,45 @@ pub struct CheckReport {
     pub messages: Vec<String>,
 }
 
+impl std::fmt::Display for CheckReport {
+    /// The problems, then a summary in `qemu-img check`'s words.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for m in &self.messages {
+            writeln!(f, "{m}")?;
+        }
+        if self.corruptions == 0 && self.leaks == 0 {
+            return writeln!(f, "No errors were found on the image.");
+        }
+        if self.leaks_fixed + self.corruptions_fixed > 0 {
+            writeln!(
+                f,
+                "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n",
+                self.leaks_fixed, self.corruptions_fixed
+            )?;
+        }
+        let (c, l) = (
+            self.corruptions - self.corruptions_fixed,
+            self.leaks - self.leaks_fixed,
+        );
+        if c > 0 {
+            writeln!(
+                f,
+                "{c} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it."
+            )?;
+        }
+        if l > 0 {
+            writeln!(
+                f,
+                "{l} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data."
+            )?;
+        }
+        if c == 0 && l == 0 {
+            writeln!(f, "No errors remain on the image.")?;
+        }
+        Ok(())
+    }
+}
+
 impl CheckReport {
     /// 0 clean, 3 leaks only, 2 corrupt (as `qemu-img check`).
     pub fn exit_code(&self) -> i32 {
@@ -79,6 +118,10 @@ impl Walk<'_> {
 
     /// Counts one reference to each cluster of `[off, off + len)`; false if any is past the end.
     fn reference(&mut self, off: u64, len: u64, what: &str) -> bool {
+        self.reference_n(off, len, what, 1)
+    }
+
+    fn reference_n(&mut self, off: u64, len: u64, what: &str, times: u32) -> bool {
         let first = off >> self.bits;
         let last = (off + len.max(1) - 1) >> self.bits;
         if last >= self.nb_clusters {
@@ -88,7 +131,7 @@ impl Walk<'_> {
             return false;
         }
         for c in first..=last {
-            self.refs[c as usize] = self.refs[c as usize].saturating_add(1);
+            self.refs[c as usize] = self.refs[c as usize].saturating_add(times);
         }
         true
     }
@@ -175,7 +218,13 @@ pub fn check_storage(st: &dyn Storage, repair: bool) -> Result<CheckReport> {
             l2_tables.push((i, off));
         }
     }
-    for &(i, off) in &l2_tables {
+    // A table referenced from several L1 entries is walked once, its references counted for each.
+    let mut distinct: BTreeMap<u64, u32> = BTreeMap::new();
+    for &(_, off) in &l2_tables {
+        *distinct.entry(off).or_default() += 1;
+    }
+    for (&off, &times) in &distinct {
+        let i = l2_tables.iter().find(|t| t.1 == off).map_or(0, |t| t.0);
         let table = Walk::words(&w.read(off, cs, "L2 table")?);
         let step = if ext { 2 } else { 1 };
         for (j, e) in table.chunks_exact(step).enumerate() {
@@ -191,7 +240,7 @@ pub fn check_storage(st: &dyn Storage, repair: bool) -> Result<CheckReport> {
                         ));
                     }
                     let start = host & !511;
-                    w.reference(start, sectors * 512, "compressed cluster");
+                    w.reference_n(start, sectors * 512, "compressed cluster", times);
                 }
                 Ok(L2Entry::Normal { host, .. })
                 | Ok(L2Entry::Zero {
@@ -202,7 +251,7 @@ pub fn check_storage(st: &dyn Storage, repair: bool) -> Result<CheckReport> {
                             "ERROR guest {guest:#x}: subcluster both allocated and zero"
                         ));
                     }
-                    w.reference(host, cs, "data cluster");
+                    w.reference_n(host, cs, "data cluster", times);
                 }
                 Ok(_) => {
                     if ext && (e[1] as u32) != 0 {
@@ -318,6 +367,8 @@ pub fn check_storage(st: &dyn Storage, repair: bool) -> Result<CheckReport> {
                 w.report.corruptions_fixed += 1;
             }
         }
+    }
+    for &off in distinct.keys() {
         let raw = w.read(off, cs, "L2 table")?;
         let mut table = Walk::words(&raw);
         let step = if ext { 2 } else { 1 };
@@ -358,6 +409,16 @@ pub fn check_storage(st: &dyn Storage, repair: bool) -> Result<CheckReport> {
         let bytes: Vec<u8> = l1_fixed.iter().flat_map(|x| x.to_be_bytes()).collect();
         st.write_at(&bytes, w.h.l1_table_offset)
             .map_err(|e| Error::io(e, "repairing L1 table"))?;
+    }
+    let marks = w.h.incompatible_features & (format::INCOMPAT_DIRTY | format::INCOMPAT_CORRUPT);
+    if repair && marks != 0 && w.report.corruptions == w.report.corruptions_fixed {
+        // Refcounts are right again: the dirty / corrupt marks can go (as qemu-img check -r all).
+        st.flush().map_err(|e| Error::io(e, "fdatasync"))?;
+        let bits = w.h.incompatible_features & !marks;
+        st.write_at(&bits.to_be_bytes(), 72)
+            .map_err(|e| Error::io(e, "clearing dirty/corrupt bits"))?;
+        w.report
+            .push("Cleared the dirty/corrupt bits in the header".into());
     }
     if repair {
         st.flush().map_err(|e| Error::io(e, "fdatasync"))?;

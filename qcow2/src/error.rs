@@ -14,6 +14,8 @@ pub enum ErrorKind {
     NoSpace,
     ReadOnly,
     InvalidArgument,
+    /// The image is open for writing elsewhere.
+    Busy,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -198,9 +198,8 @@ impl Header {
                 h.refcount_order
             )));
         }
-        if h.version == 3 {
-            h.decode_extensions(c0, cs)?;
-        }
+        // Extensions follow the header in v2 images too; they end before the backing name.
+        h.decode_extensions(c0, cs)?;
         if h.backing_file_offset != 0 {
             if h.backing_file_size > MAX_BACKING_NAME || h.backing_file_size == 0 {
                 return Err(Error::corrupt(format!(
@@ -236,9 +235,16 @@ impl Header {
     }
 
     fn decode_extensions(&mut self, c0: &[u8], cs: u64) -> Result<()> {
-        let limit = (cs as usize).min(c0.len());
+        let mut limit = (cs as usize).min(c0.len());
+        if self.backing_file_offset != 0 && self.backing_file_offset < limit as u64 {
+            limit = self.backing_file_offset as usize;
+        }
         let mut at = self.header_length as usize;
         loop {
+            if self.version == 2 && at + 8 > limit {
+                // v2 images may end the header without an end-of-extensions marker.
+                return Ok(());
+            }
             if at + 8 > limit {
                 return Err(Error::corrupt(format!(
                     "header extension at offset {at} runs past cluster 0"

@@ -94,7 +94,16 @@ impl Image {
             .write(opts.writable)
             .open(path)
             .map_err(|e| Error::io(e, format!("opening {}", path.display())))?;
-        let st: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
+        let fst = FileStorage::new(file);
+        if opts.writable {
+            fst.try_lock_exclusive().map_err(|e| {
+                Error::new(
+                    ErrorKind::Busy,
+                    format!("{} is open for writing elsewhere: {e}", path.display()),
+                )
+            })?;
+        }
+        let st: Arc<dyn Storage> = Arc::new(fst);
         let mut img = Self::open_storage(st, opts)?;
         img.path = path.to_path_buf();
         if let (Some(name), true) = (img.header.backing_file.clone(), opts.open_backing) {
@@ -288,6 +297,11 @@ impl Image {
 
     pub fn header(&self) -> &Header {
         &self.header
+    }
+
+    /// The path the image was opened from (empty for [`Image::open_storage`]).
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     pub fn info_chain(&self) -> Vec<ImageInfo> {

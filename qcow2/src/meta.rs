@@ -181,19 +181,49 @@ impl Meta {
 
     /// One past the highest cluster with a nonzero refcount.
     fn find_frontier(&mut self) -> Result<u64> {
+        // A hostile table may point many entries at one block: scan each block once.
+        let mut seen = HashSet::new();
         for idx in (0..self.reftable.len()).rev() {
-            if self.reftable[idx] == 0 {
+            let raw = self.reftable[idx];
+            if raw == 0 || !seen.insert(raw) {
                 continue;
             }
-            let n = self.geo.rb_entries as usize;
-            for i in (0..n).rev() {
-                let c = idx as u64 * self.geo.rb_entries + i as u64;
-                if self.refcount(c)? != 0 {
-                    return Ok(c + 1);
-                }
+            if let Some((last, _)) = self.scan_refblock(idx as u64)? {
+                return Ok(idx as u64 * self.geo.rb_entries + last + 1);
             }
         }
         Err(Error::corrupt("refcount table counts no cluster at all"))
+    }
+
+    /// The highest nonzero entry of a refblock and how many are nonzero (None if all are 0).
+    fn scan_refblock(&mut self, rbi: u64) -> Result<Option<(u64, u64)>> {
+        if !self.load_rb(rbi)? {
+            return Ok(None);
+        }
+        let order = self.geo.refcount_order;
+        let data = &self.rb[&rbi].data;
+        // Whole bytes first: entries of 8+ bits are byte-aligned; smaller ones share bytes.
+        let Some(last_byte) = data.iter().rposition(|&b| b != 0) else {
+            return Ok(None);
+        };
+        let per_byte_bits = 8u64;
+        let first_entry = (last_byte as u64 * per_byte_bits) >> order;
+        let end_entry = (((last_byte as u64 + 1) * per_byte_bits) >> order).max(first_entry + 1);
+        let last = (first_entry..end_entry)
+            .rev()
+            .find(|&i| format::refcount_get(data, order, i as usize) != 0)
+            .unwrap_or(first_entry);
+        let count = if order >= 3 {
+            let w = 1usize << (order - 3);
+            data.chunks_exact(w)
+                .filter(|c| c.iter().any(|&b| b != 0))
+                .count() as u64
+        } else {
+            (0..self.geo.rb_entries as usize)
+                .filter(|&i| format::refcount_get(data, order, i) != 0)
+                .count() as u64
+        };
+        Ok(Some((last, count)))
     }
 
     // ---- L2 tables ----
@@ -680,15 +710,15 @@ impl Meta {
 
     /// Host bytes of clusters with a nonzero refcount.
     pub fn allocated_bytes(&mut self) -> Result<u64> {
+        let mut seen = HashSet::new();
         let mut n = 0u64;
-        for rbi in 0..self.reftable.len() as u64 {
-            if self.reftable[rbi as usize] == 0 {
+        for rbi in 0..self.reftable.len() {
+            let raw = self.reftable[rbi];
+            if raw == 0 || !seen.insert(raw) {
                 continue;
             }
-            for i in 0..self.geo.rb_entries {
-                if self.refcount(rbi * self.geo.rb_entries + i)? != 0 {
-                    n += 1;
-                }
+            if let Some((_, count)) = self.scan_refblock(rbi as u64)? {
+                n += count;
             }
         }
         Ok(n * self.geo.cluster_size)

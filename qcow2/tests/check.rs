@@ -172,3 +172,34 @@ fn l2_past_end_of_file_is_corrupt() {
         assert_eq!(e.kind(), qcow2::ErrorKind::Corrupt);
     }
 }
+
+#[test]
+fn repair_clears_the_dirty_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("dirty.qcow2");
+    make(&p);
+    poke(&p, 72, &1u64.to_be_bytes());
+    assert!(
+        Image::open(
+            &p,
+            &OpenOptions {
+                writable: true,
+                ..Default::default()
+            }
+        )
+        .is_err()
+    );
+    let r = qcow2::check::check(&p, true).unwrap();
+    assert_eq!(r.exit_code(), 0, "{r}");
+    let img = Image::open(
+        &p,
+        &OpenOptions {
+            writable: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    img.write_at(0, &[1u8; 512]).unwrap();
+    img.close().unwrap();
+    check_clean(&p);
+}

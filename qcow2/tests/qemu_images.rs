@@ -257,3 +257,46 @@ fn sparse_1tib() {
         assert_eq!(ours, theirs);
     }
 }
+
+#[test]
+fn version_2_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("b.qcow2");
+    let p = dir.path().join("v2.qcow2");
+    qemu_img_ok(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-o",
+        "compat=0.10",
+        base.to_str().unwrap(),
+        "2M",
+    ]);
+    qemu_io(&base, "write -P 7 0 1M");
+    qemu_img_ok(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-o",
+        "compat=0.10",
+        "-b",
+        "b.qcow2",
+        "-F",
+        "qcow2",
+        p.to_str().unwrap(),
+    ]);
+    qemu_io(&p, "write -P 8 100k 200k");
+    assert_same(&p);
+    let img = Image::open(&p, &ro()).unwrap();
+    assert_eq!(img.info_chain()[0].backing_format.as_deref(), Some("qcow2"));
+    let e = Image::open(
+        &p,
+        &OpenOptions {
+            writable: true,
+            ..ro()
+        },
+    )
+    .err()
+    .unwrap();
+    assert_eq!(e.kind(), qcow2::ErrorKind::Unsupported);
+}

@@ -129,8 +129,13 @@ fn run_random(cluster_size: u32, size: u64, with_backing: bool, seed: u64) {
         raw.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "compare: {text}");
-    // Reopen and read back through our own reader too.
+    // Reopen and read back through our own reader too; block status agrees with qemu-img map.
     let img = Image::open(&top, &ro()).unwrap();
+    let granule = u64::from(cluster_size).min(65536);
+    let (theirs, ours) = (qemu_map(&top, granule, size), our_map(&img, granule));
+    for (i, (t, o)) in theirs.iter().zip(&ours).enumerate() {
+        assert_eq!(t, o, "block status of cluster {i}");
+    }
     let mut again = vec![0u8; size as usize];
     img.read_at(0, &mut again).unwrap();
     assert!(again == model);
@@ -357,7 +362,14 @@ fn open_refusals() {
     set_bits(2); // corrupt
     assert!(Image::open(&p, &rw()).is_err());
     set_bits(0);
-    assert!(Image::open(&p, &rw()).is_ok());
+    let first = Image::open(&p, &rw()).unwrap();
+    // A second writer is refused while the first holds the image.
+    assert_eq!(
+        Image::open(&p, &rw()).err().unwrap().kind(),
+        qcow2::ErrorKind::Busy
+    );
+    assert!(Image::open(&p, &ro()).is_ok());
+    first.close().unwrap();
     // A loop: a -> b -> a.
     let a = dir.path().join("a.qcow2");
     let b = dir.path().join("b.qcow2");
@@ -388,4 +400,139 @@ fn open_refusals() {
     // Backing not opened: unallocated reads fail instead of inventing zeros.
     let img = Image::open(&b, &OpenOptions::default()).unwrap();
     assert!(img.read_at(0, &mut [0u8; 512]).is_err());
+}
+
+#[test]
+fn qemu_images_with_other_refcount_widths_are_writable() {
+    let dir = tempfile::tempdir().unwrap();
+    for bits in ["1", "8", "64"] {
+        let p = dir.path().join(format!("rc{bits}.qcow2"));
+        qemu_img_ok(&[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            &format!("refcount_bits={bits}"),
+            p.to_str().unwrap(),
+            "8M",
+        ]);
+        qemu_io(&p, "write -P 3 0 1M");
+        let img = Image::open(&p, &rw()).unwrap();
+        img.write_at(3 << 20, &[4u8; 300_000]).unwrap();
+        img.write_at(500_000, &[5u8; 1000]).unwrap();
+        img.discard(0, 256 << 10).unwrap();
+        img.close().unwrap();
+        check_clean(&p);
+        let raw = to_raw(&p);
+        assert!(raw[..256 << 10].iter().all(|&b| b == 0));
+        assert!(raw[256 << 10..500_000].iter().all(|&b| b == 3));
+        assert!(raw[500_000..501_000].iter().all(|&b| b == 5));
+        assert!(raw[3 << 20..(3 << 20) + 300_000].iter().all(|&b| b == 4));
+    }
+}
+
+#[test]
+fn concurrent_mixed_operations_on_shared_clusters() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.qcow2");
+    let top = dir.path().join("top.qcow2");
+    let size: u64 = 6 << 20;
+    create(&base, size, 65536, None);
+    {
+        let img = Image::open(&base, &rw()).unwrap();
+        img.write_at(0, &vec![0x77u8; size as usize]).unwrap();
+        img.close().unwrap();
+    }
+    create(&top, size, 4096, Some(&base));
+    // Small cache so tables get evicted and written back while others are in flight.
+    let img = Image::open(
+        &top,
+        &OpenOptions {
+            l2_cache_bytes: 0,
+            ..rw()
+        },
+    )
+    .unwrap();
+    let threads = 4u64;
+    // Regions deliberately not cluster aligned: neighbours share clusters at the boundaries.
+    let region = size / threads - 1000;
+    let models: Vec<Vec<u8>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let img = &img;
+                s.spawn(move || {
+                    let start = t * (size / threads) + 500;
+                    let mut model = vec![0x77u8; region as usize];
+                    let mut rng = StdRng::seed_from_u64(100 + t);
+                    for _ in 0..300 {
+                        let len = rng.random_range(1..=20_000u64).min(region);
+                        let off = rng.random_range(0..=region - len);
+                        let (o, l) = (off as usize, len as usize);
+                        match rng.random_range(0..10) {
+                            0..=5 => {
+                                let b: u8 = rng.random();
+                                img.write_at(start + off, &vec![b; l]).unwrap();
+                                model[o..o + l].fill(b);
+                            }
+                            6 => {
+                                img.write_zeroes(start + off, len, rng.random_bool(0.5))
+                                    .unwrap();
+                                model[o..o + l].fill(0);
+                            }
+                            7 => img.flush().unwrap(),
+                            _ => {
+                                let mut got = vec![0u8; l];
+                                img.read_at(start + off, &mut got).unwrap();
+                                assert!(got == model[o..o + l], "thread {t} read at {off}+{len}");
+                            }
+                        }
+                    }
+                    model
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    img.close().unwrap();
+    check_clean(&top);
+    let raw = to_raw(&top);
+    for (t, model) in models.iter().enumerate() {
+        let start = t * (size / threads) as usize + 500;
+        assert!(raw[start..start + model.len()] == model[..], "region {t}");
+    }
+}
+
+#[test]
+fn raw_backing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.raw");
+    let top = dir.path().join("top.qcow2");
+    let mut model: Vec<u8> = (0..3u32 << 20).map(|i| (i / 4096) as u8).collect();
+    std::fs::write(&base, &model).unwrap();
+    Image::create(
+        &top,
+        &CreateOptions {
+            size: 4 << 20,
+            backing_file: Some(base.clone()),
+            backing_format: Some("raw".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    model.resize(4 << 20, 0);
+    let img = Image::open(&top, &rw()).unwrap();
+    img.write_at(10_000, &[0xfe; 100]).unwrap();
+    model[10_000..10_100].fill(0xfe);
+    img.write_zeroes(1 << 20, 200_000, true).unwrap();
+    model[1 << 20..(1 << 20) + 200_000].fill(0);
+    img.write_at((3 << 20) - 50, &[0xfd; 100]).unwrap();
+    model[(3 << 20) - 50..(3 << 20) + 50].fill(0xfd);
+    let chain = img.info_chain();
+    assert_eq!(chain.len(), 2);
+    assert_eq!(chain[0].backing_format.as_deref(), Some("raw"));
+    img.close().unwrap();
+    check_clean(&top);
+    assert!(to_raw(&top) == model);
+    let info = qemu_img_ok(&["info", "--backing-chain", top.to_str().unwrap()]);
+    assert!(info.contains("backing file format: raw"), "{info}");
 }

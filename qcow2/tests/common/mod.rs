@@ -67,3 +67,47 @@ pub fn to_raw(img: &Path) -> Vec<u8> {
     std::fs::remove_file(&raw).unwrap();
     v
 }
+
+/// Per-cluster (kind, depth) from `qemu-img map`, in our terms: depth 1 = top, 0 = nowhere.
+pub fn qemu_map(img: &Path, cluster: u64, size: u64) -> Vec<(qcow2::ExtentKind, u32)> {
+    let text = qemu_img_ok(&["map", "--output=json", "-f", "qcow2", img.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut out = vec![(qcow2::ExtentKind::Unallocated, 0); size.div_ceil(cluster) as usize];
+    for e in v.as_array().unwrap() {
+        let start = e["start"].as_u64().unwrap();
+        let len = e["length"].as_u64().unwrap();
+        let kind = if !e["present"].as_bool().unwrap() {
+            (qcow2::ExtentKind::Unallocated, 0)
+        } else if e["data"].as_bool().unwrap() {
+            (
+                qcow2::ExtentKind::Data,
+                e["depth"].as_u64().unwrap() as u32 + 1,
+            )
+        } else {
+            (
+                qcow2::ExtentKind::Zero,
+                e["depth"].as_u64().unwrap() as u32 + 1,
+            )
+        };
+        for c in start / cluster..(start + len).div_ceil(cluster) {
+            out[c as usize] = kind;
+        }
+    }
+    out
+}
+
+/// Per-cluster (kind, depth) from our block status.
+pub fn our_map(img: &qcow2::Image, cluster: u64) -> Vec<(qcow2::ExtentKind, u32)> {
+    let size = img.virtual_size();
+    let mut out = vec![(qcow2::ExtentKind::Unallocated, 0); size.div_ceil(cluster) as usize];
+    let mut pos = 0;
+    for e in img.block_status(0, size).unwrap() {
+        assert_eq!(e.offset, pos, "extents are contiguous");
+        pos += e.length;
+        for c in e.offset / cluster..(e.offset + e.length).div_ceil(cluster) {
+            out[c as usize] = (e.kind, e.depth);
+        }
+    }
+    assert_eq!(pos, size);
+    out
+}
