@@ -45,12 +45,33 @@ pub struct DiskRequest {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct CompleteRequest {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_u32")]
     pub disk_id: Option<u32>,
     #[serde(default)]
     pub change_id: Option<String>,
     #[serde(default)]
     pub bytes_transferred: Option<u64>,
+}
+
+/// A disk id as a number or a string of digits (clients differ in how they encode it).
+fn lenient_u32<'de, D: serde::Deserializer<'de>>(
+    de: D,
+) -> std::result::Result<Option<u32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumOrText {
+        Num(u32),
+        Text(String),
+    }
+    match Option::<NumOrText>::deserialize(de)? {
+        None => Ok(None),
+        Some(NumOrText::Num(n)) => Ok(Some(n)),
+        Some(NumOrText::Text(t)) => t
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("disk_id {t:?} is not a number"))),
+    }
 }
 
 fn validate(req: &CreateBackup) -> Result<()> {
@@ -172,6 +193,7 @@ impl Hub {
                 id: id.clone(),
                 disks: active,
                 last_touch: Mutex::new(SystemTime::now()),
+                connected: Default::default(),
             }),
         );
         tracing::info!(backup_id = %id, vm = %backup.vm_name, disks = backup.disks.len(),
@@ -226,13 +248,15 @@ impl Hub {
             create_image(path.clone(), d.capacity_bytes, backing).await?;
             let image = open_image(path.clone(), true).await?;
             let export_name = format!("{vm_dir}-{}-disk{}", random_hex(), d.disk_id);
-            self.nbd
-                .add_export(&export_name, Arc::new(ImageExport::new(Arc::clone(&image))))?;
+            let export = ImageExport::new(Arc::clone(&image));
+            let written = export.written_counter();
+            self.nbd.add_export(&export_name, Arc::new(export))?;
             active.push(ActiveDisk {
                 disk_id: d.disk_id,
                 export_name: export_name.clone(),
                 image: Mutex::new(Some(image)),
                 last_stats: Mutex::new(Default::default()),
+                written,
             });
             disks.push(Disk {
                 disk_id: d.disk_id,
@@ -291,8 +315,21 @@ impl Hub {
             )?;
             tracing::info!(backup_id = %id, disk_id, change_id = ?req.change_id, "disk complete");
         }
-        if let Some(active) = self.active.lock().get(id) {
+        let active = self.active.lock().get(id).cloned();
+        if let Some(active) = active {
             active.touch();
+            // A fast client may connect, write and complete between two lifecycle ticks; the
+            // backup still ran, and its start time feeds the speed figure.
+            let connected = active.disks.iter().any(|d| {
+                self.nbd
+                    .export_stats(&d.export_name)
+                    .is_some_and(|s| s.total_connections > 0)
+            });
+            if connected && self.catalog.mark_running(id)? {
+                active
+                    .connected
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         let backup = self.backup(id)?;
         if backup.disks.iter().all(|d| d.completed) {
@@ -362,7 +399,7 @@ impl Hub {
             let size = std::fs::metadata(&record.qcow2_path)
                 .map_err(Error::io(format!("stat {}", record.qcow2_path.display())))?
                 .len();
-            let written = disk.last_stats.lock().bytes_written;
+            let written = disk.bytes_written();
             self.catalog
                 .record_disk_result(id, disk.disk_id, written, size)?;
         }
@@ -390,10 +427,20 @@ impl Hub {
                     tracing::warn!(export = %disk.export_name, %err, "closing image");
                 }
             }
-            let written = disk.last_stats.lock().bytes_written;
+            let written = disk.bytes_written();
+            let size = self
+                .catalog
+                .backup(id)
+                .ok()
+                .flatten()
+                .and_then(|b| {
+                    b.disk(disk.disk_id)
+                        .and_then(|d| std::fs::metadata(&d.qcow2_path).ok())
+                })
+                .map_or(0, |m| m.len());
             let _ = self
                 .catalog
-                .record_disk_result(id, disk.disk_id, written, 0);
+                .record_disk_result(id, disk.disk_id, written, size);
         }
     }
 
@@ -509,7 +556,7 @@ impl Hub {
     }
 }
 
-fn remove_backup_dir(backup: &Backup) {
+pub(crate) fn remove_backup_dir(backup: &Backup) {
     let Some(dir) = backup.disks.first().and_then(|d| d.qcow2_path.parent()) else {
         return;
     };
@@ -521,5 +568,21 @@ fn remove_backup_dir(backup: &Backup) {
     // The VM's directory goes when its last backup does; a non-empty one stays.
     if let Some(vm_dir) = dir.parent() {
         let _ = std::fs::remove_dir(vm_dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CompleteRequest;
+
+    #[test]
+    fn complete_bodies() {
+        let parse = |s: &str| serde_json::from_str::<CompleteRequest>(s);
+        assert_eq!(parse(r#"{"disk_id": 2}"#).unwrap().disk_id, Some(2));
+        assert_eq!(parse(r#"{"disk_id": "3"}"#).unwrap().disk_id, Some(3));
+        assert_eq!(parse(r#"{"disk_id": null}"#).unwrap().disk_id, None);
+        assert_eq!(parse("{}").unwrap().disk_id, None);
+        assert!(parse(r#"{"disk_id": "x"}"#).is_err());
+        assert!(parse(r#"{"disk_id": -1}"#).is_err());
     }
 }

@@ -166,6 +166,15 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_parses() {
+        let file: FileConfig =
+            toml::from_str(include_str!("../../deploy/config.example.toml")).unwrap();
+        let c = Config::resolve(file, Overrides::default()).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/sendense-hub"));
+        assert_eq!(c.stale_after, Config::default().stale_after);
+    }
+
+    #[test]
     fn bad_files_are_errors() {
         assert!(toml::from_str::<FileConfig>("no_such_key = 1").is_err());
         assert!(toml::from_str::<FileConfig>("stale_after_secs = \"x\"").is_err());

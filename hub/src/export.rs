@@ -5,6 +5,7 @@
 //! nowhere else.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use nbd_server::{Export, ExportError, Extent};
@@ -20,6 +21,9 @@ pub struct ImageExport {
     size: u64,
     read_only: bool,
     preferred: u32,
+    /// Bytes of WRITE payload stored, counted here so the total is exact even for writes that
+    /// land while the server drains the export.
+    written: Arc<AtomicU64>,
 }
 
 impl ImageExport {
@@ -32,7 +36,13 @@ impl ImageExport {
             size,
             read_only,
             preferred,
+            written: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// The running count of bytes written through this export.
+    pub fn written_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.written)
     }
 
     /// Serve a writable image read-only (restores share the image files of completed backups).
@@ -145,6 +155,7 @@ impl Export for ImageExport {
 
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), ExportError> {
         self.check_writable()?;
+        let len = data.len() as u64;
         self.blocking(move |image| {
             image.write_at(offset, &data)?;
             if fua {
@@ -152,7 +163,9 @@ impl Export for ImageExport {
             }
             Ok(())
         })
-        .await
+        .await?;
+        self.written.fetch_add(len, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn write_zeroes(

@@ -38,8 +38,14 @@ impl Hub {
                 }
                 *disk.last_stats.lock() = stats;
             }
-            if connected && self.catalog.mark_running(&active.id)? {
-                tracing::info!(backup_id = %active.id, "backup running (first connection)");
+            let seen = active.connected.load(std::sync::atomic::Ordering::Relaxed);
+            if connected && !seen {
+                if self.catalog.mark_running(&active.id)? {
+                    tracing::info!(backup_id = %active.id, "backup running (first connection)");
+                }
+                active
+                    .connected
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
             }
             let idle = now_sys.duration_since(last).unwrap_or_default();
             if idle > self.config.stale_after {

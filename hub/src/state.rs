@@ -57,6 +57,8 @@ pub(crate) struct ActiveBackup {
     pub disks: Vec<ActiveDisk>,
     /// Last call from the client (complete, telemetry) or creation; counts as activity.
     pub last_touch: Mutex<SystemTime>,
+    /// A client has connected (ready -> running was recorded).
+    pub connected: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) struct ActiveDisk {
@@ -66,6 +68,15 @@ pub(crate) struct ActiveDisk {
     pub image: Mutex<Option<Arc<Image>>>,
     /// Last figures read from the server; kept once the export is gone.
     pub last_stats: Mutex<ExportStats>,
+    /// Bytes written through the export (see [`crate::export::ImageExport::written_counter`]).
+    pub written: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ActiveDisk {
+    pub fn bytes_written(&self) -> u64 {
+        let counted = self.written.load(std::sync::atomic::Ordering::Relaxed);
+        counted.max(self.last_stats.lock().bytes_written)
+    }
 }
 
 impl ActiveBackup {
@@ -143,6 +154,17 @@ impl Hub {
                 .set_status(&backup.id, Status::Failed, Some(&reason))?;
         }
         self.catalog.clear_restores()?;
+        // A cancel interrupted between the catalog update and the removal of its images.
+        let cancelled = crate::catalog::BackupFilter {
+            status: Some(Status::Cancelled.as_str().to_owned()),
+            ..Default::default()
+        };
+        for backup in self.catalog.backups(&cancelled)? {
+            if backup.disks.iter().any(|d| d.qcow2_path.exists()) {
+                tracing::info!(backup_id = %backup.id, "removing images of a cancelled backup");
+                crate::backups::remove_backup_dir(&backup);
+            }
+        }
         Ok(())
     }
 
@@ -166,7 +188,9 @@ impl Hub {
         if let Some(stats) = self.nbd.export_stats(&disk.export_name) {
             *disk.last_stats.lock() = stats;
         }
-        Some(disk.last_stats.lock().clone())
+        let mut stats = disk.last_stats.lock().clone();
+        stats.bytes_written = disk.bytes_written();
+        Some(stats)
     }
 
     /// Stop serving: listeners are already closed by the caller's token. In-flight requests get

@@ -291,9 +291,9 @@ async fn incremental_holds_only_changed_clusters_and_its_chain_compares_equal() 
     let parent = completed_full(&h, "db", &src, 4 * MIB).await;
     let parent_id = parent["backup_id"].as_str().unwrap();
 
-    // The disk grew by 1 MiB since.
-    let req =
-        json!({"vm_name": "db", "backup_type": "incremental", "disks": [disk(0, 2000, 5 * MIB)]});
+    // The disk grew by 1 MiB since, and a new disk (no parent image: a full image) was added.
+    let req = json!({"vm_name": "db", "backup_type": "incremental",
+        "disks": [disk(0, 2000, 5 * MIB), disk(1, 2001, MIB)]});
     let (s, inc) = h.post("/api/v1/backups", &req).await;
     assert_eq!(s, StatusCode::OK, "{inc}");
     assert_eq!(inc["parent_backup_id"], parent_id);
@@ -330,6 +330,24 @@ async fn incremental_holds_only_changed_clusters_and_its_chain_compares_equal() 
     let image = std::path::PathBuf::from(done["disk_results"][0]["qcow2_path"].as_str().unwrap());
     qemu_img_check(&image);
     qemu_img_compare(&expected, &image);
+    let info = |path: &std::path::Path| -> Value {
+        let out = run_ok(
+            Command::new("qemu-img")
+                .args(["info", "--output=json"])
+                .arg(path),
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert!(info(&image)["backing-filename"].is_string());
+    assert_eq!(info(&image)["virtual-size"], 5 * MIB);
+    let new_disk =
+        std::path::PathBuf::from(done["disk_results"][1]["qcow2_path"].as_str().unwrap());
+    qemu_img_check(&new_disk);
+    assert!(
+        info(&new_disk)["backing-filename"].is_null(),
+        "{}",
+        info(&new_disk)
+    );
 
     // Only the changed clusters live in the incremental's own layer.
     let map = run_ok(
@@ -649,6 +667,10 @@ async fn every_error_status() {
         StatusCode::NOT_FOUND,
         "not_found",
     );
+    let put = h
+        .call(Method::PUT, "/api/v1/backups", Some("{}"), Caller::Operator)
+        .await;
+    assert_error(&put, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
 
     // A second repository works like the default one.
     let repo_path = dir.path().join("repo2");
@@ -802,6 +824,27 @@ async fn restart_keeps_the_catalog_and_fails_unfinished_backups() {
     let (s, inc) = h.post("/api/v1/backups", &inc).await;
     assert_eq!(s, StatusCode::OK, "{inc}");
     assert_eq!(inc["parent_backup_id"], done_id.as_str());
+
+    // A restore expires after its ttl: its export goes and it leaves the list.
+    let (s, r) = h
+        .post(
+            "/api/v1/restores",
+            &json!({"backup_id": done_id, "disk_id": 0, "ttl_seconds": 1}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let mut left = Value::Null;
+    for _ in 0..600 {
+        left = h.get("/api/v1/restores").await.1;
+        if left["restores"] == json!([]) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(left["restores"], json!([]), "{left}");
+    let uri = r["nbd_uri"].as_str().unwrap().to_owned();
+    let probe = blocking(move || Command::new("nbdinfo").arg(uri).output().unwrap()).await;
+    assert!(!probe.status.success(), "expired restore still served");
     h.stop().await;
 }
 
@@ -824,5 +867,93 @@ async fn idle_backup_goes_stale() {
     let uri = b["disk_results"][0]["nbd_uri"].as_str().unwrap().to_owned();
     let probe = blocking(move || Command::new("nbdinfo").arg(uri).output().unwrap()).await;
     assert!(!probe.status.success(), "stale export still served");
+    h.stop().await;
+}
+
+/// Like the SNA: two connections, `complete` sent while they are still open, then one closes
+/// with NBD_CMD_DISC and the other is just dropped.
+const SNA_LIKE: &str = r#"
+import nbd, os, sys
+a = nbd.NBD(); a.connect_uri(sys.argv[1])
+b = nbd.NBD(); b.connect_uri(sys.argv[1])
+a.pwrite(b"\x5a" * 1048576, 0)
+b.pwrite(b"\xa5" * 1048576, 1048576)
+print("written", flush=True)
+sys.stdin.readline()
+a.shutdown()
+os._exit(0)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn complete_before_disconnect_drains_open_connections() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path().join("data"));
+    // Long enough that only the client closing its connections ends the drain here.
+    config.drain_grace = std::time::Duration::from_secs(120);
+    let h = TestHub::start(config).await;
+    let (s, b) = h
+        .post(
+            "/api/v1/backups",
+            &full("sna", vec![disk(4, 2003, 2 * MIB)]),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let id = b["backup_id"].as_str().unwrap().to_owned();
+    let uri = b["disk_results"][0]["nbd_uri"].as_str().unwrap().to_owned();
+
+    let mut py = Command::new("/usr/bin/python3")
+        .args(["-c", SNA_LIKE])
+        .arg(&uri)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(py.stdout.take().unwrap());
+    let line = blocking(move || {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        line
+    })
+    .await;
+    assert_eq!(line.trim(), "written");
+
+    let complete = format!("/api/v1/backups/{id}/complete");
+    let (s, c) = h
+        .call(
+            Method::POST,
+            &complete,
+            Some(r#"{"change_id":"sna-1"}"#),
+            Caller::Sna,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    assert_eq!(c["status"], "finalizing");
+    assert_eq!(c["disk_results"][0]["status"], "completed");
+    // While draining, the export takes no new connections.
+    let probe_uri = uri.clone();
+    let probe = blocking(move || Command::new("nbdinfo").arg(probe_uri).output().unwrap()).await;
+    assert!(
+        !probe.status.success(),
+        "a finalising export accepted a connection"
+    );
+    let (_, still) = h.get(&format!("/api/v1/backups/{id}")).await;
+    assert_eq!(still["status"], "finalizing");
+
+    py.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let status = blocking(move || py.wait().unwrap()).await;
+    assert!(status.success());
+    let done = h.wait_status(&id, "completed").await;
+    assert_eq!(done["disk_results"][0]["change_id"], "sna-1");
+    assert_eq!(done["disk_results"][0]["bytes_written"], 2 * MIB);
+
+    let mut expected = vec![0x5au8; MIB as usize];
+    expected.extend(std::iter::repeat_n(0xa5u8, MIB as usize));
+    let raw = dir.path().join("expected.raw");
+    std::fs::write(&raw, &expected).unwrap();
+    let image = std::path::PathBuf::from(done["disk_results"][0]["qcow2_path"].as_str().unwrap());
+    assert!(image.ends_with("disk4.qcow2"));
+    qemu_img_check(&image);
+    qemu_img_compare(&raw, &image);
     h.stop().await;
 }

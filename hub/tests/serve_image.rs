@@ -112,6 +112,24 @@ fn qemu_img_convert_over_unix_socket_and_read_only_export() {
     qemu_img_check(&image);
 }
 
+/// First extent (length, flags) of each metadata context at a few offsets, as JSON.
+const BLOCK_STATUS: &str = r#"
+import json, nbd, sys
+h = nbd.NBD()
+h.add_meta_context("base:allocation")
+h.add_meta_context("qemu:allocation-depth")
+h.connect_uri(sys.argv[1])
+def probe(offset):
+    seen = {}
+    def cb(ctx, off, entries, err):
+        seen[ctx] = entries[:2]
+        return 0
+    h.block_status(65536, offset, cb)
+    return seen
+print(json.dumps({str(o): probe(o) for o in (0, 3 << 20, 6 << 20)}))
+h.shutdown()
+"#;
+
 #[test]
 fn overlay_with_backing_file_reads_through_the_chain() {
     let dir = tempfile::tempdir().unwrap();
@@ -150,6 +168,24 @@ fn overlay_with_backing_file_reads_through_the_chain() {
             ])
             .arg(&uri),
     );
+    // Block status through the adapter: base:allocation flags and chain depth per range.
+    let status = run_ok(
+        Command::new("/usr/bin/python3")
+            .args(["-c", BLOCK_STATUS])
+            .arg(&uri),
+    );
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let at = |offset: u64| &status[offset.to_string()];
+    assert_eq!(at(0)["base:allocation"][1], 0, "{status}"); // data, from the backing file
+    assert_eq!(at(0)["qemu:allocation-depth"][1], 2, "{status}");
+    assert_eq!(at(3 << 20)["base:allocation"][1], 0, "{status}");
+    assert_eq!(at(3 << 20)["qemu:allocation-depth"][1], 1, "{status}");
+    assert_eq!(
+        at(6 << 20)["base:allocation"][1].as_u64().unwrap() & 2,
+        2,
+        "{status}"
+    ); // zero
+    assert_eq!(at(6 << 20)["qemu:allocation-depth"][1], 1, "{status}");
     data[3 << 20..4 << 20].fill(0xa5);
     data[6 << 20..(6 << 20) + (64 << 10)].fill(0);
     assert!(server.terminate_and_wait().success());
@@ -186,4 +222,48 @@ fn bad_arguments_are_refused() {
         &[1],
     );
     run_expect(Command::new(BIN).arg("check").arg(&image), &[1]);
+}
+
+#[test]
+fn check_exit_codes_follow_qemu_img() {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let image = tmp_path(&dir, "x.qcow2");
+    run_ok(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&image)
+            .arg("4M"),
+    );
+    run_ok(
+        Command::new("qemu-io")
+            .args(["-f", "qcow2", "-c", "write -P 9 0 128K"])
+            .arg(&image),
+    );
+    run_ok(Command::new(BIN).arg("check").arg(&image));
+
+    // Point the first L1 entry far past the end of the file: a corruption.
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&image)
+        .unwrap();
+    let mut header = [0u8; 48];
+    f.read_exact(&mut header).unwrap();
+    let l1_offset = u64::from_be_bytes(header[40..48].try_into().unwrap());
+    f.seek(SeekFrom::Start(l1_offset)).unwrap();
+    f.write_all(&((1u64 << 63) | (1u64 << 40)).to_be_bytes())
+        .unwrap();
+    drop(f);
+    run_expect(
+        Command::new("qemu-img")
+            .args(["check", "-f", "qcow2"])
+            .arg(&image),
+        &[2],
+    );
+    let out = run_expect(Command::new(BIN).arg("check").arg(&image), &[2]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("errors were found"),
+        "{out:?}"
+    );
 }

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::bufpool::BufPool;
 use crate::command::{self, Limits, MetaContext, Outcome};
 use crate::proto::request::{HeaderStyle, Request};
 use crate::proto::{CMD_DISC, CMD_READ, CMD_WRITE, EINVAL, ESHUTDOWN};
@@ -28,6 +29,8 @@ pub(crate) const MAX_DISCARD: u64 = 256 << 20;
 const READ_BUF: usize = 64 * 1024;
 /// After a hard stop the writer gets this long to deliver the ESHUTDOWN replies.
 const HARD_STOP_WRITE_WINDOW: Duration = Duration::from_secs(1);
+/// Idle payload buffers one connection keeps for reuse at most.
+const MAX_POOLED_BYTES: usize = 64 << 20;
 /// Replies gathered into one vectored write at most.
 const MAX_BATCH: usize = 64;
 
@@ -79,12 +82,13 @@ where
         .in_current_span(),
     );
     let requests = TaskTracker::new();
+    let pool = Arc::new(BufPool::new(ctx.max_in_flight_bytes.min(MAX_POOLED_BYTES)));
     let end = tokio::select! {
         biased;
         _ = ctx.entry.hard_stop.cancelled() => End::Stopped,
         _ = ctx.stop_reading.cancelled() => End::Stopped,
         _ = writer_failed.cancelled() => End::WriterFailed,
-        e = read_loop(&mut reader, &ctx, &tx, &requests) => e,
+        e = read_loop(&mut reader, &ctx, &tx, &requests, &pool) => e,
     };
     match &end {
         End::Disc => tracing::debug!("client disconnected"),
@@ -106,6 +110,7 @@ async fn read_loop<R>(
     ctx: &Arc<ConnCtx>,
     tx: &mpsc::UnboundedSender<Outgoing>,
     requests: &TaskTracker,
+    pool: &Arc<BufPool>,
 ) -> End
 where
     R: AsyncRead + Unpin,
@@ -156,13 +161,6 @@ where
         };
         ctx.entry.touch();
         let payload_len = req.payload_len(style);
-        tracing::trace!(
-            cookie = req.cookie,
-            command = req.command,
-            offset = req.offset,
-            length = req.length,
-            "request"
-        );
         if req.command == CMD_DISC && payload_len == 0 {
             return End::Disc;
         }
@@ -202,7 +200,7 @@ where
             unreachable!("the semaphores are never closed");
         };
         let payload = if payload_len > 0 {
-            match read_payload(reader, &mut buf, payload_len as usize).await {
+            match read_payload(reader, &mut buf, payload_len as usize, pool).await {
                 Ok(p) => p,
                 Err(e) => return End::Io(e),
             }
@@ -211,8 +209,17 @@ where
         };
         let ctx = Arc::clone(ctx);
         let tx = tx.clone();
+        let pool = Arc::clone(pool);
+        let span = tracing::debug_span!(
+            "request",
+            cookie = req.cookie,
+            command = req.command,
+            offset = req.offset,
+            length = req.length
+        );
         requests.spawn(
             async move {
+                let reclaim = payload.clone();
                 let outcome = tokio::select! {
                     biased;
                     o = run(&ctx, &req, limits, payload) => o,
@@ -220,6 +227,7 @@ where
                         Outcome::Failed(ESHUTDOWN, "export is going away".into())
                     }
                 };
+                pool.give(reclaim);
                 let segments = command::encode_reply(ctx.style, &req, &ctx.contexts, outcome);
                 // A closed channel means the writer is gone; the reply has nowhere to go.
                 let _ = tx.send(Outgoing {
@@ -227,7 +235,7 @@ where
                     _permits: Some((count_permit, byte_permit)),
                 });
             }
-            .in_current_span(),
+            .instrument(span),
         );
     }
 }
@@ -260,11 +268,12 @@ async fn read_payload<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
     len: usize,
+    pool: &BufPool,
 ) -> io::Result<Bytes> {
     if buf.len() >= len {
         return Ok(buf.split_to(len).freeze());
     }
-    let mut payload = BytesMut::with_capacity(len);
+    let mut payload = pool.take(len);
     payload.put(buf.split());
     while payload.len() < len {
         let want = len - payload.len();

@@ -1,12 +1,22 @@
 //! NBD server: a pure protocol codec (`proto`, no I/O) and a tokio server over the [`Export`] trait.
 //! Knows nothing about QCOW2.
 //!
-//! This file is the public contract the hub builds against (the server behind it is being written).
+//! This file is the public contract the hub builds against. Behind it:
+//! - `proto`: the wire format as data (handshake, requests, replies); no I/O, lengths checked
+//!   before anything is sized by them.
+//! - `server`: listeners' connections from accept to close; `handshake`: option haggling on a
+//!   socket; `connection`: the transmission phase (one reader, a task per request, one writer).
+//! - `command`: what a request means (validation), running it against the export, and the bytes
+//!   of its reply; `errno`: export errors to NBD errors, in one place.
+//! - `registry`: named exports, their figures, and the connections attached to each.
 #![forbid(unsafe_code)]
 
+mod bufpool;
 mod command;
 mod connection;
 mod errno;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handshake;
 pub mod proto;
 mod registry;

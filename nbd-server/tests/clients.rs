@@ -420,3 +420,63 @@ fn connections_over_the_server_limit_are_dropped() {
     assert_eq!(holder.release(), "read ok");
     t.shutdown();
 }
+
+#[test]
+fn requests_still_running_after_the_grace_period_fail_with_eshutdown() {
+    let export = Arc::new(MemExport::new(MIB));
+    export.stall_writes.store(true, Ordering::Relaxed);
+    let t = TestServer::with_export(ServerConfig::default(), "d", export.clone());
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/edge.py");
+    let child = Command::new("/usr/bin/python3")
+        .arg(path)
+        .args(["write_expect_shutdown", &t.uri("d")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait (boundedly) until the write has reached the export and is stuck there.
+    for _ in 0..2000 {
+        if export.writes.load(Ordering::Relaxed) > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(export.writes.load(Ordering::Relaxed), 1);
+    t.rt.block_on(
+        t.server
+            .remove_export("d", std::time::Duration::from_millis(50)),
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+    t.shutdown();
+}
+
+#[test]
+fn an_sna_like_session_is_durable_without_flush_or_disc() {
+    let size = 96 * MIB;
+    let export = Arc::new(MemExport::new(size));
+    let t = TestServer::with_export(ServerConfig::default(), "vm-disk0", export.clone());
+    python("edge.py", &["sna_like", &t.uri("vm-disk0")]);
+    t.wait_idle("vm-disk0");
+    assert_eq!(export.flushes.load(Ordering::Relaxed), 1);
+    let c = export.contents();
+    let m32 = (32 * MIB) as usize;
+    assert!(c[..m32 / 2].iter().all(|&b| b == 0x5a));
+    assert!(c[m32 / 2..m32 * 3 / 2].iter().all(|&b| b == 0));
+    assert!(c[m32 * 3 / 2..m32 * 2].iter().all(|&b| b == 0x33));
+    assert!(c[m32 * 2..m32 * 3 - 4096].iter().all(|&b| b == 0));
+    assert!(c[m32 * 3 - 4096..].iter().all(|&b| b == 0x77));
+    let stats = t.server.export_stats("vm-disk0").unwrap();
+    assert_eq!(stats.connections, 0);
+    assert_eq!(stats.total_connections, 3);
+    assert_eq!(stats.bytes_written, 2 * 32 * MIB + 4096);
+    t.shutdown();
+}
+
+#[test]
+fn option_haggling_follows_the_spec() {
+    let t = TestServer::with_export(ServerConfig::default(), "hs", Arc::new(MemExport::new(MIB)));
+    python("edge.py", &["handshake_rules", &t.uri("hs")]);
+    t.shutdown();
+}

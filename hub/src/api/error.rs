@@ -12,6 +12,7 @@ pub enum ApiError {
     Unauthorized,
     NotFound(String),
     Conflict(String),
+    MethodNotAllowed,
     /// Logged in full; the client only learns that something failed inside.
     Internal(String),
 }
@@ -38,6 +39,11 @@ impl IntoResponse for ApiError {
             ),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method".to_owned(),
+            ),
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "request failed");
                 (

@@ -36,21 +36,25 @@ pub async fn metrics(State(hub): State<Hub>) -> Result<impl IntoResponse, ApiErr
                 connections += stats.connections as u64;
                 live_bytes += stats.bytes_written;
             } else {
-                live_bytes += disk.last_stats.lock().bytes_written;
+                live_bytes += disk.bytes_written();
             }
         }
     }
-    let restores = hub.restores.lock().len() as u64;
+    for restore in hub.catalog.restores()? {
+        if let Some(stats) = hub.nbd.export_stats(&restore.export_name) {
+            exports += 1;
+            connections += stats.connections as u64;
+        }
+    }
     let received = hub.catalog.bytes_received_finished()? + live_bytes;
     let _ = write!(
         out,
         "# HELP sendense_bytes_received_total Bytes written by NBD clients into backup images.\n\
          # TYPE sendense_bytes_received_total counter\nsendense_bytes_received_total {received}\n\
          # HELP sendense_active_exports NBD exports open (backups and restores).\n\
-         # TYPE sendense_active_exports gauge\nsendense_active_exports {}\n\
-         # HELP sendense_nbd_connections Open NBD connections to backup exports.\n\
-         # TYPE sendense_nbd_connections gauge\nsendense_nbd_connections {connections}\n",
-        exports + restores
+         # TYPE sendense_active_exports gauge\nsendense_active_exports {exports}\n\
+         # HELP sendense_nbd_connections Open NBD connections (backups and restores).\n\
+         # TYPE sendense_nbd_connections gauge\nsendense_nbd_connections {connections}\n"
     );
     out.push_str(
         "# HELP sendense_repository_free_bytes Free bytes on each repository's filesystem.\n",

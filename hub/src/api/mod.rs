@@ -57,7 +57,28 @@ pub fn app(hub: Hub) -> Router {
         .merge(sna)
         .merge(operator)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(log_request))
         .with_state(hub)
+}
+
+/// One log line per request: state changes at info, reads and the periodic telemetry at debug,
+/// failures at warn.
+async fn log_request(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let ms = started.elapsed().as_millis() as u64;
+    if resp.status().is_server_error() {
+        tracing::warn!(%method, %path, status, ms, "request");
+    } else if method == axum::http::Method::GET || path.starts_with("/api/v1/telemetry/") {
+        tracing::debug!(%method, %path, status, ms, "request");
+    } else {
+        tracing::info!(%method, %path, status, ms, "request");
+    }
+    resp
 }
 
 async fn health() -> Json<serde_json::Value> {
@@ -66,6 +87,10 @@ async fn health() -> Json<serde_json::Value> {
 
 async fn not_found() -> ApiError {
     ApiError::NotFound("no such route".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 fn bearer_ok(hub: &Hub, parts: &Parts) -> bool {
@@ -98,11 +123,21 @@ async fn require_token_or_loopback(
     let loopback = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .is_some_and(|ConnectInfo(peer)| peer.ip().is_loopback());
+        .is_some_and(|ConnectInfo(peer)| is_loopback(peer.ip()));
     if !loopback && !bearer_ok(&hub, &parts) {
         return Err(ApiError::Unauthorized);
     }
     Ok(next.run(Request::from_parts(parts, body)).await)
+}
+
+/// Loopback, also as an IPv4-mapped IPv6 address (an API listening on `[::]`).
+fn is_loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+    }
 }
 
 /// A JSON body whose every rejection (unreadable, too large, malformed, wrong fields) is an
@@ -139,5 +174,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
             .await
             .map(|q| ApiQuery(q.0))
             .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_peers() {
+        for ip in ["127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1"] {
+            assert!(super::is_loopback(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["10.0.0.1", "::ffff:10.0.0.1", "2001:db8::1"] {
+            assert!(!super::is_loopback(ip.parse().unwrap()), "{ip}");
+        }
     }
 }

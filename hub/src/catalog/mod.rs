@@ -23,8 +23,14 @@ pub struct Catalog {
     conn: Mutex<Connection>,
 }
 
+/// RFC 3339 in UTC with a fixed number of fraction digits, so the text sorts like the time
+/// (the catalog orders by these columns).
 pub fn fmt_time(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339)
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+    );
+    t.to_offset(time::UtcOffset::UTC)
+        .format(FORMAT)
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
@@ -132,7 +138,8 @@ impl Catalog {
     pub fn open(path: &Path) -> Result<Catalog> {
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // A completed backup must stay recorded through a power cut; writes are rare.
+        conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
@@ -498,6 +505,19 @@ mod tests {
                 completed_at: None,
             }],
         }
+    }
+
+    #[test]
+    fn times_sort_as_text() {
+        let t = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let a = fmt_time(t);
+        let b = fmt_time(t + time::Duration::milliseconds(100));
+        assert_eq!(a, "2023-11-14T22:13:20.000000Z");
+        assert!(a < b);
+        assert_eq!(
+            parse_time(&b).unwrap(),
+            t + time::Duration::milliseconds(100)
+        );
     }
 
     #[test]

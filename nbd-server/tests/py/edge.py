@@ -312,6 +312,21 @@ def write_and_vanish(uri):
     os._exit(0)
 
 
+def sna_like(uri):
+    """What the SNA backup client does: structured replies and base:allocation, several
+    connections, 32 MiB writes and WRITE_ZEROES, one idle connection, no FLUSH, no DISC."""
+    mib32 = 32 << 20
+    a, b, idle = (connect(uri, ["base:allocation"]) for _ in range(3))
+    assert a.get_block_size(nbd.SIZE_MAXIMUM) >= mib32
+    a.pwrite(b"\x5a" * mib32, 0)
+    b.pwrite(b"\x33" * mib32, mib32)
+    b.zero(mib32, mib32 // 2)
+    a.pwrite(b"\x77" * 4096, 3 * mib32 - 4096)
+    sys.stdout.write("ok\n")
+    sys.stdout.flush()
+    os._exit(0)
+
+
 def hold(uri):
     """Connects, says ready, waits for a line on stdin, then reads: prints the outcome."""
     h = connect(uri)
@@ -323,6 +338,13 @@ def hold(uri):
         print("read ok", flush=True)
     except nbd.Error as e:
         print("read failed", flush=True)
+
+
+def write_expect_shutdown(uri):
+    """The export stalls writes; the server's hard stop must answer with ESHUTDOWN."""
+    h = connect(uri)
+    expect_error(lambda: h.pwrite(b"s" * 4096, 0), errno.ESHUTDOWN, "stalled write")
+    print("ok")
 
 
 # --- extended headers, by hand (libnbd here predates them) ---
@@ -403,6 +425,114 @@ def extended(uri):
     assert rtype == 0x8001 and struct.unpack(">I", data[:4])[0] == errno.ENOSPC
     ext_request(s, 0, 2, 6, 0, 0)
     assert recv_until_eof(s)
+    print("ok")
+
+
+def handshake_rules(uri):
+    """Option haggling by hand: the answers the spec asks for, and the connection going on."""
+    _, _, name = parse_tcp(uri)
+    n = name.encode()
+
+    def meta(code, export, *queries):
+        data = struct.pack(">I", len(export)) + export + struct.pack(">I", len(queries))
+        for q in queries:
+            data += struct.pack(">I", len(q)) + q
+        opt(s, code, data)
+        out = []
+        while True:
+            _, rtype, body = opt_reply(s)
+            if rtype != 4:
+                return rtype, out
+            out.append((struct.unpack(">I", body[:4])[0], body[4:]))
+
+    s = raw_connect(uri, go=False)
+    # Meta contexts need structured replies first.
+    assert meta(9, n)[0] == 0x80000003
+    opt(s, 99, b"junk")
+    assert opt_reply(s)[1] == 0x80000001, "unknown option"
+    opt(s, 8, b"x")
+    assert opt_reply(s)[1] == 0x80000003, "structured reply with data"
+    opt(s, 8)
+    assert opt_reply(s)[1] == 1
+    opt(s, 8)
+    assert opt_reply(s)[1] == 0x80000003, "structured reply twice"
+    # INFO on an unknown export, then on ours (asking for its name).
+    opt(s, 6, struct.pack(">I", 4) + b"nope" + struct.pack(">H", 0))
+    assert opt_reply(s)[1] == 0x80000006
+    opt(s, 6, struct.pack(">I", len(n)) + n + struct.pack(">HH", 1, 1))
+    infos = {}
+    while True:
+        _, rtype, body = opt_reply(s)
+        if rtype == 1:
+            break
+        assert rtype == 3
+        infos[struct.unpack(">H", body[:2])[0]] = body[2:]
+    assert set(infos) == {0, 1, 3}, infos
+    assert infos[1] == n
+    assert struct.unpack(">III", infos[3]) == (1, 4096, 64 << 20)
+    # Malformed INFO: name length past the data.
+    opt(s, 6, struct.pack(">I", 200) + n)
+    assert opt_reply(s)[1] == 0x80000003
+    # Listing contexts: all, by namespace, unknown.
+    rtype, ctxs = meta(9, n)
+    assert rtype == 1 and [c[1] for c in ctxs] == [b"base:allocation", b"qemu:allocation-depth"]
+    rtype, ctxs = meta(9, n, b"qemu:")
+    assert [c[1] for c in ctxs] == [b"qemu:allocation-depth"]
+    rtype, ctxs = meta(9, n, b"other:thing")
+    assert rtype == 1 and ctxs == []
+    assert meta(9, b"nope")[0] == 0x80000006
+    # A second SET replaces what the first selected.
+    rtype, ctxs = meta(10, n, b"qemu:allocation-depth")
+    assert rtype == 1 and len(ctxs) == 1
+    rtype, ctxs = meta(10, n, b"base:allocation")
+    assert rtype == 1 and len(ctxs) == 1
+    ctx_id = ctxs[0][0]
+    opt(s, 7, struct.pack(">I", len(n)) + n + struct.pack(">H", 0))
+    while opt_reply(s)[1] != 1:
+        pass
+    # Compact requests, structured block status with the selected context only.
+    s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 7, 77, 0, 8192))
+    magic, flags, rtype, cookie, length = struct.unpack(">IHHQI", recv_exact(s, 20))
+    assert (magic, flags, rtype, cookie) == (0x668E33EF, 1, 5, 77)
+    body = recv_exact(s, length)
+    assert struct.unpack(">III", body) == (ctx_id, 8192, 3)
+    # An unknown flag on a READ: an error chunk, and the connection goes on.
+    s.sendall(struct.pack(">IHHQQI", 0x25609513, 0x40, 0, 80, 0, 512))
+    magic, flags, rtype, cookie, length = struct.unpack(">IHHQI", recv_exact(s, 20))
+    assert (magic, flags, rtype, cookie) == (0x668E33EF, 1, 0x8001, 80)
+    assert struct.unpack(">I", recv_exact(s, length)[:4])[0] == errno.EINVAL
+    # A write gets a simple reply.
+    s.sendall(struct.pack(">IHHQQI", 0x25609513, 1, 1, 78, 0, 4) + b"abcd")
+    assert struct.unpack(">IIQ", recv_exact(s, 16)) == (0x67446698, 0, 78)
+    s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 2, 79, 0, 0))
+    assert recv_until_eof(s)
+
+    # ABORT: an ACK, then the end.
+    s = raw_connect(uri, go=False)
+    opt(s, 2)
+    assert opt_reply(s)[1] == 1
+    assert recv_until_eof(s)
+    # An option of absurd length: dropped before anything is allocated.
+    s = raw_connect(uri, go=False)
+    s.sendall(struct.pack(">QII", IHAVEOPT, 7, 0xFFFFFFF0))
+    assert recv_until_eof(s)
+    # EXPORT_NAME of an unknown export: no error reply exists, the connection closes.
+    s = raw_connect(uri, go=False)
+    opt(s, 1, b"nope")
+    assert recv_until_eof(s)
+    # EXPORT_NAME of ours without NO_ZEROES: size, flags, 124 zeroes.
+    host, port, _ = parse_tcp(uri)
+    s = socket.create_connection((host, port))
+    s.settimeout(20)
+    recv_exact(s, 18)
+    s.sendall(struct.pack(">I", 1))
+    opt(s, 1, n)
+    size, tflags = struct.unpack(">QH", recv_exact(s, 10))
+    assert size == 1 << 20 and tflags & 1 and not tflags & 0x80, hex(tflags)
+    assert recv_exact(s, 124) == b"\0" * 124
+    s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 0, 5, 0, 4))
+    assert struct.unpack(">IIQ", recv_exact(s, 16)) == (0x67446698, 0, 5)
+    assert recv_exact(s, 4) == b"abcd"
     print("ok")
 
 

@@ -40,6 +40,8 @@ pub struct MemExport {
     read_only: bool,
     pub flushes: AtomicU64,
     pub writes: AtomicU64,
+    /// When set, writes never complete (until the server drops them).
+    pub stall_writes: std::sync::atomic::AtomicBool,
 }
 
 impl MemExport {
@@ -55,6 +57,7 @@ impl MemExport {
             read_only: false,
             flushes: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            stall_writes: Default::default(),
         }
     }
 
@@ -144,6 +147,9 @@ impl Export for MemExport {
         }
         self.check(offset, data.len() as u64)?;
         self.writes.fetch_add(1, Ordering::Relaxed);
+        if self.stall_writes.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
         let mut g = self.inner.lock();
         g.data[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
         for b in offset / BLOCK..(offset + data.len() as u64).div_ceil(BLOCK) {
@@ -266,13 +272,15 @@ impl TestServer {
         let server = self.server.clone();
         let name = name.to_owned();
         self.rt.block_on(async move {
-            loop {
+            // Bounded so a connection that never ends fails the test instead of hanging it.
+            for _ in 0..12_000 {
                 match server.export_stats(&name) {
-                    Some(s) if s.connections > 0 => tokio::task::yield_now().await,
-                    _ => break,
+                    Some(s) if s.connections > 0 => {}
+                    _ => return,
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
+            panic!("connections to {name:?} did not end");
         });
     }
 
