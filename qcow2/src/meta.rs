@@ -605,6 +605,10 @@ impl Meta {
         })
     }
 
+    pub fn mark_failed(&self) {
+        self.failed.set(true);
+    }
+
     fn check_failed(&self) -> Result<()> {
         if self.failed.get() {
             return Err(Error::new(
