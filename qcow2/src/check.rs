@@ -123,7 +123,9 @@ impl Walk<'_> {
 
     fn reference_n(&mut self, off: u64, len: u64, what: &str, times: u32) -> bool {
         let first = off >> self.bits;
-        let last = (off + len.max(1) - 1) >> self.bits;
+        let last = off
+            .checked_add(len.max(1) - 1)
+            .map_or(u64::MAX, |end| end >> self.bits);
         if last >= self.nb_clusters {
             self.report.corrupt(format!(
                 "ERROR {what} at offset {off:#x} is past the end of the image"

@@ -808,6 +808,13 @@ impl Image {
         if !self.writable {
             return Ok(());
         }
+        // The bulk of the dirty data goes to disk without the metadata lock, so requests keep
+        // flowing; the write-back below syncs again for what arrived meanwhile.
+        if let Err(e) = self.st.flush() {
+            // Data may be gone from the page cache: never let metadata point at it.
+            self.meta.lock().mark_failed();
+            return Err(Error::io(e, "fdatasync"));
+        }
         self.meta.lock().writeback()
     }
 

@@ -101,6 +101,9 @@ pub struct Meta {
     /// Guest clusters being freshly allocated by a write whose data is in flight; other
     /// requests touching them wait (so no cluster is ever allocated twice).
     pub inflight: HashSet<u64>,
+    /// Set when a metadata write or sync failed: after a failed fdatasync the kernel may have
+    /// dropped dirty pages, so nothing more is written or claimed durable.
+    failed: std::cell::Cell<bool>,
 }
 
 /// Dirty L2 tables that trigger a write-back (the main client never flushes a whole disk).
@@ -163,6 +166,7 @@ impl Meta {
             pending_free: Vec::new(),
             growing_reftable: false,
             inflight: HashSet::new(),
+            failed: std::cell::Cell::new(false),
         };
         if writable {
             m.frontier = m.find_frontier()?;
@@ -469,6 +473,7 @@ impl Meta {
 
     /// Hands out `n` contiguous fresh clusters (refcount 1) and returns the host offset.
     pub fn alloc(&mut self, n: u64) -> Result<u64> {
+        self.check_failed()?;
         let rbe = self.geo.rb_entries;
         loop {
             let start = self.frontier;
@@ -585,15 +590,33 @@ impl Meta {
     // ---- write-back ----
 
     fn write(&self, buf: &[u8], off: u64, what: &str) -> Result<()> {
-        self.st
-            .write_at(buf, off)
-            .map_err(|e| Error::io(e, format!("writing {what} at {off}")))?;
+        self.st.write_at(buf, off).map_err(|e| {
+            self.failed.set(true);
+            Error::io(e, format!("writing {what} at {off}"))
+        })?;
         self.bump_file_len(off + buf.len() as u64);
         Ok(())
     }
 
     fn sync(&self) -> Result<()> {
-        self.st.flush().map_err(|e| Error::io(e, "fdatasync"))
+        self.st.flush().map_err(|e| {
+            self.failed.set(true);
+            Error::io(e, "fdatasync")
+        })
+    }
+
+    pub fn mark_failed(&self) {
+        self.failed.set(true);
+    }
+
+    fn check_failed(&self) -> Result<()> {
+        if self.failed.get() {
+            return Err(Error::new(
+                crate::ErrorKind::Io,
+                "an earlier metadata write or sync failed; the image accepts no more changes",
+            ));
+        }
+        Ok(())
     }
 
     fn write_refblocks(&mut self) -> Result<bool> {
@@ -640,6 +663,7 @@ impl Meta {
     /// Puts all dirty metadata on disk in the safe order, syncing between steps, then applies the
     /// releases whose unlinking is now durable. Also makes all completed data writes durable.
     pub fn writeback(&mut self) -> Result<()> {
+        self.check_failed()?;
         self.write_refblocks()?;
         self.sync()?;
         if !self.reftable_dirty.is_empty() {

@@ -195,3 +195,23 @@ fn tables_pointing_many_entries_at_one_block() {
     assert_eq!(r.exit_code(), 2, "{r}");
     qcow2::fuzz_one(&v);
 }
+
+#[test]
+fn refblock_offset_at_the_top_of_the_address_space() {
+    // Fuzz finding crash-9bbc9b43: a refcount-table entry near 2^64 overflowed the checker.
+    let mut v = base();
+    let rt = be64(&v, 48) as usize;
+    put64(&mut v, rt + 8, 0xffff_ffff_ffff_fe00);
+    let r = qcow2::check::check_storage(&MemStorage::new(v.clone()), false).unwrap();
+    assert_eq!(r.exit_code(), 2, "{r}");
+    qcow2::fuzz_one(&v);
+}
+
+#[test]
+fn fuzz_findings_replay() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz_findings");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let data = std::fs::read(entry.unwrap().path()).unwrap();
+        qcow2::fuzz_one(&data);
+    }
+}
