@@ -364,7 +364,9 @@ impl Image {
         let gc = pos >> self.geo.cluster_bits;
         let in_c = pos & (cs - 1);
         let Some((w0, w1)) = m.l2_entry(gc)? else {
-            return Ok((Map::Lower, cs - in_c));
+            // No L2 table: the whole range it would cover falls through.
+            let table_end = (gc / self.geo.l2_entries + 1) * self.geo.l2_entries;
+            return Ok((Map::Lower, (table_end << self.geo.cluster_bits) - pos));
         };
         let ext = self.header.extended_l2();
         let e = L2Entry::decode(w0, self.geo.cluster_bits, ext)
