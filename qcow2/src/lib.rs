@@ -22,6 +22,7 @@
 mod chain;
 pub mod check;
 mod compress;
+mod create;
 mod error;
 pub mod format;
 mod image;
