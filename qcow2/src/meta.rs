@@ -18,6 +18,37 @@ use crate::error::{Error, Result};
 use crate::format::{self, MAX_REFTABLE_BYTES};
 use crate::storage::Storage;
 
+/// Table indexes are small dense integers chosen by the image, not by a network peer; a
+/// multiplicative hash is enough and much cheaper than SipHash on the read path.
+#[derive(Default, Clone, Copy)]
+pub struct IndexHash;
+
+impl std::hash::BuildHasher for IndexHash {
+    type Hasher = IndexHasher;
+    fn build_hasher(&self) -> IndexHasher {
+        IndexHasher(0)
+    }
+}
+
+pub struct IndexHasher(u64);
+
+impl std::hash::Hasher for IndexHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0 ^ x).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn write_usize(&mut self, x: usize) {
+        self.write_u64(x as u64);
+    }
+}
+
 /// Fixed facts about an image, derived from its header.
 #[derive(Debug, Clone, Copy)]
 pub struct Geometry {
@@ -78,14 +109,14 @@ pub struct Meta {
     l1_offset: u64,
     /// Dirty 512-byte sectors of the L1 table.
     l1_dirty: BTreeSet<u64>,
-    l2: HashMap<usize, L2Slot>,
+    l2: HashMap<usize, L2Slot, IndexHash>,
     l2_cap: usize,
     l2_dirty: usize,
     tick: u64,
     reftable: Vec<u64>,
     reftable_offset: u64,
     reftable_dirty: BTreeSet<u64>,
-    rb: HashMap<u64, RbSlot>,
+    rb: HashMap<u64, RbSlot, IndexHash>,
     rb_cap: usize,
     rb_dirty: usize,
     /// First cluster never handed out; everything from here on is free.
@@ -150,14 +181,14 @@ impl Meta {
             l1,
             l1_offset: h.l1_table_offset,
             l1_dirty: BTreeSet::new(),
-            l2: HashMap::new(),
+            l2: HashMap::default(),
             l2_cap,
             l2_dirty: 0,
             tick: 0,
             reftable,
             reftable_offset: h.refcount_table_offset,
             reftable_dirty: BTreeSet::new(),
-            rb: HashMap::new(),
+            rb: HashMap::default(),
             rb_cap,
             rb_dirty: 0,
             frontier: 0,
@@ -309,6 +340,17 @@ impl Meta {
     /// if the cluster has no L2 table.
     pub fn l2_entry(&mut self, guest_cluster: u64) -> Result<Option<(u64, u64)>> {
         let idx = self.geo.l1_index(guest_cluster);
+        let w = self.geo.l2_words;
+        let i = self.geo.l2_index(guest_cluster) * w;
+        // Hot path (the table is cached): one lookup.
+        self.tick += 1;
+        if let Some(slot) = self.l2.get_mut(&idx) {
+            slot.last_use = self.tick;
+            return Ok(Some((
+                slot.words[i],
+                if w == 2 { slot.words[i + 1] } else { 0 },
+            )));
+        }
         if !self.load_l2(idx)? {
             return Ok(None);
         }
