@@ -100,7 +100,28 @@ impl Framed {
                     r => break r,
                 }
             };
-            let n = n.inspect_err(|_| self.buf.truncate(have))?;
+            let n = match n {
+                Ok(n) => n,
+                Err(e) => {
+                    self.buf.truncate(have);
+                    // SO_RCVTIMEO expiring shows up as EAGAIN.
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) {
+                        let t = self
+                            .stream
+                            .read_timeout()
+                            .ok()
+                            .flatten()
+                            .unwrap_or_default();
+                        return Err(Error::Protocol(format!(
+                            "no answer from the server within {t:?}"
+                        )));
+                    }
+                    return Err(e.into());
+                }
+            };
             self.buf.truncate(have + n);
             if n == 0 {
                 return Err(Error::Protocol("server closed the connection".into()));

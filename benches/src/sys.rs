@@ -80,6 +80,19 @@ pub fn reap_within(pid: u32, timeout: Duration) -> io::Result<Option<Reaped>> {
     }
 }
 
+/// Reserves `[0, len)` of `file` (fallocate mode 0), as a preallocated target for comparisons.
+pub fn preallocate(file: &std::fs::File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let len = libc::off_t::try_from(len).map_err(|_| io::Error::other("length out of range"))?;
+    // SAFETY: fallocate only reads its integer arguments; the fd stays open for the call because
+    // `file` is borrowed.
+    if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// CPU time (user + system) used so far by this process, all threads.
 pub fn self_cpu() -> Duration {
     // SAFETY: rusage is plain old data; all-zero bytes are a valid value.
@@ -115,6 +128,13 @@ mod tests {
         let text = "Name:\tqemu-nbd\nVmPeak:\t  900 kB\nVmHWM:\t   51234 kB\nVmRSS:\t 100 kB\n";
         assert_eq!(parse_vm_hwm(text), Some(51234));
         assert_eq!(parse_vm_hwm("Name: x\n"), None);
+    }
+
+    #[test]
+    fn preallocates() {
+        let f = tempfile::tempfile().unwrap();
+        preallocate(&f, 1 << 20).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 1 << 20);
     }
 
     #[test]

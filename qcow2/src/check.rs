@@ -118,8 +118,14 @@ impl Walk<'_> {
 
     /// Counts one reference to each cluster of `[off, off + len)`; false if any is past the end.
     fn reference(&mut self, off: u64, len: u64, what: &str) -> bool {
+        self.reference_n(off, len, what, 1)
+    }
+
+    fn reference_n(&mut self, off: u64, len: u64, what: &str, times: u32) -> bool {
         let first = off >> self.bits;
-        let last = (off + len.max(1) - 1) >> self.bits;
+        let last = off
+            .checked_add(len.max(1) - 1)
+            .map_or(u64::MAX, |end| end >> self.bits);
         if last >= self.nb_clusters {
             self.report.corrupt(format!(
                 "ERROR {what} at offset {off:#x} is past the end of the image"
@@ -127,7 +133,7 @@ impl Walk<'_> {
             return false;
         }
         for c in first..=last {
-            self.refs[c as usize] = self.refs[c as usize].saturating_add(1);
+            self.refs[c as usize] = self.refs[c as usize].saturating_add(times);
         }
         true
     }
@@ -214,7 +220,13 @@ pub fn check_storage(st: &dyn Storage, repair: bool) -> Result<CheckReport> {
             l2_tables.push((i, off));
         }
     }
-    for &(i, off) in &l2_tables {
+    // A table referenced from several L1 entries is walked once, its references counted for each.
+    let mut distinct: BTreeMap<u64, u32> = BTreeMap::new();
+    for &(_, off) in &l2_tables {
+        *distinct.entry(off).or_default() += 1;
+    }
+    for (&off, &times) in &distinct {
+        let i = l2_tables.iter().find(|t| t.1 == off).map_or(0, |t| t.0);
         let table = Walk::words(&w.read(off, cs, "L2 table")?);
         let step = if ext { 2 } else { 1 };
         for (j, e) in table.chunks_exact(step).enumerate() {
@@ -230,7 +242,7 @@ pub fn check_storage(st: &dyn Storage, repair: bool) -> Result<CheckReport> {
                         ));
                     }
                     let start = host & !511;
-                    w.reference(start, sectors * 512, "compressed cluster");
+                    w.reference_n(start, sectors * 512, "compressed cluster", times);
                 }
                 Ok(L2Entry::Normal { host, .. })
                 | Ok(L2Entry::Zero {
@@ -241,7 +253,7 @@ pub fn check_storage(st: &dyn Storage, repair: bool) -> Result<CheckReport> {
                             "ERROR guest {guest:#x}: subcluster both allocated and zero"
                         ));
                     }
-                    w.reference(host, cs, "data cluster");
+                    w.reference_n(host, cs, "data cluster", times);
                 }
                 Ok(_) => {
                     if ext && (e[1] as u32) != 0 {
@@ -357,6 +369,8 @@ pub fn check_storage(st: &dyn Storage, repair: bool) -> Result<CheckReport> {
                 w.report.corruptions_fixed += 1;
             }
         }
+    }
+    for &off in distinct.keys() {
         let raw = w.read(off, cs, "L2 table")?;
         let mut table = Walk::words(&raw);
         let step = if ext { 2 } else { 1 };

@@ -3,10 +3,26 @@
 //! Every operation takes `&self`: one [`Image`] serves many concurrent requests. Metadata lookups
 //! and allocations happen under one short-held lock; data I/O happens outside it. Metadata
 //! reaches the file in the order data -> refblocks -> refcount table -> L2 -> L1 (see `meta`).
+//!
+//! How a write reaches the file ([`Image::write_at`]): under the metadata lock the request is
+//! cut into runs. A run of clusters this image owns (L2 entry with COPIED) is written in place
+//! with one `pwrite` after the lock is dropped. A run of clusters that need a host cluster
+//! (unallocated, zero, compressed, shared) gets its L2 tables first, then one contiguous
+//! allocation at the end of the file (refcounts set in the cache, file preallocated ahead in
+//! large `fallocate` steps), and its guest clusters are marked in flight; the lock is dropped
+//! and the data goes out in one `pwrite` (partial clusters are filled from the chain into one
+//! bounce buffer: copy-on-write in the same write). Then, under the lock again, the L2 entries
+//! are installed in the cache, the old clusters queued for release, the in-flight marks cleared.
+//! Dirty tables reach the file at `flush`, when too many are dirty, or when the cache must evict.
+//!
+//! Modules: `format` (pure on-disk types), `storage` (positional I/O backends), `meta` (caches,
+//! allocator, ordered write-back), `image` (the request paths), `chain` (backing layers),
+//! `compress` (deflate/zstd clusters), `check` (the checker).
 
 mod chain;
 pub mod check;
 mod compress;
+mod create;
 mod error;
 pub mod format;
 mod image;

@@ -18,6 +18,37 @@ use crate::error::{Error, Result};
 use crate::format::{self, MAX_REFTABLE_BYTES};
 use crate::storage::Storage;
 
+/// Table indexes are small dense integers chosen by the image, not by a network peer; a
+/// multiplicative hash is enough and much cheaper than SipHash on the read path.
+#[derive(Default, Clone, Copy)]
+pub struct IndexHash;
+
+impl std::hash::BuildHasher for IndexHash {
+    type Hasher = IndexHasher;
+    fn build_hasher(&self) -> IndexHasher {
+        IndexHasher(0)
+    }
+}
+
+pub struct IndexHasher(u64);
+
+impl std::hash::Hasher for IndexHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0 ^ x).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn write_usize(&mut self, x: usize) {
+        self.write_u64(x as u64);
+    }
+}
+
 /// Fixed facts about an image, derived from its header.
 #[derive(Debug, Clone, Copy)]
 pub struct Geometry {
@@ -78,14 +109,14 @@ pub struct Meta {
     l1_offset: u64,
     /// Dirty 512-byte sectors of the L1 table.
     l1_dirty: BTreeSet<u64>,
-    l2: HashMap<usize, L2Slot>,
+    l2: HashMap<usize, L2Slot, IndexHash>,
     l2_cap: usize,
     l2_dirty: usize,
     tick: u64,
     reftable: Vec<u64>,
     reftable_offset: u64,
     reftable_dirty: BTreeSet<u64>,
-    rb: HashMap<u64, RbSlot>,
+    rb: HashMap<u64, RbSlot, IndexHash>,
     rb_cap: usize,
     rb_dirty: usize,
     /// First cluster never handed out; everything from here on is free.
@@ -101,6 +132,9 @@ pub struct Meta {
     /// Guest clusters being freshly allocated by a write whose data is in flight; other
     /// requests touching them wait (so no cluster is ever allocated twice).
     pub inflight: HashSet<u64>,
+    /// Set when a metadata write or sync failed: after a failed fdatasync the kernel may have
+    /// dropped dirty pages, so nothing more is written or claimed durable.
+    failed: std::cell::Cell<bool>,
 }
 
 /// Dirty L2 tables that trigger a write-back (the main client never flushes a whole disk).
@@ -147,14 +181,14 @@ impl Meta {
             l1,
             l1_offset: h.l1_table_offset,
             l1_dirty: BTreeSet::new(),
-            l2: HashMap::new(),
+            l2: HashMap::default(),
             l2_cap,
             l2_dirty: 0,
             tick: 0,
             reftable,
             reftable_offset: h.refcount_table_offset,
             reftable_dirty: BTreeSet::new(),
-            rb: HashMap::new(),
+            rb: HashMap::default(),
             rb_cap,
             rb_dirty: 0,
             frontier: 0,
@@ -163,6 +197,7 @@ impl Meta {
             pending_free: Vec::new(),
             growing_reftable: false,
             inflight: HashSet::new(),
+            failed: std::cell::Cell::new(false),
         };
         if writable {
             m.frontier = m.find_frontier()?;
@@ -181,19 +216,49 @@ impl Meta {
 
     /// One past the highest cluster with a nonzero refcount.
     fn find_frontier(&mut self) -> Result<u64> {
+        // A hostile table may point many entries at one block: scan each block once.
+        let mut seen = HashSet::new();
         for idx in (0..self.reftable.len()).rev() {
-            if self.reftable[idx] == 0 {
+            let raw = self.reftable[idx];
+            if raw == 0 || !seen.insert(raw) {
                 continue;
             }
-            let n = self.geo.rb_entries as usize;
-            for i in (0..n).rev() {
-                let c = idx as u64 * self.geo.rb_entries + i as u64;
-                if self.refcount(c)? != 0 {
-                    return Ok(c + 1);
-                }
+            if let Some((last, _)) = self.scan_refblock(idx as u64)? {
+                return Ok(idx as u64 * self.geo.rb_entries + last + 1);
             }
         }
         Err(Error::corrupt("refcount table counts no cluster at all"))
+    }
+
+    /// The highest nonzero entry of a refblock and how many are nonzero (None if all are 0).
+    fn scan_refblock(&mut self, rbi: u64) -> Result<Option<(u64, u64)>> {
+        if !self.load_rb(rbi)? {
+            return Ok(None);
+        }
+        let order = self.geo.refcount_order;
+        let data = &self.rb[&rbi].data;
+        // Whole bytes first: entries of 8+ bits are byte-aligned; smaller ones share bytes.
+        let Some(last_byte) = data.iter().rposition(|&b| b != 0) else {
+            return Ok(None);
+        };
+        let per_byte_bits = 8u64;
+        let first_entry = (last_byte as u64 * per_byte_bits) >> order;
+        let end_entry = (((last_byte as u64 + 1) * per_byte_bits) >> order).max(first_entry + 1);
+        let last = (first_entry..end_entry)
+            .rev()
+            .find(|&i| format::refcount_get(data, order, i as usize) != 0)
+            .unwrap_or(first_entry);
+        let count = if order >= 3 {
+            let w = 1usize << (order - 3);
+            data.chunks_exact(w)
+                .filter(|c| c.iter().any(|&b| b != 0))
+                .count() as u64
+        } else {
+            (0..self.geo.rb_entries as usize)
+                .filter(|&i| format::refcount_get(data, order, i) != 0)
+                .count() as u64
+        };
+        Ok(Some((last, count)))
     }
 
     // ---- L2 tables ----
@@ -275,6 +340,17 @@ impl Meta {
     /// if the cluster has no L2 table.
     pub fn l2_entry(&mut self, guest_cluster: u64) -> Result<Option<(u64, u64)>> {
         let idx = self.geo.l1_index(guest_cluster);
+        let w = self.geo.l2_words;
+        let i = self.geo.l2_index(guest_cluster) * w;
+        // Hot path (the table is cached): one lookup.
+        self.tick += 1;
+        if let Some(slot) = self.l2.get_mut(&idx) {
+            slot.last_use = self.tick;
+            return Ok(Some((
+                slot.words[i],
+                if w == 2 { slot.words[i + 1] } else { 0 },
+            )));
+        }
         if !self.load_l2(idx)? {
             return Ok(None);
         }
@@ -439,6 +515,7 @@ impl Meta {
 
     /// Hands out `n` contiguous fresh clusters (refcount 1) and returns the host offset.
     pub fn alloc(&mut self, n: u64) -> Result<u64> {
+        self.check_failed()?;
         let rbe = self.geo.rb_entries;
         loop {
             let start = self.frontier;
@@ -555,15 +632,33 @@ impl Meta {
     // ---- write-back ----
 
     fn write(&self, buf: &[u8], off: u64, what: &str) -> Result<()> {
-        self.st
-            .write_at(buf, off)
-            .map_err(|e| Error::io(e, format!("writing {what} at {off}")))?;
+        self.st.write_at(buf, off).map_err(|e| {
+            self.failed.set(true);
+            Error::io(e, format!("writing {what} at {off}"))
+        })?;
         self.bump_file_len(off + buf.len() as u64);
         Ok(())
     }
 
     fn sync(&self) -> Result<()> {
-        self.st.flush().map_err(|e| Error::io(e, "fdatasync"))
+        self.st.flush().map_err(|e| {
+            self.failed.set(true);
+            Error::io(e, "fdatasync")
+        })
+    }
+
+    pub fn mark_failed(&self) {
+        self.failed.set(true);
+    }
+
+    fn check_failed(&self) -> Result<()> {
+        if self.failed.get() {
+            return Err(Error::new(
+                crate::ErrorKind::Io,
+                "an earlier metadata write or sync failed; the image accepts no more changes",
+            ));
+        }
+        Ok(())
     }
 
     fn write_refblocks(&mut self) -> Result<bool> {
@@ -610,6 +705,7 @@ impl Meta {
     /// Puts all dirty metadata on disk in the safe order, syncing between steps, then applies the
     /// releases whose unlinking is now durable. Also makes all completed data writes durable.
     pub fn writeback(&mut self) -> Result<()> {
+        self.check_failed()?;
         self.write_refblocks()?;
         self.sync()?;
         if !self.reftable_dirty.is_empty() {
@@ -680,15 +776,15 @@ impl Meta {
 
     /// Host bytes of clusters with a nonzero refcount.
     pub fn allocated_bytes(&mut self) -> Result<u64> {
+        let mut seen = HashSet::new();
         let mut n = 0u64;
-        for rbi in 0..self.reftable.len() as u64 {
-            if self.reftable[rbi as usize] == 0 {
+        for rbi in 0..self.reftable.len() {
+            let raw = self.reftable[rbi];
+            if raw == 0 || !seen.insert(raw) {
                 continue;
             }
-            for i in 0..self.geo.rb_entries {
-                if self.refcount(rbi * self.geo.rb_entries + i)? != 0 {
-                    n += 1;
-                }
+            if let Some((_, count)) = self.scan_refblock(rbi as u64)? {
+                n += count;
             }
         }
         Ok(n * self.geo.cluster_size)

@@ -195,7 +195,7 @@ fn kill_at_many_moments() {
     for round in 0..22u64 {
         let top = dir.path().join(format!("top{round}.qcow2"));
         let progress = dir.path().join(format!("progress{round}"));
-        let cluster_size = if round % 2 == 0 { 65536 } else { 4096 };
+        let cluster_size = [65536, 4096, 512][round as usize % 3];
         Image::create(
             &top,
             &CreateOptions {

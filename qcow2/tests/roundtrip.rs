@@ -94,7 +94,18 @@ fn workload(img: &Image, model: &mut [u8], rng: &mut StdRng, ops: usize, has_bac
     }
 }
 
+/// `QCOW2_STRESS_SEEDS=n` runs each random test with n seeds (default 1) for local soaking.
 fn run_random(cluster_size: u32, size: u64, with_backing: bool, seed: u64) {
+    let n: u64 = std::env::var("QCOW2_STRESS_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    for i in 0..n {
+        run_random_seed(cluster_size, size, with_backing, seed + i * 1000);
+    }
+}
+
+fn run_random_seed(cluster_size: u32, size: u64, with_backing: bool, seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut model = vec![0u8; size as usize];

@@ -53,6 +53,10 @@ struct Args {
     /// WRITEs in flight per connection for the Rust client.
     #[arg(long, default_value_t = 64)]
     rust_in_flight: usize,
+    /// Skip the storage-ceiling row (`dd bs=2M conv=fdatasync` into a preallocated raw file in the
+    /// same directory, no NBD).
+    #[arg(long)]
+    no_dd: bool,
     /// Also write the report (Markdown) to this file.
     #[arg(long)]
     output: Option<PathBuf>,
@@ -418,6 +422,41 @@ fn one_run(
     })
 }
 
+/// The storage ceiling: `dd` writes the source into a preallocated raw file on the same filesystem
+/// (the reference: no NBD, no QCOW2, no allocation on the way). Its CPU counts as "server"
+/// CPU; the preallocation is not timed.
+fn dd_run(size: u64, source: &Path, work: &Path) -> Result<Measurement> {
+    let dir = tempfile::Builder::new().prefix("dd-").tempdir_in(work)?;
+    let target = dir.path().join("raw");
+    sys::preallocate(&File::create(&target)?, size).context("preallocating the dd target")?;
+    let start = Instant::now();
+    let pid = sys::spawn(
+        Command::new("dd")
+            .arg(format!("if={}", source.display()))
+            .arg(format!("of={}", target.display()))
+            .args(["bs=2M", "conv=notrunc,fdatasync", "status=none"])
+            .stdin(Stdio::null()),
+    )
+    .context("starting dd")?;
+    let timeout = Duration::from_secs(60 + size / (10 << 20));
+    let Some(r) = sys::reap_within(pid, timeout)? else {
+        sys::kill(pid)?;
+        sys::reap_within(pid, Duration::from_secs(10))?;
+        bail!("dd did not finish within {} s", timeout.as_secs());
+    };
+    let wall = start.elapsed();
+    if !r.status.success() {
+        bail!("dd {}", r.status);
+    }
+    let gib = size as f64 / GIB;
+    Ok(Measurement {
+        gib_per_s: gib / wall.as_secs_f64(),
+        server_cpu_per_gib: r.cpu.as_secs_f64() / gib,
+        client_cpu_per_gib: 0.0,
+        server_peak_rss_mib: r.max_rss_kib as f64 / 1024.0,
+    })
+}
+
 fn generate_source(path: &Path, size: u64) -> Result<()> {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(0x5e4d_e45e);
     let mut f = std::io::BufWriter::with_capacity(1 << 20, File::create(path)?);
@@ -577,7 +616,28 @@ fn main() -> Result<()> {
             }
         }
     }
+    let dd_row = rows.len();
+    if !args.no_dd {
+        rows.push(Row {
+            server: "dd (preallocated raw file, no NBD)".into(),
+            client: "dd bs=2M conv=fdatasync".into(),
+            conns: 1,
+            missing: which("dd")
+                .is_none()
+                .then(|| "dd not found in PATH".to_string()),
+            ..Row::default()
+        });
+    }
     for run in 1..=args.runs {
+        if let Some(row) = rows.get_mut(dd_row).filter(|r| r.missing.is_none()) {
+            match dd_run(args.size, &source, work.path()) {
+                Ok(m) => {
+                    eprintln!("run {run}/{} dd: {:.2} GiB/s", args.runs, m.gib_per_s);
+                    row.runs.push(m);
+                }
+                Err(e) => row.failures.push(format!("run {run}: {e:#}")),
+            }
+        }
         let mut i = 0;
         for &client in &clients {
             for &conns in &args.conns {
