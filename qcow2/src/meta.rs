@@ -140,6 +140,8 @@ pub struct Meta {
 /// Dirty L2 tables that trigger a write-back (the main client never flushes a whole disk).
 const MAX_DIRTY_L2: usize = 256;
 const MAX_DIRTY_RB: usize = 64;
+/// Released clusters waiting for their unlink to be durable (bounds that list's memory).
+const MAX_PENDING_FREE: usize = 1 << 20;
 
 impl Meta {
     /// Loads L1 and the refcount table. `header` has been validated against `file_len`.
@@ -760,8 +762,14 @@ impl Meta {
 
     /// Writes back when too much metadata is dirty.
     pub fn maybe_writeback(&mut self) -> Result<()> {
-        if self.l2_dirty > MAX_DIRTY_L2.min(self.l2_cap / 2) || self.rb_dirty > MAX_DIRTY_RB {
+        if self.l2_dirty > MAX_DIRTY_L2.min(self.l2_cap / 2)
+            || self.pending_free.len() > MAX_PENDING_FREE
+        {
             self.writeback()?;
+        } else if self.rb_dirty > MAX_DIRTY_RB {
+            // Refblocks never count less than the references, so they may go out alone, unsynced.
+            self.check_failed()?;
+            self.write_refblocks()?;
         }
         Ok(())
     }
