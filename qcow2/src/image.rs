@@ -608,9 +608,21 @@ impl Image {
         for c in first..first + n {
             m.inflight.insert(c);
         }
+        let reservation = m.take_reservation();
         drop(m);
+        // Other requests go on while this one reserves the next stretch of the file.
+        let reserved = reservation.map(|(start, end)| {
+            let ok = self.st.allocate(start, end - start);
+            if let Err(e) = &ok {
+                tracing::debug!(start, end, error = %e, "preallocation failed; not trying again");
+            }
+            (end, ok.is_ok())
+        });
         let res = self.write_fresh(pos, buf, first, n, host, e, tail_old);
         let mut m = self.meta.lock();
+        if let Some((end, ok)) = reserved {
+            m.reservation_done(end, ok);
+        }
         let mut out = res;
         if out.is_ok() {
             for i in 0..n {
@@ -669,6 +681,14 @@ impl Image {
             self.st.write_at(&bounce, host)
         };
         wrote.map_err(|e| Error::io(e, format!("writing data at {host}")))?;
+        // The write may have grown the file (preallocation is best effort); reads check the
+        // data they map against the known length.
+        let written = if !head_partial && !tail_partial {
+            len as u64
+        } else {
+            n * cs as u64
+        };
+        self.file_len.fetch_max(host + written, Ordering::Relaxed);
         Ok(len)
     }
 
@@ -832,7 +852,12 @@ impl Image {
             m.writeback()?;
         }
         let keep = (m.frontier * self.geo.cluster_size).max(m.len_at_open);
-        if self.file_len.load(Ordering::Relaxed) > keep {
+        let len = self
+            .st
+            .len()
+            .map_err(|e| Error::io(e, "image size"))?
+            .max(self.file_len.load(Ordering::Relaxed));
+        if len > keep {
             self.st
                 .set_len(keep)
                 .and_then(|()| self.st.flush())
