@@ -1,6 +1,7 @@
 //! The QCOW2 engine against a raw file on the same filesystem, in the same run: sequential 2 MiB
 //! writes into a fresh image (allocation), the same writes over allocated clusters (overwrite),
-//! the fresh writes from 4 threads at once, random 4 KiB reads with warm L2 tables.
+//! all-zero payloads, the fresh writes from 4 threads at once, random 4 KiB reads with warm L2
+//! tables.
 //!
 //! Files go to `$BENCH_DIR`, default /dev/shm (tmpfs, like the throughput harness), else the temp
 //! dir: tmpfs measures the engine, not the disk.
@@ -132,6 +133,28 @@ fn sequential(c: &mut Criterion) {
             || fresh_raw(&raw_path),
             |f| {
                 write_all_raw(&f, &data);
+                f
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    // All-zero payloads (nbdcopy and the SNA client send some): stored as zero clusters.
+    let zeros = vec![0u8; WRITE];
+    g.bench_function("qcow2_fresh_zeros", |b| {
+        b.iter_batched(
+            || fresh_image(&img_path),
+            |img| {
+                write_all_image(&img, &zeros);
+                img
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("raw_fresh_zeros", |b| {
+        b.iter_batched(
+            || fresh_raw(&raw_path),
+            |f| {
+                write_all_raw(&f, &zeros);
                 f
             },
             BatchSize::PerIteration,
