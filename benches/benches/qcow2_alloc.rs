@@ -1,6 +1,7 @@
 //! The QCOW2 engine against a raw file on the same filesystem, in the same run: sequential 2 MiB
 //! writes into a fresh image (allocation), the same writes over allocated clusters (overwrite),
-//! random 4 KiB reads with warm L2 tables.
+//! all-zero payloads, the fresh writes from 4 threads at once, random 4 KiB reads with warm L2
+//! tables.
 //!
 //! Files go to `$BENCH_DIR`, default /dev/shm (tmpfs, like the throughput harness), else the temp
 //! dir: tmpfs measures the engine, not the disk.
@@ -77,6 +78,36 @@ fn write_all_raw(f: &File, data: &[u8]) {
     f.sync_data().unwrap();
 }
 
+/// The same writes from `THREADS` threads at once (thread t writes every t-th chunk): allocation
+/// under contention, as with several NBD connections.
+const THREADS: u64 = 4;
+
+fn write_all_image_mt(img: &Image, data: &[u8]) {
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            s.spawn(move || {
+                for off in (t * WRITE as u64..TOTAL).step_by(WRITE * THREADS as usize) {
+                    img.write_at(off, data).unwrap();
+                }
+            });
+        }
+    });
+    img.flush().unwrap();
+}
+
+fn write_all_raw_mt(f: &File, data: &[u8]) {
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            s.spawn(move || {
+                for off in (t * WRITE as u64..TOTAL).step_by(WRITE * THREADS as usize) {
+                    f.write_all_at(data, off).unwrap();
+                }
+            });
+        }
+    });
+    f.sync_data().unwrap();
+}
+
 fn sequential(c: &mut Criterion) {
     let dir = bench_dir();
     let img_path = dir.path().join("a.qcow2");
@@ -102,6 +133,48 @@ fn sequential(c: &mut Criterion) {
             || fresh_raw(&raw_path),
             |f| {
                 write_all_raw(&f, &data);
+                f
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    // All-zero payloads (nbdcopy and the SNA client send some): stored as zero clusters.
+    let zeros = vec![0u8; WRITE];
+    g.bench_function("qcow2_fresh_zeros", |b| {
+        b.iter_batched(
+            || fresh_image(&img_path),
+            |img| {
+                write_all_image(&img, &zeros);
+                img
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("raw_fresh_zeros", |b| {
+        b.iter_batched(
+            || fresh_raw(&raw_path),
+            |f| {
+                write_all_raw(&f, &zeros);
+                f
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("qcow2_fresh_4threads", |b| {
+        b.iter_batched(
+            || fresh_image(&img_path),
+            |img| {
+                write_all_image_mt(&img, &data);
+                img
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("raw_fresh_4threads", |b| {
+        b.iter_batched(
+            || fresh_raw(&raw_path),
+            |f| {
+                write_all_raw_mt(&f, &data);
                 f
             },
             BatchSize::PerIteration,

@@ -60,7 +60,13 @@ fn workload(img: &Image, model: &mut [u8], rng: &mut StdRng, ops: usize, has_bac
         match kind {
             0..=5 => {
                 let byte: u8 = rng.random();
-                let data: Vec<u8> = (0..l).map(|i| byte.wrapping_add(i as u8 / 7)).collect();
+                let mut data: Vec<u8> = (0..l).map(|i| byte.wrapping_add(i as u8 / 7)).collect();
+                if rng.random_bool(0.3) {
+                    // Zero stretches (often whole clusters) take the zero-detection path.
+                    let a = rng.random_range(0..l);
+                    let b = rng.random_range(a..=l);
+                    data[a..b].fill(0);
+                }
                 img.write_at(off, &data).unwrap();
                 model[o..o + l].copy_from_slice(&data);
             }

@@ -22,4 +22,9 @@ pub trait Storage: Send + Sync {
     /// Reserves space for `[offset, offset + len)`, growing the storage to cover it. Backends
     /// that cannot reserve simply grow.
     fn allocate(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Whether reserving space ahead of writes ([`Storage::allocate`]) makes the writes cheaper
+    /// overall; the image only preallocates where it does.
+    fn reserve_pays(&self) -> bool {
+        true
+    }
 }
