@@ -57,12 +57,11 @@ struct Outgoing {
 }
 
 /// What one request holds until its reply is written: a place among the connection's requests,
-/// its share of the connection's payload budget and of the server's.
-type Permits = (
-    OwnedSemaphorePermit,
-    OwnedSemaphorePermit,
-    OwnedSemaphorePermit,
-);
+/// and, for a READ, its data's share of the connection's payload budget and of the server's.
+struct Permits {
+    _count: OwnedSemaphorePermit,
+    _bytes: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+}
 
 /// Why the reader stopped.
 #[derive(Debug)]
@@ -246,11 +245,18 @@ where
                     }
                 };
                 pool.give(reclaim);
+                // Only a READ's reply carries payload bytes. A WRITE's payload is back in the pool
+                // or freed by now, so its budget is released before the reply waits for a client
+                // that may be slow to read: such a client then pins only its READ data.
+                let bytes = (req.command == CMD_READ).then_some((byte_permit, total_permit));
                 let segments = command::encode_reply(ctx.style, &req, &ctx.contexts, outcome);
                 // A closed channel means the writer is gone; the reply has nowhere to go.
                 let _ = tx.send(Outgoing {
                     segments,
-                    _permits: Some((count_permit, byte_permit, total_permit)),
+                    _permits: Some(Permits {
+                        _count: count_permit,
+                        _bytes: bytes,
+                    }),
                 });
             }
             .instrument(span),
