@@ -1,9 +1,18 @@
 //! `sendense-hub serve` as a library function: tests call it with bound listeners and a token.
 
-use std::net::SocketAddr;
+use std::time::Duration;
 
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -43,13 +52,8 @@ pub async fn serve(
     let api_addr = api
         .local_addr()
         .map_err(Error::io("API listener address"))?;
-    let app = crate::api::app(hub.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let stop = shutdown.clone();
-    let mut http = tokio::spawn(async move {
-        axum::serve(api, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-    });
+    let app = crate::api::app(hub.clone());
+    let mut http = tokio::spawn(serve_http(api, app, shutdown.clone()));
     tracing::info!(api = %api_addr, "API listening");
     crate::notify::ready();
 
@@ -74,4 +78,58 @@ pub async fn serve(
     finished
         .map_err(|e| Error::Internal(format!("HTTP task: {e}")))?
         .map_err(Error::io("HTTP server"))
+}
+
+/// Longest a client may take to send the head of an HTTP/1 request. `axum::serve` sets no timer,
+/// so a client that connects and stays silent (or trickles bytes) would hold its connection and
+/// task forever.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause after a failed accept (out of file descriptors, usually) before the next try.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// `axum::serve` with a header read timeout: accept until `stop`, serve each connection with
+/// hyper, then wait for the open ones to finish their requests.
+async fn serve_http(
+    listener: TcpListener,
+    app: Router,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(%err, "API accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        // What `into_make_service_with_connect_info` does: the peer address for the handlers.
+        let service = app
+            .clone()
+            .map_request(move |req: axum::http::Request<Incoming>| {
+                let mut req = req.map(Body::new);
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req
+            });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                tracing::debug!(%peer, %err, "API connection ended with an error");
+            }
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
 }

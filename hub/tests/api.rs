@@ -505,6 +505,12 @@ async fn every_error_status() {
 
     // 400s.
     assert_error(&post("{not json".into()).await, bad, "bad_request");
+    // Over axum's body limit (2 MiB): 413 in the same shape.
+    assert_error(
+        &post("x".repeat(3 << 20)).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
     assert_error(
         &post(r#"{"vm_name":"vm","backup_type":"full"}"#.into()).await,
         bad,

@@ -267,3 +267,67 @@ fn check_exit_codes_follow_qemu_img() {
         "{out:?}"
     );
 }
+
+/// 32 connections, each with 64 WRITEs of 256 KiB submitted at once (512 MiB offered), driven by
+/// one select loop so every connection keeps its requests coming. Overwrites one 16 MiB range so
+/// the image stays small. Exits non-zero if a write fails.
+const MANY_WRITES: &str = r#"
+import nbd, select, sys
+uri, conns, depth, size = sys.argv[1], 32, 64, 256 * 1024
+buf = nbd.Buffer(size)
+handles, cookies = [], []
+for c in range(conns):
+    h = nbd.NBD()
+    h.connect_uri(uri)
+    handles.append(h)
+    cookies.append([h.aio_pwrite(buf, (j * size) % (16 << 20)) for j in range(depth)])
+while any(h.aio_in_flight() > 0 for h in handles):
+    rd, wr = [], []
+    for h in handles:
+        d = h.aio_get_direction()
+        if d & nbd.AIO_DIRECTION_READ:
+            rd.append(h.aio_get_fd())
+        if d & nbd.AIO_DIRECTION_WRITE:
+            wr.append(h.aio_get_fd())
+    r, w, _ = select.select(rd, wr, [])
+    for h in handles:
+        fd = h.aio_get_fd()
+        if fd in r:
+            h.aio_notify_read()
+        if fd in w:
+            h.aio_notify_write()
+for h, cs in zip(handles, cookies):
+    for c in cs:
+        assert h.aio_command_completed(c)
+    h.shutdown()
+"#;
+
+/// Peak resident memory of a running process, from `/proc/PID/status`.
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/PID/status");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn thirty_two_connections_with_deep_queues_stay_within_the_memory_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = tmp_path(&dir, "disk.qcow2");
+    let (mut server, uri) = serve_image(&["--listen", "127.0.0.1:0", "--create", "16M"], &image);
+    run_ok(
+        Command::new("/usr/bin/python3")
+            .args(["-c", MANY_WRITES])
+            .arg(&uri),
+    );
+    // 512 MiB of payloads were offered at once. What the server may hold: the default
+    // server-wide budget (128 MiB in flight) plus at most 64 MiB of idle pooled buffers, plus
+    // the process itself (~10 MiB). Without the server-wide budget each connection could hold
+    // 128 MiB and this run peaks near the 512 MiB offered.
+    let hwm_mib = vm_hwm_kib(server.pid()) / 1024;
+    assert!(hwm_mib <= 256, "server peak RSS {hwm_mib} MiB");
+    assert!(server.terminate_and_wait().success());
+    qemu_img_check(&image);
+}

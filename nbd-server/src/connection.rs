@@ -29,8 +29,8 @@ pub(crate) const MAX_DISCARD: u64 = 256 << 20;
 const READ_BUF: usize = 64 * 1024;
 /// After a hard stop the writer gets this long to deliver the ESHUTDOWN replies.
 const HARD_STOP_WRITE_WINDOW: Duration = Duration::from_secs(1);
-/// Idle payload buffers one connection keeps for reuse at most.
-const MAX_POOLED_BYTES: usize = 64 << 20;
+/// Idle payload buffers the server keeps for reuse at most.
+pub(crate) const MAX_POOLED_BYTES: usize = 64 << 20;
 /// Replies gathered into one vectored write at most.
 const MAX_BATCH: usize = 64;
 
@@ -41,6 +41,11 @@ pub(crate) struct ConnCtx {
     pub contexts: Vec<MetaContext>,
     pub max_payload: u32,
     pub max_in_flight_bytes: usize,
+    /// The server-wide payload budget, shared by every connection.
+    pub total_bytes: Arc<Semaphore>,
+    /// Permits `total_bytes` started with.
+    pub total_budget: usize,
+    pub pool: Arc<BufPool>,
     /// Server shutdown: stop reading requests, finish those in flight.
     pub stop_reading: CancellationToken,
 }
@@ -48,7 +53,14 @@ pub(crate) struct ConnCtx {
 /// A reply ready to send, with the permits it releases once written.
 struct Outgoing {
     segments: Vec<Bytes>,
-    _permits: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+    _permits: Option<Permits>,
+}
+
+/// What one request holds until its reply is written: a place among the connection's requests,
+/// and, for a READ, its data's share of the connection's payload budget and of the server's.
+struct Permits {
+    _count: OwnedSemaphorePermit,
+    _bytes: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
 }
 
 /// Why the reader stopped.
@@ -82,7 +94,7 @@ where
         .in_current_span(),
     );
     let requests = TaskTracker::new();
-    let pool = Arc::new(BufPool::new(ctx.max_in_flight_bytes.min(MAX_POOLED_BYTES)));
+    let pool = Arc::clone(&ctx.pool);
     let end = tokio::select! {
         biased;
         _ = ctx.entry.hard_stop.cancelled() => End::Stopped,
@@ -126,6 +138,7 @@ where
         has_contexts: !ctx.contexts.is_empty(),
     };
     let byte_budget = ctx.max_in_flight_bytes.clamp(1, Semaphore::MAX_PERMITS) as u64;
+    let total_budget = ctx.total_budget as u64;
     let count_sem = Arc::new(Semaphore::new(MAX_REQUESTS_IN_FLIGHT));
     let bytes_sem = Arc::new(Semaphore::new(byte_budget as usize));
     let mut buf = BytesMut::with_capacity(READ_BUF);
@@ -193,9 +206,13 @@ where
         .min(byte_budget)
         .min(u64::from(u32::MAX)) as u32;
         // Backpressure: no more reading until earlier requests have been answered.
-        let (Ok(count_permit), Ok(byte_permit)) = (
+        // Both budgets are only held by requests already running, which finish without waiting
+        // for either: no cycle. A request larger than a budget takes all of it and runs alone.
+        let total_cost = u64::from(cost).min(total_budget) as u32;
+        let (Ok(count_permit), Ok(byte_permit), Ok(total_permit)) = (
             count_sem.clone().acquire_owned().await,
             bytes_sem.clone().acquire_many_owned(cost).await,
+            ctx.total_bytes.clone().acquire_many_owned(total_cost).await,
         ) else {
             unreachable!("the semaphores are never closed");
         };
@@ -228,11 +245,18 @@ where
                     }
                 };
                 pool.give(reclaim);
+                // Only a READ's reply carries payload bytes. A WRITE's payload is back in the pool
+                // or freed by now, so its budget is released before the reply waits for a client
+                // that may be slow to read: such a client then pins only its READ data.
+                let bytes = (req.command == CMD_READ).then_some((byte_permit, total_permit));
                 let segments = command::encode_reply(ctx.style, &req, &ctx.contexts, outcome);
                 // A closed channel means the writer is gone; the reply has nowhere to go.
                 let _ = tx.send(Outgoing {
                     segments,
-                    _permits: Some((count_permit, byte_permit)),
+                    _permits: Some(Permits {
+                        _count: count_permit,
+                        _bytes: bytes,
+                    }),
                 });
             }
             .instrument(span),

@@ -97,6 +97,10 @@ pub struct ServerConfig {
     pub max_payload: u32,
     /// Bytes of request payloads a connection may hold in flight before it stops reading.
     pub max_in_flight_bytes_per_connection: usize,
+    /// Bytes of request payloads (WRITE data, READ replies) all connections of the server may hold
+    /// in flight together; bounds the server's memory whatever the number of connections. A
+    /// request larger than this takes the whole budget, so it still runs (alone).
+    pub max_in_flight_bytes_total: usize,
     /// Whether NBD_OPT_LIST reveals export names.
     pub list_exports: bool,
 }
@@ -109,6 +113,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             max_payload: 64 << 20,
             max_in_flight_bytes_per_connection: 128 << 20,
+            max_in_flight_bytes_total: 128 << 20,
             list_exports: false,
         }
     }

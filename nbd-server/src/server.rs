@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::ServerConfig;
+use crate::bufpool::BufPool;
 use crate::connection::{self, ConnCtx};
 use crate::handshake;
 use crate::registry::{ExportEntry, Registry};
@@ -27,6 +29,10 @@ pub(crate) struct Shared {
     /// Shutdown, second step (after the grace period): parent of every export's hard stop.
     pub hard_stop: CancellationToken,
     connections: AtomicUsize,
+    /// Payload bytes in flight across all connections (`max_in_flight_bytes_total`).
+    pub total_bytes: Arc<Semaphore>,
+    /// Idle payload buffers, shared so their total stays bounded however many connections come.
+    pub pool: Arc<BufPool>,
 }
 
 /// A socket that splits into independently owned halves.
@@ -64,12 +70,16 @@ impl Drop for ConnSlot {
 impl Shared {
     pub fn new(config: ServerConfig) -> Self {
         Self {
-            config,
             registry: Registry::default(),
             tracker: TaskTracker::new(),
             stop_reading: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
             connections: AtomicUsize::new(0),
+            total_bytes: Arc::new(Semaphore::new(total_budget(&config))),
+            pool: Arc::new(BufPool::new(
+                total_budget(&config).min(connection::MAX_POOLED_BYTES),
+            )),
+            config,
         }
     }
 
@@ -127,6 +137,9 @@ async fn run_connection<S: Split>(shared: Arc<Shared>, mut stream: S) {
         contexts: session.contexts,
         max_payload: shared.config.max_payload,
         max_in_flight_bytes: shared.config.max_in_flight_bytes_per_connection,
+        total_bytes: Arc::clone(&shared.total_bytes),
+        total_budget: total_budget(&shared.config),
+        pool: Arc::clone(&shared.pool),
         stop_reading: shared.stop_reading.clone(),
     });
     let (r, w) = stream.split();
@@ -138,6 +151,14 @@ async fn run_connection<S: Split>(shared: Arc<Shared>, mut stream: S) {
         }
     }
     drop(attachment);
+}
+
+/// The server-wide payload budget in semaphore permits (bytes), at least 1 so requests can run.
+pub(crate) fn total_budget(config: &ServerConfig) -> usize {
+    config
+        .max_in_flight_bytes_total
+        .clamp(1, u32::MAX as usize)
+        .min(Semaphore::MAX_PERMITS)
 }
 
 /// Pause after a failed accept (out of file descriptors, usually) before the next try.

@@ -9,6 +9,8 @@ use crate::error::Error;
 #[derive(Debug)]
 pub enum ApiError {
     BadRequest(String),
+    /// A body over the size limit.
+    PayloadTooLarge(String),
     Unauthorized,
     NotFound(String),
     Conflict(String),
@@ -32,6 +34,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message) = match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
+            ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", m),
             ApiError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",

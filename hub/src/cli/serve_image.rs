@@ -35,6 +35,14 @@ pub struct ServeImageArgs {
     /// Backing file of the created image (a QCOW2).
     #[arg(long, value_name = "FILE", requires = "create")]
     backing: Option<PathBuf>,
+    /// Connections the export accepts at once.
+    #[arg(long, value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    max_connections: u32,
+    /// Request payload bytes (WRITE data, READ replies) held in memory at once over all
+    /// connections (K, M, G suffixes); bounds the server's memory.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "128M")]
+    max_in_flight: u64,
     image: PathBuf,
 }
 
@@ -54,9 +62,20 @@ pub async fn run(args: ServeImageArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening {}", args.image.display()))?;
     let image = Arc::new(image);
 
+    if args.max_in_flight == 0 {
+        bail!("--max-in-flight must be positive");
+    }
+    let max_in_flight = usize::try_from(args.max_in_flight).unwrap_or(usize::MAX);
+    let defaults = ServerConfig::default();
     let server = Server::new(ServerConfig {
         list_exports: true,
-        ..ServerConfig::default()
+        max_connections: args.max_connections as usize,
+        max_connections_per_export: args.max_connections as usize,
+        max_in_flight_bytes_total: max_in_flight,
+        max_in_flight_bytes_per_connection: defaults
+            .max_in_flight_bytes_per_connection
+            .min(max_in_flight),
+        ..defaults
     });
     let mut export = ImageExport::new(Arc::clone(&image));
     if args.read_only {

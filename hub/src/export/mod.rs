@@ -1,8 +1,10 @@
 //! The adapter from a [`qcow2::Image`] to an [`nbd_server::Export`].
 //!
-//! `qcow2` is synchronous (positional file I/O); every call goes to tokio's blocking pool so an NBD
-//! connection task never blocks a runtime thread. Image errors become NBD export errors here and
-//! nowhere else.
+//! `qcow2` is synchronous (positional file I/O); every call runs on the export's own I/O threads
+//! ([`workers`]) so an NBD connection task never blocks a runtime thread. Image errors become NBD
+//! export errors here and nowhere else.
+
+mod workers;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,9 +13,14 @@ use bytes::Bytes;
 use nbd_server::{Export, ExportError, Extent};
 use qcow2::{ErrorKind, ExtentKind, Image};
 
+use workers::IoWorkers;
+
 /// Largest preferred block size we advertise; bigger clusters do not make bigger requests better.
 const MAX_PREFERRED: u64 = 2 << 20;
 const MIN_PREFERRED: u64 = 4096;
+/// I/O threads per export: enough to keep a few writes in flight while another waits on the
+/// image's metadata lock or a flush.
+const IO_THREADS: usize = 4;
 
 /// A QCOW2 image served as an NBD export.
 pub struct ImageExport {
@@ -24,6 +31,7 @@ pub struct ImageExport {
     /// Bytes of WRITE payload stored, counted here so the total is exact even for writes that
     /// land while the server drains the export.
     written: Arc<AtomicU64>,
+    workers: IoWorkers,
 }
 
 impl ImageExport {
@@ -37,6 +45,7 @@ impl ImageExport {
             read_only,
             preferred,
             written: Arc::new(AtomicU64::new(0)),
+            workers: IoWorkers::new(IO_THREADS),
         }
     }
 
@@ -60,10 +69,9 @@ impl ImageExport {
         T: Send + 'static,
         F: FnOnce(&Image) -> qcow2::Result<T> + Send + 'static,
     {
-        let image = Arc::clone(&self.image);
-        match tokio::task::spawn_blocking(move || op(&image)).await {
+        match self.workers.run(&self.image, op).await {
             Ok(result) => result.map_err(map_error),
-            Err(join) => Err(ExportError::Io(format!("image task failed: {join}"))),
+            Err(_) => Err(ExportError::Io("image I/O thread failed".into())),
         }
     }
 
