@@ -9,8 +9,13 @@ const CS: usize = 65536;
 
 /// A valid 1 GiB image in memory with guest cluster 0 allocated.
 fn base() -> Vec<u8> {
+    image_bytes(1 << 30)
+}
+
+/// The bytes of a valid image of `size` in memory with guest cluster 0 allocated.
+fn image_bytes(size: u64) -> Vec<u8> {
     let st = MemStorage::new(Vec::new());
-    Image::create_storage(&st, 1 << 30, CS as u32).unwrap();
+    Image::create_storage(&st, size, CS as u32).unwrap();
     let st: Arc<dyn Storage> = Arc::new(st);
     let img = Image::open_storage(
         st.clone(),
@@ -161,21 +166,7 @@ fn lies_in_header() {
 fn tables_pointing_many_entries_at_one_block() {
     // A 1 TiB image: 2048 L1 entries, all pointing at the one L2 table; every refcount-table
     // entry pointing at the one refblock. Opening, reading, checking must stay cheap.
-    let st = MemStorage::new(Vec::new());
-    Image::create_storage(&st, 1 << 40, CS as u32).unwrap();
-    let st: Arc<dyn Storage> = Arc::new(st);
-    let img = Image::open_storage(
-        st.clone(),
-        &OpenOptions {
-            writable: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    img.write_at(0, &[1u8; 4096]).unwrap();
-    img.close().unwrap();
-    let mut v = vec![0u8; st.len().unwrap() as usize];
-    st.read_at(&mut v, 0).unwrap();
+    let mut v = image_bytes(1 << 40);
     let l1 = be64(&v, 40) as usize;
     let l1_size = u32::from_be_bytes(v[36..40].try_into().unwrap()) as usize;
     let first = be64(&v, l1);
