@@ -75,6 +75,23 @@ impl ImageExport {
         }
     }
 
+    /// A change to the image: refused on a read-only export, and durable before it returns when
+    /// the client asked for FUA.
+    async fn modify<F>(&self, fua: bool, op: F) -> Result<(), ExportError>
+    where
+        F: FnOnce(&Image) -> qcow2::Result<()> + Send + 'static,
+    {
+        self.check_writable()?;
+        self.blocking(move |image| {
+            op(image)?;
+            if fua {
+                image.flush()?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     fn check_writable(&self) -> Result<(), ExportError> {
         if self.read_only {
             Err(ExportError::ReadOnly)
@@ -162,16 +179,9 @@ impl Export for ImageExport {
     }
 
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), ExportError> {
-        self.check_writable()?;
         let len = data.len() as u64;
-        self.blocking(move |image| {
-            image.write_at(offset, &data)?;
-            if fua {
-                image.flush()?;
-            }
-            Ok(())
-        })
-        .await?;
+        self.modify(fua, move |image| image.write_at(offset, &data))
+            .await?;
         self.written.fetch_add(len, Ordering::Relaxed);
         Ok(())
     }
@@ -185,27 +195,13 @@ impl Export for ImageExport {
         fua: bool,
     ) -> Result<(), ExportError> {
         // Zeroing never writes data clusters (only L2 entries), so it is always "fast".
-        self.check_writable()?;
-        self.blocking(move |image| {
-            image.write_zeroes(offset, len, may_trim)?;
-            if fua {
-                image.flush()?;
-            }
-            Ok(())
-        })
-        .await
+        self.modify(fua, move |image| image.write_zeroes(offset, len, may_trim))
+            .await
     }
 
     async fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<(), ExportError> {
-        self.check_writable()?;
-        self.blocking(move |image| {
-            image.discard(offset, len)?;
-            if fua {
-                image.flush()?;
-            }
-            Ok(())
-        })
-        .await
+        self.modify(fua, move |image| image.discard(offset, len))
+            .await
     }
 
     async fn flush(&self) -> Result<(), ExportError> {
