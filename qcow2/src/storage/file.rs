@@ -5,18 +5,32 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 
+use parking_lot::Mutex;
+
 use super::Storage;
 
 #[derive(Debug)]
 pub struct FileStorage {
     file: File,
     on_tmpfs: bool,
+    /// Held for every call that changes the file (write, fallocate, truncate). Linux filesystems
+    /// (tmpfs, ext4, xfs, btrfs) take the inode lock exclusively for buffered writes anyway, and
+    /// a writer waiting there spins on the owner for the whole copy: with 4 image threads on
+    /// tmpfs `rwsem_spin_on_owner` was 19% of the server's CPU (perf, nbdcopy 1 connection).
+    /// Here the waiter sleeps and that core is left to the client. Measured in alternation
+    /// (nbdcopy, 4 GiB, tmpfs): server CPU 1.25-1.41 s/GiB against 1.46-1.71 without this lock
+    /// with 1 connection, 1.14-1.25 against 1.52-1.99 with 4 connections.
+    writing: Mutex<()>,
 }
 
 impl FileStorage {
     pub fn new(file: File) -> Self {
         let on_tmpfs = is_tmpfs(&file);
-        Self { file, on_tmpfs }
+        Self {
+            file,
+            on_tmpfs,
+            writing: Mutex::new(()),
+        }
     }
 
     pub fn file(&self) -> &File {
@@ -51,6 +65,7 @@ impl Storage for FileStorage {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let _writing = self.writing.lock();
         self.file.write_all_at(buf, offset)
     }
 
@@ -63,6 +78,7 @@ impl Storage for FileStorage {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
+        let _writing = self.writing.lock();
         self.file.set_len(len)
     }
 
@@ -70,6 +86,7 @@ impl Storage for FileStorage {
         let (Ok(off), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {
             return Err(io::Error::from_raw_os_error(libc::EFBIG));
         };
+        let _writing = self.writing.lock();
         // SAFETY: fallocate only reads its integer arguments; the fd is owned by `self.file` and
         // open for the duration of the call.
         let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, off, l) };
