@@ -1,5 +1,6 @@
 //! The result table: one row per (server, client, connections), medians over runs, ratios to the
-//! anchor (qemu-nbd) and to the protocol ceiling (nbdkit null) measured with the same client.
+//! anchor (qemu-nbd) and to the protocol ceiling (nbdkit null) measured with the same client, and
+//! to the storage floor (dd writing the same bytes into a new file on the same filesystem).
 
 use std::fmt::Write as _;
 
@@ -43,26 +44,44 @@ fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
     }
 }
 
-/// Markdown table; `anchor` and `ceiling` name the servers the ratios are taken against.
-pub fn render(rows: &[Row], anchor: &str, ceiling: &str) -> String {
+/// The servers the ratios are taken against: `anchor` and `ceiling` with the same client and
+/// connection count, `storage` (a row whatever its client) for every row.
+pub struct Refs<'a> {
+    pub anchor: &'a str,
+    pub ceiling: &'a str,
+    pub storage: &'a str,
+}
+
+/// Markdown table with a ratio column per reference.
+pub fn render(rows: &[Row], refs: &Refs<'_>) -> String {
+    let Refs {
+        anchor,
+        ceiling,
+        storage,
+    } = *refs;
     let median_of = |server: &str, client: &str, conns: usize| {
         rows.iter()
             .find(|r| r.server == server && r.client == client && r.conns == conns)
             .and_then(Row::throughput)
             .map(|s| s.median)
     };
+    let storage_median = rows
+        .iter()
+        .find(|r| r.server == storage)
+        .and_then(Row::throughput)
+        .map(|s| s.median);
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| server | client | conns | GiB/s median | spread (min-max) | vs {anchor} | vs {ceiling} | server CPU s/GiB | client CPU s/GiB | server peak RSS MiB | runs ok |"
+        "| server | client | conns | GiB/s median | spread (min-max) | vs {anchor} | vs {ceiling} | vs {storage} | server CPU s/GiB | client CPU s/GiB | server peak RSS MiB | runs ok |"
     );
-    let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for row in rows {
         let total = row.runs.len() + row.failures.len();
         if let Some(why) = &row.missing {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | missing | {why} | - | - | - | - | - | 0/0 |",
+                "| {} | {} | {} | missing | {why} | - | - | - | - | - | - | 0/0 |",
                 row.server, row.client, row.conns
             );
             continue;
@@ -83,7 +102,7 @@ pub fn render(rows: &[Row], anchor: &str, ceiling: &str) -> String {
         let spread = tp.map_or("-".to_string(), |s| format!("{:.2}-{:.2}", s.min, s.max));
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} |",
             row.server,
             row.client,
             row.conns,
@@ -91,6 +110,7 @@ pub fn render(rows: &[Row], anchor: &str, ceiling: &str) -> String {
             spread,
             fmt_opt(ratio(anchor), 2),
             fmt_opt(ratio(ceiling), 2),
+            fmt_opt(tp.zip(storage_median).map(|(t, s)| t.median / s), 2),
             fmt_opt(med(|m| m.server_cpu_per_gib), 2),
             fmt_opt(med(|m| m.client_cpu_per_gib), 2),
             fmt_opt(peak_rss, 0),
@@ -119,6 +139,12 @@ pub fn render(rows: &[Row], anchor: &str, ceiling: &str) -> String {
 mod tests {
     use super::*;
 
+    const REFS: Refs<'static> = Refs {
+        anchor: "qemu-nbd",
+        ceiling: "nbdkit-null",
+        storage: "dd",
+    };
+
     fn m(gib_per_s: f64) -> Measurement {
         Measurement {
             gib_per_s,
@@ -144,14 +170,19 @@ mod tests {
             row("ours", &[2.0, 2.2, 1.8]),
             row("qemu-nbd", &[0.8, 0.8, 0.8]),
             row("nbdkit-null", &[2.5]),
+            Row {
+                client: "dd bs=2M".into(),
+                ..row("dd", &[4.0])
+            },
         ];
-        let t = render(&rows, "qemu-nbd", "nbdkit-null");
+        let t = render(&rows, &REFS);
         let ours = t.lines().find(|l| l.starts_with("| ours")).unwrap();
         assert_eq!(
             ours,
-            "| ours | nbdcopy | 1 | 2.00 | 1.80-2.20 | 2.50 | 0.80 | 0.50 | 0.25 | 40 | 3/3 |"
+            "| ours | nbdcopy | 1 | 2.00 | 1.80-2.20 | 2.50 | 0.80 | 0.50 | 0.50 | 0.25 | 40 | 3/3 |"
         );
-        assert!(t.lines().next().unwrap().contains("vs qemu-nbd"));
+        let header = t.lines().next().unwrap();
+        assert!(header.contains("vs qemu-nbd") && header.contains("vs dd"));
     }
 
     #[test]
@@ -165,8 +196,8 @@ mod tests {
             missing: Some("qemu-nbd not found in PATH".into()),
             ..Row::default()
         };
-        let t = render(&[failed, missing], "qemu-nbd", "nbdkit-null");
-        assert!(t.contains("| ours | nbdcopy | 1 | - | - | - | - | - | - | - | 0/1 |"));
+        let t = render(&[failed, missing], &REFS);
+        assert!(t.contains("| ours | nbdcopy | 1 | - | - | - | - | - | - | - | - | 0/1 |"));
         assert!(t.contains("| qemu-nbd | nbdcopy | 1 | missing | qemu-nbd not found in PATH |"));
         assert!(t.contains("- ours / nbdcopy / 1 conns: image differs from source"));
     }

@@ -13,13 +13,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use benches::client::{WriteJob, write_file};
-use benches::report::{Measurement, Row, render};
+use benches::report::{Measurement, Refs, Row, render};
 use benches::size::{format_size, parse_size};
 use benches::sys;
 use clap::{Parser, ValueEnum};
 use rand::{RngCore as _, SeedableRng as _};
 
 const GIB: f64 = (1u64 << 30) as f64;
+/// The storage rows' names; every row's throughput is also given as a ratio to `DD_NEW`.
+const DD_NEW: &str = "dd new file";
+const DD_PREALLOCATED: &str = "dd preallocated file";
 
 #[derive(Debug, Parser)]
 #[command(about = "NBD write throughput: our serve-image beside qemu-nbd and nbdkit null")]
@@ -53,8 +56,8 @@ struct Args {
     /// WRITEs in flight per connection for the Rust client.
     #[arg(long, default_value_t = 64)]
     rust_in_flight: usize,
-    /// Skip the storage-ceiling row (`dd bs=2M conv=fdatasync` into a preallocated raw file in the
-    /// same directory, no NBD).
+    /// Skip the storage rows (`dd bs=2M conv=fdatasync` into a new and into a preallocated raw
+    /// file in the same directory, no NBD).
     #[arg(long)]
     no_dd: bool,
     /// Also write the report (Markdown) to this file.
@@ -422,13 +425,18 @@ fn one_run(
     })
 }
 
-/// The storage ceiling: `dd` writes the source into a preallocated raw file on the same filesystem
-/// (the reference: no NBD, no QCOW2, no allocation on the way). Its CPU counts as "server"
-/// CPU; the preallocation is not timed.
-fn dd_run(size: u64, source: &Path, work: &Path) -> Result<Measurement> {
+/// `dd` writes the source into a raw file on the same filesystem: no NBD, no QCOW2. Into a new
+/// file it is the floor for a new image (the filesystem allocates as the data arrives, as it does
+/// for every server here); into a preallocated file it is the disk reference (the
+/// preallocation is not timed). Its CPU counts as "server" CPU.
+fn dd_run(size: u64, source: &Path, work: &Path, preallocate: bool) -> Result<Measurement> {
     let dir = tempfile::Builder::new().prefix("dd-").tempdir_in(work)?;
     let target = dir.path().join("raw");
-    sys::preallocate(&File::create(&target)?, size).context("preallocating the dd target")?;
+    let file = File::create(&target)?;
+    if preallocate {
+        sys::preallocate(&file, size).context("preallocating the dd target")?;
+    }
+    drop(file);
     let start = Instant::now();
     let pid = sys::spawn(
         Command::new("dd")
@@ -616,23 +624,29 @@ fn main() -> Result<()> {
             }
         }
     }
-    let dd_row = rows.len();
+    let dd_rows = rows.len();
     if !args.no_dd {
-        rows.push(Row {
-            server: "dd (preallocated raw file, no NBD)".into(),
-            client: "dd bs=2M conv=fdatasync".into(),
-            conns: 1,
-            missing: which("dd")
-                .is_none()
-                .then(|| "dd not found in PATH".to_string()),
-            ..Row::default()
-        });
+        for server in [DD_NEW, DD_PREALLOCATED] {
+            rows.push(Row {
+                server: server.into(),
+                client: "dd bs=2M conv=fdatasync".into(),
+                conns: 1,
+                missing: which("dd")
+                    .is_none()
+                    .then(|| "dd not found in PATH".to_string()),
+                ..Row::default()
+            });
+        }
     }
     for run in 1..=args.runs {
-        if let Some(row) = rows.get_mut(dd_row).filter(|r| r.missing.is_none()) {
-            match dd_run(args.size, &source, work.path()) {
+        for row in rows[dd_rows..].iter_mut().filter(|r| r.missing.is_none()) {
+            let preallocate = row.server == DD_PREALLOCATED;
+            match dd_run(args.size, &source, work.path(), preallocate) {
                 Ok(m) => {
-                    eprintln!("run {run}/{} dd: {:.2} GiB/s", args.runs, m.gib_per_s);
+                    eprintln!(
+                        "run {run}/{} {}: {:.2} GiB/s",
+                        args.runs, row.server, m.gib_per_s
+                    );
                     row.runs.push(m);
                 }
                 Err(e) => row.failures.push(format!("run {run}: {e:#}")),
@@ -680,8 +694,11 @@ fn main() -> Result<()> {
         args.rust_in_flight,
         render(
             &rows,
-            ServerKind::QemuNbd.name(),
-            ServerKind::NbdkitNull.name()
+            &Refs {
+                anchor: ServerKind::QemuNbd.name(),
+                ceiling: ServerKind::NbdkitNull.name(),
+                storage: DD_NEW,
+            }
         ),
     );
     println!("{report}");
