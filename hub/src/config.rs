@@ -28,6 +28,9 @@ pub struct Config {
     /// Time given to in-flight requests at shutdown.
     pub shutdown_grace: Duration,
     pub max_connections_per_export: usize,
+    /// Request payload bytes (WRITE data, READ replies) all NBD connections hold in memory
+    /// together; the bound on the hub's data memory whatever the number of clients.
+    pub max_in_flight_bytes: usize,
 }
 
 impl Default for Config {
@@ -44,6 +47,7 @@ impl Default for Config {
             default_restore_ttl: Duration::from_secs(3600),
             shutdown_grace: Duration::from_secs(10),
             max_connections_per_export: 16,
+            max_in_flight_bytes: 128 << 20,
         }
     }
 }
@@ -63,6 +67,7 @@ pub struct FileConfig {
     pub default_restore_ttl_secs: Option<u64>,
     pub shutdown_grace_secs: Option<u64>,
     pub max_connections_per_export: Option<usize>,
+    pub max_in_flight_mib: Option<u64>,
 }
 
 /// Values from flags or the environment; they win over the file.
@@ -115,6 +120,14 @@ impl Config {
             max_connections_per_export: file
                 .max_connections_per_export
                 .unwrap_or(d.max_connections_per_export),
+            max_in_flight_bytes: match file.max_in_flight_mib {
+                // Past the address space it would mean "unbounded", which this key never means.
+                Some(mib) => usize::try_from(mib)
+                    .ok()
+                    .and_then(|m| m.checked_mul(1 << 20))
+                    .ok_or_else(|| Error::Config("max_in_flight_mib is too large".into()))?,
+                None => d.max_in_flight_bytes,
+            },
         };
         config.validate()?;
         Ok(config)
@@ -131,6 +144,9 @@ impl Config {
             return Err(Error::Config(
                 "max_connections_per_export must be positive".into(),
             ));
+        }
+        if self.max_in_flight_bytes == 0 {
+            return Err(Error::Config("max_in_flight_mib must be positive".into()));
         }
         if let Some(token) = &self.api_token {
             if token.trim().len() < 16 {
@@ -183,5 +199,20 @@ mod tests {
             ..FileConfig::default()
         };
         assert!(Config::resolve(zero, Overrides::default()).is_err());
+        for mib in [0, u64::MAX] {
+            let file = FileConfig {
+                max_in_flight_mib: Some(mib),
+                ..FileConfig::default()
+            };
+            let err = Config::resolve(file, Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("max_in_flight_mib"), "{err}");
+        }
+    }
+
+    #[test]
+    fn in_flight_budget_is_read_in_mib() {
+        let file: FileConfig = toml::from_str("max_in_flight_mib = 512").unwrap();
+        let c = Config::resolve(file, Overrides::default()).unwrap();
+        assert_eq!(c.max_in_flight_bytes, 512 << 20);
     }
 }

@@ -100,6 +100,7 @@ impl Hub {
         let nbd = Server::new(ServerConfig {
             list_exports: false,
             max_connections_per_export: config.max_connections_per_export,
+            max_in_flight_bytes_total: config.max_in_flight_bytes,
             ..ServerConfig::default()
         });
         let nbd_host = match &config.nbd_host {
