@@ -146,19 +146,9 @@ impl Walk<'_> {
 }
 
 pub fn check_storage(st: &dyn Storage, repair: bool) -> Result<CheckReport> {
-    let file_len = st.len().map_err(|e| Error::io(e, "image size"))?;
-    let mut prefix = [0u8; 24];
-    if file_len < 24 {
-        return Err(Error::invalid_format("file too short for a qcow2 header"));
-    }
-    st.read_at(&mut prefix, 0)
-        .map_err(|e| Error::io(e, "reading header"))?;
-    let cs = Header::peek_cluster_size(&prefix)?;
-    let mut c0 = vec![0u8; cs.min(file_len) as usize];
-    st.read_at(&mut c0, 0)
-        .map_err(|e| Error::io(e, "reading header"))?;
-    let h = Header::decode(&c0)?;
+    let (h, file_len) = crate::image::read_header(st)?;
     h.validate(file_len)?;
+    let cs = h.cluster_size();
     if h.nb_snapshots != 0 {
         return Err(Error::unsupported(
             "checking images with internal snapshots",

@@ -177,18 +177,7 @@ impl Image {
     /// Opens an image held by any storage. Backing files are never opened from here (reads of
     /// unallocated clusters of an image that names one fail with [`ErrorKind::Unsupported`]).
     pub fn open_storage(st: Arc<dyn Storage>, opts: &OpenOptions) -> Result<Image> {
-        let file_len = st.len().map_err(|e| Error::io(e, "image size"))?;
-        let mut prefix = [0u8; 24];
-        if file_len < 24 {
-            return Err(Error::invalid_format("file too short for a qcow2 header"));
-        }
-        st.read_at(&mut prefix, 0)
-            .map_err(|e| Error::io(e, "reading header"))?;
-        let cs = Header::peek_cluster_size(&prefix)?;
-        let mut c0 = vec![0u8; cs.min(file_len) as usize];
-        st.read_at(&mut c0, 0)
-            .map_err(|e| Error::io(e, "reading header cluster"))?;
-        let header = Header::decode(&c0)?;
+        let (header, file_len) = read_header(&*st)?;
         Self::refuse(&header, opts.writable)?;
         header.validate(file_len)?;
         let compression = CompressionType::from_header(header.compression_type)?;
@@ -922,6 +911,24 @@ impl Drop for Image {
 /// All bytes zero. Comparing the buffer with itself shifted by one byte is one `memcmp` (the
 /// fastest of the strategies in `benches/src/zero.rs`: ~78 GiB/s, and it stops at the first
 /// difference).
+/// Reads and decodes the header (the whole first cluster, where the header extensions live);
+/// returns it unvalidated, with the file's length to validate it against.
+pub(crate) fn read_header(st: &dyn Storage) -> Result<(Header, u64)> {
+    let file_len = st.len().map_err(|e| Error::io(e, "image size"))?;
+    let mut prefix = [0u8; 24];
+    if file_len < 24 {
+        return Err(Error::invalid_format("file too short for a qcow2 header"));
+    }
+    st.read_at(&mut prefix, 0)
+        .map_err(|e| Error::io(e, "reading header"))?;
+    // The cluster size is checked against qemu's limits before it sizes the buffer.
+    let cs = Header::peek_cluster_size(&prefix)?;
+    let mut c0 = vec![0u8; cs.min(file_len) as usize];
+    st.read_at(&mut c0, 0)
+        .map_err(|e| Error::io(e, "reading header cluster"))?;
+    Ok((Header::decode(&c0)?, file_len))
+}
+
 fn is_zero(buf: &[u8]) -> bool {
     match buf.split_first() {
         None => true,

@@ -213,7 +213,8 @@ mod tests {
         }
     }
 
-    fn req(command: u16, flags: u16, offset: u64, length: u64) -> Request {
+    /// A request with a fixed cookie; the reply tests use it too.
+    pub(super) fn req(command: u16, flags: u16, offset: u64, length: u64) -> Request {
         Request {
             flags,
             command,

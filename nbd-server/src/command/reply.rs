@@ -199,17 +199,8 @@ pub(crate) fn encode_reply(
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::req;
     use super::*;
-
-    fn req(command: u16, flags: u16, offset: u64, length: u64) -> Request {
-        Request {
-            flags,
-            command,
-            cookie: 9,
-            offset,
-            length,
-        }
-    }
 
     fn decode_all(style: HeaderStyle, segs: &[Bytes]) -> Vec<Chunk> {
         let buf: Vec<u8> = segs.iter().flat_map(|b| b.iter().copied()).collect();
