@@ -194,7 +194,9 @@ impl Export for ImageExport {
         _fast_only: bool,
         fua: bool,
     ) -> Result<(), ExportError> {
-        // Zeroing never writes data clusters (only L2 entries), so it is always "fast".
+        // Whole clusters become zero clusters (L2 entries only); at most the two partial
+        // clusters at the ends get written zeros. That is always faster than the client writing
+        // the zeros itself, so FAST_ZERO never needs refusing.
         self.modify(fua, move |image| image.write_zeroes(offset, len, may_trim))
             .await
     }
