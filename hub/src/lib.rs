@@ -10,6 +10,7 @@ pub mod error;
 pub mod export;
 mod monitor;
 mod notify;
+mod orphans;
 pub mod restores;
 pub mod serve;
 pub mod size;

@@ -128,7 +128,8 @@ impl Hub {
 
     /// Backups a previous process left unfinished cannot be resumed (their exports and the
     /// client's connections are gone): mark them failed and check their images. Restores were
-    /// exports of that process and are gone too.
+    /// exports of that process and are gone too. Images of backups whose creation was interrupted
+    /// before their catalog row existed are removed.
     async fn recover(&self) -> Result<()> {
         for backup in self.catalog.active_backups()? {
             let mut reason = "interrupted by restart".to_owned();
@@ -166,6 +167,7 @@ impl Hub {
                 crate::backups::remove_backup_dir(&backup);
             }
         }
+        crate::orphans::sweep(&self.catalog)?;
         Ok(())
     }
 

@@ -807,7 +807,25 @@ async fn restart_keeps_the_catalog_and_fails_unfinished_backups() {
     let open_id = open["backup_id"].as_str().unwrap().to_owned();
     h.stop().await;
 
+    // What a crash between creating a backup's images and writing its row leaves: a directory
+    // named like a backup that the catalog does not know. Beside it, things that only look alike.
+    let vm_dir = data.join("repository").join("other");
+    let orphan = vm_dir.join("0b7ad0c2-35a1-4c41-9a43-1d1e6f0c7a11");
+    let unexpected = vm_dir.join("5f1c9e3a-8b7d-4e2f-a6c4-2d3b9e8f1a00");
+    let not_a_backup = vm_dir.join("notes");
+    for dir in [&orphan, &unexpected, &not_a_backup] {
+        std::fs::create_dir_all(dir).unwrap();
+        qemu_img_create(&dir.join("disk0.qcow2"), MIB);
+    }
+    std::fs::write(unexpected.join("README.txt"), "kept by an operator").unwrap();
+    let open_image =
+        std::path::PathBuf::from(open["disk_results"][0]["qcow2_path"].as_str().unwrap());
+
     let h = TestHub::start(test_config(data)).await;
+    assert!(!orphan.exists(), "the orphaned backup directory is removed");
+    assert!(unexpected.join("disk0.qcow2").exists() && unexpected.join("README.txt").exists());
+    assert!(not_a_backup.join("disk0.qcow2").exists());
+    assert!(open_image.exists(), "a failed backup keeps its image");
     assert_eq!(h.token, token, "the token file is kept");
     let (_, kept) = h.get(&format!("/api/v1/backups/{done_id}")).await;
     assert_eq!(kept["status"], "completed");

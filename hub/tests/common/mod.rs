@@ -39,6 +39,16 @@ pub fn qemu_img_check(image: &Path) {
     );
 }
 
+/// A new, empty qcow2 image made by qemu-img.
+pub fn qemu_img_create(image: &Path, size: u64) {
+    run_ok(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(image)
+            .arg(size.to_string()),
+    );
+}
+
 /// `qemu-img compare` of a raw file against a qcow2 image (with its chain).
 pub fn qemu_img_compare(raw: &Path, image: &Path) {
     run_ok(
