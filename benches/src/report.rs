@@ -9,6 +9,10 @@ use crate::stats::Summary;
 /// Figures of one successful run.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Measurement {
+    /// The round (1-based) it was measured in. Every round runs each combination once, back to
+    /// back, so ratios are taken between runs of the same round: on a shared machine the speed of
+    /// the whole machine drifts between rounds more than between neighbouring runs.
+    pub round: usize,
     pub gib_per_s: f64,
     /// Server CPU seconds (user + system) per GiB copied.
     pub server_cpu_per_gib: f64,
@@ -37,6 +41,19 @@ impl Row {
     }
 }
 
+/// Median over the rounds both rows ran of `row`'s throughput over `base`'s.
+fn paired_ratio(row: &Row, base: &Row) -> Option<f64> {
+    let ratios: Vec<f64> = row
+        .runs
+        .iter()
+        .filter_map(|m| {
+            let b = base.runs.iter().find(|b| b.round == m.round)?;
+            Some(m.gib_per_s / b.gib_per_s)
+        })
+        .collect();
+    Summary::of(&ratios).map(|s| s.median)
+}
+
 fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
     match v {
         Some(x) if x.is_finite() => format!("{x:.decimals$}"),
@@ -59,17 +76,11 @@ pub fn render(rows: &[Row], refs: &Refs<'_>) -> String {
         ceiling,
         storage,
     } = *refs;
-    let median_of = |server: &str, client: &str, conns: usize| {
+    let find = |server: &str, client: &str, conns: usize| {
         rows.iter()
             .find(|r| r.server == server && r.client == client && r.conns == conns)
-            .and_then(Row::throughput)
-            .map(|s| s.median)
     };
-    let storage_median = rows
-        .iter()
-        .find(|r| r.server == storage)
-        .and_then(Row::throughput)
-        .map(|s| s.median);
+    let storage_row = rows.iter().find(|r| r.server == storage);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -87,10 +98,7 @@ pub fn render(rows: &[Row], refs: &Refs<'_>) -> String {
             continue;
         }
         let tp = row.throughput();
-        let ratio = |other: &str| {
-            let base = median_of(other, &row.client, row.conns)?;
-            Some(tp?.median / base)
-        };
+        let ratio = |other: &str| paired_ratio(row, find(other, &row.client, row.conns)?);
         let med = |f: fn(&Measurement) -> f64| {
             Summary::of(&row.runs.iter().map(f).collect::<Vec<_>>()).map(|s| s.median)
         };
@@ -110,7 +118,7 @@ pub fn render(rows: &[Row], refs: &Refs<'_>) -> String {
             spread,
             fmt_opt(ratio(anchor), 2),
             fmt_opt(ratio(ceiling), 2),
-            fmt_opt(tp.zip(storage_median).map(|(t, s)| t.median / s), 2),
+            fmt_opt(storage_row.and_then(|s| paired_ratio(row, s)), 2),
             fmt_opt(med(|m| m.server_cpu_per_gib), 2),
             fmt_opt(med(|m| m.client_cpu_per_gib), 2),
             fmt_opt(peak_rss, 0),
@@ -145,8 +153,9 @@ mod tests {
         storage: "dd",
     };
 
-    fn m(gib_per_s: f64) -> Measurement {
+    fn m(round: usize, gib_per_s: f64) -> Measurement {
         Measurement {
+            round,
             gib_per_s,
             server_cpu_per_gib: 0.5,
             client_cpu_per_gib: 0.25,
@@ -159,7 +168,7 @@ mod tests {
             server: server.into(),
             client: "nbdcopy".into(),
             conns: 1,
-            runs: runs.iter().copied().map(m).collect(),
+            runs: runs.iter().enumerate().map(|(i, &g)| m(i + 1, g)).collect(),
             ..Row::default()
         }
     }
@@ -183,6 +192,20 @@ mod tests {
         );
         let header = t.lines().next().unwrap();
         assert!(header.contains("vs qemu-nbd") && header.contains("vs dd"));
+    }
+
+    #[test]
+    fn ratios_pair_runs_of_the_same_round() {
+        // Round 2 ran while the machine was busy for qemu-nbd, round 3 for ours: the ratio of
+        // medians would say 1.0, the runs side by side say 2.
+        let ours = row("ours", &[1.0, 2.0, 4.0]);
+        let anchor = row("qemu-nbd", &[0.5, 4.0, 2.0]);
+        assert_eq!(paired_ratio(&ours, &anchor), Some(2.0));
+        // A round that failed for one side is left out, not paired with another round.
+        let mut gap = row("ours", &[1.0, 3.0]);
+        gap.runs[1].round = 3;
+        assert_eq!(paired_ratio(&gap, &anchor), Some(1.75));
+        assert_eq!(paired_ratio(&row("ours", &[]), &anchor), None);
     }
 
     #[test]

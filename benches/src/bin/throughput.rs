@@ -384,7 +384,9 @@ fn verify(kind: ServerKind, tools: &Tools, image: &Path, source: &Path) -> Resul
     .context("image differs from source (qemu-img compare)")
 }
 
+#[allow(clippy::too_many_arguments)]
 fn one_run(
+    round: usize,
     kind: ServerKind,
     client: Client,
     conns: usize,
@@ -418,6 +420,7 @@ fn one_run(
     let gib = args.size as f64 / GIB;
     let rss_kib = hwm_kib.unwrap_or(0).max(reaped.max_rss_kib);
     Ok(Measurement {
+        round,
         gib_per_s: gib / wall.as_secs_f64(),
         server_cpu_per_gib: reaped.cpu.as_secs_f64() / gib,
         client_cpu_per_gib: client_cpu.as_secs_f64() / gib,
@@ -429,7 +432,13 @@ fn one_run(
 /// file it is the floor for a new image (the filesystem allocates as the data arrives, as it does
 /// for every server here); into a preallocated file it is the disk reference (the
 /// preallocation is not timed). Its CPU counts as "server" CPU.
-fn dd_run(size: u64, source: &Path, work: &Path, preallocate: bool) -> Result<Measurement> {
+fn dd_run(
+    round: usize,
+    size: u64,
+    source: &Path,
+    work: &Path,
+    preallocate: bool,
+) -> Result<Measurement> {
     let dir = tempfile::Builder::new().prefix("dd-").tempdir_in(work)?;
     let target = dir.path().join("raw");
     let file = File::create(&target)?;
@@ -458,6 +467,7 @@ fn dd_run(size: u64, source: &Path, work: &Path, preallocate: bool) -> Result<Me
     }
     let gib = size as f64 / GIB;
     Ok(Measurement {
+        round,
         gib_per_s: gib / wall.as_secs_f64(),
         server_cpu_per_gib: r.cpu.as_secs_f64() / gib,
         client_cpu_per_gib: 0.0,
@@ -641,7 +651,7 @@ fn main() -> Result<()> {
     for run in 1..=args.runs {
         for row in rows[dd_rows..].iter_mut().filter(|r| r.missing.is_none()) {
             let preallocate = row.server == DD_PREALLOCATED;
-            match dd_run(args.size, &source, work.path(), preallocate) {
+            match dd_run(run, args.size, &source, work.path(), preallocate) {
                 Ok(m) => {
                     eprintln!(
                         "run {run}/{} {}: {:.2} GiB/s",
@@ -667,7 +677,16 @@ fn main() -> Result<()> {
                         server.name(),
                         row.client
                     );
-                    match one_run(server, client, conns, &args, &tools, &source, work.path()) {
+                    match one_run(
+                        run,
+                        server,
+                        client,
+                        conns,
+                        &args,
+                        &tools,
+                        &source,
+                        work.path(),
+                    ) {
                         Ok(m) => {
                             eprintln!(
                                 "{what}: {:.2} GiB/s, server {:.2} CPU s/GiB, {:.0} MiB RSS",
@@ -686,7 +705,7 @@ fn main() -> Result<()> {
     }
 
     let report = format!(
-        "{}- load average (1/5/15 min) at start: {load_start}; at end: {}\n- {} per run, {} run(s) per row, servers in alternation; nbdcopy `-C N --flush`; rust client {} in flight per connection\n\n{}",
+        "{}- load average (1/5/15 min) at start: {load_start}; at end: {}\n- {} per run, {} run(s) per row, servers in alternation; ratios are medians of per-round ratios; nbdcopy `-C N --flush`; rust client {} in flight per connection\n\n{}",
         machine_summary(work.path(), &tools),
         load_average(),
         format_size(args.size),
