@@ -31,7 +31,9 @@ pub(crate) fn sweep(catalog: &Catalog) -> Result<usize> {
                 let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
                     continue;
                 };
-                if uuid::Uuid::parse_str(&id).is_err() || catalog.backup(&id)?.is_some() {
+                let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+                if !is_dir || uuid::Uuid::parse_str(&id).is_err() || catalog.backup(&id)?.is_some()
+                {
                     continue;
                 }
                 if !holds_only_images(&path) {
