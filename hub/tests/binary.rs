@@ -95,6 +95,29 @@ fn start_hub(data: &Path) -> (ChildGuard, String, String) {
     (guard, api.unwrap(), nbd.unwrap())
 }
 
+/// The API token the hub wrote into its data dir at first start.
+fn read_token(data: &Path) -> String {
+    std::fs::read_to_string(data.join("api-token"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// Polls the backup until it has `status` (or gives up after 30 s); returns the last body.
+fn wait_status(api: &str, token: &str, id: &str, status: &str) -> Value {
+    let path = format!("/api/v1/backups/{id}");
+    let mut body = Value::Null;
+    for _ in 0..600 {
+        body = ok(http("GET", api, &path, Some(token), None));
+        if body["status"] == status {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(body["status"], status, "{body}");
+    body
+}
+
 fn create(api: &str, token: &str, vm: &str, capacity: u64) -> Value {
     let req = json!({"vm_name": vm, "backup_type": "full",
         "disks": [{"disk_id": 0, "vmware_disk_key": 2000, "capacity_bytes": capacity}]});
@@ -123,10 +146,7 @@ fn serve_process_quick_start_sigterm_and_restart() {
     let (mut hub, api, nbd) = start_hub(&data);
     assert_eq!(ok(http("GET", &api, "/health", None, None))["status"], "ok");
 
-    let token = std::fs::read_to_string(data.join("api-token"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let token = read_token(&data);
     let src = dir.path().join("disk.raw");
     make_raw(&src, 3 << 20, 40);
     let backup = create(&api, &token, "quick", 3 << 20);
@@ -144,15 +164,7 @@ fn serve_process_quick_start_sigterm_and_restart() {
         Some(&body),
     ));
     let get = format!("/api/v1/backups/{id}");
-    let mut status = Value::Null;
-    for _ in 0..600 {
-        status = ok(http("GET", &api, &get, Some(&token), None));
-        if status["status"] == "completed" {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert_eq!(status["status"], "completed", "{status}");
+    let status = wait_status(&api, &token, &id, "completed");
     assert!(
         status["started_at"].is_string(),
         "the first connection was recorded: {status}"
@@ -226,4 +238,120 @@ fn serve_process_quick_start_sigterm_and_restart() {
         "{failed}"
     );
     assert!(hub.terminate_and_wait().success());
+}
+
+/// Writes the disk over and over in 256 KiB WRITEs, 16 in flight, with a FLUSH after every round;
+/// says "flushed" once the first round is durable, and runs until the server goes away.
+const WRITE_FOREVER: &str = r#"
+import nbd, sys
+h = nbd.NBD(); h.connect_uri(sys.argv[1])
+size = h.get_size(); chunk = 262144; n = 0
+while True:
+    for off in range(0, size, chunk):
+        h.aio_pwrite(bytes([n % 251 + 1]) * chunk, off)
+        while h.aio_in_flight() >= 16:
+            h.poll(-1)
+        n += 1
+    while h.aio_in_flight() > 0:
+        h.poll(-1)
+    h.flush()
+    if n == size // chunk:
+        print("flushed", flush=True)
+"#;
+
+#[test]
+fn serve_process_killed_mid_write_leaves_a_clean_image_and_a_failed_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut hub, api, _) = start_hub(&data);
+    let token = read_token(&data);
+    // A completed backup first: a crash later must not touch it.
+    let src = dir.path().join("disk.raw");
+    make_raw(&src, 4 << 20, 41);
+    let done = create(&api, &token, "crash", 4 << 20);
+    let done_id = done["backup_id"].as_str().unwrap().to_owned();
+    run_ok(
+        Command::new("nbdcopy")
+            .arg(&src)
+            .arg(done["disk_results"][0]["nbd_uri"].as_str().unwrap()),
+    );
+    let body = json!({"disk_id": 0, "change_id": "c-1"});
+    ok(http(
+        "POST",
+        &api,
+        &format!("/api/v1/backups/{done_id}/complete"),
+        None,
+        Some(&body),
+    ));
+
+    // The next one is being written and flushed without pause when the hub is killed.
+    let busy = create(&api, &token, "crash-busy", 16 << 20);
+    let busy_id = busy["backup_id"].as_str().unwrap().to_owned();
+    let mut writer = ChildGuard(Some(
+        Command::new("/usr/bin/python3")
+            .args(["-c", WRITE_FOREVER])
+            .arg(busy["disk_results"][0]["nbd_uri"].as_str().unwrap())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let mut line = String::new();
+    BufReader::new(writer.child().stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "flushed");
+    hub.child().kill().unwrap();
+    hub.child().wait().unwrap();
+    let _ = writer.child().wait();
+
+    // Leaked clusters at worst (exit 3), never corruption, before anything repairs it.
+    let busy_image =
+        std::path::PathBuf::from(busy["disk_results"][0]["qcow2_path"].as_str().unwrap());
+    let check = run_expect(
+        Command::new("qemu-img")
+            .args(["check", "-f", "qcow2"])
+            .arg(&busy_image),
+        &[0, 3],
+    );
+    eprintln!("{}", String::from_utf8_lossy(&check.stdout));
+    // The first round was flushed before the kill: every cluster of the disk is allocated.
+    let map = run_ok(
+        Command::new("qemu-img")
+            .args(["map", "--output=json", "-f", "qcow2"])
+            .arg(&busy_image),
+    );
+    let extents: Vec<Value> = serde_json::from_slice(&map.stdout).unwrap();
+    assert!(
+        extents.iter().all(|e| e["data"] == true),
+        "flushed data lost: {extents:?}"
+    );
+
+    // Restarted on the same data dir: the catalog survived, the interrupted backup is failed
+    // (with an image the check found readable), the completed one is intact.
+    let (mut hub, api, _) = start_hub(&data);
+    wait_status(&api, &token, &done_id, "completed");
+    let failed = wait_status(&api, &token, &busy_id, "failed");
+    let reason = failed["error"].as_str().unwrap();
+    assert!(
+        reason.contains("interrupted by restart") && !reason.contains("corrupt"),
+        "{reason}"
+    );
+    let done_image =
+        std::path::PathBuf::from(done["disk_results"][0]["qcow2_path"].as_str().unwrap());
+    qemu_img_check(&done_image);
+    qemu_img_compare(&src, &done_image);
+
+    // The killed process's image lock died with it: the VM backs up again at once.
+    let again = create(&api, &token, "crash-busy", 4 << 20);
+    run_ok(
+        Command::new("nbdcopy")
+            .arg(&src)
+            .arg(again["disk_results"][0]["nbd_uri"].as_str().unwrap()),
+    );
+    assert!(hub.terminate_and_wait().success());
+    let again_image =
+        std::path::PathBuf::from(again["disk_results"][0]["qcow2_path"].as_str().unwrap());
+    qemu_img_check(&again_image);
+    qemu_img_compare(&src, &again_image);
 }
