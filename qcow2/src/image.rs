@@ -435,6 +435,8 @@ impl Image {
         Ok((first, len))
     }
 
+    /// Reads guest bytes. On success every byte of `buf` has been written (zeros where the image
+    /// holds none): callers reuse buffers without clearing them.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
         let end = offset + buf.len() as u64;

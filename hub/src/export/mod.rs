@@ -4,6 +4,7 @@
 //! ([`workers`]) so an NBD connection task never blocks a runtime thread. Image errors become NBD
 //! export errors here and nowhere else.
 
+mod readbuf;
 mod workers;
 
 use std::sync::Arc;
@@ -171,9 +172,9 @@ impl Export for ImageExport {
 
     async fn read(&self, offset: u64, len: u32) -> Result<Bytes, ExportError> {
         self.blocking(move |image| {
-            let mut buf = vec![0u8; len as usize];
+            let mut buf = readbuf::take(len as usize);
             image.read_at(offset, &mut buf)?;
-            Ok(Bytes::from(buf))
+            Ok(readbuf::reply(buf))
         })
         .await
     }
@@ -224,6 +225,54 @@ impl Export for ImageExport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mem_export(size: u64) -> ImageExport {
+        let st = Arc::new(qcow2::MemStorage::new(Vec::new()));
+        Image::create_storage(&*st, size, 65536).unwrap();
+        let opts = qcow2::OpenOptions {
+            writable: true,
+            ..Default::default()
+        };
+        ImageExport::new(Arc::new(Image::open_storage(st, &opts).unwrap()))
+    }
+
+    /// Read buffers are reused across exports: a reply must never carry bytes of an earlier one,
+    /// whatever the clusters it covers are (data, zero, unallocated).
+    #[tokio::test]
+    async fn reused_read_buffers_never_leak_earlier_replies() {
+        let len = (320 << 10) + 512;
+        let secret = mem_export(4 << 20);
+        secret
+            .write(0, Bytes::from(vec![0xab; 2 << 20]), false)
+            .await
+            .unwrap();
+        // Zero clusters at [0, 1 MiB) (data, then zeroed without trim), a data cluster of which
+        // only 4 KiB were written at 1 MiB, nothing at 3 MiB.
+        let fresh = mem_export(4 << 20);
+        fresh
+            .write(0, Bytes::from(vec![0x22; 1 << 20]), false)
+            .await
+            .unwrap();
+        fresh
+            .write_zeroes(0, 1 << 20, false, false, false)
+            .await
+            .unwrap();
+        fresh
+            .write(1 << 20, Bytes::from(vec![0x11; 4096]), false)
+            .await
+            .unwrap();
+        for _ in 0..4 {
+            let leaked = secret.read(0, len).await.unwrap();
+            assert!(leaked.iter().all(|&b| b == 0xab));
+            drop(leaked);
+            for offset in [0, 1 << 20, 3 << 20] {
+                let got = fresh.read(offset, len).await.unwrap();
+                let data = if offset == 1 << 20 { 4096 } else { 0 };
+                assert!(got[..data].iter().all(|&b| b == 0x11), "at {offset}");
+                assert!(got[data..].iter().all(|&b| b == 0), "at {offset}");
+            }
+        }
+    }
 
     fn ext(offset: u64, length: u64, kind: ExtentKind, depth: u32) -> qcow2::Extent {
         qcow2::Extent {
