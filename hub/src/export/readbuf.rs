@@ -13,8 +13,9 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 /// Idle bytes kept for reuse at most, over all exports. Replies in flight are bounded by the NBD
-/// server's payload budget, not by this.
-const MAX_IDLE_BYTES: usize = 64 << 20;
+/// server's payload budget, not by this; a steady stream of reads keeps few buffers idle, as each
+/// one returned is taken by the next read.
+const MAX_IDLE_BYTES: usize = 32 << 20;
 /// Smaller buffers are cheap to allocate: not kept.
 const MIN_KEPT: usize = 64 << 10;
 
