@@ -56,15 +56,6 @@ pub struct Extent {
     pub depth: u32,
 }
 
-/// One piece of a READ reply: bytes, or a run that reads as zeros (sent as a hole chunk).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReadPiece {
-    Data { offset: u64, data: Bytes },
-    Hole { offset: u64, len: u32 },
-}
-
-pub use command::sparse_runs;
-
 /// What an NBD export is. All methods take `&self`: many requests run at once.
 #[async_trait::async_trait]
 pub trait Export: Send + Sync + 'static {
@@ -76,13 +67,6 @@ pub trait Export: Send + Sync + 'static {
         4096
     }
     async fn read(&self, offset: u64, len: u32) -> Result<Bytes, ExportError>;
-    /// A READ whose zero runs may go out as holes (structured replies, no DF flag): pieces
-    /// covering `[offset, offset + len)` in order. The default asks [`Export::block_status`], then
-    /// [`Export::read`]s each data run; an export whose every call costs a hand-off to another
-    /// thread can do both in one call, planning with [`sparse_runs`].
-    async fn sparse_read(&self, offset: u64, len: u32) -> Result<Vec<ReadPiece>, ExportError> {
-        command::default_sparse_read(self, offset, len).await
-    }
     /// `fua`: durable before returning.
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), ExportError>;
     /// `may_trim`: clusters may be deallocated (no NO_HOLE flag). `fast_only`: fail with

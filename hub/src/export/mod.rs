@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use nbd_server::{Export, ExportError, Extent, ReadPiece};
+use nbd_server::{Export, ExportError, Extent};
 use qcow2::{ErrorKind, ExtentKind, Image};
 
 use workers::IoWorkers;
@@ -70,18 +70,8 @@ impl ImageExport {
         T: Send + 'static,
         F: FnOnce(&Image) -> qcow2::Result<T> + Send + 'static,
     {
-        self.on_worker(move |image| op(image).map_err(map_error))
-            .await
-    }
-
-    /// Runs `op` on one of the export's I/O threads.
-    async fn on_worker<T, F>(&self, op: F) -> Result<T, ExportError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Image) -> Result<T, ExportError> + Send + 'static,
-    {
         match self.workers.run(&self.image, op).await {
-            Ok(result) => result,
+            Ok(result) => result.map_err(map_error),
             Err(_) => Err(ExportError::Io("image I/O thread failed".into())),
         }
     }
@@ -110,13 +100,6 @@ impl ImageExport {
             Ok(())
         }
     }
-}
-
-/// `len` guest bytes from `offset`, in a reused buffer.
-fn read_bytes(image: &Image, offset: u64, len: u32) -> qcow2::Result<Bytes> {
-    let mut buf = readbuf::take(len as usize);
-    image.read_at(offset, &mut buf)?;
-    Ok(readbuf::reply(buf))
 }
 
 /// The one place where an image error becomes an NBD export error (and so an errno).
@@ -188,40 +171,10 @@ impl Export for ImageExport {
     }
 
     async fn read(&self, offset: u64, len: u32) -> Result<Bytes, ExportError> {
-        self.blocking(move |image| read_bytes(image, offset, len))
-            .await
-    }
-
-    /// Block status and the data runs in one job on an I/O thread: the default would hand each
-    /// to a thread separately (measured: the hand-offs were 15% of the server's CPU in a read).
-    async fn sparse_read(&self, offset: u64, len: u32) -> Result<Vec<ReadPiece>, ExportError> {
-        self.on_worker(move |image| {
-            // Not learning the status is no error: the range goes as data.
-            let runs = image
-                .block_status(offset, u64::from(len))
-                .ok()
-                .and_then(|e| map_extents(offset, &e).ok())
-                .and_then(|extents| nbd_server::sparse_runs(offset, len, &extents));
-            let Some(runs) = runs else {
-                let data = read_bytes(image, offset, len).map_err(map_error)?;
-                return Ok(vec![ReadPiece::Data { offset, data }]);
-            };
-            runs.into_iter()
-                .map(|(start, l, zero)| {
-                    Ok(if zero {
-                        ReadPiece::Hole {
-                            offset: start,
-                            len: l,
-                        }
-                    } else {
-                        let data = read_bytes(image, start, l).map_err(map_error)?;
-                        ReadPiece::Data {
-                            offset: start,
-                            data,
-                        }
-                    })
-                })
-                .collect()
+        self.blocking(move |image| {
+            let mut buf = readbuf::take(len as usize);
+            image.read_at(offset, &mut buf)?;
+            Ok(readbuf::reply(buf))
         })
         .await
     }
@@ -281,41 +234,6 @@ mod tests {
             ..Default::default()
         };
         ImageExport::new(Arc::new(Image::open_storage(st, &opts).unwrap()))
-    }
-
-    #[tokio::test]
-    async fn sparse_read_sends_zero_runs_as_holes_in_one_job() {
-        let e = mem_export(4 << 20);
-        e.write(0, Bytes::from(vec![0xab; 192 << 10]), false)
-            .await
-            .unwrap();
-        e.write_zeroes(64 << 10, 128 << 10, false, false, false)
-            .await
-            .unwrap();
-        // Data, zero clusters and unallocated clusters (both read as zeros: one hole).
-        let pieces = e.sparse_read(0, 512 << 10).await.unwrap();
-        assert_eq!(
-            pieces,
-            vec![
-                ReadPiece::Data {
-                    offset: 0,
-                    data: Bytes::from(vec![0xab; 64 << 10]),
-                },
-                ReadPiece::Hole {
-                    offset: 64 << 10,
-                    len: 448 << 10,
-                },
-            ]
-        );
-        // No hole in the range: one data piece, as a plain read would give.
-        let pieces = e.sparse_read(4096, 32 << 10).await.unwrap();
-        assert_eq!(
-            pieces,
-            vec![ReadPiece::Data {
-                offset: 4096,
-                data: e.read(4096, 32 << 10).await.unwrap(),
-            }]
-        );
     }
 
     /// Read buffers are reused across exports: a reply must never carry bytes of an earlier one,

@@ -4,9 +4,7 @@
 mod execute;
 mod reply;
 
-pub(crate) use crate::ReadPiece;
-pub use execute::sparse_runs;
-pub(crate) use execute::{Outcome, default_sparse_read, execute};
+pub(crate) use execute::{Outcome, ReadPiece, execute};
 pub(crate) use reply::encode_reply;
 
 use crate::Extent;
