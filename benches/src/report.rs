@@ -61,11 +61,11 @@ fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
     }
 }
 
-/// The servers the ratios are taken against: `anchor` and `ceiling` with the same client and
-/// connection count, `storage` (a row whatever its client) for every row.
+/// The servers the ratios are taken against: `anchor` and the first of `ceilings` that ran with
+/// the same client and connection count, `storage` (a row whatever its client) for every row.
 pub struct Refs<'a> {
     pub anchor: &'a str,
-    pub ceiling: &'a str,
+    pub ceilings: &'a [&'a str],
     pub storage: &'a str,
 }
 
@@ -73,9 +73,10 @@ pub struct Refs<'a> {
 pub fn render(rows: &[Row], refs: &Refs<'_>) -> String {
     let Refs {
         anchor,
-        ceiling,
+        ceilings,
         storage,
     } = *refs;
+    let ceiling = ceilings.join(" / ");
     let find = |server: &str, client: &str, conns: usize| {
         rows.iter()
             .find(|r| r.server == server && r.client == client && r.conns == conns)
@@ -99,6 +100,10 @@ pub fn render(rows: &[Row], refs: &Refs<'_>) -> String {
         }
         let tp = row.throughput();
         let ratio = |other: &str| paired_ratio(row, find(other, &row.client, row.conns)?);
+        let ceiling_ratio = ceilings
+            .iter()
+            .find_map(|c| find(c, &row.client, row.conns))
+            .and_then(|c| paired_ratio(row, c));
         let med = |f: fn(&Measurement) -> f64| {
             Summary::of(&row.runs.iter().map(f).collect::<Vec<_>>()).map(|s| s.median)
         };
@@ -117,7 +122,7 @@ pub fn render(rows: &[Row], refs: &Refs<'_>) -> String {
             fmt_opt(tp.map(|s| s.median), 2),
             spread,
             fmt_opt(ratio(anchor), 2),
-            fmt_opt(ratio(ceiling), 2),
+            fmt_opt(ceiling_ratio, 2),
             fmt_opt(storage_row.and_then(|s| paired_ratio(row, s)), 2),
             fmt_opt(med(|m| m.server_cpu_per_gib), 2),
             fmt_opt(med(|m| m.client_cpu_per_gib), 2),
@@ -149,7 +154,7 @@ mod tests {
 
     const REFS: Refs<'static> = Refs {
         anchor: "qemu-nbd",
-        ceiling: "nbdkit-null",
+        ceilings: &["nbdkit-null", "nbdkit-pattern"],
         storage: "dd",
     };
 
@@ -192,6 +197,31 @@ mod tests {
         );
         let header = t.lines().next().unwrap();
         assert!(header.contains("vs qemu-nbd") && header.contains("vs dd"));
+    }
+
+    #[test]
+    fn read_rows_take_the_ceiling_that_ran_with_their_client() {
+        let read = |server: &str, runs: &[f64]| Row {
+            client: "nbdcopy read".into(),
+            ..row(server, runs)
+        };
+        let rows = vec![
+            row("nbdkit-null", &[4.0]),
+            read("ours", &[1.0]),
+            read("nbdkit-pattern", &[2.0]),
+        ];
+        let t = render(&rows, &REFS);
+        let ours = t.lines().find(|l| l.starts_with("| ours")).unwrap();
+        assert!(
+            ours.starts_with("| ours | nbdcopy read | 1 | 1.00 | 1.00-1.00 | - | 0.50 |"),
+            "{ours}"
+        );
+        assert!(
+            t.lines()
+                .next()
+                .unwrap()
+                .contains("vs nbdkit-null / nbdkit-pattern")
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Throughput harness: copies the same random data into our `serve-image`, into `qemu-nbd` (the
 //! anchor) and into `nbdkit null` (the protocol ceiling), in alternation, with nbdcopy and with the
-//! project's own pipelined client; checks every image against the source; prints a table.
+//! project's own pipelined client; checks every image against the source; prints a table. With
+//! `--read`, also reads one image of the source back from ours and qemu-nbd (`nbdkit pattern` is
+//! the ceiling) with nbdcopy.
 //!
 //! `cargo build --release -p hub && cargo run --release -p benches --bin throughput -- --help`
 
@@ -60,6 +62,11 @@ struct Args {
     /// file in the same directory, no NBD).
     #[arg(long)]
     no_dd: bool,
+    /// Also measure reads (restores): nbdcopy from each server into `null:`, of a QCOW2 image
+    /// qemu-img made from the source; `nbdkit pattern` stands in for `nbdkit null`, whose holes
+    /// nbdcopy would skip.
+    #[arg(long)]
+    read: bool,
     /// Also write the report (Markdown) to this file.
     #[arg(long)]
     output: Option<PathBuf>,
@@ -80,7 +87,17 @@ impl ServerKind {
             ServerKind::NbdkitNull => "nbdkit-null",
         }
     }
+
+    /// Its name in rows of `client`: the ceiling of reads is `nbdkit pattern`.
+    fn label(self, client: Client) -> &'static str {
+        match (self, client) {
+            (ServerKind::NbdkitNull, Client::NbdcopyRead) => NBDKIT_PATTERN,
+            _ => self.name(),
+        }
+    }
 }
+
+const NBDKIT_PATTERN: &str = "nbdkit-pattern";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ClientKind {
@@ -91,7 +108,11 @@ enum ClientKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Client {
     Nbdcopy,
-    Rust { request_size: u32 },
+    Rust {
+        request_size: u32,
+    },
+    /// nbdcopy from the server into `null:`.
+    NbdcopyRead,
 }
 
 impl Client {
@@ -99,6 +120,7 @@ impl Client {
         match self {
             Client::Nbdcopy => "nbdcopy".into(),
             Client::Rust { request_size } => format!("rust {}", format_size(request_size.into())),
+            Client::NbdcopyRead => "nbdcopy read".into(),
         }
     }
 }
@@ -158,7 +180,12 @@ impl Tools {
 
     fn client_missing(&self, client: Client) -> Option<String> {
         match client {
-            Client::Nbdcopy if self.nbdcopy.is_none() => Some("nbdcopy not found in PATH".into()),
+            Client::Nbdcopy | Client::NbdcopyRead if self.nbdcopy.is_none() => {
+                Some("nbdcopy not found in PATH".into())
+            }
+            Client::NbdcopyRead if self.qemu_img.is_none() => {
+                Some("qemu-img not found in PATH (it makes the image read)".into())
+            }
             _ => None,
         }
     }
@@ -217,13 +244,43 @@ fn run_quiet(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn start_server(kind: ServerKind, tools: &Tools, size: u64, base: &Path) -> Result<Server> {
+/// Starts `kind` on a new image of `size`, or read-only on `read_image` when given.
+fn start_server(
+    kind: ServerKind,
+    tools: &Tools,
+    size: u64,
+    base: &Path,
+    read_image: Option<&Path>,
+) -> Result<Server> {
     let dir = tempfile::Builder::new().prefix("run-").tempdir_in(base)?;
     let socket = dir.path().join("nbd.sock");
     let image = dir.path().join("image.qcow2");
     let log = dir.path().join("server.log");
-    let mut cmd = match kind {
-        ServerKind::Ours => {
+    let mut cmd = match (kind, read_image) {
+        (ServerKind::Ours, Some(read)) => {
+            let hub = tools.hub.clone().map_err(|e| anyhow!(e))?;
+            let mut c = Command::new(hub);
+            c.args(["serve-image", "--read-only", "--socket"])
+                .arg(&socket)
+                .arg(read);
+            c
+        }
+        (ServerKind::QemuNbd, Some(read)) => {
+            let mut c = Command::new(tool(&tools.qemu_nbd, "qemu-nbd")?);
+            c.args(["-r", "-f", "qcow2", "-t", "--shared=8", "-k"])
+                .arg(&socket)
+                .arg(read);
+            c
+        }
+        (ServerKind::NbdkitNull, Some(_)) => {
+            let mut c = Command::new(tool(&tools.nbdkit, "nbdkit")?);
+            c.args(["-f", "-r", "-U"])
+                .arg(&socket)
+                .arg("pattern")
+                .arg(format!("size={size}"));
+            c
+        }
+        (ServerKind::Ours, None) => {
             let hub = tools.hub.clone().map_err(|e| anyhow!(e))?;
             let mut c = Command::new(hub);
             c.arg("serve-image")
@@ -234,7 +291,7 @@ fn start_server(kind: ServerKind, tools: &Tools, size: u64, base: &Path) -> Resu
                 .arg(&image);
             c
         }
-        ServerKind::QemuNbd => {
+        (ServerKind::QemuNbd, None) => {
             run_quiet(
                 Command::new(tool(&tools.qemu_img, "qemu-img")?)
                     .args(["create", "-q", "-f", "qcow2"])
@@ -247,7 +304,7 @@ fn start_server(kind: ServerKind, tools: &Tools, size: u64, base: &Path) -> Resu
                 .arg(&image);
             c
         }
-        ServerKind::NbdkitNull => {
+        (ServerKind::NbdkitNull, None) => {
             let mut c = Command::new(tool(&tools.nbdkit, "nbdkit")?);
             c.arg("-f")
                 .arg("-U")
@@ -323,18 +380,19 @@ fn run_client(
 ) -> Result<(Duration, Duration)> {
     let timeout = Duration::from_secs(60 + size / (10 << 20));
     match client {
-        Client::Nbdcopy => {
+        Client::Nbdcopy | Client::NbdcopyRead => {
             let log = server.dir.path().join("client.log");
             let uri = format!("nbd+unix:///?socket={}", server.socket.display());
+            let mut cmd = Command::new(tool(&tools.nbdcopy, "nbdcopy")?);
+            cmd.arg("-C").arg(conns.to_string());
+            if client == Client::NbdcopyRead {
+                cmd.arg(&uri).arg("null:");
+            } else {
+                cmd.arg("--flush").arg(source).arg(&uri);
+            }
             let start = Instant::now();
             let pid = sys::spawn(
-                Command::new(tool(&tools.nbdcopy, "nbdcopy")?)
-                    .arg("-C")
-                    .arg(conns.to_string())
-                    .arg("--flush")
-                    .arg(source)
-                    .arg(&uri)
-                    .stdin(Stdio::null())
+                cmd.stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(File::create(&log)?),
             )
@@ -394,8 +452,10 @@ fn one_run(
     tools: &Tools,
     source: &Path,
     work: &Path,
+    read_image: &Path,
 ) -> Result<Measurement> {
-    let server = start_server(kind, tools, args.size, work)?;
+    let reads = client == Client::NbdcopyRead;
+    let server = start_server(kind, tools, args.size, work, reads.then_some(read_image))?;
     let copied = run_client(
         client,
         tools,
@@ -416,7 +476,9 @@ fn one_run(
             log_tail(&server.log)
         );
     }
-    verify(kind, tools, &server.image, source)?;
+    if !reads {
+        verify(kind, tools, &server.image, source)?;
+    }
     let gib = args.size as f64 / GIB;
     let rss_kib = hwm_kib.unwrap_or(0).max(reaped.max_rss_kib);
     Ok(Measurement {
@@ -591,6 +653,9 @@ fn main() -> Result<()> {
             }
         }
     }
+    if args.read {
+        clients.push(Client::NbdcopyRead);
+    }
     let base = args.dir.clone().unwrap_or_else(|| {
         let shm = PathBuf::from("/dev/shm");
         if shm.is_dir() {
@@ -616,6 +681,18 @@ fn main() -> Result<()> {
         format_size(args.size),
         t.elapsed().as_secs_f64()
     );
+    // The image every server reads, made by qemu-img so no server reads its own writing.
+    let read_image = work.path().join("read.qcow2");
+    if args.read {
+        let qemu_img = tool(&tools.qemu_img, "qemu-img")?;
+        run_quiet(
+            Command::new(qemu_img)
+                .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+                .arg(&source)
+                .arg(&read_image),
+        )
+        .context("making the image to read")?;
+    }
 
     let mut rows = Vec::new();
     for &client in &clients {
@@ -625,7 +702,7 @@ fn main() -> Result<()> {
                     .server_missing(server)
                     .or_else(|| tools.client_missing(client));
                 rows.push(Row {
-                    server: server.name().into(),
+                    server: server.label(client).into(),
                     client: client.label(),
                     conns,
                     missing,
@@ -673,9 +750,7 @@ fn main() -> Result<()> {
                     }
                     let what = format!(
                         "run {run}/{} {} / {} / {conns} conns",
-                        args.runs,
-                        server.name(),
-                        row.client
+                        args.runs, row.server, row.client
                     );
                     match one_run(
                         run,
@@ -686,6 +761,7 @@ fn main() -> Result<()> {
                         &tools,
                         &source,
                         work.path(),
+                        &read_image,
                     ) {
                         Ok(m) => {
                             eprintln!(
@@ -705,7 +781,7 @@ fn main() -> Result<()> {
     }
 
     let report = format!(
-        "{}- load average (1/5/15 min) at start: {load_start}; at end: {}\n- {} per run, {} run(s) per row, servers in alternation; ratios are medians of per-round ratios; nbdcopy `-C N --flush`; rust client {} in flight per connection\n\n{}",
+        "{}- load average (1/5/15 min) at start: {load_start}; at end: {}\n- {} per run, {} run(s) per row, servers in alternation; ratios are medians of per-round ratios; nbdcopy `-C N --flush` (reads: `-C N URI null:`); rust client {} in flight per connection\n\n{}",
         machine_summary(work.path(), &tools),
         load_average(),
         format_size(args.size),
@@ -715,7 +791,7 @@ fn main() -> Result<()> {
             &rows,
             &Refs {
                 anchor: ServerKind::QemuNbd.name(),
-                ceiling: ServerKind::NbdkitNull.name(),
+                ceilings: &[ServerKind::NbdkitNull.name(), NBDKIT_PATTERN],
                 storage: DD_NEW,
             }
         ),
