@@ -598,13 +598,7 @@ impl Image {
                 }
             }
             drop(m);
-            let mut c = first;
-            while c < first + k {
-                let table_end = (c / self.geo.l2_entries + 1) * self.geo.l2_entries;
-                let stop = table_end.min(first + k);
-                self.zero_clusters(c, stop, false)?;
-                c = stop;
-            }
+            self.zero_span(first, first + k, false)?;
             return Ok((((first + k) << bits).min(end) - pos) as usize);
         }
         // A run of clusters that need fresh host clusters; it stops before a whole zero cluster,
@@ -747,16 +741,14 @@ impl Image {
             let c_start = pos & !(cs - 1);
             let c_end = (c_start + cs).min(vend);
             if pos == c_start && end >= c_end {
-                // Whole clusters up to the end of this L2 table (or of the range).
+                // All the whole clusters from here.
                 let first = c_start / cs;
-                let table_end = (first / self.geo.l2_entries + 1) * self.geo.l2_entries;
-                let full_end = if end >= vend {
+                let last = if end >= vend {
                     vend.div_ceil(cs)
                 } else {
                     end / cs
                 };
-                let last = full_end.min(table_end);
-                self.zero_clusters(first, last, unmap)?;
+                self.zero_span(first, last, unmap)?;
                 pos = (last * cs).min(end);
             } else {
                 let piece = c_end.min(end) - pos;
@@ -782,6 +774,18 @@ impl Image {
         };
         if !reads_zero {
             self.write_at(pos, &vec![0u8; len as usize])?;
+        }
+        Ok(())
+    }
+
+    /// Marks clusters `[first, last)` as zero or unallocated, one L2 table at a time.
+    fn zero_span(&self, first: u64, last: u64, unmap: bool) -> Result<()> {
+        let mut c = first;
+        while c < last {
+            let table_end = (c / self.geo.l2_entries + 1) * self.geo.l2_entries;
+            let stop = table_end.min(last);
+            self.zero_clusters(c, stop, unmap)?;
+            c = stop;
         }
         Ok(())
     }
@@ -910,9 +914,6 @@ impl Drop for Image {
     }
 }
 
-/// All bytes zero. Comparing the buffer with itself shifted by one byte is one `memcmp` (the
-/// fastest of the strategies in `benches/src/zero.rs`: ~78 GiB/s, and it stops at the first
-/// difference).
 /// Reads and decodes the header (the whole first cluster, where the header extensions live);
 /// returns it unvalidated, with the file's length to validate it against.
 pub(crate) fn read_header(st: &dyn Storage) -> Result<(Header, u64)> {
@@ -931,6 +932,9 @@ pub(crate) fn read_header(st: &dyn Storage) -> Result<(Header, u64)> {
     Ok((Header::decode(&c0)?, file_len))
 }
 
+/// All bytes zero. Comparing the buffer with itself shifted by one byte is one `memcmp` (the
+/// fastest of the strategies in `benches/src/zero.rs`: ~78 GiB/s, and it stops at the first
+/// difference).
 fn is_zero(buf: &[u8]) -> bool {
     match buf.split_first() {
         None => true,
