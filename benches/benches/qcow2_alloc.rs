@@ -82,29 +82,27 @@ fn write_all_raw(f: &File, data: &[u8]) {
 /// under contention, as with several NBD connections.
 const THREADS: u64 = 4;
 
-fn write_all_image_mt(img: &Image, data: &[u8]) {
+/// Calls `write` for every chunk offset, from `THREADS` threads.
+fn in_threads(write: impl Fn(u64) + Sync) {
+    let write = &write;
     std::thread::scope(|s| {
         for t in 0..THREADS {
             s.spawn(move || {
                 for off in (t * WRITE as u64..TOTAL).step_by(WRITE * THREADS as usize) {
-                    img.write_at(off, data).unwrap();
+                    write(off);
                 }
             });
         }
     });
+}
+
+fn write_all_image_mt(img: &Image, data: &[u8]) {
+    in_threads(|off| img.write_at(off, data).unwrap());
     img.flush().unwrap();
 }
 
 fn write_all_raw_mt(f: &File, data: &[u8]) {
-    std::thread::scope(|s| {
-        for t in 0..THREADS {
-            s.spawn(move || {
-                for off in (t * WRITE as u64..TOTAL).step_by(WRITE * THREADS as usize) {
-                    f.write_all_at(data, off).unwrap();
-                }
-            });
-        }
-    });
+    in_threads(|off| f.write_all_at(data, off).unwrap());
     f.sync_data().unwrap();
 }
 
