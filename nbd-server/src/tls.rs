@@ -116,19 +116,32 @@ pub struct X509Creds {
 impl X509Creds {
     /// Reads `server-cert.pem`, `server-key.pem` and (if present) `ca-cert.pem` from `dir`.
     pub fn from_dir(dir: &Path) -> Result<Self, TlsError> {
-        let certs = read_certs(&dir.join(SERVER_CERT))?;
-        let key_path = dir.join(SERVER_KEY);
-        let pem = read(&key_path)?;
-        let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError::Pem {
-            path: key_path.clone(),
-            what: format!("no private key: {e}"),
-        })?;
         let ca_path = dir.join(CA_CERT);
         let ca = if ca_path.exists() {
-            Some(read_certs(&ca_path)?)
+            Some(read(&ca_path)?)
         } else {
             None
         };
+        let cert = read(&dir.join(SERVER_CERT))?;
+        let key = read(&dir.join(SERVER_KEY))?;
+        Self::from_pem(dir, &cert, &key, ca.as_deref())
+    }
+
+    /// From PEM text; `dir` names where it came from in errors.
+    pub fn from_pem(
+        dir: &Path,
+        cert: &[u8],
+        key: &[u8],
+        ca: Option<&[u8]>,
+    ) -> Result<Self, TlsError> {
+        let certs = parse_certs(cert, &dir.join(SERVER_CERT))?;
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| TlsError::Pem {
+            path: dir.join(SERVER_KEY),
+            what: format!("no private key: {e}"),
+        })?;
+        let ca = ca
+            .map(|pem| parse_certs(pem, &dir.join(CA_CERT)))
+            .transpose()?;
         Ok(Self {
             certs,
             key,
@@ -181,9 +194,8 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read(path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
+fn parse_certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem {
             path: path.to_owned(),
