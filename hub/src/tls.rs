@@ -79,7 +79,11 @@ pub fn init(dir: &Path, hosts: &[String]) -> Result<()> {
         .distinguished_name
         .push(DnType::CommonName, hosts[0].as_str());
     server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    // qemu-nbd refuses a server certificate without keyEncipherment, whatever its key type.
+    server.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     validity(&mut server);
     let server_key = KeyPair::generate().map_err(tls_err)?;
     let issuer = Issuer::from_params(&ca, &ca_key);

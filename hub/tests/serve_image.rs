@@ -403,4 +403,36 @@ fn tls_init_then_nbds_copy_and_a_client_without_certificate_is_refused_with_a_re
     assert!(child.terminate_and_wait().success());
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(log.contains("peer sent no certificates"), "{log}");
+
+    // qemu-nbd takes the same directory (it wants keyEncipherment in the server certificate).
+    let socket = tmp_path(&dir, "qemu.sock");
+    let object = format!(
+        "tls-creds-x509,id=tls0,dir={},endpoint=server,verify-peer=off",
+        creds.display()
+    );
+    let _qemu = ChildGuard(Some(
+        Command::new("qemu-nbd")
+            .args(["-r", "-f", "qcow2", "-k"])
+            .arg(&socket)
+            .args(["--object", &object, "--tls-creds", "tls0"])
+            .arg(&image)
+            .spawn()
+            .unwrap(),
+    ));
+    for _ in 0..500 {
+        if socket.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let uri = format!(
+        "nbds+unix:///?socket={}&tls-certificates={}",
+        socket.display(),
+        creds.display()
+    );
+    let size = run_ok(Command::new("nbdinfo").args(["--size", &uri]));
+    assert_eq!(
+        String::from_utf8_lossy(&size.stdout).trim(),
+        SIZE.to_string()
+    );
 }
