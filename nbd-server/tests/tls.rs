@@ -97,10 +97,15 @@ fn libnbd_and_qemu_img_copy_through_nbds_byte_exact() {
 #[test]
 fn require_refuses_every_option_in_clear_until_starttls() {
     let (work, _ca, server_dir, client_dir) = creds();
-    let config = tls_config(TlsMode::Require, &server_dir, false);
+    let config = ServerConfig {
+        handshake_timeout: std::time::Duration::from_secs(1),
+        ..tls_config(TlsMode::Require, &server_dir, false)
+    };
     let t = TestServer::with_export(config, "d", Arc::new(MemExport::new(4 * MIB)));
     // GO, INFO, LIST, STRUCTURED_REPLY, SET_META_CONTEXT: NBD_REP_ERR_TLS_REQD; EXPORT_NAME: close.
     python("tls.py", &["required", &t.uri("d")]);
+    // A client that goes silent after STARTTLS is dropped by the handshake deadline.
+    python("tls.py", &["stall_in_tls", &t.uri("d")]);
     // libnbd in clear is refused; through STARTTLS it gets the export.
     let out = Command::new("nbdinfo")
         .args(["--size", &t.uri("d")])

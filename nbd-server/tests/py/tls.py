@@ -47,5 +47,14 @@ def required(uri):
     print("ok")
 
 
+def stall_in_tls(uri):
+    """STARTTLS, then silence: the handshake deadline covers the TLS handshake too."""
+    s = raw_connect(uri, go=False)
+    opt(s, 5)
+    assert opt_reply(s)[:2] == (5, REP_ACK)
+    assert recv_until_eof(s), "a client silent inside the TLS handshake was not dropped"
+    print("ok")
+
+
 if __name__ == "__main__":
     globals()[sys.argv[1]](*sys.argv[2:])
