@@ -411,6 +411,16 @@ fn https_api_and_nbds_uris_with_tls_init_credentials() {
     let base = format!("https://{api}");
     let (code, health) = curl("GET", &format!("{base}/health"), &ca, None, None);
     assert_eq!((code, &health["status"]), (200, &json!("ok")));
+    // A client that does not trust the CA refuses the server (curl: exit 60), and the next is served.
+    let untrusted = Command::new("curl")
+        .args(["-sS", &format!("{base}/health")])
+        .output()
+        .unwrap();
+    assert_eq!(untrusted.status.code(), Some(60), "{untrusted:?}");
+    assert_eq!(
+        curl("GET", &format!("{base}/health"), &ca, None, None).0,
+        200
+    );
     // Nothing is served in clear any more.
     let clear = Command::new("curl")
         .args(["-sS", &format!("http://{api}/health")])
