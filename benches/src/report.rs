@@ -69,6 +69,9 @@ pub struct Refs<'a> {
     pub storage: &'a str,
 }
 
+/// Ends the name of a server row over TLS; its "vs anchor" column uses the anchor's TLS row.
+pub const TLS_SUFFIX: &str = "-tls";
+
 /// Markdown table with a ratio column per reference.
 pub fn render(rows: &[Row], refs: &Refs<'_>) -> String {
     let Refs {
@@ -100,6 +103,15 @@ pub fn render(rows: &[Row], refs: &Refs<'_>) -> String {
         }
         let tp = row.throughput();
         let ratio = |other: &str| paired_ratio(row, find(other, &row.client, row.conns)?);
+        // A row over TLS is compared with the anchor over TLS, when that ran.
+        let tls_anchor = format!("{anchor}{TLS_SUFFIX}");
+        let row_anchor = if row.server.ends_with(TLS_SUFFIX)
+            && find(&tls_anchor, &row.client, row.conns).is_some()
+        {
+            tls_anchor.as_str()
+        } else {
+            anchor
+        };
         let ceiling_ratio = ceilings
             .iter()
             .find_map(|c| find(c, &row.client, row.conns))
@@ -121,7 +133,7 @@ pub fn render(rows: &[Row], refs: &Refs<'_>) -> String {
             row.conns,
             fmt_opt(tp.map(|s| s.median), 2),
             spread,
-            fmt_opt(ratio(anchor), 2),
+            fmt_opt(ratio(row_anchor), 2),
             fmt_opt(ceiling_ratio, 2),
             fmt_opt(storage_row.and_then(|s| paired_ratio(row, s)), 2),
             fmt_opt(med(|m| m.server_cpu_per_gib), 2),
@@ -197,6 +209,25 @@ mod tests {
         );
         let header = t.lines().next().unwrap();
         assert!(header.contains("vs qemu-nbd") && header.contains("vs dd"));
+    }
+
+    #[test]
+    fn tls_rows_are_compared_with_the_anchor_over_tls() {
+        let rows = vec![
+            row("qemu-nbd", &[1.0, 1.0]),
+            row("ours-tls", &[1.2, 1.2]),
+            row("qemu-nbd-tls", &[0.4, 0.4]),
+        ];
+        let t = render(&rows, &REFS);
+        let tls = t.lines().find(|l| l.starts_with("| ours-tls")).unwrap();
+        assert!(
+            tls.starts_with("| ours-tls | nbdcopy | 1 | 1.20 | 1.20-1.20 | 3.00 |"),
+            "{tls}"
+        );
+        // Without the anchor's TLS row, the plain anchor is the reference.
+        let t = render(&rows[..2], &REFS);
+        let tls = t.lines().find(|l| l.starts_with("| ours-tls")).unwrap();
+        assert!(tls.contains("| 1.20 |"), "{tls}");
     }
 
     #[test]

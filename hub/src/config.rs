@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nbd_server::tls::TlsMode;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -31,6 +32,16 @@ pub struct Config {
     /// Request payload bytes (WRITE data, READ replies) all NBD connections hold in memory
     /// together; the bound on the hub's data memory whatever the number of clients.
     pub max_in_flight_bytes: usize,
+    /// NBD STARTTLS: off, on (clients may stay in clear) or require; URIs say `nbds://` unless off.
+    pub tls: TlsMode,
+    /// x509 credentials in qemu's layout (`ca-cert.pem`, `server-cert.pem`, `server-key.pem`).
+    pub tls_creds: Option<PathBuf>,
+    /// NBD clients must present a certificate signed by `ca-cert.pem` (mutual TLS).
+    pub tls_verify_peer: bool,
+    /// HTTPS for the API.
+    pub api_tls: bool,
+    /// Credentials for HTTPS when they differ from `tls_creds`.
+    pub api_tls_creds: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -48,6 +59,11 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             max_connections_per_export: 16,
             max_in_flight_bytes: 128 << 20,
+            tls: TlsMode::Off,
+            tls_creds: None,
+            tls_verify_peer: false,
+            api_tls: false,
+            api_tls_creds: None,
         }
     }
 }
@@ -68,6 +84,13 @@ pub struct FileConfig {
     pub shutdown_grace_secs: Option<u64>,
     pub max_connections_per_export: Option<usize>,
     pub max_in_flight_mib: Option<u64>,
+    /// "off", "on" or "require".
+    pub tls: Option<String>,
+    pub tls_creds: Option<PathBuf>,
+    pub tls_verify_peer: Option<bool>,
+    /// "off" or "on".
+    pub api_tls: Option<String>,
+    pub api_tls_creds: Option<PathBuf>,
 }
 
 /// Values from flags or the environment; they win over the file.
@@ -79,6 +102,9 @@ pub struct Overrides {
     pub nbd_host: Option<String>,
     pub api_token: Option<String>,
     pub stale_after_secs: Option<u64>,
+    pub tls: Option<String>,
+    pub tls_creds: Option<PathBuf>,
+    pub api_tls: Option<String>,
 }
 
 impl FileConfig {
@@ -128,6 +154,22 @@ impl Config {
                     .ok_or_else(|| Error::Config("max_in_flight_mib is too large".into()))?,
                 None => d.max_in_flight_bytes,
             },
+            tls: match flags.tls.or(file.tls) {
+                Some(mode) => mode.parse().map_err(Error::Config)?,
+                None => d.tls,
+            },
+            tls_creds: flags.tls_creds.or(file.tls_creds),
+            tls_verify_peer: file.tls_verify_peer.unwrap_or(d.tls_verify_peer),
+            api_tls: match flags.api_tls.or(file.api_tls).as_deref() {
+                None | Some("off") => false,
+                Some("on") => true,
+                Some(other) => {
+                    return Err(Error::Config(format!(
+                        "api_tls must be off or on, not {other:?}"
+                    )));
+                }
+            },
+            api_tls_creds: file.api_tls_creds,
         };
         config.validate()?;
         Ok(config)
@@ -147,6 +189,14 @@ impl Config {
         }
         if self.max_in_flight_bytes == 0 {
             return Err(Error::Config("max_in_flight_mib must be positive".into()));
+        }
+        if self.tls != TlsMode::Off && self.tls_creds.is_none() {
+            return Err(Error::Config(format!("tls = {} needs tls_creds", self.tls)));
+        }
+        if self.api_tls && self.api_tls_creds.is_none() && self.tls_creds.is_none() {
+            return Err(Error::Config(
+                "api_tls = on needs api_tls_creds or tls_creds".into(),
+            ));
         }
         if let Some(token) = &self.api_token {
             if token.trim().len() < 16 {
@@ -206,6 +256,26 @@ mod tests {
             };
             let err = Config::resolve(file, Overrides::default()).unwrap_err();
             assert!(err.to_string().contains("max_in_flight_mib"), "{err}");
+        }
+    }
+
+    #[test]
+    fn tls_keys_parse_and_need_credentials() {
+        let file: FileConfig =
+            toml::from_str("tls = \"require\"\ntls_creds = \"/etc/hub/tls\"\napi_tls = \"on\"\n")
+                .unwrap();
+        let c = Config::resolve(file, Overrides::default()).unwrap();
+        assert_eq!(c.tls, TlsMode::Require);
+        assert!(c.api_tls);
+        for (text, want) in [
+            ("tls = \"on\"", "needs tls_creds"),
+            ("api_tls = \"on\"", "needs api_tls_creds"),
+            ("tls = \"yes\"", "off, on or require"),
+            ("api_tls = \"require\"", "off or on"),
+        ] {
+            let file: FileConfig = toml::from_str(text).unwrap();
+            let err = Config::resolve(file, Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(want), "{text}: {err}");
         }
     }
 

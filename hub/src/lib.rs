@@ -15,6 +15,7 @@ pub mod restores;
 pub mod serve;
 pub mod size;
 pub mod state;
+pub mod tls;
 pub mod token;
 pub mod views;
 

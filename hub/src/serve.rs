@@ -1,5 +1,6 @@
 //! `sendense-hub serve` as a library function: tests call it with bound listeners and a token.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -10,6 +11,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use nbd_server::tls::rustls;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -48,13 +50,18 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let grace = config.shutdown_grace;
+    let api_tls = match (config.api_tls, &config.api_tls_creds, &config.tls_creds) {
+        (true, Some(creds), _) | (true, None, Some(creds)) => Some(crate::tls::api_tls(creds)?),
+        _ => None,
+    };
     let hub = start(config, nbd, shutdown.clone()).await?;
     let api_addr = api
         .local_addr()
         .map_err(Error::io("API listener address"))?;
     let app = crate::api::app(hub.clone());
-    let mut http = tokio::spawn(serve_http(api, app, shutdown.clone()));
-    tracing::info!(api = %api_addr, "API listening");
+    let https = api_tls.is_some();
+    let mut http = tokio::spawn(serve_http(api, app, api_tls, shutdown.clone()));
+    tracing::info!(api = %api_addr, https, "API listening");
     crate::notify::ready();
 
     let finished = tokio::select! {
@@ -92,8 +99,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 async fn serve_http(
     listener: TcpListener,
     app: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -120,12 +129,36 @@ async fn serve_http(
                 req.extensions_mut().insert(ConnectInfo(peer));
                 req
             });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let service = TowerToHyperService::new(service);
+        let Some(tls) = &tls else {
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(err) = conn.await {
+                    tracing::debug!(%peer, %err, "API connection ended with an error");
+                }
+            });
+            continue;
+        };
+        // The TLS handshake runs in the connection's task, bounded like a request head, so a
+        // silent client holds neither the accept loop nor its task.
+        let (tls, builder, watcher) = (tls.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(err) = conn.await {
+            let stream = match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(err)) => {
+                    tracing::info!(%peer, %err, "API TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%peer, "API TLS handshake timed out");
+                    return;
+                }
+            };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(err) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(%peer, %err, "API connection ended with an error");
             }
         });

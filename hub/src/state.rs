@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use nbd_server::tls::TlsMode;
 use nbd_server::{ExportStats, Server, ServerConfig};
 use parking_lot::Mutex;
 use qcow2::{CreateOptions, Image, OpenOptions};
@@ -101,6 +102,11 @@ impl Hub {
             list_exports: false,
             max_connections_per_export: config.max_connections_per_export,
             max_in_flight_bytes_total: config.max_in_flight_bytes,
+            tls: crate::tls::nbd_tls(
+                config.tls,
+                config.tls_creds.as_deref(),
+                config.tls_verify_peer,
+            )?,
             ..ServerConfig::default()
         });
         let nbd_host = match &config.nbd_host {
@@ -181,7 +187,13 @@ impl Hub {
         } else {
             self.nbd_host.clone()
         };
-        format!("nbd://{host}:{}/{export}", self.nbd_port)
+        // With TLS on, clients must use it: libnbd and qemu read `nbds://` as "TLS required".
+        let scheme = if self.config.tls == TlsMode::Off {
+            "nbd"
+        } else {
+            "nbds"
+        };
+        format!("{scheme}://{host}:{}/{export}", self.nbd_port)
     }
 
     /// Live figures of an export of an active backup, or the last ones seen.

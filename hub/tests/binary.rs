@@ -55,6 +55,11 @@ fn ok(resp: (u16, Value)) -> Value {
 /// Start `sendense-hub serve` on ephemeral ports; learn them from its JSON log. The data dir
 /// comes from the environment; the listen flags win over (unusable) environment values.
 fn start_hub(data: &Path) -> (ChildGuard, String, String) {
+    start_hub_with(data, &[])
+}
+
+/// [`start_hub`] with more `serve` flags.
+fn start_hub_with(data: &Path, extra: &[&str]) -> (ChildGuard, String, String) {
     let mut child = Command::new(BIN)
         .args([
             "--log-json",
@@ -64,6 +69,7 @@ fn start_hub(data: &Path) -> (ChildGuard, String, String) {
             "--nbd-listen",
             "127.0.0.1:0",
         ])
+        .args(extra)
         .env("SENDENSE_HUB_DATA_DIR", data)
         .env("SENDENSE_HUB_API_LISTEN", "192.0.2.1:1")
         .env("SENDENSE_HUB_NBD_LISTEN", "192.0.2.1:2")
@@ -354,4 +360,114 @@ fn serve_process_killed_mid_write_leaves_a_clean_image_and_a_failed_backup() {
         std::path::PathBuf::from(again["disk_results"][0]["qcow2_path"].as_str().unwrap());
     qemu_img_check(&again_image);
     qemu_img_compare(&src, &again_image);
+}
+
+/// An HTTPS request by curl, trusting only `ca`; returns the status and the JSON body.
+fn curl(
+    method: &str,
+    url: &str,
+    ca: &Path,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-X", method, "-w", "\n%{http_code}", "--cacert"])
+        .arg(ca)
+        .args(["-H", "Content-Type: application/json"]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    if let Some(b) = body {
+        cmd.args(["--data", &b.to_string()]);
+    }
+    let out = run_ok(cmd.arg(url));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (payload, code) = text.rsplit_once('\n').unwrap();
+    (
+        code.parse().unwrap(),
+        serde_json::from_str(payload).unwrap_or(Value::Null),
+    )
+}
+
+#[test]
+fn https_api_and_nbds_uris_with_tls_init_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let creds = dir.path().join("tls");
+    run_ok(Command::new(BIN).args(["tls", "init"]).arg(&creds));
+    let creds_arg = creds.to_str().unwrap();
+    let (mut hub, api, nbd) = start_hub_with(
+        &data,
+        &[
+            "--tls",
+            "require",
+            "--tls-creds",
+            creds_arg,
+            "--api-tls",
+            "on",
+        ],
+    );
+    let ca = creds.join("ca-cert.pem");
+    let base = format!("https://{api}");
+    let (code, health) = curl("GET", &format!("{base}/health"), &ca, None, None);
+    assert_eq!((code, &health["status"]), (200, &json!("ok")));
+    // A client that does not trust the CA refuses the server (curl: exit 60), and the next is served.
+    let untrusted = Command::new("curl")
+        .args(["-sS", &format!("{base}/health")])
+        .output()
+        .unwrap();
+    assert_eq!(untrusted.status.code(), Some(60), "{untrusted:?}");
+    assert_eq!(
+        curl("GET", &format!("{base}/health"), &ca, None, None).0,
+        200
+    );
+    // Nothing is served in clear any more.
+    let clear = Command::new("curl")
+        .args(["-sS", &format!("http://{api}/health")])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&clear.stdout).contains("\"ok\""));
+
+    let token = read_token(&data);
+    let req = json!({"vm_name": "tls", "backup_type": "full",
+        "disks": [{"disk_id": 0, "vmware_disk_key": 2000, "capacity_bytes": 2 << 20}]});
+    let (code, backup) = curl(
+        "POST",
+        &format!("{base}/api/v1/backups"),
+        &ca,
+        Some(&token),
+        Some(&req),
+    );
+    assert_eq!(code, 200, "{backup}");
+    let uri = backup["disk_results"][0]["nbd_uri"].as_str().unwrap();
+    assert!(uri.starts_with(&format!("nbds://{nbd}/")), "{uri}");
+    let targets = backup["nbd_targets_string"].as_str().unwrap();
+    assert!(targets.starts_with("2000:nbds://"), "{targets}");
+    let src = dir.path().join("disk.raw");
+    make_raw(&src, 2 << 20, 41);
+    run_ok(
+        Command::new("nbdcopy")
+            .arg(&src)
+            .arg(format!("{uri}?tls-certificates={creds_arg}")),
+    );
+    // The SNA's token-free route still answers on loopback, now over HTTPS.
+    let id = backup["backup_id"].as_str().unwrap();
+    let body = json!({"disk_id": 0, "change_id": "x-1"});
+    let (code, _) = curl(
+        "POST",
+        &format!("{base}/api/v1/backups/{id}/complete"),
+        &ca,
+        None,
+        Some(&body),
+    );
+    assert_eq!(code, 200);
+    let (code, _) = curl(
+        "GET",
+        &format!("{base}/api/v1/backups/{id}"),
+        &ca,
+        None,
+        None,
+    );
+    assert_eq!(code, 401, "operator routes still need the token");
+    assert!(hub.terminate_and_wait().success());
 }

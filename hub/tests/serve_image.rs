@@ -331,3 +331,108 @@ fn thirty_two_connections_with_deep_queues_stay_within_the_memory_budget() {
     assert!(server.terminate_and_wait().success());
     qemu_img_check(&image);
 }
+
+#[test]
+fn tls_init_then_nbds_copy_and_a_client_without_certificate_is_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = tmp_path(&dir, "creds");
+    let out = run_ok(Command::new(BIN).arg("tls").arg("init").arg(&creds));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("127.0.0.1"));
+    // qemu's layout, keys private.
+    use std::os::unix::fs::PermissionsExt;
+    for (name, mode) in [
+        ("ca-cert.pem", 0o644),
+        ("ca-key.pem", 0o600),
+        ("server-cert.pem", 0o644),
+        ("server-key.pem", 0o600),
+    ] {
+        let meta = std::fs::metadata(creds.join(name)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, mode, "{name}");
+    }
+    // A second init would overwrite the CA: refused.
+    run_expect(Command::new(BIN).arg("tls").arg("init").arg(&creds), &[1]);
+
+    let src = tmp_path(&dir, "src.raw");
+    let image = tmp_path(&dir, "disk.qcow2");
+    make_raw(&src, SIZE, 4);
+    let (mut server, uri) = serve_image(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--create",
+            "8M",
+            "--tls-creds",
+            creds.to_str().unwrap(),
+        ],
+        &image,
+    );
+    assert!(uri.starts_with("nbds://127.0.0.1:"), "{uri}");
+    let nbds = format!("{uri}?tls-certificates={}", creds.display());
+    run_ok(Command::new("nbdcopy").arg(&src).arg(&nbds));
+    // --tls-creds alone means require: nothing in clear.
+    let clear = uri.replacen("nbds://", "nbd://", 1);
+    run_expect(Command::new("nbdinfo").args(["--size", &clear]), &[1]);
+    assert!(server.terminate_and_wait().success());
+    qemu_img_check(&image);
+    qemu_img_compare(&src, &image);
+
+    // Mutual TLS: a client holding only the CA is refused, and the log says why.
+    let log = tmp_path(&dir, "server.log");
+    let mut child = ChildGuard(Some(
+        Command::new(BIN)
+            .args(["serve-image", "--listen", "127.0.0.1:0", "--read-only"])
+            .args(["--tls-verify-peer", "--tls-creds"])
+            .arg(&creds)
+            .arg(&image)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    ));
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.child().stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let ca_only = tmp_path(&dir, "ca-only");
+    std::fs::create_dir(&ca_only).unwrap();
+    std::fs::copy(creds.join("ca-cert.pem"), ca_only.join("ca-cert.pem")).unwrap();
+    let uri = format!("{}?tls-certificates={}", line.trim(), ca_only.display());
+    run_expect(Command::new("nbdinfo").arg(&uri), &[1]);
+    assert!(child.terminate_and_wait().success());
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("peer sent no certificates"), "{log}");
+
+    // qemu-nbd takes the same directory (it wants keyEncipherment in the server certificate).
+    let socket = tmp_path(&dir, "qemu.sock");
+    let object = format!(
+        "tls-creds-x509,id=tls0,dir={},endpoint=server,verify-peer=off",
+        creds.display()
+    );
+    let _qemu = ChildGuard(Some(
+        Command::new("qemu-nbd")
+            .args(["-r", "-f", "qcow2", "-k"])
+            .arg(&socket)
+            .args(["--object", &object, "--tls-creds", "tls0"])
+            .arg(&image)
+            .spawn()
+            .unwrap(),
+    ));
+    for _ in 0..500 {
+        if socket.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let uri = format!(
+        "nbds+unix:///?socket={}&tls-certificates={}",
+        socket.display(),
+        creds.display()
+    );
+    let size = run_ok(Command::new("nbdinfo").args(["--size", &uri]));
+    assert_eq!(
+        String::from_utf8_lossy(&size.stdout).trim(),
+        SIZE.to_string()
+    );
+}

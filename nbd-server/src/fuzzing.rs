@@ -2,15 +2,20 @@
 //! the crate). Each decodes arbitrary bytes, and for everything that decodes checks that encoding
 //! it again and decoding the result gives the same value. They panic only on a broken invariant.
 
+use std::sync::Arc;
+
 use bytes::BytesMut;
 
-use crate::Extent;
 use crate::command::{self, Limits, MetaContext, Outcome, ReadPiece};
+use crate::handshake;
 use crate::proto::handshake::{
     ClientOption, ExportNameReply, Greeting, OptionHeader, OptionReply, decode_client_flags,
 };
 use crate::proto::reply::{Chunk, SimpleReply};
 use crate::proto::request::{HeaderStyle, Request, decode_stream};
+use crate::server::Shared;
+use crate::tls::{MaybeTls, Tls, TlsMode, X509Creds, rustls};
+use crate::{ExportError, Extent, ServerConfig};
 
 /// The client's side of a handshake, then the server's replies, from the same bytes.
 pub fn handshake(data: &[u8]) {
@@ -61,6 +66,103 @@ pub fn handshake(data: &[u8]) {
                 Ok(Some((r, b.len())))
             );
         }
+    }
+}
+
+/// The server's whole handshake (greeting, option haggling, STARTTLS and the TLS handshake itself)
+/// with `data[1..]` as everything the client sends. The first byte's low bit picks `require` over
+/// `on`. Checks that with TLS required no export is reached in clear, and that the handshake ends
+/// (the client's EOF ends it) without a panic.
+pub fn handshake_session(data: &[u8], tls: &Arc<rustls::ServerConfig>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let Some((&sel, data)) = data.split_first() else {
+        return;
+    };
+    let mode = if sel & 1 == 1 {
+        TlsMode::Require
+    } else {
+        TlsMode::On
+    };
+    let shared = Shared::new(ServerConfig {
+        tls: Tls::new(mode, Arc::clone(tls)),
+        ..ServerConfig::default()
+    });
+    for name in ["", "disk0"] {
+        shared
+            .registry
+            .insert(shared.new_entry(name, Arc::new(NullExport)));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let (client, server) = tokio::io::duplex(64 << 10);
+        let (mut from_server, mut to_server) = tokio::io::split(client);
+        let serve = async {
+            let mut stream = MaybeTls::Plain(server);
+            let session = handshake::negotiate(&mut stream, &shared).await;
+            // Dropping the stream ends the client's reads.
+            (matches!(session, Ok(Some(_))), stream.is_tls())
+        };
+        let send = async {
+            let _ = to_server.write_all(data).await;
+            let _ = to_server.shutdown().await;
+        };
+        let drain = async {
+            let mut sink = [0u8; 4096];
+            while matches!(from_server.read(&mut sink).await, Ok(n) if n > 0) {}
+        };
+        let ((attached, in_tls), (), ()) = tokio::join!(serve, send, drain);
+        if attached && mode == TlsMode::Require {
+            assert!(in_tls, "an export was reached in clear with TLS required");
+        }
+    });
+}
+
+/// The server configuration [`handshake_session`] takes, from a PEM certificate and key.
+pub fn tls_config(cert_pem: &str, key_pem: &str) -> Arc<rustls::ServerConfig> {
+    let dir = std::path::Path::new("fuzz");
+    X509Creds::from_pem(dir, cert_pem.as_bytes(), key_pem.as_bytes(), None)
+        .and_then(|creds| creds.server_config(false, &[]))
+        .expect("a valid certificate and key")
+}
+
+/// An export that only has a size: the handshake never reads or writes it.
+struct NullExport;
+
+#[async_trait::async_trait]
+impl crate::Export for NullExport {
+    fn size(&self) -> u64 {
+        1 << 20
+    }
+    fn read_only(&self) -> bool {
+        true
+    }
+    async fn read(&self, _: u64, _: u32) -> Result<bytes::Bytes, ExportError> {
+        Err(ExportError::NotSupported)
+    }
+    async fn write(&self, _: u64, _: bytes::Bytes, _: bool) -> Result<(), ExportError> {
+        Err(ExportError::ReadOnly)
+    }
+    async fn write_zeroes(
+        &self,
+        _: u64,
+        _: u64,
+        _: bool,
+        _: bool,
+        _: bool,
+    ) -> Result<(), ExportError> {
+        Err(ExportError::ReadOnly)
+    }
+    async fn trim(&self, _: u64, _: u64, _: bool) -> Result<(), ExportError> {
+        Err(ExportError::ReadOnly)
+    }
+    async fn flush(&self) -> Result<(), ExportError> {
+        Ok(())
+    }
+    async fn block_status(&self, _: u64, _: u64) -> Result<Vec<Extent>, ExportError> {
+        Err(ExportError::NotSupported)
     }
 }
 
@@ -188,6 +290,44 @@ mod tests {
             let data: Vec<u8> = (0..len).map(|_| rng.random()).collect();
             super::handshake(&data);
             super::requests(&data);
+        }
+    }
+
+    fn test_tls() -> std::sync::Arc<crate::tls::rustls::ServerConfig> {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        super::tls_config(&cert.cert.pem(), &cert.signing_key.serialize_pem())
+    }
+
+    /// Client bytes that reach STARTTLS in both modes: flags, GO in clear, STARTTLS, then a
+    /// truncated or random ClientHello; and random bytes after a valid greeting reply.
+    #[test]
+    fn handshake_session_reaches_starttls_and_ends() {
+        use crate::proto::consts::*;
+        let tls = test_tls();
+        let option = |code: u32, data: &[u8]| {
+            let mut b = Vec::new();
+            b.extend_from_slice(&IHAVEOPT.to_be_bytes());
+            b.extend_from_slice(&code.to_be_bytes());
+            b.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            b.extend_from_slice(data);
+            b
+        };
+        let go = option(OPT_GO, &[0, 0, 0, 0, 0, 0]);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        for sel in 0u8..2 {
+            for tail in 0..50usize {
+                let mut data = vec![sel, 0, 0, 0, 3];
+                data.extend_from_slice(&go);
+                data.extend_from_slice(&option(OPT_STARTTLS, &[]));
+                // A TLS handshake record header, then noise.
+                data.extend_from_slice(&[0x16, 0x03, 0x01, 0x00, 0x40]);
+                data.extend((0..tail * 7).map(|_| rng.random::<u8>()));
+                super::handshake_session(&data, &tls);
+            }
+            // In clear, GO reaches the export only when TLS is merely offered.
+            let mut data = vec![sel, 0, 0, 0, 3];
+            data.extend_from_slice(&go);
+            super::handshake_session(&data, &tls);
         }
     }
 

@@ -10,12 +10,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::command::MetaContext;
 use crate::proto::handshake::{
     ClientOption, ExportNameReply, Greeting, Info, InfoRequest, MetaContextRequest, OptionHeader,
-    OptionReply, OptionReplyBody, decode_client_flags,
+    OptionReply, OptionReplyBody, TlsGate, TlsState, decode_client_flags, tls_gate,
 };
 use crate::proto::request::HeaderStyle;
 use crate::proto::*;
 use crate::registry::{AttachError, Attachment, ExportEntry};
 use crate::server::Shared;
+use crate::tls::MaybeTls;
 
 /// What the client negotiated, ready for transmission.
 pub(crate) struct Session {
@@ -68,7 +69,10 @@ struct State {
 }
 
 /// Runs the handshake. `Ok(None)`: the client ended it (ABORT, or EOF between options).
-pub(crate) async fn negotiate<S>(stream: &mut S, shared: &Shared) -> io::Result<Option<Session>>
+pub(crate) async fn negotiate<S>(
+    stream: &mut MaybeTls<S>,
+    shared: &Shared,
+) -> io::Result<Option<Session>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -98,6 +102,22 @@ where
         header.check_length().map_err(invalid)?;
         let mut data = vec![0u8; header.length as usize];
         stream.read_exact(&mut data).await?;
+        match tls_gate(tls_state(shared, stream), header.option) {
+            TlsGate::Pass => {}
+            TlsGate::Close => {
+                return Err(invalid("EXPORT_NAME in clear on a server requiring TLS"));
+            }
+            TlsGate::TlsRequired => {
+                tracing::debug!(option = header.option, "refused in clear: TLS required");
+                let r = OptionReply::error(
+                    header.option,
+                    REP_ERR_TLS_REQD,
+                    "this server requires TLS: send NBD_OPT_STARTTLS first",
+                );
+                send(stream, &[r]).await?;
+                continue;
+            }
+        }
         let option = match ClientOption::decode(header.option, &data) {
             Ok(o) => o,
             Err(e) if header.option == OPT_EXPORT_NAME => return Err(invalid(e)),
@@ -125,6 +145,7 @@ where
                 }
                 .encode(st.no_zeroes, &mut out);
                 stream.write_all(&out).await?;
+                stream.flush().await?;
                 let contexts = contexts_for(&st, &name);
                 return Ok(Some(Session {
                     attachment,
@@ -157,13 +178,27 @@ where
                     ));
                 }
             }
-            ClientOption::StartTls => {
-                replies.push(OptionReply::error(
+            ClientOption::StartTls => match &shared.config.tls {
+                None => replies.push(OptionReply::error(
                     code,
                     REP_ERR_POLICY,
                     "TLS is not configured on this server",
-                ));
-            }
+                )),
+                Some(_) if stream.is_tls() => replies.push(OptionReply::error(
+                    code,
+                    REP_ERR_INVALID,
+                    "TLS is already in use",
+                )),
+                Some(tls) => {
+                    send(stream, &[OptionReply::new(code, OptionReplyBody::Ack)]).await?;
+                    stream.start_tls(&tls.config).await?;
+                    tracing::debug!("TLS established");
+                    // STARTTLS resets everything negotiated before it (the client flags stay).
+                    st.style = HeaderStyle::Simple;
+                    st.meta = None;
+                    continue;
+                }
+            },
             ClientOption::StructuredReply => replies.push(match st.style {
                 HeaderStyle::Extended => OptionReply::error(
                     code,
@@ -224,7 +259,18 @@ async fn send<S: AsyncWrite + Unpin>(stream: &mut S, replies: &[OptionReply]) ->
     for r in replies {
         r.encode(&mut out).map_err(invalid)?;
     }
-    stream.write_all(&out).await
+    stream.write_all(&out).await?;
+    // Inside TLS the records may wait in the session until flushed.
+    stream.flush().await
+}
+
+fn tls_state<S>(shared: &Shared, stream: &MaybeTls<S>) -> TlsState {
+    match (&shared.config.tls, stream) {
+        (_, MaybeTls::Tls(_)) => TlsState::Active,
+        (None, _) => TlsState::Unavailable,
+        (Some(tls), _) if tls.require => TlsState::Required,
+        (Some(_), _) => TlsState::Offered,
+    }
 }
 
 /// The contexts selected by SET_META_CONTEXT, if it named the export now chosen.

@@ -9,6 +9,7 @@
 //! - `command`: what a request means (validation), running it against the export, and the bytes
 //!   of its reply; `errno`: export errors to NBD errors, in one place.
 //! - `registry`: named exports, their figures, and the connections attached to each.
+//! - `tls`: STARTTLS credentials (qemu's x509 directory layout), policy, and the plain-or-TLS stream.
 #![forbid(unsafe_code)]
 
 mod bufpool;
@@ -21,6 +22,7 @@ mod handshake;
 pub mod proto;
 mod registry;
 mod server;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -103,6 +105,8 @@ pub struct ServerConfig {
     pub max_in_flight_bytes_total: usize,
     /// Whether NBD_OPT_LIST reveals export names.
     pub list_exports: bool,
+    /// STARTTLS: offered or required when set; refused (NBD_REP_ERR_POLICY) when `None`.
+    pub tls: Option<tls::Tls>,
 }
 
 impl Default for ServerConfig {
@@ -115,6 +119,7 @@ impl Default for ServerConfig {
             max_in_flight_bytes_per_connection: 128 << 20,
             max_in_flight_bytes_total: 128 << 20,
             list_exports: false,
+            tls: None,
         }
     }
 }

@@ -107,7 +107,8 @@ impl Shared {
     }
 }
 
-async fn run_connection<S: Split>(shared: Arc<Shared>, mut stream: S) {
+async fn run_connection<S: Split>(shared: Arc<Shared>, stream: S) {
+    let mut stream = crate::tls::MaybeTls::Plain(stream);
     let limit = shared.config.handshake_timeout;
     let session = tokio::select! {
         _ = shared.stop_reading.cancelled() => return,

@@ -44,7 +44,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ours,qemu-nbd,nbdkit-null"
+        default_value = "ours,qemu-nbd,nbdkit-null,ours-tls,qemu-nbd-tls"
     )]
     servers: Vec<ServerKind>,
     #[arg(long, value_delimiter = ',', default_value = "nbdcopy,rust")]
@@ -77,6 +77,10 @@ enum ServerKind {
     Ours,
     QemuNbd,
     NbdkitNull,
+    /// Ours over TLS (`nbds+unix://`), x509 credentials from `sendense-hub tls init`.
+    OursTls,
+    /// qemu-nbd over TLS with the same credentials (`tls-creds-x509`): the anchor of the TLS row.
+    QemuNbdTls,
 }
 
 impl ServerKind {
@@ -85,7 +89,22 @@ impl ServerKind {
             ServerKind::Ours => "ours",
             ServerKind::QemuNbd => "qemu-nbd",
             ServerKind::NbdkitNull => "nbdkit-null",
+            ServerKind::OursTls => "ours-tls",
+            ServerKind::QemuNbdTls => "qemu-nbd-tls",
         }
+    }
+
+    /// The same server in clear (TLS only adds flags and changes the URI).
+    fn plain(self) -> ServerKind {
+        match self {
+            ServerKind::OursTls => ServerKind::Ours,
+            ServerKind::QemuNbdTls => ServerKind::QemuNbd,
+            other => other,
+        }
+    }
+
+    fn tls(self) -> bool {
+        self != self.plain()
     }
 
     /// Its name in rows of `client`: the ceiling of reads is `nbdkit pattern`.
@@ -132,6 +151,8 @@ struct Tools {
     qemu_nbd: Option<PathBuf>,
     nbdkit: Option<PathBuf>,
     nbdcopy: Option<PathBuf>,
+    /// x509 credentials of the TLS rows (made by `sendense-hub tls init` in the work dir).
+    tls_creds: std::result::Result<PathBuf, String>,
 }
 
 fn which(name: &str) -> Option<PathBuf> {
@@ -159,11 +180,17 @@ impl Tools {
             qemu_nbd: which("qemu-nbd"),
             nbdkit: which("nbdkit"),
             nbdcopy: which("nbdcopy"),
+            tls_creds: Err("TLS credentials not made yet".into()),
         }
     }
 
     fn server_missing(&self, kind: ServerKind) -> Option<String> {
-        match kind {
+        if kind.tls()
+            && let Err(why) = &self.tls_creds
+        {
+            return Some(why.clone());
+        }
+        match kind.plain() {
             ServerKind::Ours => self.hub.as_ref().err().cloned(),
             ServerKind::QemuNbd if self.qemu_nbd.is_none() => {
                 Some("qemu-nbd not found in PATH".into())
@@ -178,8 +205,9 @@ impl Tools {
         }
     }
 
-    fn client_missing(&self, client: Client) -> Option<String> {
+    fn client_missing(&self, client: Client, tls: bool) -> Option<String> {
         match client {
+            Client::Rust { .. } if tls => Some("the rust client speaks no TLS".into()),
             Client::Nbdcopy | Client::NbdcopyRead if self.nbdcopy.is_none() => {
                 Some("nbdcopy not found in PATH".into())
             }
@@ -202,6 +230,8 @@ struct Server {
     socket: PathBuf,
     image: PathBuf,
     log: PathBuf,
+    /// Set for a server over TLS: the client's `tls-certificates` directory.
+    tls_creds: Option<PathBuf>,
 }
 
 fn log_tail(path: &Path) -> String {
@@ -256,7 +286,7 @@ fn start_server(
     let socket = dir.path().join("nbd.sock");
     let image = dir.path().join("image.qcow2");
     let log = dir.path().join("server.log");
-    let mut cmd = match (kind, read_image) {
+    let mut cmd = match (kind.plain(), read_image) {
         (ServerKind::Ours, Some(read)) => {
             let hub = tools.hub.clone().map_err(|e| anyhow!(e))?;
             let mut c = Command::new(hub);
@@ -313,7 +343,20 @@ fn start_server(
                 .arg(format!("size={size}"));
             c
         }
+        (ServerKind::OursTls | ServerKind::QemuNbdTls, _) => unreachable!("plain() has no TLS"),
     };
+    if kind.tls() {
+        let creds = tools.tls_creds.clone().map_err(|e| anyhow!(e))?;
+        if kind.plain() == ServerKind::Ours {
+            cmd.arg("--tls-creds").arg(&creds);
+        } else {
+            let object = format!(
+                "tls-creds-x509,id=tls0,dir={},endpoint=server,verify-peer=off",
+                creds.display()
+            );
+            cmd.args(["--object", &object, "--tls-creds", "tls0"]);
+        }
+    }
     let pid = sys::spawn(
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -326,6 +369,7 @@ fn start_server(
         socket,
         image,
         log,
+        tls_creds: kind.tls().then(|| tools.tls_creds.clone().ok()).flatten(),
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -382,7 +426,14 @@ fn run_client(
     match client {
         Client::Nbdcopy | Client::NbdcopyRead => {
             let log = server.dir.path().join("client.log");
-            let uri = format!("nbd+unix:///?socket={}", server.socket.display());
+            let uri = match &server.tls_creds {
+                None => format!("nbd+unix:///?socket={}", server.socket.display()),
+                Some(creds) => format!(
+                    "nbds+unix:///?socket={}&tls-certificates={}",
+                    server.socket.display(),
+                    creds.display()
+                ),
+            };
             let mut cmd = Command::new(tool(&tools.nbdcopy, "nbdcopy")?);
             cmd.arg("-C").arg(conns.to_string());
             if client == Client::NbdcopyRead {
@@ -420,7 +471,18 @@ fn run_client(
     }
 }
 
+/// `sendense-hub tls init` into the work dir: one CA and server certificate for every TLS row, ours
+/// and qemu-nbd's alike (qemu's layout, which both read).
+fn make_tls_creds(tools: &Tools, work: &Path) -> std::result::Result<PathBuf, String> {
+    let hub = tools.hub.clone()?;
+    let dir = work.join("tls");
+    run_quiet(Command::new(hub).args(["tls", "init"]).arg(&dir))
+        .map_err(|e| format!("sendense-hub tls init: {e:#}"))?;
+    Ok(dir)
+}
+
 fn verify(kind: ServerKind, tools: &Tools, image: &Path, source: &Path) -> Result<()> {
+    let kind = kind.plain();
     if kind == ServerKind::NbdkitNull {
         return Ok(());
     }
@@ -637,7 +699,7 @@ fn main() -> Result<()> {
     if args.runs == 0 || args.conns.contains(&0) || args.size == 0 {
         bail!("--runs, --conns and --size must be positive");
     }
-    let tools = Tools::find(args.hub_bin.as_deref());
+    let mut tools = Tools::find(args.hub_bin.as_deref());
     let mut clients = Vec::new();
     for c in &args.clients {
         match c {
@@ -671,6 +733,9 @@ fn main() -> Result<()> {
     if let Err(why) = &tools.hub {
         eprintln!("note: ours is skipped: {why}");
     }
+    if args.servers.iter().any(|s| s.tls()) {
+        tools.tls_creds = make_tls_creds(&tools, work.path());
+    }
 
     let load_start = load_average();
     let source = work.path().join("source.raw");
@@ -700,7 +765,7 @@ fn main() -> Result<()> {
             for &server in &args.servers {
                 let missing = tools
                     .server_missing(server)
-                    .or_else(|| tools.client_missing(client));
+                    .or_else(|| tools.client_missing(client, server.tls()));
                 rows.push(Row {
                     server: server.label(client).into(),
                     client: client.label(),
@@ -830,7 +895,10 @@ mod tests {
         assert_eq!(a.rust_request_size, vec![256 << 10, 2 << 20]);
         let d = Args::try_parse_from(["throughput"]).unwrap();
         assert_eq!((d.size, d.runs, d.conns.clone()), (4 << 30, 3, vec![1, 4]));
-        assert_eq!(d.servers.len(), 3);
+        assert_eq!(d.servers.len(), 5);
+        assert!(
+            d.servers.contains(&ServerKind::OursTls) && d.servers.contains(&ServerKind::QemuNbdTls)
+        );
         assert!(Args::try_parse_from(["throughput", "--servers", "nbd-server"]).is_err());
         assert!(Args::try_parse_from(["throughput", "--size", "lots"]).is_err());
     }

@@ -3,6 +3,7 @@
 mod inspect;
 mod serve;
 mod serve_image;
+mod tls;
 
 use std::process::ExitCode;
 
@@ -34,6 +35,9 @@ pub enum Command {
     Check(inspect::CheckArgs),
     /// Print an image's format, sizes and backing chain.
     Info(inspect::InfoArgs),
+    /// TLS credentials.
+    #[command(subcommand)]
+    Tls(tls::TlsCommand),
 }
 
 pub fn init_logging(json: bool) {
@@ -59,6 +63,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             .map(|()| ExitCode::SUCCESS),
         Command::Check(args) => inspect::check(&args),
         Command::Info(args) => inspect::info(&args).map(|()| ExitCode::SUCCESS),
+        Command::Tls(command) => tls::run(command).map(|()| ExitCode::SUCCESS),
     }
 }
 

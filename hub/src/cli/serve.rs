@@ -25,6 +25,15 @@ pub struct ServeArgs {
     /// Seconds without NBD traffic after which a backup fails as stale [default: 3600].
     #[arg(long, value_name = "SECS", env = "SENDENSE_HUB_STALE_AFTER")]
     stale_after: Option<u64>,
+    /// NBD TLS: off, on or require [default: off].
+    #[arg(long, value_name = "MODE", env = "SENDENSE_HUB_TLS")]
+    tls: Option<String>,
+    /// x509 credentials directory (qemu's layout; `sendense-hub tls init` writes one).
+    #[arg(long, value_name = "DIR", env = "SENDENSE_HUB_TLS_CREDS")]
+    tls_creds: Option<PathBuf>,
+    /// HTTPS for the API: off or on [default: off].
+    #[arg(long, value_name = "MODE", env = "SENDENSE_HUB_API_TLS")]
+    api_tls: Option<String>,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -40,6 +49,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         // The token is never a flag: flags show up in `ps`.
         api_token: std::env::var("SENDENSE_HUB_API_TOKEN").ok(),
         stale_after_secs: args.stale_after,
+        tls: args.tls,
+        tls_creds: args.tls_creds,
+        api_tls: args.api_tls,
     };
     let config = Config::resolve(file, overrides)?;
     let shutdown = super::shutdown_on_signal()?;

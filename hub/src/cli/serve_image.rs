@@ -43,6 +43,8 @@ pub struct ServeImageArgs {
     /// connections (K, M, G suffixes); bounds the server's memory.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "128M")]
     max_in_flight: u64,
+    #[command(flatten)]
+    tls: super::tls::NbdTlsArgs,
     image: PathBuf,
 }
 
@@ -66,6 +68,8 @@ pub async fn run(args: ServeImageArgs) -> anyhow::Result<()> {
         bail!("--max-in-flight must be positive");
     }
     let max_in_flight = usize::try_from(args.max_in_flight).unwrap_or(usize::MAX);
+    let tls = args.tls.load()?;
+    let scheme = if tls.is_some() { "nbds" } else { "nbd" };
     let defaults = ServerConfig::default();
     let server = Server::new(ServerConfig {
         list_exports: true,
@@ -75,6 +79,7 @@ pub async fn run(args: ServeImageArgs) -> anyhow::Result<()> {
         max_in_flight_bytes_per_connection: defaults
             .max_in_flight_bytes_per_connection
             .min(max_in_flight),
+        tls,
         ..defaults
     });
     let mut export = ImageExport::new(Arc::clone(&image));
@@ -91,7 +96,7 @@ pub async fn run(args: ServeImageArgs) -> anyhow::Result<()> {
             let listener = tokio::net::UnixListener::bind(socket)
                 .with_context(|| format!("binding {}", socket.display()))?;
             announce(&format!(
-                "nbd+unix:///{}?socket={}",
+                "{scheme}+unix:///{}?socket={}",
                 args.name,
                 socket.display()
             ));
@@ -101,7 +106,11 @@ pub async fn run(args: ServeImageArgs) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding {addr}"))?;
-            announce(&format!("nbd://{}/{}", listener.local_addr()?, args.name));
+            announce(&format!(
+                "{scheme}://{}/{}",
+                listener.local_addr()?,
+                args.name
+            ));
             tokio::spawn(async move { server.serve_tcp(listener, shutdown).await })
         }
     };

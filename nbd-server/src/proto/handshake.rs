@@ -484,6 +484,41 @@ impl ExportNameReply {
     }
 }
 
+/// Where the connection stands with TLS, for [`tls_gate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsState {
+    /// The server has no TLS: STARTTLS is refused, everything else is allowed.
+    Unavailable,
+    /// TLS is offered but not in use yet; the client may stay in clear.
+    Offered,
+    /// TLS is required and not in use yet (qemu-nbd with `--tls-creds`, the spec's FORCEDTLS).
+    Required,
+    /// STARTTLS succeeded; everything runs inside TLS.
+    Active,
+}
+
+/// What the TLS policy makes of an option, before its data is even decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsGate {
+    /// Handle the option as usual.
+    Pass,
+    /// Answer NBD_REP_ERR_TLS_REQD and read the next option.
+    TlsRequired,
+    /// Close the connection: EXPORT_NAME has no error reply.
+    Close,
+}
+
+/// The TLS policy for option `option` in state `state`: with TLS required and not yet in use, only
+/// STARTTLS and ABORT pass, so no export is named, listed or described in clear.
+pub fn tls_gate(state: TlsState, option: u32) -> TlsGate {
+    match (state, option) {
+        (TlsState::Required, OPT_STARTTLS | OPT_ABORT) => TlsGate::Pass,
+        (TlsState::Required, OPT_EXPORT_NAME) => TlsGate::Close,
+        (TlsState::Required, _) => TlsGate::TlsRequired,
+        _ => TlsGate::Pass,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -724,5 +759,30 @@ mod tests {
                 (r, b.len())
             );
         }
+    }
+
+    #[test]
+    fn tls_required_lets_only_starttls_and_abort_through() {
+        for opt in [OPT_GO, OPT_INFO, OPT_LIST, OPT_STRUCTURED_REPLY, 0xdead] {
+            assert_eq!(tls_gate(TlsState::Required, opt), TlsGate::TlsRequired);
+            for open in [TlsState::Unavailable, TlsState::Offered, TlsState::Active] {
+                assert_eq!(tls_gate(open, opt), TlsGate::Pass);
+            }
+        }
+        assert_eq!(
+            tls_gate(TlsState::Required, OPT_EXPORT_NAME),
+            TlsGate::Close
+        );
+        assert_eq!(tls_gate(TlsState::Required, OPT_STARTTLS), TlsGate::Pass);
+        assert_eq!(tls_gate(TlsState::Required, OPT_ABORT), TlsGate::Pass);
+    }
+
+    #[test]
+    fn starttls_carries_no_data() {
+        assert_eq!(
+            ClientOption::decode(OPT_STARTTLS, &[]),
+            Ok(ClientOption::StartTls)
+        );
+        assert!(ClientOption::decode(OPT_STARTTLS, &[0]).is_err());
     }
 }

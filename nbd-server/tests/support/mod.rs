@@ -2,6 +2,8 @@
 //! that the real clients (nbdinfo, nbdcopy, qemu-img, qemu-io, python3-libnbd) talk to.
 #![allow(dead_code)]
 
+pub mod certs;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
