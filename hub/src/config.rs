@@ -38,7 +38,9 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("./sendense-data"),
             api_listen: "127.0.0.1:8082".into(),
-            nbd_listen: "127.0.0.1:10809".into(),
+            // Inside the 10100-10200 range the SNA's SSH tunnel forwards (see
+            // deploy/config.example.toml); NBD's usual 10809 is not forwarded.
+            nbd_listen: "127.0.0.1:10100".into(),
             nbd_host: None,
             api_token: None,
             stale_after: Duration::from_secs(3600),
@@ -176,7 +178,7 @@ mod tests {
         let c = Config::resolve(file, flags).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/srv/hub"));
         assert_eq!(c.api_listen, "127.0.0.1:1");
-        assert_eq!(c.nbd_listen, "127.0.0.1:10809");
+        assert_eq!(c.nbd_listen, "127.0.0.1:10100");
         assert_eq!(c.stale_after, Duration::from_secs(60));
         assert_eq!(c.drain_grace, Duration::from_secs(2));
     }

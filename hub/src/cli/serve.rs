@@ -16,7 +16,7 @@ pub struct ServeArgs {
     /// REST API address [default: 127.0.0.1:8082].
     #[arg(long, value_name = "ADDR", env = "SENDENSE_HUB_API_LISTEN")]
     api_listen: Option<String>,
-    /// NBD server address [default: 127.0.0.1:10809].
+    /// NBD server address [default: 127.0.0.1:10100].
     #[arg(long, value_name = "ADDR", env = "SENDENSE_HUB_NBD_LISTEN")]
     nbd_listen: Option<String>,
     /// Host written into the NBD URIs handed to clients [default: the NBD listen address].
