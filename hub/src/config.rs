@@ -18,6 +18,9 @@ pub struct Config {
     pub nbd_host: Option<String>,
     /// API token; when unset, the token in `<data_dir>/api-token` (created at first start).
     pub api_token: Option<String>,
+    /// The key sealing vCenter passwords (base64 of 32 bytes, from `SENDENSE_HUB_CREDENTIAL_KEY`
+    /// only); when unset, `<data_dir>/credential-key`, created at first start.
+    pub credential_key: Option<crate::secrets::Secret>,
     /// A backup with no NBD traffic and no client call for this long fails as `stale`.
     pub stale_after: Duration,
     /// How long finalising waits for open connections to finish before closing them.
@@ -43,6 +46,7 @@ impl Default for Config {
             nbd_listen: "127.0.0.1:10100".into(),
             nbd_host: None,
             api_token: None,
+            credential_key: None,
             stale_after: Duration::from_secs(3600),
             drain_grace: Duration::from_secs(30),
             monitor_interval: Duration::from_secs(1),
@@ -80,6 +84,7 @@ pub struct Overrides {
     pub nbd_listen: Option<String>,
     pub nbd_host: Option<String>,
     pub api_token: Option<String>,
+    pub credential_key: Option<crate::secrets::Secret>,
     pub stale_after_secs: Option<u64>,
 }
 
@@ -101,6 +106,7 @@ impl Config {
             nbd_listen: flags.nbd_listen.or(file.nbd_listen).unwrap_or(d.nbd_listen),
             nbd_host: flags.nbd_host.or(file.nbd_host),
             api_token: flags.api_token.or(file.api_token),
+            credential_key: flags.credential_key,
             stale_after: flags
                 .stale_after_secs
                 .or(file.stale_after_secs)

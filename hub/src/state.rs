@@ -41,6 +41,8 @@ pub struct Inner {
     pub nbd_host: String,
     pub nbd_port: u16,
     pub(crate) token: String,
+    /// The key sealing vCenter passwords; when it cannot be loaded, only credential use fails.
+    pub(crate) credential_key: std::result::Result<crate::secrets::CredentialKey, String>,
     /// Backups in ready / running / finalizing, by id.
     pub(crate) active: Mutex<HashMap<String, Arc<ActiveBackup>>>,
     /// Images behind restore exports, by restore id.
@@ -96,6 +98,14 @@ impl Hub {
         let catalog = Catalog::open(&data.join(CATALOG_FILE))?;
         let token = crate::token::load_or_create(&data, config.api_token.as_deref())?;
         ensure_default_repository(&catalog, &data)?;
+        let credential_key = crate::secrets::load_or_create_key(
+            &data,
+            config.credential_key.as_ref(),
+        )
+        .map_err(|err| {
+            tracing::error!(%err, "credential key unavailable; VMware credentials cannot be used");
+            err.to_string()
+        });
 
         let nbd = Server::new(ServerConfig {
             list_exports: false,
@@ -116,6 +126,7 @@ impl Hub {
                 nbd_host,
                 nbd_port: nbd_addr.port(),
                 token,
+                credential_key,
                 active: Mutex::new(HashMap::new()),
                 restores: Mutex::new(HashMap::new()),
                 ops: tokio::sync::Mutex::new(()),

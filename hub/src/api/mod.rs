@@ -1,6 +1,7 @@
 //! The REST API: `fn app(hub) -> Router`, authentication, and the JSON extractor.
 
 mod backups;
+mod credentials;
 mod error;
 mod metrics;
 mod repositories;
@@ -15,7 +16,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 
@@ -47,6 +48,24 @@ pub fn app(hub: Hub) -> Router {
             post(restores::create).get(restores::list),
         )
         .route("/api/v1/restores/{id}", delete(restores::delete))
+        .route(
+            "/api/v1/vmware-credentials",
+            get(credentials::list).post(credentials::create),
+        )
+        .route(
+            "/api/v1/vmware-credentials/default",
+            get(credentials::default),
+        )
+        .route(
+            "/api/v1/vmware-credentials/{id}",
+            get(credentials::get)
+                .put(credentials::update)
+                .delete(credentials::delete),
+        )
+        .route(
+            "/api/v1/vmware-credentials/{id}/set-default",
+            put(credentials::set_default),
+        )
         .route(
             "/api/v1/repositories",
             get(repositories::list).post(repositories::create),

@@ -3,6 +3,7 @@
 //! One connection behind a mutex; every call is a short statement or transaction, so callers use
 //! it directly from async code. WAL mode keeps readers from waiting on the writer's fsync.
 
+pub mod inventory;
 pub mod model;
 
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+pub use inventory::{Credential, CredentialFields};
 pub use model::*;
 
 use crate::error::{Error, Result};

@@ -1,6 +1,7 @@
 //! Command-line interface: argument definitions and one function per subcommand.
 
 mod inspect;
+mod rotate;
 mod serve;
 mod serve_image;
 
@@ -34,6 +35,8 @@ pub enum Command {
     Check(inspect::CheckArgs),
     /// Print an image's format, sizes and backing chain.
     Info(inspect::InfoArgs),
+    /// Re-encrypt every stored vCenter password under a new credential key (hub stopped).
+    RotateCredentialKey(rotate::RotateArgs),
 }
 
 pub fn init_logging(json: bool) {
@@ -59,6 +62,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             .map(|()| ExitCode::SUCCESS),
         Command::Check(args) => inspect::check(&args),
         Command::Info(args) => inspect::info(&args).map(|()| ExitCode::SUCCESS),
+        Command::RotateCredentialKey(args) => rotate::run(&args).map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -39,6 +39,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         nbd_host: args.nbd_host,
         // The token is never a flag: flags show up in `ps`.
         api_token: std::env::var("SENDENSE_HUB_API_TOKEN").ok(),
+        // Likewise the credential key: environment or key file only.
+        credential_key: std::env::var(hub::secrets::KEY_ENV)
+            .ok()
+            .map(hub::secrets::Secret::new),
         stale_after_secs: args.stale_after,
     };
     let config = Config::resolve(file, overrides)?;
