@@ -29,7 +29,9 @@ pub struct CreateBackup {
     #[serde(default)]
     pub repository_id: Option<String>,
     pub backup_type: BackupType,
-    pub disks: Vec<DiskRequest>,
+    /// Without it, the disks come from the VM's context (filled by discovery).
+    #[serde(default)]
+    pub disks: Option<Vec<DiskRequest>>,
     #[serde(default)]
     pub parent_backup_id: Option<String>,
     #[serde(default)]
@@ -37,9 +39,21 @@ pub struct CreateBackup {
     /// The old API's backup policy; kept with the backup.
     #[serde(default)]
     pub policy_id: Option<String>,
+    /// `false`: do not ask the SNA to start the copy (the caller drives the client itself).
+    #[serde(default)]
+    pub start_on_sna: Option<bool>,
+    /// Set by the hub when the disks came from a VM context.
+    #[serde(skip)]
+    pub vm_context_id: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+impl CreateBackup {
+    fn disks(&self) -> &[DiskRequest] {
+        self.disks.as_deref().unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
 pub struct DiskRequest {
     pub disk_id: u32,
     pub vmware_disk_key: i64,
@@ -152,12 +166,12 @@ fn validate(req: &CreateBackup) -> Result<()> {
     if req.vm_name.trim().is_empty() || req.vm_name.len() > MAX_VM_NAME {
         return invalid(format!("vm_name must have 1 to {MAX_VM_NAME} bytes"));
     }
-    if req.disks.is_empty() || req.disks.len() > MAX_DISKS {
+    if req.disks().is_empty() || req.disks().len() > MAX_DISKS {
         return invalid(format!("disks must list 1 to {MAX_DISKS} disks"));
     }
     let mut ids = HashSet::new();
     let mut keys = HashSet::new();
-    for d in &req.disks {
+    for d in req.disks() {
         if d.capacity_bytes == 0 || d.capacity_bytes % 512 != 0 {
             return invalid(format!(
                 "disk {}: capacity_bytes must be a positive multiple of 512, got {}",
@@ -222,8 +236,8 @@ impl Hub {
         let dir = repo.path.join(&vm_dir).join(&id);
         std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
 
-        let mut disks = Vec::with_capacity(req.disks.len());
-        let mut active = Vec::with_capacity(req.disks.len());
+        let mut disks = Vec::with_capacity(req.disks().len());
+        let mut active = Vec::with_capacity(req.disks().len());
         let made = self
             .make_disks(
                 &req,
@@ -249,7 +263,7 @@ impl Hub {
             completed_at: None,
             last_telemetry_at: None,
             policy_id: req.policy_id.clone(),
-            vm_context_id: None,
+            vm_context_id: req.vm_context_id.clone(),
             disks,
         };
         if let Err(err) = made.and_then(|()| self.catalog.insert_backup(&backup)) {
@@ -316,7 +330,7 @@ impl Hub {
         disks: &mut Vec<Disk>,
         active: &mut Vec<ActiveDisk>,
     ) -> Result<()> {
-        for d in &req.disks {
+        for d in req.disks() {
             let path = dir.join(format!("disk{}.qcow2", d.disk_id));
             let backing: Option<PathBuf> = parent
                 .and_then(|p| p.disk(d.disk_id))

@@ -21,6 +21,10 @@ pub struct Config {
     /// The key sealing vCenter passwords (base64 of 32 bytes, from `SENDENSE_HUB_CREDENTIAL_KEY`
     /// only); when unset, `<data_dir>/credential-key`, created at first start.
     pub credential_key: Option<crate::secrets::Secret>,
+    /// The SNA's API, reached through the SSH tunnel's reverse forward (discovery, backup start).
+    pub sna_url: String,
+    /// How long a call to the SNA may take before it counts as failed.
+    pub sna_timeout: Duration,
     /// A backup with no NBD traffic and no client call for this long fails as `stale`.
     pub stale_after: Duration,
     /// How long finalising waits for open connections to finish before closing them.
@@ -47,6 +51,8 @@ impl Default for Config {
             nbd_host: None,
             api_token: None,
             credential_key: None,
+            sna_url: "http://127.0.0.1:9081".into(),
+            sna_timeout: Duration::from_secs(10),
             stale_after: Duration::from_secs(3600),
             drain_grace: Duration::from_secs(30),
             monitor_interval: Duration::from_secs(1),
@@ -67,6 +73,8 @@ pub struct FileConfig {
     pub nbd_listen: Option<String>,
     pub nbd_host: Option<String>,
     pub api_token: Option<String>,
+    pub sna_url: Option<String>,
+    pub sna_timeout_secs: Option<u64>,
     pub stale_after_secs: Option<u64>,
     pub drain_grace_secs: Option<u64>,
     pub monitor_interval_ms: Option<u64>,
@@ -85,6 +93,7 @@ pub struct Overrides {
     pub nbd_host: Option<String>,
     pub api_token: Option<String>,
     pub credential_key: Option<crate::secrets::Secret>,
+    pub sna_url: Option<String>,
     pub stale_after_secs: Option<u64>,
 }
 
@@ -107,6 +116,8 @@ impl Config {
             nbd_host: flags.nbd_host.or(file.nbd_host),
             api_token: flags.api_token.or(file.api_token),
             credential_key: flags.credential_key,
+            sna_url: flags.sna_url.or(file.sna_url).unwrap_or(d.sna_url),
+            sna_timeout: file.sna_timeout_secs.map(secs).unwrap_or(d.sna_timeout),
             stale_after: flags
                 .stale_after_secs
                 .or(file.stale_after_secs)
@@ -145,6 +156,10 @@ impl Config {
         if self.stale_after.is_zero() {
             return Err(Error::Config("stale_after must be positive".into()));
         }
+        if self.sna_timeout.is_zero() {
+            return Err(Error::Config("sna_timeout_secs must be positive".into()));
+        }
+        crate::sna::check_url(&self.sna_url)?;
         if self.monitor_interval.is_zero() {
             return Err(Error::Config("monitor_interval must be positive".into()));
         }

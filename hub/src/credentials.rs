@@ -205,6 +205,13 @@ impl Hub {
 
     pub fn delete_credential(&self, id: i64) -> Result<()> {
         self.credential(id)?;
+        let users = self.catalog.contexts_using_credential(id)?;
+        if !users.is_empty() {
+            return Err(Error::Conflict(format!(
+                "VMware credential {id} is used by the VM contexts of {}; delete those or discover them with another credential first",
+                users.join(", ")
+            )));
+        }
         self.catalog.delete_credential(id)?;
         tracing::info!(credential_id = id, "VMware credential deleted");
         Ok(())

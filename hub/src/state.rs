@@ -43,6 +43,8 @@ pub struct Inner {
     pub(crate) token: String,
     /// The key sealing vCenter passwords; when it cannot be loaded, only credential use fails.
     pub(crate) credential_key: std::result::Result<crate::secrets::CredentialKey, String>,
+    /// The SNA's API (discovery, backup start).
+    pub(crate) sna: crate::sna::SnaClient,
     /// Backups in ready / running / finalizing, by id.
     pub(crate) active: Mutex<HashMap<String, Arc<ActiveBackup>>>,
     /// Images behind restore exports, by restore id.
@@ -107,6 +109,7 @@ impl Hub {
             err.to_string()
         });
 
+        let sna = crate::sna::SnaClient::new(&config.sna_url, config.sna_timeout)?;
         let nbd = Server::new(ServerConfig {
             list_exports: false,
             max_connections_per_export: config.max_connections_per_export,
@@ -127,6 +130,7 @@ impl Hub {
                 nbd_port: nbd_addr.port(),
                 token,
                 credential_key,
+                sna,
                 active: Mutex::new(HashMap::new()),
                 restores: Mutex::new(HashMap::new()),
                 ops: tokio::sync::Mutex::new(()),

@@ -512,10 +512,11 @@ async fn every_error_status() {
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",
     );
+    // No disks and no VM context: discovery has not run for this VM.
     assert_error(
         &post(r#"{"vm_name":"vm","backup_type":"full"}"#.into()).await,
-        bad,
-        "bad_request",
+        StatusCode::NOT_FOUND,
+        "not_found",
     );
     assert_error(
         &post(r#"{"vm_name":"vm","backup_type":"weekly","disks":[]}"#.into()).await,

@@ -14,7 +14,7 @@ pub async fn create(
     State(hub): State<Hub>,
     ApiJson(req): ApiJson<CreateBackup>,
 ) -> Result<Json<BackupView>, ApiError> {
-    let backup = hub.create_backup(req).await?;
+    let backup = hub.start_backup(req).await?;
     Ok(Json(hub.backup_view(&backup)))
 }
 

@@ -3,6 +3,7 @@
 mod backups;
 mod credentials;
 mod error;
+mod inventory;
 mod metrics;
 mod repositories;
 mod restores;
@@ -66,6 +67,13 @@ pub fn app(hub: Hub) -> Router {
             "/api/v1/vmware-credentials/{id}/set-default",
             put(credentials::set_default),
         )
+        .route("/api/v1/discovery/discover-vms", post(inventory::discover))
+        .route("/api/v1/vm-contexts", get(inventory::list))
+        .route(
+            "/api/v1/vm-contexts/{id}",
+            get(inventory::get).delete(inventory::delete),
+        )
+        .route("/api/v1/vm-contexts/{id}/disks", get(inventory::disks))
         .route(
             "/api/v1/repositories",
             get(repositories::list).post(repositories::create),

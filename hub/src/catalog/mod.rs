@@ -13,7 +13,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-pub use inventory::{Credential, CredentialFields};
+pub use inventory::{Credential, CredentialFields, VmContext, VmDisk};
 pub use model::*;
 
 use crate::error::{Error, Result};

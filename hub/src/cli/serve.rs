@@ -22,6 +22,9 @@ pub struct ServeArgs {
     /// Host written into the NBD URIs handed to clients [default: the NBD listen address].
     #[arg(long, value_name = "HOST", env = "SENDENSE_HUB_NBD_HOST")]
     nbd_host: Option<String>,
+    /// The SNA's API, through the SSH tunnel [default: http://127.0.0.1:9081].
+    #[arg(long, value_name = "URL", env = "SENDENSE_HUB_SNA_URL")]
+    sna_url: Option<String>,
     /// Seconds without NBD traffic after which a backup fails as stale [default: 3600].
     #[arg(long, value_name = "SECS", env = "SENDENSE_HUB_STALE_AFTER")]
     stale_after: Option<u64>,
@@ -43,6 +46,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         credential_key: std::env::var(hub::secrets::KEY_ENV)
             .ok()
             .map(hub::secrets::Secret::new),
+        sna_url: args.sna_url,
         stale_after_secs: args.stale_after,
     };
     let config = Config::resolve(file, overrides)?;
