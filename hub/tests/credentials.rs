@@ -12,28 +12,6 @@ use serde_json::{Value, json};
 
 const PASSWORD: &str = "vc-Secret-9f3a!";
 
-/// Every file under `dir` (catalog, WAL, key file, images) searched for `needle`.
-pub fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap().flatten() {
-            let path = entry.path();
-            if entry.file_type().unwrap().is_dir() {
-                stack.push(path);
-            } else if std::fs::read(&path)
-                // SQLite's -wal/-shm files go when the last connection closes.
-                .unwrap_or_default()
-                .windows(needle.len())
-                .any(|w| w == needle)
-            {
-                found.push(path);
-            }
-        }
-    }
-    found
-}
-
 fn assert_no_password(body: &Value) {
     assert!(!body.to_string().contains(PASSWORD), "password in {body}");
 }
