@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::backups::{CreateBackup, DiskRequest, remove_backup_dir};
-use crate::catalog::{Backup, BackupType};
+use crate::catalog::{Backup, BackupType, Status};
 use crate::error::{Error, Result};
 use crate::state::Hub;
 
@@ -100,7 +100,15 @@ impl Hub {
             Err(other) => return Err(other),
         };
         self.fail(&backup.id, &refusal).await?;
-        remove_backup_dir(&self.backup(&backup.id)?);
+        let after = self.backup(&backup.id)?;
+        if after.status != Status::Failed {
+            // The SNA answered late or oddly, but a client reached the hub and completed (or
+            // someone cancelled): what happened to the backup stands.
+            tracing::warn!(backup_id = %backup.id, status = after.status.as_str(), %refusal,
+                "the SNA's answer came after the backup moved on");
+            return Ok(after);
+        }
+        remove_backup_dir(&after);
         Err(Error::Upstream(refusal))
     }
 

@@ -191,3 +191,59 @@ async fn credentials_are_write_only_sealed_and_rotated() {
     assert_eq!(s, StatusCode::OK);
     h.stop().await;
 }
+
+/// With the key in the environment, rotation takes the new key from the environment too, and
+/// nothing changes when it is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_with_the_key_in_the_environment() {
+    use ::hub::secrets::{CredentialKey, Secret};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (k1, k2) = (
+        CredentialKey::generate().to_base64(),
+        CredentialKey::generate().to_base64(),
+    );
+    let with_key = |key: &str| {
+        let mut c = test_config(data.clone());
+        c.credential_key = Some(Secret::new(key));
+        c
+    };
+    let h = TestHub::start(with_key(&k1)).await;
+    let (s, c) = h
+        .post(
+            "/api/v1/vmware-credentials",
+            &json!({"credential_name": "vc", "vcenter_host": "h", "username": "u", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    let id = c["credential"]["id"].as_i64().unwrap();
+    h.stop().await;
+    assert!(
+        !data.join("credential-key").exists(),
+        "no key file with the key in the environment"
+    );
+
+    let rotate = |new: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["rotate-credential-key", "--data-dir"])
+            .arg(&data)
+            .env("SENDENSE_HUB_CREDENTIAL_KEY", &k1)
+            .env_remove("SENDENSE_HUB_NEW_CREDENTIAL_KEY");
+        if let Some(new) = new {
+            cmd.env("SENDENSE_HUB_NEW_CREDENTIAL_KEY", new);
+        }
+        cmd.output().unwrap()
+    };
+    let refused = rotate(None);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("SENDENSE_HUB_NEW_CREDENTIAL_KEY"));
+    let done = rotate(Some(&k2));
+    assert!(done.status.success(), "{done:?}");
+
+    let h = TestHub::start(with_key(&k2)).await;
+    assert_eq!(h.hub.vcenter_login(id).unwrap().password.expose(), PASSWORD);
+    h.stop().await;
+    let h = TestHub::start(with_key(&k1)).await;
+    assert!(h.hub.vcenter_login(id).is_err());
+    h.stop().await;
+}

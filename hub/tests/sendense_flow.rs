@@ -242,6 +242,16 @@ async fn sendense_flow_against_a_stand_in_sna() {
     let disks = context_disks(&ctx);
     assert_eq!(disks, vec![(0, 2000, cap0), (1, 2001, cap1)]);
     let context_id = ctx["context"]["context_id"].as_str().unwrap().to_owned();
+    // The context uses the credential: it cannot go.
+    let (s, _) = h
+        .call(
+            axum::http::Method::DELETE,
+            &format!("/api/v1/vmware-credentials/{credential_id}"),
+            None,
+            Caller::Operator,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
     let (_, by_id) = h
         .get(&format!("/api/v1/vm-contexts/{context_id}/disks"))
         .await;
