@@ -226,7 +226,13 @@ impl Hub {
                 c.credential_name
             )));
         }
-        let password = self.key()?.open(id, &c.password_sealed).map_err(|err| {
+        let key = self.key().map_err(|err| {
+            Error::Unavailable(format!(
+                "VMware credential {id} ({:?}) cannot be decrypted: {err}",
+                c.credential_name
+            ))
+        })?;
+        let password = key.open(id, &c.password_sealed).map_err(|err| {
             Error::Unavailable(format!(
                 "VMware credential {id} ({:?}) cannot be decrypted: {err}; the hub's key \
                  ({} or <data-dir>/{}) is not the one it was stored with",
@@ -242,6 +248,20 @@ impl Hub {
             password,
             datacenter: c.datacenter,
         })
+    }
+}
+
+/// At start: name every credential the loaded key does not open, so a lost or wrong key shows in
+/// the log before a discovery or backup trips over it. Nothing else depends on it.
+pub(crate) fn check_key(catalog: &Catalog, key: &CredentialKey) {
+    let Ok(all) = catalog.credentials() else {
+        return;
+    };
+    for c in all {
+        if let Err(err) = key.open(c.id, &c.password_sealed) {
+            tracing::error!(credential_id = c.id, name = %c.credential_name, %err,
+                "VMware credential cannot be decrypted with this hub's credential key");
+        }
     }
 }
 

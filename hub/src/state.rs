@@ -108,6 +108,9 @@ impl Hub {
             tracing::error!(%err, "credential key unavailable; VMware credentials cannot be used");
             err.to_string()
         });
+        if let Ok(key) = &credential_key {
+            crate::credentials::check_key(&catalog, key);
+        }
 
         let sna = crate::sna::SnaClient::new(&config.sna_url, config.sna_timeout)?;
         let nbd = Server::new(ServerConfig {
