@@ -79,34 +79,33 @@ pub struct ChangeIdAnswer {
     pub message: String,
 }
 
-/// What the hub reads from a telemetry body (the whole body is stored as it came).
+/// What the hub reads from a telemetry body; the whole body is stored as it came (the views read
+/// the progress fields from it). Every field is read leniently: a value of an unexpected type is
+/// left out rather than refusing the report, so a failure report is never lost to a bad counter.
 #[derive(Debug, Default, Deserialize)]
 pub struct Telemetry {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub status: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub current_phase: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub bytes_transferred: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub total_bytes: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub transfer_speed_bps: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub progress_percent: Option<f64>,
+    /// `{"message": ...}` as the client sends it, or a bare string.
     #[serde(default)]
-    pub error: Option<TelemetryError>,
+    pub error: Option<serde_json::Value>,
 }
 
-/// The client sends `{"message": ...}`; a bare string is taken too.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum TelemetryError {
-    Object {
-        #[serde(default)]
-        message: Option<String>,
-    },
-    Text(String),
+fn lenient<'de, D: serde::Deserializer<'de>, T: serde::de::DeserializeOwned>(
+    de: D,
+) -> std::result::Result<Option<T>, D::Error> {
+    let value = serde_json::Value::deserialize(de)?;
+    Ok(serde_json::from_value(value).ok())
 }
 
 impl Telemetry {
@@ -117,15 +116,17 @@ impl Telemetry {
         serde_json::from_value(body.clone()).map_err(|e| Error::Invalid(format!("telemetry: {e}")))
     }
 
-    /// The client's message when this report says the backup failed.
+    /// The client's message when this report says the backup failed: `status: "failed"`, or
+    /// any `error` that is not null.
     pub fn failure(&self) -> Option<String> {
-        let message = match &self.error {
-            Some(TelemetryError::Object { message }) => message.clone(),
-            Some(TelemetryError::Text(text)) => Some(text.clone()),
-            None => None,
-        }
-        .filter(|m| !m.trim().is_empty());
-        let failed = self.error.is_some() || self.status.as_deref() == Some("failed");
+        let error = self.error.as_ref().filter(|e| !e.is_null());
+        let message = error
+            .and_then(|e| match e {
+                serde_json::Value::String(text) => Some(text.clone()),
+                other => other["message"].as_str().map(str::to_owned),
+            })
+            .filter(|m| !m.trim().is_empty());
+        let failed = error.is_some() || self.status.as_deref() == Some("failed");
         failed.then(|| message.unwrap_or_else(|| "no message given".to_owned()))
     }
 }
@@ -769,8 +770,19 @@ mod tests {
             t(json!({"status": "failed"})).as_deref(),
             Some("no message given")
         );
+        assert_eq!(t(json!({"error": null, "status": "running"})), None);
         assert!(Telemetry::parse(&json!([1])).is_err());
-        assert!(Telemetry::parse(&json!({"bytes_transferred": "many"})).is_err());
+        // A bad counter does not hide the failure.
+        assert_eq!(
+            t(json!({"bytes_transferred": "many", "error": {"message": 5}})).as_deref(),
+            Some("no message given")
+        );
+        let odd =
+            Telemetry::parse(&json!({"bytes_transferred": -1, "progress_percent": 7})).unwrap();
+        assert_eq!(
+            (odd.bytes_transferred, odd.progress_percent),
+            (None, Some(7.0))
+        );
     }
 
     #[test]
