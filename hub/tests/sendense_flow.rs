@@ -256,6 +256,10 @@ async fn sendense_flow_against_a_stand_in_sna() {
         .get(&format!("/api/v1/vm-contexts/{context_id}/disks"))
         .await;
     assert_eq!(by_id["count"], 2, "{by_id}");
+    let (_, by_id) = h
+        .get(&format!("/api/v1/vm-contexts/by-id/{context_id}"))
+        .await;
+    assert_eq!(by_id["context"]["vm_name"], VM, "{by_id}");
 
     // Full: the hub asks the SNA to start it; the stand-in client copies both disks.
     let (s, b) = h.post("/api/v1/backups", &full).await;
@@ -438,6 +442,23 @@ async fn sendense_flow_against_a_stand_in_sna() {
         disks,
         vec![(2, 2002, MIB), (0, 2000, cap0), (1, 2001, cap1 * 2)]
     );
+
+    // Without its context the VM cannot be backed up from the old body; its backups stay.
+    let (s, _) = h
+        .call(
+            axum::http::Method::DELETE,
+            &format!("/api/v1/vm-contexts/{VM}"),
+            None,
+            Caller::Operator,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = h.get(&format!("/api/v1/vm-contexts/{VM}")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = h.post("/api/v1/backups", &full).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = h.get(&format!("/api/v1/backups/{inc_id}")).await;
+    assert_eq!(s, StatusCode::OK);
 
     h.stop().await;
     let leaks = files_containing(&data, PASSWORD.as_bytes());
