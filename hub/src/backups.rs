@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Backup, BackupFilter, BackupType, Disk, Status};
 use crate::error::{Error, Result};
@@ -29,18 +29,106 @@ pub struct CreateBackup {
     #[serde(default)]
     pub repository_id: Option<String>,
     pub backup_type: BackupType,
-    pub disks: Vec<DiskRequest>,
+    /// Without it, the disks come from the VM's context (filled by discovery).
+    #[serde(default)]
+    pub disks: Option<Vec<DiskRequest>>,
     #[serde(default)]
     pub parent_backup_id: Option<String>,
     #[serde(default)]
     pub tags: Option<serde_json::Value>,
+    /// The old API's backup policy; kept with the backup.
+    #[serde(default)]
+    pub policy_id: Option<String>,
+    /// `false`: do not ask the SNA to start the copy (the caller drives the client itself).
+    #[serde(default)]
+    pub start_on_sna: Option<bool>,
+    /// Set by the hub when the disks came from a VM context.
+    #[serde(skip)]
+    pub vm_context_id: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+impl CreateBackup {
+    fn disks(&self) -> &[DiskRequest] {
+        self.disks.as_deref().unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
 pub struct DiskRequest {
     pub disk_id: u32,
     pub vmware_disk_key: i64,
     pub capacity_bytes: u64,
+}
+
+/// A backup id as the Sendense client needs it: it takes the backup code path only for ids
+/// starting with `backup-`, and reads a disk index from `-disk<digits>-` in the id before the
+/// export name, so the id carries no VM name (a VM named `x-disk1-y` must not change disks).
+fn new_backup_id() -> String {
+    format!("backup-{}", uuid::Uuid::new_v4())
+}
+
+/// The answer to the client's change-id query. The client decodes it into a Go
+/// `map[string]string`, so every value is a string (a number would make it fall back to a
+/// full copy into an overlay).
+#[derive(Debug, Serialize)]
+pub struct ChangeIdAnswer {
+    pub vm_name: String,
+    pub disk_id: String,
+    pub change_id: String,
+    pub backup_id: String,
+    pub message: String,
+}
+
+/// What the hub reads from a telemetry body; the whole body is stored as it came (the views read
+/// the progress fields from it). Every field is read leniently: a value of an unexpected type is
+/// left out rather than refusing the report, so a failure report is never lost to a bad counter.
+#[derive(Debug, Default, Deserialize)]
+pub struct Telemetry {
+    #[serde(default, deserialize_with = "lenient")]
+    pub status: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub current_phase: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub bytes_transferred: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub total_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub transfer_speed_bps: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub progress_percent: Option<f64>,
+    /// `{"message": ...}` as the client sends it, or a bare string.
+    #[serde(default)]
+    pub error: Option<serde_json::Value>,
+}
+
+fn lenient<'de, D: serde::Deserializer<'de>, T: serde::de::DeserializeOwned>(
+    de: D,
+) -> std::result::Result<Option<T>, D::Error> {
+    let value = serde_json::Value::deserialize(de)?;
+    Ok(serde_json::from_value(value).ok())
+}
+
+impl Telemetry {
+    pub fn parse(body: &serde_json::Value) -> Result<Telemetry> {
+        if !body.is_object() {
+            return Err(Error::Invalid("telemetry must be a JSON object".into()));
+        }
+        serde_json::from_value(body.clone()).map_err(|e| Error::Invalid(format!("telemetry: {e}")))
+    }
+
+    /// The client's message when this report says the backup failed: `status: "failed"`, or
+    /// any `error` that is not null.
+    pub fn failure(&self) -> Option<String> {
+        let error = self.error.as_ref().filter(|e| !e.is_null());
+        let message = error
+            .and_then(|e| match e {
+                serde_json::Value::String(text) => Some(text.clone()),
+                other => other["message"].as_str().map(str::to_owned),
+            })
+            .filter(|m| !m.trim().is_empty());
+        let failed = error.is_some() || self.status.as_deref() == Some("failed");
+        failed.then(|| message.unwrap_or_else(|| "no message given".to_owned()))
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -79,12 +167,12 @@ fn validate(req: &CreateBackup) -> Result<()> {
     if req.vm_name.trim().is_empty() || req.vm_name.len() > MAX_VM_NAME {
         return invalid(format!("vm_name must have 1 to {MAX_VM_NAME} bytes"));
     }
-    if req.disks.is_empty() || req.disks.len() > MAX_DISKS {
+    if req.disks().is_empty() || req.disks().len() > MAX_DISKS {
         return invalid(format!("disks must list 1 to {MAX_DISKS} disks"));
     }
     let mut ids = HashSet::new();
     let mut keys = HashSet::new();
-    for d in &req.disks {
+    for d in req.disks() {
         if d.capacity_bytes == 0 || d.capacity_bytes % 512 != 0 {
             return invalid(format!(
                 "disk {}: capacity_bytes must be a positive multiple of 512, got {}",
@@ -144,13 +232,13 @@ impl Hub {
             BackupType::Incremental => Some(self.find_parent(&req, &repository_id)?),
         };
 
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = new_backup_id();
         let vm_dir = safe_name(&req.vm_name);
         let dir = repo.path.join(&vm_dir).join(&id);
         std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
 
-        let mut disks = Vec::with_capacity(req.disks.len());
-        let mut active = Vec::with_capacity(req.disks.len());
+        let mut disks = Vec::with_capacity(req.disks().len());
+        let mut active = Vec::with_capacity(req.disks().len());
         let made = self
             .make_disks(
                 &req,
@@ -174,6 +262,9 @@ impl Hub {
             created_at: now(),
             started_at: None,
             completed_at: None,
+            last_telemetry_at: None,
+            policy_id: req.policy_id.clone(),
+            vm_context_id: req.vm_context_id.clone(),
             disks,
         };
         if let Err(err) = made.and_then(|()| self.catalog.insert_backup(&backup)) {
@@ -240,7 +331,7 @@ impl Hub {
         disks: &mut Vec<Disk>,
         active: &mut Vec<ActiveDisk>,
     ) -> Result<()> {
-        for d in &req.disks {
+        for d in req.disks() {
             let path = dir.join(format!("disk{}.qcow2", d.disk_id));
             let backing: Option<PathBuf> = parent
                 .and_then(|p| p.disk(d.disk_id))
@@ -503,34 +594,107 @@ impl Hub {
         Ok(())
     }
 
-    pub fn set_telemetry(&self, id: &str, telemetry: &serde_json::Value) -> Result<()> {
+    /// Record the client's telemetry: the whole body, the time it came, and when it reports a
+    /// failure, the end of the backup with the client's message.
+    pub async fn telemetry(&self, id: &str, body: &serde_json::Value) -> Result<Backup> {
+        let report = Telemetry::parse(body)?;
         self.backup(id)?;
-        self.catalog.set_telemetry(id, telemetry)?;
+        self.catalog.set_telemetry(id, body, now())?;
         if let Some(active) = self.active.lock().get(id) {
             active.touch();
         }
-        Ok(())
+        if let Some(message) = report.failure() {
+            // `fail` ignores a backup that already finished or is finalising: the client's
+            // complete calls came first and the images are whole.
+            self.fail(id, &format!("client reported failure: {message}"))
+                .await?;
+        }
+        self.backup(id)
     }
 
-    /// The newest completed backup of the VM that has this disk (any disk when none is named).
-    pub fn latest_with_disk(&self, vm_name: &str, disk_id: Option<u32>) -> Result<(Backup, u32)> {
-        let filter = BackupFilter {
+    /// What the client's `GET /api/v1/backups/changeid` gets: the change id to base this disk's
+    /// copy on, `""` when it must copy everything.
+    pub fn change_id(&self, vm_name: &str, disk_id: u32) -> Result<ChangeIdAnswer> {
+        let same_vm = BackupFilter {
             vm_name: Some(vm_name.to_owned()),
-            status: Some(Status::Completed.as_str().to_owned()),
             ..BackupFilter::default()
         };
-        for backup in self.catalog.backups(&filter)? {
-            let disk = match disk_id {
-                Some(id) => backup.disk(id).map(|d| d.disk_id),
-                None => backup.disks.iter().map(|d| d.disk_id).min(),
-            };
-            if let Some(disk) = disk {
-                return Ok((backup, disk));
+        let backups = self.catalog.backups(&same_vm)?;
+        let answer = |disk_id: u32, change_id: Option<String>, backup_id: &str, message: &str| {
+            ChangeIdAnswer {
+                vm_name: vm_name.to_owned(),
+                disk_id: disk_id.to_string(),
+                change_id: change_id.unwrap_or_default(),
+                backup_id: backup_id.to_owned(),
+                message: message.to_owned(),
             }
+        };
+        // While a backup of the VM runs, the answer must follow that backup: a full one copies
+        // everything even when an earlier backup left a change id (otherwise the client would
+        // copy only changed blocks into an image with no backing file).
+        if let Some(active) = backups.iter().find(|b| b.status.is_active()) {
+            // The client asks once per disk *before* it connects, when it cannot know the disk's
+            // index yet and sends disk_id=0, and again after connecting with the index read from
+            // the export name. It walks the disks in the order of `nbd_targets_string` (our
+            // order of `disks`) and completes each before the next, so a disk_id of 0 means the
+            // first disk not completed yet; an explicit index means that disk.
+            let disk = if disk_id == 0 {
+                active
+                    .disks
+                    .iter()
+                    .find(|d| !d.completed)
+                    .or(active.disks.first())
+            } else {
+                active.disk(disk_id)
+            };
+            let Some(disk) = disk else {
+                return Err(Error::NotFound(format!(
+                    "backup {} of VM {vm_name:?} has no disk {disk_id}",
+                    active.id
+                )));
+            };
+            if active.backup_type == BackupType::Full {
+                return Ok(answer(
+                    disk.disk_id,
+                    None,
+                    &active.id,
+                    "full backup: copy everything",
+                ));
+            }
+            let parent = match &active.parent_backup_id {
+                Some(parent_id) => self.catalog.backup(parent_id)?,
+                None => None,
+            };
+            let Some(parent_disk) = parent.as_ref().and_then(|p| p.disk(disk.disk_id)) else {
+                // A disk the parent does not have (added since) has no backing file.
+                return Ok(answer(
+                    disk.disk_id,
+                    None,
+                    &active.id,
+                    "disk not in the parent backup: copy everything",
+                ));
+            };
+            return Ok(answer(
+                disk.disk_id,
+                parent_disk.change_id.clone(),
+                parent.as_ref().map_or("", |p| p.id.as_str()),
+                "change id of the parent backup",
+            ));
         }
-        Err(Error::NotFound(format!(
-            "no completed backup of VM {vm_name:?} with that disk"
-        )))
+        // No backup running: the newest completed one that recorded a change id for the disk.
+        let found = backups
+            .iter()
+            .filter(|b| b.status == Status::Completed)
+            .find_map(|b| {
+                b.disk(disk_id)
+                    .and_then(|d| d.change_id.clone())
+                    .filter(|c| !c.is_empty())
+                    .map(|c| (b, c))
+            });
+        Ok(match found {
+            Some((b, c)) => answer(disk_id, Some(c), &b.id, "previous change id found"),
+            None => answer(disk_id, None, "", "no previous backup found"),
+        })
     }
 
     /// From the full backup to the newest completed one of the VM.
@@ -573,7 +737,53 @@ pub(crate) fn remove_backup_dir(backup: &Backup) {
 
 #[cfg(test)]
 mod tests {
-    use super::CompleteRequest;
+    use super::{CompleteRequest, Telemetry, new_backup_id};
+
+    #[test]
+    fn backup_ids_take_the_clients_backup_path() {
+        let id = new_backup_id();
+        assert!(id.starts_with("backup-"), "{id}");
+        // The client's pattern for a disk index inside a job id.
+        let has_disk = id
+            .match_indices("-disk")
+            .any(|(i, _)| id[i + 5..].chars().take_while(char::is_ascii_digit).count() > 0);
+        assert!(!has_disk, "{id}");
+    }
+
+    #[test]
+    fn telemetry_failures() {
+        let t = |v: serde_json::Value| Telemetry::parse(&v).unwrap().failure();
+        use serde_json::json;
+        assert_eq!(
+            t(json!({"status": "running", "progress_percent": 5.0})),
+            None
+        );
+        assert_eq!(
+            t(json!({"status": "failed", "error": {"message": "snapshot lost"}})).as_deref(),
+            Some("snapshot lost")
+        );
+        assert_eq!(
+            t(json!({"error": "disk gone"})).as_deref(),
+            Some("disk gone")
+        );
+        assert_eq!(
+            t(json!({"status": "failed"})).as_deref(),
+            Some("no message given")
+        );
+        assert_eq!(t(json!({"error": null, "status": "running"})), None);
+        assert!(Telemetry::parse(&json!([1])).is_err());
+        // A bad counter does not hide the failure.
+        assert_eq!(
+            t(json!({"bytes_transferred": "many", "error": {"message": 5}})).as_deref(),
+            Some("no message given")
+        );
+        let odd =
+            Telemetry::parse(&json!({"bytes_transferred": -1, "progress_percent": 7})).unwrap();
+        assert_eq!(
+            (odd.bytes_transferred, odd.progress_percent),
+            (None, Some(7.0))
+        );
+    }
 
     #[test]
     fn complete_bodies() {

@@ -19,6 +19,13 @@ pub struct Config {
     pub nbd_host: Option<String>,
     /// API token; when unset, the token in `<data_dir>/api-token` (created at first start).
     pub api_token: Option<String>,
+    /// The key sealing vCenter passwords (base64 of 32 bytes, from `SENDENSE_HUB_CREDENTIAL_KEY`
+    /// only); when unset, `<data_dir>/credential-key`, created at first start.
+    pub credential_key: Option<crate::secrets::Secret>,
+    /// The SNA's API, reached through the SSH tunnel's reverse forward (discovery, backup start).
+    pub sna_url: String,
+    /// How long a call to the SNA may take before it counts as failed.
+    pub sna_timeout: Duration,
     /// A backup with no NBD traffic and no client call for this long fails as `stale`.
     pub stale_after: Duration,
     /// How long finalising waits for open connections to finish before closing them.
@@ -49,9 +56,14 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("./sendense-data"),
             api_listen: "127.0.0.1:8082".into(),
-            nbd_listen: "127.0.0.1:10809".into(),
+            // Inside the 10100-10200 range the SNA's SSH tunnel forwards (see
+            // deploy/config.example.toml); NBD's usual 10809 is not forwarded.
+            nbd_listen: "127.0.0.1:10100".into(),
             nbd_host: None,
             api_token: None,
+            credential_key: None,
+            sna_url: "http://127.0.0.1:9081".into(),
+            sna_timeout: Duration::from_secs(10),
             stale_after: Duration::from_secs(3600),
             drain_grace: Duration::from_secs(30),
             monitor_interval: Duration::from_secs(1),
@@ -77,6 +89,8 @@ pub struct FileConfig {
     pub nbd_listen: Option<String>,
     pub nbd_host: Option<String>,
     pub api_token: Option<String>,
+    pub sna_url: Option<String>,
+    pub sna_timeout_secs: Option<u64>,
     pub stale_after_secs: Option<u64>,
     pub drain_grace_secs: Option<u64>,
     pub monitor_interval_ms: Option<u64>,
@@ -101,6 +115,8 @@ pub struct Overrides {
     pub nbd_listen: Option<String>,
     pub nbd_host: Option<String>,
     pub api_token: Option<String>,
+    pub credential_key: Option<crate::secrets::Secret>,
+    pub sna_url: Option<String>,
     pub stale_after_secs: Option<u64>,
     pub tls: Option<String>,
     pub tls_creds: Option<PathBuf>,
@@ -125,6 +141,9 @@ impl Config {
             nbd_listen: flags.nbd_listen.or(file.nbd_listen).unwrap_or(d.nbd_listen),
             nbd_host: flags.nbd_host.or(file.nbd_host),
             api_token: flags.api_token.or(file.api_token),
+            credential_key: flags.credential_key,
+            sna_url: flags.sna_url.or(file.sna_url).unwrap_or(d.sna_url),
+            sna_timeout: file.sna_timeout_secs.map(secs).unwrap_or(d.sna_timeout),
             stale_after: flags
                 .stale_after_secs
                 .or(file.stale_after_secs)
@@ -179,6 +198,10 @@ impl Config {
         if self.stale_after.is_zero() {
             return Err(Error::Config("stale_after must be positive".into()));
         }
+        if self.sna_timeout.is_zero() {
+            return Err(Error::Config("sna_timeout_secs must be positive".into()));
+        }
+        crate::sna::check_url(&self.sna_url)?;
         if self.monitor_interval.is_zero() {
             return Err(Error::Config("monitor_interval must be positive".into()));
         }
@@ -226,7 +249,7 @@ mod tests {
         let c = Config::resolve(file, flags).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/srv/hub"));
         assert_eq!(c.api_listen, "127.0.0.1:1");
-        assert_eq!(c.nbd_listen, "127.0.0.1:10809");
+        assert_eq!(c.nbd_listen, "127.0.0.1:10100");
         assert_eq!(c.stale_after, Duration::from_secs(60));
         assert_eq!(c.drain_grace, Duration::from_secs(2));
     }

@@ -13,6 +13,12 @@ pub enum Error {
     /// The request clashes with the current state (HTTP 409).
     #[error("{0}")]
     Conflict(String),
+    /// Something the request needs is unavailable on this hub (HTTP 503): the credential key.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The SNA refused or did not answer (HTTP 502).
+    #[error("{0}")]
+    Upstream(String),
     #[error("configuration: {0}")]
     Config(String),
     #[error("catalog: {0}")]

@@ -32,7 +32,11 @@ pub(crate) fn sweep(catalog: &Catalog) -> Result<usize> {
                     continue;
                 };
                 let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-                if !is_dir || uuid::Uuid::parse_str(&id).is_err() || catalog.backup(&id)?.is_some()
+                // `backup-<uuid>`, or a bare uuid from before backup ids had the prefix.
+                let uuid_part = id.strip_prefix("backup-").unwrap_or(&id);
+                if !is_dir
+                    || uuid::Uuid::parse_str(uuid_part).is_err()
+                    || catalog.backup(&id)?.is_some()
                 {
                     continue;
                 }

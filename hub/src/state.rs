@@ -42,6 +42,10 @@ pub struct Inner {
     pub nbd_host: String,
     pub nbd_port: u16,
     pub(crate) token: String,
+    /// The key sealing vCenter passwords; when it cannot be loaded, only credential use fails.
+    pub(crate) credential_key: std::result::Result<crate::secrets::CredentialKey, String>,
+    /// The SNA's API (discovery, backup start).
+    pub(crate) sna: crate::sna::SnaClient,
     /// Backups in ready / running / finalizing, by id.
     pub(crate) active: Mutex<HashMap<String, Arc<ActiveBackup>>>,
     /// Images behind restore exports, by restore id.
@@ -97,7 +101,19 @@ impl Hub {
         let catalog = Catalog::open(&data.join(CATALOG_FILE))?;
         let token = crate::token::load_or_create(&data, config.api_token.as_deref())?;
         ensure_default_repository(&catalog, &data)?;
+        let credential_key = crate::secrets::load_or_create_key(
+            &data,
+            config.credential_key.as_ref(),
+        )
+        .map_err(|err| {
+            tracing::error!(%err, "credential key unavailable; VMware credentials cannot be used");
+            err.to_string()
+        });
+        if let Ok(key) = &credential_key {
+            crate::credentials::check_key(&catalog, key);
+        }
 
+        let sna = crate::sna::SnaClient::new(&config.sna_url, config.sna_timeout)?;
         let nbd = Server::new(ServerConfig {
             list_exports: false,
             max_connections_per_export: config.max_connections_per_export,
@@ -122,6 +138,8 @@ impl Hub {
                 nbd_host,
                 nbd_port: nbd_addr.port(),
                 token,
+                credential_key,
+                sna,
                 active: Mutex::new(HashMap::new()),
                 restores: Mutex::new(HashMap::new()),
                 ops: tokio::sync::Mutex::new(()),

@@ -199,7 +199,8 @@ async fn two_disk_full_backup_completed_per_disk_then_restored() {
     assert_eq!(s, StatusCode::OK, "{cid}");
     assert_eq!(
         cid,
-        json!({"vm_name": "web 01", "disk_id": 1, "change_id": "52 3c-1/9", "backup_job_id": id})
+        json!({"vm_name": "web 01", "disk_id": "1", "change_id": "52 3c-1/9", "backup_id": id,
+            "message": "previous change id found"})
     );
 
     // Listing and filters.
@@ -511,10 +512,11 @@ async fn every_error_status() {
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",
     );
+    // No disks and no VM context: discovery has not run for this VM.
     assert_error(
         &post(r#"{"vm_name":"vm","backup_type":"full"}"#.into()).await,
-        bad,
-        "bad_request",
+        StatusCode::NOT_FOUND,
+        "not_found",
     );
     assert_error(
         &post(r#"{"vm_name":"vm","backup_type":"weekly","disks":[]}"#.into()).await,
@@ -621,17 +623,18 @@ async fn every_error_status() {
         StatusCode::NOT_FOUND,
         "not_found",
     );
-    assert_error(
-        &h.call(
+    // Nothing to base on: 200 with an empty change id (the client then copies everything).
+    let (s, none) = h
+        .call(
             Method::GET,
             "/api/v1/backups/changeid?vm_name=vm&disk_id=0",
             None,
             Caller::Sna,
         )
-        .await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    );
+        .await;
+    assert_eq!(s, StatusCode::OK, "{none}");
+    assert_eq!(none["change_id"], "");
+    assert_eq!(none["disk_id"], "0");
     assert_error(
         &h.get("/api/v1/backups/vm/chain").await,
         StatusCode::NOT_FOUND,
@@ -979,5 +982,173 @@ async fn complete_before_disconnect_drains_open_connections() {
     assert!(image.ends_with("disk4.qcow2"));
     qemu_img_check(&image);
     qemu_img_compare(&raw, &image);
+    h.stop().await;
+}
+
+/// The change id follows the VM's active backup (the client's disk_id=0 first query included), and
+/// a failure the client reports in telemetry ends the backup `failed` with its message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn change_id_follows_the_active_backup_and_client_failures_end_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = TestHub::start(test_config(dir.path().join("data"))).await;
+    let src = dir.path().join("src.raw");
+    make_raw(&src, MIB as usize, 3);
+    let two_disks = |backup_type: &str| {
+        json!({"vm_name": "db", "backup_type": backup_type,
+            "disks": [disk(0, 2000, MIB), disk(1, 2001, MIB)]})
+    };
+    let change_id = |disk_id: u32| {
+        let h = &h;
+        async move {
+            let (s, body) = h
+                .call(
+                    Method::GET,
+                    &format!("/api/v1/backups/changeid?vm_name=db&disk_id={disk_id}"),
+                    None,
+                    Caller::Sna,
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{body}");
+            // The client decodes a map of strings.
+            for (k, v) in body.as_object().unwrap() {
+                assert!(v.is_string(), "{k} is not a string: {body}");
+            }
+            body
+        }
+    };
+    let complete = |id: String, disk_id: u32, cid: &'static str| {
+        let h = &h;
+        async move {
+            let body = json!({"disk_id": disk_id, "change_id": cid}).to_string();
+            let (s, b) = h
+                .call(
+                    Method::POST,
+                    &format!("/api/v1/backups/{id}/complete"),
+                    Some(&body),
+                    Caller::Sna,
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{b}");
+        }
+    };
+
+    let (s, full) = h.post("/api/v1/backups", &two_disks("full")).await;
+    assert_eq!(s, StatusCode::OK, "{full}");
+    let full_id = full["backup_id"].as_str().unwrap().to_owned();
+    assert!(full_id.starts_with("backup-"), "{full_id}");
+    for i in 0..2 {
+        let uri = full["disk_results"][i]["nbd_uri"].as_str().unwrap();
+        nbdcopy(vec![src.display().to_string(), uri.to_owned()]).await;
+    }
+    // A full backup copies everything, whatever came before.
+    assert_eq!(change_id(0).await["change_id"], "");
+    complete(full_id.clone(), 0, "c0").await;
+    complete(full_id.clone(), 1, "c1").await;
+    h.wait_status(&full_id, "completed").await;
+    // Nothing active: the newest completed backup's change id.
+    let answer = change_id(1).await;
+    assert_eq!(
+        (answer["change_id"].as_str(), answer["backup_id"].as_str()),
+        (Some("c1"), Some(full_id.as_str()))
+    );
+
+    // An incremental: disk_id=0 is the first disk not completed yet, in target order.
+    let (s, inc) = h.post("/api/v1/backups", &two_disks("incremental")).await;
+    assert_eq!(s, StatusCode::OK, "{inc}");
+    let inc_id = inc["backup_id"].as_str().unwrap().to_owned();
+    let first = change_id(0).await;
+    assert_eq!(
+        (first["disk_id"].as_str(), first["change_id"].as_str()),
+        (Some("0"), Some("c0"))
+    );
+    assert_eq!(first["backup_id"], full_id.as_str());
+    complete(inc_id.clone(), 0, "c0b").await;
+    let before_connect = change_id(0).await;
+    assert_eq!(
+        (
+            before_connect["disk_id"].as_str(),
+            before_connect["change_id"].as_str()
+        ),
+        (Some("1"), Some("c1"))
+    );
+    assert_eq!(change_id(1).await["change_id"], "c1");
+
+    // Progress is stored with its time; a reported failure ends the backup.
+    let telemetry = format!("/api/v1/telemetry/backup/{inc_id}");
+    let progress = json!({"job_id": inc_id, "status": "running", "current_phase": "transferring",
+        "bytes_transferred": 1024, "total_bytes": 2 * MIB, "progress_percent": 1.5});
+    let (s, ack) = h
+        .call(
+            Method::POST,
+            &telemetry,
+            Some(&progress.to_string()),
+            Caller::Sna,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{ack}");
+    let stored = h.hub.backup(&inc_id).unwrap();
+    assert!(stored.last_telemetry_at.is_some());
+    assert_eq!(stored.telemetry.unwrap()["current_phase"], "transferring");
+    let export = inc["disk_results"][1]["nbd_export_name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(h.hub.nbd.export_stats(&export).is_some());
+    let failed = json!({"job_id": inc_id, "status": "failed",
+        "error": {"message": "snapshot removed by vCenter"}});
+    let (s, ack) = h
+        .call(
+            Method::POST,
+            &telemetry,
+            Some(&failed.to_string()),
+            Caller::Sna,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{ack}");
+    assert_eq!(ack["backup_status"], "failed");
+    let (_, b) = h.get(&format!("/api/v1/backups/{inc_id}")).await;
+    assert_eq!(b["status"], "failed");
+    assert!(
+        b["error"]
+            .as_str()
+            .unwrap()
+            .contains("snapshot removed by vCenter"),
+        "{b}"
+    );
+    assert!(h.hub.nbd.export_stats(&export).is_none(), "export removed");
+    // Nothing active again: back to the newest completed backup.
+    assert_eq!(change_id(0).await["change_id"], "c0");
+
+    // A full after a completed full is told to copy everything; an error given as a string ends it.
+    let (s, again) = h.post("/api/v1/backups", &two_disks("full")).await;
+    assert_eq!(s, StatusCode::OK, "{again}");
+    let again_id = again["backup_id"].as_str().unwrap().to_owned();
+    let answer = change_id(0).await;
+    assert_eq!(
+        (answer["change_id"].as_str(), answer["backup_id"].as_str()),
+        (Some(""), Some(again_id.as_str()))
+    );
+    let (s, _) = h
+        .call(
+            Method::POST,
+            &format!("/api/v1/telemetry/backup/{again_id}"),
+            Some(r#"{"error": "vanished"}"#),
+            Caller::Sna,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let b = h.wait_status(&again_id, "failed").await;
+    assert!(b["error"].as_str().unwrap().contains("vanished"), "{b}");
+    // A telemetry body that is not an object is refused and changes nothing.
+    let (s, _) = h
+        .call(
+            Method::POST,
+            &format!("/api/v1/telemetry/backup/{full_id}"),
+            Some(r#"["failed"]"#),
+            Caller::Sna,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(h.hub.backup(&full_id).unwrap().status.as_str(), "completed");
     h.stop().await;
 }

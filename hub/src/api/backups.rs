@@ -2,10 +2,10 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiJson, ApiQuery};
-use crate::backups::{CompleteRequest, CreateBackup};
+use crate::backups::{ChangeIdAnswer, CompleteRequest, CreateBackup};
 use crate::catalog::{BackupFilter, Status, fmt_time};
 use crate::state::Hub;
 use crate::views::BackupView;
@@ -14,7 +14,7 @@ pub async fn create(
     State(hub): State<Hub>,
     ApiJson(req): ApiJson<CreateBackup>,
 ) -> Result<Json<BackupView>, ApiError> {
-    let backup = hub.create_backup(req).await?;
+    let backup = hub.start_backup(req).await?;
     Ok(Json(hub.backup_view(&backup)))
 }
 
@@ -70,25 +70,37 @@ pub async fn delete(
     ))
 }
 
+/// The answer to the client's telemetry post (the old hub's fields, plus the backup's status).
+#[derive(Debug, Serialize)]
+pub struct TelemetryAck {
+    pub backup_id: String,
+    pub received: bool,
+    pub status: &'static str,
+    pub backup_status: Status,
+    pub message: String,
+    pub timestamp: String,
+}
+
 pub async fn telemetry(
     State(hub): State<Hub>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<serde_json::Value>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    if !body.is_object() {
-        return Err(ApiError::BadRequest(
-            "telemetry must be a JSON object".into(),
-        ));
-    }
-    hub.set_telemetry(&id, &body)?;
-    Ok(Json(
-        serde_json::json!({ "backup_id": id, "received": true }),
-    ))
+) -> Result<Json<TelemetryAck>, ApiError> {
+    let backup = hub.telemetry(&id, &body).await?;
+    Ok(Json(TelemetryAck {
+        backup_id: id,
+        received: true,
+        status: "success",
+        backup_status: backup.status,
+        message: "telemetry received".into(),
+        timestamp: fmt_time(time::OffsetDateTime::now_utc()),
+    }))
 }
 
 #[derive(Debug, Deserialize)]
 pub struct ChangeIdQuery {
     vm_name: String,
+    /// The client always sends one; the old hub's default was disk 0.
     #[serde(default)]
     disk_id: Option<u32>,
 }
@@ -96,15 +108,8 @@ pub struct ChangeIdQuery {
 pub async fn change_id(
     State(hub): State<Hub>,
     ApiQuery(q): ApiQuery<ChangeIdQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let (backup, disk_id) = hub.latest_with_disk(&q.vm_name, q.disk_id)?;
-    let change_id = backup.disk(disk_id).and_then(|d| d.change_id.clone());
-    Ok(Json(serde_json::json!({
-        "vm_name": q.vm_name,
-        "disk_id": disk_id,
-        "change_id": change_id,
-        "backup_job_id": backup.id,
-    })))
+) -> Result<Json<ChangeIdAnswer>, ApiError> {
+    Ok(Json(hub.change_id(&q.vm_name, q.disk_id.unwrap_or(0))?))
 }
 
 #[derive(Debug, Deserialize)]

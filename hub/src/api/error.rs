@@ -15,6 +15,10 @@ pub enum ApiError {
     NotFound(String),
     Conflict(String),
     MethodNotAllowed,
+    /// The SNA refused or did not answer.
+    BadGateway(String),
+    /// Something the request needs is unavailable (the credential key).
+    Unavailable(String),
     /// Logged in full; the client only learns that something failed inside.
     Internal(String),
 }
@@ -25,6 +29,8 @@ impl From<Error> for ApiError {
             Error::Invalid(m) => ApiError::BadRequest(m),
             Error::NotFound(m) => ApiError::NotFound(m),
             Error::Conflict(m) => ApiError::Conflict(m),
+            Error::Upstream(m) => ApiError::BadGateway(m),
+            Error::Unavailable(m) => ApiError::Unavailable(m),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -47,6 +53,8 @@ impl IntoResponse for ApiError {
                 "method_not_allowed",
                 "this route does not take that method".to_owned(),
             ),
+            ApiError::BadGateway(m) => (StatusCode::BAD_GATEWAY, "bad_gateway", m),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "request failed");
                 (

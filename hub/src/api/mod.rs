@@ -1,7 +1,9 @@
 //! The REST API: `fn app(hub) -> Router`, authentication, and the JSON extractor.
 
 mod backups;
+mod credentials;
 mod error;
+mod inventory;
 mod metrics;
 mod repositories;
 mod restores;
@@ -15,7 +17,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 
@@ -47,6 +49,32 @@ pub fn app(hub: Hub) -> Router {
             post(restores::create).get(restores::list),
         )
         .route("/api/v1/restores/{id}", delete(restores::delete))
+        .route(
+            "/api/v1/vmware-credentials",
+            get(credentials::list).post(credentials::create),
+        )
+        .route(
+            "/api/v1/vmware-credentials/default",
+            get(credentials::default),
+        )
+        .route(
+            "/api/v1/vmware-credentials/{id}",
+            get(credentials::get)
+                .put(credentials::update)
+                .delete(credentials::delete),
+        )
+        .route(
+            "/api/v1/vmware-credentials/{id}/set-default",
+            put(credentials::set_default),
+        )
+        .route("/api/v1/discovery/discover-vms", post(inventory::discover))
+        .route("/api/v1/vm-contexts", get(inventory::list))
+        .route(
+            "/api/v1/vm-contexts/{id}",
+            get(inventory::get).delete(inventory::delete),
+        )
+        .route("/api/v1/vm-contexts/{id}/disks", get(inventory::disks))
+        .route("/api/v1/vm-contexts/by-id/{id}", get(inventory::get))
         .route(
             "/api/v1/repositories",
             get(repositories::list).post(repositories::create),

@@ -3,6 +3,7 @@
 //! One connection behind a mutex; every call is a short statement or transaction, so callers use
 //! it directly from async code. WAL mode keeps readers from waiting on the writer's fsync.
 
+pub mod inventory;
 pub mod model;
 
 use std::path::{Path, PathBuf};
@@ -12,12 +13,16 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+pub use inventory::{Credential, CredentialFields, VmContext, VmDisk};
 pub use model::*;
 
 use crate::error::{Error, Result};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/0001_init.sql"),
+    include_str!("../../migrations/0002_sendense_flow.sql"),
+];
 
 pub struct Catalog {
     conn: Mutex<Connection>,
@@ -57,7 +62,7 @@ fn parse_json(s: Option<String>) -> Option<serde_json::Value> {
 }
 
 const BACKUP_COLUMNS: &str = "id, vm_name, repository_id, backup_type, parent_backup_id, status, error, \
-     tags, telemetry, created_at, started_at, completed_at";
+     tags, telemetry, created_at, started_at, completed_at, last_telemetry_at, policy_id, vm_context_id";
 
 fn backup_from_row(row: &Row<'_>) -> rusqlite::Result<Backup> {
     let backup_type: String = row.get(3)?;
@@ -76,6 +81,9 @@ fn backup_from_row(row: &Row<'_>) -> rusqlite::Result<Backup> {
         created_at: parse_time(&row.get::<_, String>(9)?)?,
         started_at: parse_opt_time(row.get(10)?)?,
         completed_at: parse_opt_time(row.get(11)?)?,
+        last_telemetry_at: parse_opt_time(row.get(12)?)?,
+        policy_id: row.get(13)?,
+        vm_context_id: row.get(14)?,
         disks: Vec::new(),
     })
 }
@@ -212,7 +220,7 @@ impl Catalog {
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         tx.execute(
-            &format!("INSERT INTO backups ({BACKUP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+            &format!("INSERT INTO backups ({BACKUP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
             params![
                 backup.id,
                 backup.vm_name,
@@ -226,6 +234,9 @@ impl Catalog {
                 fmt_time(backup.created_at),
                 backup.started_at.map(fmt_time),
                 backup.completed_at.map(fmt_time),
+                backup.last_telemetry_at.map(fmt_time),
+                backup.policy_id,
+                backup.vm_context_id,
             ],
         )?;
         for (position, disk) in backup.disks.iter().enumerate() {
@@ -329,11 +340,16 @@ impl Catalog {
         Ok(changed == 1)
     }
 
-    pub fn set_telemetry(&self, id: &str, telemetry: &serde_json::Value) -> Result<()> {
+    pub fn set_telemetry(
+        &self,
+        id: &str,
+        telemetry: &serde_json::Value,
+        at: OffsetDateTime,
+    ) -> Result<()> {
         let conn = self.conn.lock();
         conn.execute(
-            "UPDATE backups SET telemetry = ?2 WHERE id = ?1",
-            params![id, telemetry.to_string()],
+            "UPDATE backups SET telemetry = ?2, last_telemetry_at = ?3 WHERE id = ?1",
+            params![id, telemetry.to_string(), fmt_time(at)],
         )?;
         Ok(())
     }
@@ -491,6 +507,9 @@ mod tests {
             created_at: OffsetDateTime::now_utc(),
             started_at: None,
             completed_at: None,
+            last_telemetry_at: None,
+            policy_id: None,
+            vm_context_id: None,
             disks: vec![Disk {
                 disk_id: 3,
                 vmware_disk_key: 2001,

@@ -95,6 +95,12 @@ pub struct Backup {
     pub created_at: OffsetDateTime,
     pub started_at: Option<OffsetDateTime>,
     pub completed_at: Option<OffsetDateTime>,
+    /// When the client's telemetry last came (its body is `telemetry`).
+    pub last_telemetry_at: Option<OffsetDateTime>,
+    /// The old API's backup policy, kept as given.
+    pub policy_id: Option<String>,
+    /// The VM context the disks came from (`None` when the request listed them).
+    pub vm_context_id: Option<String>,
     /// In the order the request listed them.
     pub disks: Vec<Disk>,
 }

@@ -1,6 +1,7 @@
 //! Command-line interface: argument definitions and one function per subcommand.
 
 mod inspect;
+mod rotate;
 mod serve;
 mod serve_image;
 mod tls;
@@ -38,6 +39,8 @@ pub enum Command {
     /// TLS credentials.
     #[command(subcommand)]
     Tls(tls::TlsCommand),
+    /// Re-encrypt every stored vCenter password under a new credential key (hub stopped).
+    RotateCredentialKey(rotate::RotateArgs),
 }
 
 pub fn init_logging(json: bool) {
@@ -64,6 +67,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Check(args) => inspect::check(&args),
         Command::Info(args) => inspect::info(&args).map(|()| ExitCode::SUCCESS),
         Command::Tls(command) => tls::run(command).map(|()| ExitCode::SUCCESS),
+        Command::RotateCredentialKey(args) => rotate::run(&args).map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -16,12 +16,15 @@ pub struct ServeArgs {
     /// REST API address [default: 127.0.0.1:8082].
     #[arg(long, value_name = "ADDR", env = "SENDENSE_HUB_API_LISTEN")]
     api_listen: Option<String>,
-    /// NBD server address [default: 127.0.0.1:10809].
+    /// NBD server address [default: 127.0.0.1:10100].
     #[arg(long, value_name = "ADDR", env = "SENDENSE_HUB_NBD_LISTEN")]
     nbd_listen: Option<String>,
     /// Host written into the NBD URIs handed to clients [default: the NBD listen address].
     #[arg(long, value_name = "HOST", env = "SENDENSE_HUB_NBD_HOST")]
     nbd_host: Option<String>,
+    /// The SNA's API, through the SSH tunnel [default: http://127.0.0.1:9081].
+    #[arg(long, value_name = "URL", env = "SENDENSE_HUB_SNA_URL")]
+    sna_url: Option<String>,
     /// Seconds without NBD traffic after which a backup fails as stale [default: 3600].
     #[arg(long, value_name = "SECS", env = "SENDENSE_HUB_STALE_AFTER")]
     stale_after: Option<u64>,
@@ -48,6 +51,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         nbd_host: args.nbd_host,
         // The token is never a flag: flags show up in `ps`.
         api_token: std::env::var("SENDENSE_HUB_API_TOKEN").ok(),
+        // Likewise the credential key: environment or key file only.
+        credential_key: std::env::var(hub::secrets::KEY_ENV)
+            .ok()
+            .map(hub::secrets::Secret::new),
+        sna_url: args.sna_url,
         stale_after_secs: args.stale_after,
         tls: args.tls,
         tls_creds: args.tls_creds,

@@ -64,6 +64,25 @@ impl TestHub {
         }
     }
 
+    /// Serve the API on a real socket (127.0.0.1:0) until the hub stops, for clients in other
+    /// processes; returns its `http://` base URL.
+    pub async fn serve_api(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = self.app.clone();
+        let stop = self.shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+            .unwrap();
+        });
+        format!("http://{addr}")
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.hub.shutdown().await;

@@ -1,0 +1,339 @@
+//! vCenter credentials: create, read, update, delete, the default one, the decrypted login the SNA
+//! calls need, and the key rotation. The password is write-only: no view, log line or error
+//! carries it, and the catalog holds it only sealed ([`crate::secrets`]).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Catalog, Credential, CredentialFields, fmt_time};
+use crate::error::{Error, Result};
+use crate::secrets::{self, CredentialKey, Secret};
+use crate::state::Hub;
+
+const MAX_FIELD: usize = 255;
+
+/// The body of `POST` and `PUT /api/v1/vmware-credentials[/{id}]` (Sendense's fields). On
+/// `PUT` every field is optional and a missing one keeps its value (the password too).
+#[derive(Debug, Default, Deserialize)]
+pub struct CredentialRequest {
+    #[serde(default, alias = "name")]
+    pub credential_name: Option<String>,
+    #[serde(default)]
+    pub vcenter_host: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    #[serde(default)]
+    pub datacenter: Option<String>,
+    #[serde(default)]
+    pub is_active: Option<bool>,
+    #[serde(default)]
+    pub is_default: Option<bool>,
+}
+
+/// A credential as the API shows it: never the password.
+#[derive(Debug, Serialize)]
+pub struct CredentialView {
+    pub id: i64,
+    pub credential_name: String,
+    /// The old hub's name for `credential_name`.
+    pub name: String,
+    pub vcenter_host: String,
+    pub username: String,
+    pub datacenter: String,
+    pub is_active: bool,
+    pub is_default: bool,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<&Credential> for CredentialView {
+    fn from(c: &Credential) -> Self {
+        CredentialView {
+            id: c.id,
+            credential_name: c.credential_name.clone(),
+            name: c.credential_name.clone(),
+            vcenter_host: c.vcenter_host.clone(),
+            username: c.username.clone(),
+            datacenter: c.datacenter.clone(),
+            is_active: c.is_active,
+            is_default: c.is_default,
+            created_at: fmt_time(c.created_at),
+            updated_at: fmt_time(c.updated_at),
+        }
+    }
+}
+
+/// What an SNA call needs: the credential with its password opened.
+#[derive(Debug, Clone)]
+pub struct VcenterLogin {
+    pub credential_id: i64,
+    pub vcenter_host: String,
+    pub username: String,
+    pub password: Secret,
+    pub datacenter: String,
+}
+
+fn text_field(name: &str, value: Option<String>, current: Option<&str>) -> Result<String> {
+    let value = match (value, current) {
+        (Some(v), _) => v.trim().to_owned(),
+        (None, Some(c)) => return Ok(c.to_owned()),
+        (None, None) => return Err(Error::Invalid(format!("{name} is required"))),
+    };
+    if value.is_empty() || value.len() > MAX_FIELD {
+        return Err(Error::Invalid(format!(
+            "{name} must have 1 to {MAX_FIELD} bytes"
+        )));
+    }
+    Ok(value)
+}
+
+/// Merge a request over the current values (none on create) and check it.
+fn fields(req: &CredentialRequest, current: Option<&Credential>) -> Result<CredentialFields> {
+    let datacenter = req
+        .datacenter
+        .clone()
+        .or_else(|| current.map(|c| c.datacenter.clone()))
+        .unwrap_or_default();
+    if datacenter.len() > MAX_FIELD {
+        return Err(Error::Invalid(format!(
+            "datacenter must have at most {MAX_FIELD} bytes"
+        )));
+    }
+    Ok(CredentialFields {
+        credential_name: text_field(
+            "credential_name",
+            req.credential_name.clone(),
+            current.map(|c| c.credential_name.as_str()),
+        )?,
+        vcenter_host: text_field(
+            "vcenter_host",
+            req.vcenter_host.clone(),
+            current.map(|c| c.vcenter_host.as_str()),
+        )?,
+        username: text_field(
+            "username",
+            req.username.clone(),
+            current.map(|c| c.username.as_str()),
+        )?,
+        datacenter: datacenter.trim().to_owned(),
+        is_active: req
+            .is_active
+            .or(current.map(|c| c.is_active))
+            .unwrap_or(true),
+        is_default: req
+            .is_default
+            .or(current.map(|c| c.is_default))
+            .unwrap_or(false),
+    })
+}
+
+fn check_password(password: &Secret) -> Result<()> {
+    if password.is_empty() || password.expose().len() > 1024 {
+        return Err(Error::Invalid("password must have 1 to 1024 bytes".into()));
+    }
+    Ok(())
+}
+
+impl Hub {
+    fn key(&self) -> Result<&CredentialKey> {
+        self.credential_key.as_ref().map_err(|reason| {
+            Error::Unavailable(format!(
+                "credentials are unavailable: the credential key could not be loaded ({reason})"
+            ))
+        })
+    }
+
+    pub fn credentials(&self) -> Result<Vec<Credential>> {
+        self.catalog.credentials()
+    }
+
+    pub fn credential(&self, id: i64) -> Result<Credential> {
+        self.catalog
+            .credential(id)?
+            .ok_or_else(|| Error::NotFound(format!("no VMware credential {id}")))
+    }
+
+    pub fn default_credential(&self) -> Result<Credential> {
+        self.catalog
+            .default_credential()?
+            .ok_or_else(|| Error::NotFound("no default VMware credential".into()))
+    }
+
+    pub fn create_credential(&self, req: CredentialRequest) -> Result<Credential> {
+        let fields = fields(&req, None)?;
+        let password = req
+            .password
+            .ok_or_else(|| Error::Invalid("password is required".into()))?;
+        check_password(&password)?;
+        let key = self.key()?;
+        let id = self
+            .catalog
+            .insert_credential(&fields, |id| key.seal(id, password.expose()))?;
+        tracing::info!(credential_id = id, name = %fields.credential_name, "VMware credential created");
+        self.credential(id)
+    }
+
+    pub fn update_credential(&self, id: i64, req: CredentialRequest) -> Result<Credential> {
+        let current = self.credential(id)?;
+        let fields = fields(&req, Some(&current))?;
+        let sealed = match &req.password {
+            Some(password) => {
+                check_password(password)?;
+                Some(self.key()?.seal(id, password.expose()))
+            }
+            None => None,
+        };
+        self.catalog.update_credential(id, &fields, sealed)?;
+        tracing::info!(
+            credential_id = id,
+            password_changed = req.password.is_some(),
+            "VMware credential updated"
+        );
+        self.credential(id)
+    }
+
+    pub fn set_default_credential(&self, id: i64) -> Result<Credential> {
+        let req = CredentialRequest {
+            is_default: Some(true),
+            ..CredentialRequest::default()
+        };
+        self.update_credential(id, req)
+    }
+
+    pub fn delete_credential(&self, id: i64) -> Result<()> {
+        self.credential(id)?;
+        let users = self.catalog.contexts_using_credential(id)?;
+        if !users.is_empty() {
+            return Err(Error::Conflict(format!(
+                "VMware credential {id} is used by the VM contexts of {}; delete those or discover them with another credential first",
+                users.join(", ")
+            )));
+        }
+        self.catalog.delete_credential(id)?;
+        tracing::info!(credential_id = id, "VMware credential deleted");
+        Ok(())
+    }
+
+    /// The credential with its password opened, for a call to the SNA.
+    pub fn vcenter_login(&self, id: i64) -> Result<VcenterLogin> {
+        let c = self.credential(id)?;
+        if !c.is_active {
+            return Err(Error::Conflict(format!(
+                "VMware credential {id} ({:?}) is not active",
+                c.credential_name
+            )));
+        }
+        let key = self.key().map_err(|err| {
+            Error::Unavailable(format!(
+                "VMware credential {id} ({:?}) cannot be decrypted: {err}",
+                c.credential_name
+            ))
+        })?;
+        let password = key.open(id, &c.password_sealed).map_err(|err| {
+            Error::Unavailable(format!(
+                "VMware credential {id} ({:?}) cannot be decrypted: {err}; the hub's key \
+                 ({} or <data-dir>/{}) is not the one it was stored with",
+                c.credential_name,
+                secrets::KEY_ENV,
+                secrets::KEY_FILE
+            ))
+        })?;
+        Ok(VcenterLogin {
+            credential_id: id,
+            vcenter_host: c.vcenter_host,
+            username: c.username,
+            password,
+            datacenter: c.datacenter,
+        })
+    }
+}
+
+/// At start: name every credential the loaded key does not open, so a lost or wrong key shows in
+/// the log before a discovery or backup trips over it. Nothing else depends on it.
+pub(crate) fn check_key(catalog: &Catalog, key: &CredentialKey) {
+    let Ok(all) = catalog.credentials() else {
+        return;
+    };
+    for c in all {
+        if let Err(err) = key.open(c.id, &c.password_sealed) {
+            tracing::error!(credential_id = c.id, name = %c.credential_name, %err,
+                "VMware credential cannot be decrypted with this hub's credential key");
+        }
+    }
+}
+
+/// Where the new key of a rotation comes from and goes to.
+pub enum KeySource {
+    /// `SENDENSE_HUB_CREDENTIAL_KEY`: the operator gives the new key in
+    /// `SENDENSE_HUB_NEW_CREDENTIAL_KEY` and sets it in the environment afterwards.
+    Env { current: Secret, new: Secret },
+    /// `<data-dir>/credential-key`: a new key is generated and replaces the file.
+    File,
+}
+
+/// Re-encrypt every credential under a new key in one catalog transaction (the hub must be
+/// stopped: a running one keeps sealing with the key it loaded). Returns how many.
+///
+/// With the key file: the new key is written to `credential-key.new` (synced) first, then the
+/// catalog is committed, then the file is renamed over `credential-key`. A crash before the commit
+/// leaves the old key valid; after it, `credential-key.new` holds the key (the hub warns at start).
+pub fn rotate_key(data_dir: &Path, source: KeySource) -> Result<usize> {
+    let catalog = Catalog::open(&data_dir.join(crate::state::CATALOG_FILE))?;
+    let (old, new) = match &source {
+        KeySource::Env { current, new } => (
+            CredentialKey::from_base64(current.expose(), secrets::KEY_ENV)?,
+            CredentialKey::from_base64(new.expose(), secrets::NEW_KEY_ENV)?,
+        ),
+        KeySource::File => {
+            let path = secrets::key_file(data_dir);
+            let old = secrets::read_key_file(&path)?.ok_or_else(|| {
+                Error::Config(format!(
+                    "{} does not exist: nothing to rotate",
+                    path.display()
+                ))
+            })?;
+            let new = CredentialKey::generate();
+            let staged = data_dir.join(secrets::NEW_KEY_FILE);
+            match std::fs::remove_file(&staged) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("removing {}", staged.display()))(e)),
+            }
+            secrets::write_key_file(&staged, &new)?;
+            (old, new)
+        }
+    };
+    let resealed = catalog.reseal_credentials(|c| {
+        let password = old.open(c.id, &c.password_sealed).map_err(|err| {
+            Error::Config(format!(
+                "VMware credential {} ({:?}) does not open with the current key: {err}; nothing was changed",
+                c.id, c.credential_name
+            ))
+        })?;
+        Ok(new.seal(c.id, password.expose()))
+    });
+    let staged = data_dir.join(secrets::NEW_KEY_FILE);
+    let count = match (resealed, &source) {
+        (Ok(count), _) => count,
+        (Err(err), KeySource::File) => {
+            let _ = std::fs::remove_file(&staged);
+            return Err(err);
+        }
+        (Err(err), KeySource::Env { .. }) => return Err(err),
+    };
+    if let KeySource::File = source {
+        let path = secrets::key_file(data_dir);
+        std::fs::rename(&staged, &path).map_err(Error::io(format!(
+            "renaming {} to {}",
+            staged.display(),
+            path.display()
+        )))?;
+        std::fs::File::open(data_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(Error::io(format!("syncing {}", data_dir.display())))?;
+    }
+    Ok(count)
+}

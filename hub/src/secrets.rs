@@ -1,0 +1,258 @@
+//! Secrets at rest: the credential key and AES-256-GCM sealing of vCenter passwords.
+//!
+//! A sealed secret is `nonce (12 bytes) || ciphertext || tag (16 bytes)`, with a fresh random
+//! nonce for every sealing and the credential's id as associated data, so a sealed password
+//! copied onto another credential's row does not open.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+pub const KEY_FILE: &str = "credential-key";
+/// Where a rotation writes the new key before the catalog is re-encrypted.
+pub const NEW_KEY_FILE: &str = "credential-key.new";
+pub const KEY_ENV: &str = "SENDENSE_HUB_CREDENTIAL_KEY";
+pub const NEW_KEY_ENV: &str = "SENDENSE_HUB_NEW_CREDENTIAL_KEY";
+const NONCE_LEN: usize = 12;
+
+/// A string that must never be shown: `Debug` prints `***`, there is no `Serialize`, and a
+/// value of the wrong type is refused without repeating it.
+#[derive(Clone, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> std::result::Result<Secret, D::Error> {
+        // serde's own type errors quote the value they got; this one must not.
+        match serde_json::Value::deserialize(de)? {
+            serde_json::Value::String(s) => Ok(Secret(s)),
+            _ => Err(serde::de::Error::custom("a secret must be a JSON string")),
+        }
+    }
+}
+
+/// The 32-byte key that seals credential secrets.
+#[derive(Clone)]
+pub struct CredentialKey(Key<Aes256Gcm>);
+
+impl std::fmt::Debug for CredentialKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CredentialKey(***)")
+    }
+}
+
+/// Why a sealed secret did not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("the sealed value is too short")]
+    Truncated,
+    #[error("wrong key, or the sealed value was changed or belongs to another credential")]
+    WrongKey,
+    #[error("the opened secret is not UTF-8")]
+    NotText,
+}
+
+impl CredentialKey {
+    pub fn generate() -> CredentialKey {
+        CredentialKey(Aes256Gcm::generate_key(OsRng))
+    }
+
+    /// Standard base64 of exactly 32 bytes (what `SENDENSE_HUB_CREDENTIAL_KEY` and the key file
+    /// hold; `openssl rand -base64 32` makes one).
+    pub fn from_base64(text: &str, origin: &str) -> Result<CredentialKey> {
+        let bytes = BASE64.decode(text.trim()).map_err(|_| {
+            Error::Config(format!(
+                "{origin}: the credential key is not base64 (make one with `openssl rand -base64 32`)"
+            ))
+        })?;
+        if bytes.len() != 32 {
+            return Err(Error::Config(format!(
+                "{origin}: the credential key must be 32 bytes, it has {}",
+                bytes.len()
+            )));
+        }
+        Ok(CredentialKey(*Key::<Aes256Gcm>::from_slice(&bytes)))
+    }
+
+    pub fn to_base64(&self) -> String {
+        BASE64.encode(self.0.as_slice())
+    }
+
+    pub fn seal(&self, credential_id: i64, plaintext: &str) -> Vec<u8> {
+        let cipher = Aes256Gcm::new(&self.0);
+        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let aad = associated_data(credential_id);
+        let sealed = cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext.as_bytes(),
+                    aad: &aad,
+                },
+            )
+            // Encryption fails only for inputs of gigabytes; a password is not one.
+            .expect("AES-GCM encryption of a short secret");
+        let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        out
+    }
+
+    pub fn open(
+        &self,
+        credential_id: i64,
+        sealed: &[u8],
+    ) -> std::result::Result<Secret, OpenError> {
+        if sealed.len() < NONCE_LEN + 16 {
+            return Err(OpenError::Truncated);
+        }
+        let (nonce, body) = sealed.split_at(NONCE_LEN);
+        let aad = associated_data(credential_id);
+        let plain = Aes256Gcm::new(&self.0)
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: body,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| OpenError::WrongKey)?;
+        String::from_utf8(plain)
+            .map(Secret)
+            .map_err(|_| OpenError::NotText)
+    }
+}
+
+fn associated_data(credential_id: i64) -> Vec<u8> {
+    format!("sendense-hub vmware-credential {credential_id}").into_bytes()
+}
+
+/// The key from `SENDENSE_HUB_CREDENTIAL_KEY` when given, else from `<data_dir>/credential-key`,
+/// which is created (mode 0600) when it does not exist yet.
+pub fn load_or_create_key(data_dir: &Path, from_env: Option<&Secret>) -> Result<CredentialKey> {
+    if let Some(text) = from_env {
+        return CredentialKey::from_base64(text.expose(), KEY_ENV);
+    }
+    let path = data_dir.join(KEY_FILE);
+    if data_dir.join(NEW_KEY_FILE).exists() {
+        tracing::warn!(
+            "{NEW_KEY_FILE} exists: a key rotation was interrupted; if credentials do not open, \
+             the catalog was re-encrypted and that file holds the key (move it to {KEY_FILE})"
+        );
+    }
+    match read_key_file(&path) {
+        Ok(Some(key)) => return Ok(key),
+        Ok(None) => {}
+        Err(err) => return Err(err),
+    }
+    let key = CredentialKey::generate();
+    write_key_file(&path, &key)?;
+    tracing::info!(path = %path.display(), "created the credential key file");
+    Ok(key)
+}
+
+/// `Ok(None)` when the file does not exist.
+pub fn read_key_file(path: &Path) -> Result<Option<CredentialKey>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => CredentialKey::from_base64(&text, &path.display().to_string()).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("reading {}", path.display()))(e)),
+    }
+}
+
+/// Write a new key file, mode 0600 from its creation, synced; fails if the file exists.
+pub fn write_key_file(path: &Path, key: &CredentialKey) -> Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(Error::io(format!("creating {}", path.display())))?;
+    file.write_all(format!("{}\n", key.to_base64()).as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(Error::io(format!("writing {}", path.display())))
+}
+
+pub fn key_file(data_dir: &Path) -> PathBuf {
+    data_dir.join(KEY_FILE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn seal_and_open() {
+        let key = CredentialKey::generate();
+        let a = key.seal(7, "p@ss wörd");
+        let b = key.seal(7, "p@ss wörd");
+        assert_ne!(a, b, "fresh nonce per sealing");
+        assert!(!a.windows(4).any(|w| w == b"p@ss"));
+        assert_eq!(key.open(7, &a).unwrap().expose(), "p@ss wörd");
+        assert!(matches!(key.open(8, &a), Err(OpenError::WrongKey)));
+        assert!(matches!(
+            CredentialKey::generate().open(7, &a),
+            Err(OpenError::WrongKey)
+        ));
+        assert!(matches!(key.open(7, &a[..20]), Err(OpenError::Truncated)));
+        let mut changed = a.clone();
+        changed[15] ^= 1;
+        assert!(matches!(key.open(7, &changed), Err(OpenError::WrongKey)));
+    }
+
+    #[test]
+    fn key_file_created_once_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let k1 = load_or_create_key(dir.path(), None).unwrap();
+        let k2 = load_or_create_key(dir.path(), None).unwrap();
+        assert_eq!(k1.to_base64(), k2.to_base64());
+        let mode = std::fs::metadata(key_file(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let env = Secret::new(CredentialKey::generate().to_base64());
+        let k3 = load_or_create_key(dir.path(), Some(&env)).unwrap();
+        assert_eq!(k3.to_base64(), env.expose());
+        let short = Secret::new(BASE64.encode([1u8; 16]));
+        let err = load_or_create_key(dir.path(), Some(&short)).unwrap_err();
+        assert!(err.to_string().contains("32 bytes"), "{err}");
+        assert!(load_or_create_key(dir.path(), Some(&Secret::new("not base64!"))).is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_show() {
+        let s: Secret = serde_json::from_str("\"hunter2\"").unwrap();
+        assert_eq!(format!("{s:?}"), "***");
+        let err = serde_json::from_str::<Secret>("12345").unwrap_err();
+        assert!(!err.to_string().contains("12345"), "{err}");
+    }
+}

@@ -1,0 +1,249 @@
+//! vCenter credentials: Sendense's routes, the password write-only and sealed at rest, a wrong key
+//! reported by name without stopping anything else, and the key rotation.
+
+mod common;
+
+use std::process::Command;
+
+use axum::http::{Method, StatusCode};
+use common::hub::*;
+use common::*;
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "vc-Secret-9f3a!";
+
+fn assert_no_password(body: &Value) {
+    assert!(!body.to_string().contains(PASSWORD), "password in {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_write_only_sealed_and_rotated() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let h = TestHub::start(test_config(data.clone())).await;
+    let base = "/api/v1/vmware-credentials";
+
+    let new = json!({"credential_name": "vc-prod", "vcenter_host": "vc.example", "username":
+        "administrator@vsphere.local", "password": PASSWORD, "datacenter": "DC1",
+        "is_active": true, "is_default": true});
+    let (s, created) = h.post(base, &new).await;
+    assert_eq!(s, StatusCode::OK, "{created}");
+    assert_no_password(&created);
+    let c = &created["credential"];
+    assert!(c["id"].is_i64(), "{created}");
+    assert_eq!(
+        (&c["credential_name"], &c["vcenter_host"], &c["is_default"]),
+        (&json!("vc-prod"), &json!("vc.example"), &json!(true))
+    );
+    let id = c["id"].as_i64().unwrap();
+    let (s, second) = h
+        .post(
+            base,
+            &json!({"credential_name": "vc-lab", "vcenter_host": "lab", "username": "u",
+                "password": "other", "is_default": true}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{second}");
+    let id2 = second["credential"]["id"].as_i64().unwrap();
+
+    // One default at a time; every read leaves the password out.
+    let (_, list) = h.get(base).await;
+    assert_no_password(&list);
+    assert_eq!(list["count"], 2);
+    let defaults: Vec<i64> = list["credentials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["is_default"] == true)
+        .map(|c| c["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(defaults, vec![id2]);
+    let (s, b) = h
+        .call(
+            Method::PUT,
+            &format!("{base}/{id}/set-default"),
+            None,
+            Caller::Operator,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (_, d) = h.get(&format!("{base}/default")).await;
+    assert_eq!(d["credentials"]["id"], id);
+    assert_no_password(&d);
+    let (_, one) = h.get(&format!("{base}/{id}")).await;
+    assert_eq!(one["username"], "administrator@vsphere.local");
+    assert_no_password(&one);
+
+    // Update without a password keeps it; the login opens to the password given.
+    let (s, upd) = h
+        .call(
+            Method::PUT,
+            &format!("{base}/{id}"),
+            Some(r#"{"datacenter": "DC2"}"#),
+            Caller::Operator,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{upd}");
+    assert_eq!(upd["credential"]["datacenter"], "DC2");
+    assert_eq!(h.hub.vcenter_login(id).unwrap().password.expose(), PASSWORD);
+    assert!(!format!("{:?}", h.hub.vcenter_login(id).unwrap()).contains(PASSWORD));
+
+    // Refusals: status codes only (the error body's shape belongs to the API's error module).
+    for (method, uri, body, want) in [
+        (
+            Method::GET,
+            format!("{base}/abc"),
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::GET,
+            format!("{base}/999"),
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::DELETE,
+            format!("{base}/999"),
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::PUT,
+            format!("{base}/999/set-default"),
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::POST,
+            base.to_owned(),
+            Some(r#"{"credential_name": "x", "vcenter_host": "h", "username": "u"}"#),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::POST,
+            base.to_owned(),
+            Some(
+                r#"{"credential_name": "vc-prod", "vcenter_host": "h", "username": "u", "password": "p"}"#,
+            ),
+            StatusCode::CONFLICT,
+        ),
+        (
+            Method::POST,
+            base.to_owned(),
+            Some(
+                r#"{"credential_name": "y", "vcenter_host": "h", "username": "u", "password": 31337}"#,
+            ),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let (s, b) = h.call(method.clone(), &uri, body, Caller::Operator).await;
+        assert_eq!(s, want, "{method} {uri}: {b}");
+        assert!(!b.to_string().contains("31337"), "{b}");
+    }
+    let (s, _) = h.call(Method::GET, base, None, Caller::Remote).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = h
+        .call(
+            Method::DELETE,
+            &format!("{base}/{id2}"),
+            None,
+            Caller::Operator,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    h.stop().await;
+    assert!(
+        files_containing(&data, PASSWORD.as_bytes()).is_empty(),
+        "password in clear under the data dir"
+    );
+
+    // Rotation re-encrypts under a new key file; the hub opens the credential afterwards.
+    let key_file = data.join("credential-key");
+    let old_key = std::fs::read_to_string(&key_file).unwrap();
+    let out = run_ok(
+        Command::new(BIN)
+            .args(["rotate-credential-key", "--data-dir"])
+            .arg(&data)
+            .env_remove("SENDENSE_HUB_CREDENTIAL_KEY"),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("re-encrypted 1 credential"),
+        "{out:?}"
+    );
+    assert_ne!(std::fs::read_to_string(&key_file).unwrap(), old_key);
+    let h = TestHub::start(test_config(data.clone())).await;
+    assert_eq!(h.hub.vcenter_login(id).unwrap().password.expose(), PASSWORD);
+    h.stop().await;
+
+    // A wrong key: the credential is named in a clear error, everything else works.
+    std::fs::remove_file(&key_file).unwrap();
+    std::fs::write(&key_file, old_key).unwrap();
+    let h = TestHub::start(test_config(data.clone())).await;
+    let err = h.hub.vcenter_login(id).unwrap_err().to_string();
+    assert!(
+        err.contains("vc-prod") && err.contains("cannot be decrypted"),
+        "{err}"
+    );
+    let (s, _) = h.get(&format!("{base}/{id}")).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = h.get("/api/v1/backups").await;
+    assert_eq!(s, StatusCode::OK);
+    h.stop().await;
+}
+
+/// With the key in the environment, rotation takes the new key from the environment too, and
+/// nothing changes when it is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_with_the_key_in_the_environment() {
+    use ::hub::secrets::{CredentialKey, Secret};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (k1, k2) = (
+        CredentialKey::generate().to_base64(),
+        CredentialKey::generate().to_base64(),
+    );
+    let with_key = |key: &str| {
+        let mut c = test_config(data.clone());
+        c.credential_key = Some(Secret::new(key));
+        c
+    };
+    let h = TestHub::start(with_key(&k1)).await;
+    let (s, c) = h
+        .post(
+            "/api/v1/vmware-credentials",
+            &json!({"credential_name": "vc", "vcenter_host": "h", "username": "u", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    let id = c["credential"]["id"].as_i64().unwrap();
+    h.stop().await;
+    assert!(
+        !data.join("credential-key").exists(),
+        "no key file with the key in the environment"
+    );
+
+    let rotate = |new: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["rotate-credential-key", "--data-dir"])
+            .arg(&data)
+            .env("SENDENSE_HUB_CREDENTIAL_KEY", &k1)
+            .env_remove("SENDENSE_HUB_NEW_CREDENTIAL_KEY");
+        if let Some(new) = new {
+            cmd.env("SENDENSE_HUB_NEW_CREDENTIAL_KEY", new);
+        }
+        cmd.output().unwrap()
+    };
+    let refused = rotate(None);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("SENDENSE_HUB_NEW_CREDENTIAL_KEY"));
+    let done = rotate(Some(&k2));
+    assert!(done.status.success(), "{done:?}");
+
+    let h = TestHub::start(with_key(&k2)).await;
+    assert_eq!(h.hub.vcenter_login(id).unwrap().password.expose(), PASSWORD);
+    h.stop().await;
+    let h = TestHub::start(with_key(&k1)).await;
+    assert!(h.hub.vcenter_login(id).is_err());
+    h.stop().await;
+}
