@@ -677,6 +677,12 @@ async fn every_error_status() {
         .call(Method::PUT, "/api/v1/backups", Some("{}"), Caller::Operator)
         .await;
     assert_error(&put, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    // axum's own rejection (a path segment that is not UTF-8) in the same shape.
+    assert_error(&h.get("/api/v1/backups/%FF").await, bad, "bad_request");
+    // The parser's words go to `details`, the message stays short.
+    let r = post("{not json".into()).await;
+    assert_eq!(r.1["error"], "invalid JSON body", "{}", r.1);
+    assert!(!r.1["details"].as_str().unwrap().is_empty(), "{}", r.1);
 
     // A second repository works like the default one.
     let repo_path = dir.path().join("repo2");

@@ -177,7 +177,7 @@ fn serve_process_quick_start_sigterm_and_restart() {
     );
     // Without a token the operator routes refuse.
     let (code, err) = http("GET", &api, &get, None, None);
-    assert_eq!((code, &err["error"]["code"]), (401, &json!("unauthorized")));
+    assert_eq!((code, &err["code"]), (401, &json!("unauthorized")));
 
     // A second backup is mid-write, its connection open and never flushed, when SIGTERM comes.
     let open = create(&api, &token, "busy", 2 << 20);

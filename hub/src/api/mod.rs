@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
@@ -59,6 +59,7 @@ pub fn app(hub: Hub) -> Router {
         .merge(operator)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn(log_request))
         .with_state(hub)
 }
@@ -80,6 +81,26 @@ async fn log_request(req: Request, next: Next) -> Response {
         tracing::info!(%method, %path, status, ms, "request");
     }
     resp
+}
+
+/// Every error response in the one shape: refusals axum makes before a handler runs (a path
+/// segment that is not UTF-8, say) come as plain text, and are rewritten here.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let text = axum::body::to_bytes(resp.into_body(), 64 << 10)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    ApiError::from_plain(status, &text).into_response()
 }
 
 async fn health() -> Json<serde_json::Value> {
@@ -152,9 +173,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(format!("body too large: {e}"))
+                ApiError::PayloadTooLarge("body too large".into()).with_details(e.body_text())
             } else {
-                ApiError::BadRequest(format!("reading the body: {e}"))
+                ApiError::BadRequest("unreadable body".into()).with_details(e.body_text())
             }
         })?;
         let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -162,9 +183,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         } else {
             &bytes
         };
-        serde_json::from_slice(text)
-            .map(ApiJson)
-            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+        serde_json::from_slice(text).map(ApiJson).map_err(|e| {
+            ApiError::BadRequest("invalid JSON body".into()).with_details(e.to_string())
+        })
     }
 }
 
@@ -178,7 +199,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| ApiQuery(q.0))
-            .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))
+            .map_err(|e| ApiError::BadRequest("invalid query".into()).with_details(e.body_text()))
     }
 }
 
