@@ -34,6 +34,9 @@ pub struct CreateBackup {
     pub parent_backup_id: Option<String>,
     #[serde(default)]
     pub tags: Option<serde_json::Value>,
+    /// The Sendense policy asking for this backup; stored and shown, not interpreted.
+    #[serde(default)]
+    pub policy_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,6 +170,7 @@ impl Hub {
             repository_id,
             backup_type: req.backup_type,
             parent_backup_id: parent.map(|p| p.id),
+            policy_id: req.policy_id.clone(),
             status: Status::Ready,
             error: None,
             tags: req.tags,
@@ -516,7 +520,7 @@ impl Hub {
     pub fn latest_with_disk(&self, vm_name: &str, disk_id: Option<u32>) -> Result<(Backup, u32)> {
         let filter = BackupFilter {
             vm_name: Some(vm_name.to_owned()),
-            status: Some(Status::Completed.as_str().to_owned()),
+            status: Some(Status::Completed),
             ..BackupFilter::default()
         };
         for backup in self.catalog.backups(&filter)? {
@@ -533,12 +537,11 @@ impl Hub {
         )))
     }
 
-    /// From the full backup to the newest completed one of the VM.
+    /// From the full backup to the newest completed one of the VM; empty when there is none.
     pub fn chain(&self, vm_name: &str, repository_id: Option<&str>) -> Result<Vec<Backup>> {
-        let newest = self
-            .catalog
-            .latest_completed(vm_name, repository_id)?
-            .ok_or_else(|| Error::NotFound(format!("no completed backup of VM {vm_name:?}")))?;
+        let Some(newest) = self.catalog.latest_completed(vm_name, repository_id)? else {
+            return Ok(Vec::new());
+        };
         let mut chain = vec![newest];
         while let Some(parent_id) = chain.last().and_then(|b| b.parent_backup_id.clone()) {
             if chain.len() > 10_000 || chain.iter().any(|b| b.id == parent_id) {

@@ -633,9 +633,14 @@ async fn every_error_status() {
         "not_found",
     );
     assert_error(
-        &h.get("/api/v1/backups/vm/chain").await,
-        StatusCode::NOT_FOUND,
-        "not_found",
+        &h.get("/api/v1/backups/vm/chain?disk_id=x").await,
+        bad,
+        "bad_request",
+    );
+    assert_error(
+        &h.get("/api/v1/backups/stats?backup_type=weekly").await,
+        bad,
+        "bad_request",
     );
     assert_error(
         &h.post(
@@ -985,5 +990,144 @@ async fn complete_before_disconnect_drains_open_connections() {
     assert!(image.ends_with("disk4.qcow2"));
     qemu_img_check(&image);
     qemu_img_compare(&raw, &image);
+    h.stop().await;
+}
+
+/// What the Sendense GUI reads: the backup object's names, progress from the client's telemetry
+/// while a backup runs, `{backups, total}`, the stats and the chain in the old hub's shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gui_reads_views_list_stats_and_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = TestHub::start(test_config(dir.path().join("data"))).await;
+
+    // No backup yet: an empty chain, zero stats.
+    let (s, chain) = h.get("/api/v1/backups/gui%20vm/chain").await;
+    assert_eq!(s, StatusCode::OK, "{chain}");
+    assert_eq!(chain["backups"], json!([]));
+    assert_eq!(chain["backup_count"], 0);
+    assert_eq!(chain["vm_name"], "gui vm");
+    assert_eq!(chain["full_backup_id"], Value::Null);
+    let (s, stats) = h.get("/api/v1/backups/stats").await;
+    assert_eq!(s, StatusCode::OK, "{stats}");
+    assert_eq!(
+        (stats["total"].clone(), stats["backup_count"].clone()),
+        (json!(0), json!(0))
+    );
+
+    // A completed full, then an incremental on it that the client reports on.
+    let src = dir.path().join("src.raw");
+    make_raw(&src, MIB as usize, 3);
+    let full_backup = completed_full(&h, "gui vm", &src, MIB).await;
+    let full_id = full_backup["backup_id"].as_str().unwrap().to_owned();
+    assert_eq!(full_backup["type"], "full");
+    assert_eq!(full_backup["current_phase"], "completed");
+    assert_eq!(full_backup["change_id"], "c0");
+    assert_eq!(full_backup["error_message"], Value::Null);
+    // The client reported no figure: what the NBD server received.
+    assert!(full_backup["bytes_written"].as_u64().unwrap() > 0);
+    assert_eq!(
+        full_backup["bytes_transferred"],
+        full_backup["bytes_written"]
+    );
+
+    let inc = json!({"vm_name": "gui vm", "backup_type": "incremental", "policy_id": "p-7",
+        "disks": [disk(0, 2000, MIB)]});
+    let (s, inc) = h.post("/api/v1/backups", &inc).await;
+    assert_eq!(s, StatusCode::OK, "{inc}");
+    let inc_id = inc["backup_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        (
+            inc["type"].clone(),
+            inc["policy_id"].clone(),
+            inc["vm_context_id"].clone()
+        ),
+        (json!("incremental"), json!("p-7"), Value::Null)
+    );
+    assert_eq!(inc["last_telemetry_at"], Value::Null);
+    let telemetry = json!({"job_id": inc_id, "status": "running", "current_phase": "transferring",
+        "bytes_transferred": 4096, "transfer_speed_bps": 1000, "progress_percent": 42.5,
+        "timestamp": "2026-11-28T05:00:00+01:00"});
+    let (s, _) = h
+        .call(
+            Method::POST,
+            &format!("/api/v1/telemetry/backup/{inc_id}"),
+            Some(&telemetry.to_string()),
+            Caller::Sna,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, running) = h.get(&format!("/api/v1/backups/{inc_id}")).await;
+    assert_eq!(running["current_phase"], "transferring", "{running}");
+    assert_eq!(running["progress_percent"], 42.5);
+    assert_eq!(running["bytes_transferred"], 4096);
+    assert_eq!(running["transfer_speed_bps"], 1000);
+    assert_eq!(running["last_telemetry_at"], "2026-11-28T04:00:00.000000Z");
+
+    // Cancelled: the reason as error_message, on the backup and its disks.
+    let (s, cancelled) = h
+        .call(
+            Method::POST,
+            &format!("/api/v1/backups/{inc_id}/cancel"),
+            None,
+            Caller::Operator,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{cancelled}");
+    assert_eq!(cancelled["error_message"], "cancelled by request");
+    assert_eq!(cancelled["current_phase"], "cancelled");
+    assert_eq!(
+        cancelled["disk_results"][0]["error_message"],
+        "cancelled by request"
+    );
+    assert!(
+        full_backup["disk_results"][0]
+            .get("error_message")
+            .is_none()
+    );
+
+    // The list with its total, filtered by typed values.
+    let (_, list) = h.get("/api/v1/backups?vm_name=gui%20vm").await;
+    assert_eq!(list["total"], 2, "{list}");
+    let (_, list) = h
+        .get("/api/v1/backups?backup_type=incremental&status=cancelled")
+        .await;
+    assert_eq!(list["total"], 1, "{list}");
+    assert_eq!(list["backups"][0]["backup_id"], inc_id.as_str());
+
+    // Stats: counts by status and type, bytes of the images kept.
+    let (_, stats) = h
+        .get("/api/v1/backups/stats?vm_name=gui%20vm&repository_id=default")
+        .await;
+    let image_size = full_backup["disk_results"][0]["image_size_bytes"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(stats["total"], 2, "{stats}");
+    assert_eq!(stats["backup_count"], 1);
+    assert_eq!(stats["by_status"]["completed"], 1);
+    assert_eq!(stats["by_status"]["cancelled"], 1);
+    assert_eq!(stats["by_status"]["running"], 0);
+    assert_eq!(
+        (
+            stats["by_type"]["full"].clone(),
+            stats["by_type"]["incremental"].clone()
+        ),
+        (json!(1), json!(1))
+    );
+    assert_eq!(stats["total_size_bytes"], image_size);
+    assert_eq!(stats["bytes_stored"], image_size);
+    assert_eq!(stats["last_backup_at"], full_backup["completed_at"]);
+
+    // The chain in the old shape.
+    let (s, chain) = h.get("/api/v1/backups/gui%20vm/chain?disk_id=0").await;
+    assert_eq!(s, StatusCode::OK, "{chain}");
+    assert_eq!(chain["chain_id"], "gui vm-disk0-chain");
+    assert_eq!(chain["disk_id"], 0);
+    assert_eq!(chain["repository_id"], "default");
+    assert_eq!(chain["full_backup_id"], full_id.as_str());
+    assert_eq!(chain["backup_count"], 1);
+    assert_eq!(chain["total_size_bytes"], image_size);
+    assert_eq!(chain["backups"][0]["backup_id"], full_id.as_str());
+    let (_, other_disk) = h.get("/api/v1/backups/gui%20vm/chain?disk_id=5").await;
+    assert_eq!(other_disk["backups"], json!([]));
     h.stop().await;
 }

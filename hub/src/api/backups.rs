@@ -6,9 +6,9 @@ use serde::Deserialize;
 
 use super::{ApiError, ApiJson, ApiQuery};
 use crate::backups::{CompleteRequest, CreateBackup};
-use crate::catalog::{BackupFilter, Status, fmt_time};
+use crate::catalog::BackupFilter;
 use crate::state::Hub;
-use crate::views::BackupView;
+use crate::views::{BackupList, BackupStats, BackupView, ChainView};
 
 pub async fn create(
     State(hub): State<Hub>,
@@ -28,19 +28,15 @@ pub async fn get(
 pub async fn list(
     State(hub): State<Hub>,
     ApiQuery(filter): ApiQuery<BackupFilter>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    if let Some(status) = &filter.status {
-        if Status::parse(status).is_none() {
-            return Err(ApiError::BadRequest(format!("unknown status {status:?}")));
-        }
-    }
-    let backups: Vec<BackupView> = hub
-        .catalog
-        .backups(&filter)?
-        .iter()
-        .map(|b| hub.backup_view(b))
-        .collect();
-    Ok(Json(serde_json::json!({ "backups": backups })))
+) -> Result<Json<BackupList>, ApiError> {
+    Ok(Json(hub.backup_list(&filter)?))
+}
+
+pub async fn stats(
+    State(hub): State<Hub>,
+    ApiQuery(filter): ApiQuery<BackupFilter>,
+) -> Result<Json<BackupStats>, ApiError> {
+    Ok(Json(hub.backup_stats(&filter)?))
 }
 
 pub async fn complete(
@@ -120,40 +116,10 @@ pub async fn chain(
     State(hub): State<Hub>,
     Path(vm_name): Path<String>,
     ApiQuery(q): ApiQuery<ChainQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let chain = hub.chain(&vm_name, q.repository_id.as_deref())?;
-    let entries: Vec<serde_json::Value> = chain
-        .iter()
-        .map(|b| {
-            let disks: Vec<serde_json::Value> = b
-                .disks
-                .iter()
-                .filter(|d| q.disk_id.is_none_or(|id| id == d.disk_id))
-                .map(|d| {
-                    serde_json::json!({
-                        "disk_id": d.disk_id,
-                        "vmware_disk_key": d.vmware_disk_key,
-                        "capacity_bytes": d.capacity_bytes,
-                        "qcow2_path": d.qcow2_path,
-                        "change_id": d.change_id,
-                        "image_size_bytes": d.image_size,
-                    })
-                })
-                .collect();
-            serde_json::json!({
-                "backup_id": b.id,
-                "backup_type": b.backup_type,
-                "parent_backup_id": b.parent_backup_id,
-                "status": b.status,
-                "created_at": fmt_time(b.created_at),
-                "completed_at": b.completed_at.map(fmt_time),
-                "disks": disks,
-            })
-        })
-        .collect();
-    Ok(Json(serde_json::json!({
-        "vm_name": vm_name,
-        "disk_id": q.disk_id,
-        "backups": entries,
-    })))
+) -> Result<Json<ChainView>, ApiError> {
+    Ok(Json(hub.chain_view(
+        &vm_name,
+        q.disk_id,
+        q.repository_id.as_deref(),
+    )?))
 }

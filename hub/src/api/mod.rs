@@ -36,6 +36,7 @@ pub fn app(hub: Hub) -> Router {
         ));
     let operator = Router::new()
         .route("/api/v1/backups", post(backups::create).get(backups::list))
+        .route("/api/v1/backups/stats", get(backups::stats))
         .route(
             "/api/v1/backups/{id}",
             get(backups::get).delete(backups::delete),

@@ -17,7 +17,10 @@ pub use model::*;
 use crate::error::{Error, Result};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/0001_init.sql"),
+    include_str!("../../migrations/0002_backup_policy_id.sql"),
+];
 
 pub struct Catalog {
     conn: Mutex<Connection>,
@@ -57,7 +60,7 @@ fn parse_json(s: Option<String>) -> Option<serde_json::Value> {
 }
 
 const BACKUP_COLUMNS: &str = "id, vm_name, repository_id, backup_type, parent_backup_id, status, error, \
-     tags, telemetry, created_at, started_at, completed_at";
+     tags, telemetry, created_at, started_at, completed_at, policy_id";
 
 fn backup_from_row(row: &Row<'_>) -> rusqlite::Result<Backup> {
     let backup_type: String = row.get(3)?;
@@ -76,6 +79,7 @@ fn backup_from_row(row: &Row<'_>) -> rusqlite::Result<Backup> {
         created_at: parse_time(&row.get::<_, String>(9)?)?,
         started_at: parse_opt_time(row.get(10)?)?,
         completed_at: parse_opt_time(row.get(11)?)?,
+        policy_id: row.get(12)?,
         disks: Vec::new(),
     })
 }
@@ -212,7 +216,7 @@ impl Catalog {
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         tx.execute(
-            &format!("INSERT INTO backups ({BACKUP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+            &format!("INSERT INTO backups ({BACKUP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
             params![
                 backup.id,
                 backup.vm_name,
@@ -226,6 +230,7 @@ impl Catalog {
                 fmt_time(backup.created_at),
                 backup.started_at.map(fmt_time),
                 backup.completed_at.map(fmt_time),
+                backup.policy_id,
             ],
         )?;
         for (position, disk) in backup.disks.iter().enumerate() {
@@ -267,8 +272,8 @@ impl Catalog {
             &[
                 &filter.vm_name,
                 &filter.repository_id,
-                &filter.status,
-                &filter.backup_type,
+                &filter.status.map(Status::as_str),
+                &filter.backup_type.map(BackupType::as_str),
             ],
         )?)
     }
@@ -484,6 +489,7 @@ mod tests {
             repository_id: "default".into(),
             backup_type: BackupType::Full,
             parent_backup_id: None,
+            policy_id: None,
             status,
             error: None,
             tags: None,
