@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod export;
+pub mod health;
 mod monitor;
 mod notify;
 mod orphans;

@@ -501,7 +501,10 @@ async fn every_error_status() {
         "unauthorized",
     );
     let (s, health) = h.call(Method::GET, "/health", None, Caller::Remote).await;
-    assert_eq!((s, health["status"].clone()), (StatusCode::OK, json!("ok")));
+    assert_eq!(
+        (s, health["status"].clone()),
+        (StatusCode::OK, json!("healthy"))
+    );
 
     // 400s.
     assert_error(&post("{not json".into()).await, bad, "bad_request");
@@ -1129,5 +1132,81 @@ async fn gui_reads_views_list_stats_and_chain() {
     assert_eq!(chain["backups"][0]["backup_id"], full_id.as_str());
     let (_, other_disk) = h.get("/api/v1/backups/gui%20vm/chain?disk_id=5").await;
     assert_eq!(other_disk["backups"], json!([]));
+    h.stop().await;
+}
+
+/// `/health` checks that the catalog answers and every repository takes a new file; a repository
+/// that does not is a 503 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_fails_when_a_repository_is_not_writable() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = TestHub::start(test_config(dir.path().join("data"))).await;
+    let repo = dir.path().join("second");
+    let (s, r) = h
+        .post(
+            "/api/v1/repositories",
+            &json!({"id": "second", "path": repo}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+
+    let (s, health) = h.call(Method::GET, "/health", None, Caller::Remote).await;
+    assert_eq!(s, StatusCode::OK, "{health}");
+    assert_eq!(health["status"], "healthy");
+    assert_eq!(health["service"], "sendense-hub");
+    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(health["database"], "ok");
+    assert_eq!(health["repositories"].as_array().unwrap().len(), 2);
+    assert!(
+        health["repositories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["writable"] == true)
+    );
+    // The probe leaves nothing behind.
+    assert_eq!(std::fs::read_dir(&repo).unwrap().count(), 0);
+
+    // Read-only, then gone. Root (CAP_DAC_OVERRIDE) writes into a read-only directory anyway:
+    // then the read-only case shows nothing and is skipped.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&repo, std::fs::Permissions::from_mode(0o555)).unwrap();
+        let root_writes = std::fs::write(repo.join("probe"), b"x").is_ok();
+        let resp = h.call(Method::GET, "/health", None, Caller::Remote).await;
+        let _ = std::fs::remove_file(repo.join("probe"));
+        std::fs::set_permissions(&repo, std::fs::Permissions::from_mode(0o755)).unwrap();
+        if root_writes {
+            eprintln!(
+                "read-only repository case skipped: this user writes into read-only directories (root)"
+            );
+        } else {
+            assert_error(&resp, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+            assert!(
+                resp.1["error"].as_str().unwrap().contains("second"),
+                "{}",
+                resp.1
+            );
+        }
+    }
+    std::fs::remove_dir(&repo).unwrap();
+    let resp = h.call(Method::GET, "/health", None, Caller::Remote).await;
+    assert_error(&resp, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    let body = &resp.1;
+    assert_eq!(body["status"], "unhealthy", "{body}");
+    assert_eq!(body["database"], "ok");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("repository second"),
+        "{body}"
+    );
+    let second = &body["repositories"][1];
+    assert_eq!(
+        (second["id"].clone(), second["writable"].clone()),
+        (json!("second"), json!(false))
+    );
+    assert_eq!(body["repositories"][0]["writable"], true);
     h.stop().await;
 }

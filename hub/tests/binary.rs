@@ -144,7 +144,10 @@ fn serve_process_quick_start_sigterm_and_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let (mut hub, api, nbd) = start_hub(&data);
-    assert_eq!(ok(http("GET", &api, "/health", None, None))["status"], "ok");
+    assert_eq!(
+        ok(http("GET", &api, "/health", None, None))["status"],
+        "healthy"
+    );
 
     let token = read_token(&data);
     let src = dir.path().join("disk.raw");

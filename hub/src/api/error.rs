@@ -21,6 +21,8 @@ pub enum ApiError {
     MethodNotAllowed,
     /// Logged in full; the client only learns that something failed inside.
     Internal(String),
+    /// A check of `/health` failed (503).
+    Unavailable(String),
     /// A refusal made outside our handlers (axum's own rejections), kept with its status.
     Other {
         status: StatusCode,
@@ -65,6 +67,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Other { status, .. } => *status,
             ApiError::Detailed { error, .. } => error.status(),
         }
@@ -79,6 +82,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Internal(_) => "internal",
+            ApiError::Unavailable(_) => "unavailable",
             ApiError::Other { status, .. } if status.is_server_error() => "internal",
             ApiError::Other { .. } => "bad_request",
             ApiError::Detailed { error, .. } => error.code(),
@@ -92,6 +96,7 @@ impl ApiError {
             | ApiError::PayloadTooLarge(m)
             | ApiError::NotFound(m)
             | ApiError::Conflict(m)
+            | ApiError::Unavailable(m)
             | ApiError::Other { message: m, .. } => (m, String::new()),
             ApiError::Unauthorized => ("missing or wrong bearer token".into(), String::new()),
             ApiError::MethodNotAllowed => {

@@ -104,8 +104,24 @@ async fn json_errors(req: Request, next: Next) -> Response {
     ApiError::from_plain(status, &text).into_response()
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// `{status: "healthy", service, version, database, repositories}`; when a check fails, 503 with
+/// the same fields and the error body's (`error` names the failing checks).
+async fn health(State(hub): State<Hub>) -> Response {
+    let health = hub.health().await;
+    if health.is_healthy() {
+        return Json(health).into_response();
+    }
+    let (status, error) = ApiError::Unavailable(health.failures().join("; ")).body();
+    (status, Json(UnhealthyBody { health, error })).into_response()
+}
+
+/// The 503 of `/health`: the health report and the error body in one object.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct UnhealthyBody {
+    #[serde(flatten)]
+    health: crate::health::Health,
+    #[serde(flatten)]
+    error: error::ErrorBody,
 }
 
 async fn not_found() -> ApiError {
