@@ -23,37 +23,64 @@ const MAX_CAPACITY: u64 = 256 << 40;
 const MAX_DISKS: usize = 256;
 const MAX_VM_NAME: usize = 255;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateBackup {
+    #[schema(min_length = 1, max_length = 255)]
     pub vm_name: String,
     #[serde(default)]
     pub repository_id: Option<String>,
     pub backup_type: BackupType,
+    #[schema(min_items = 1, max_items = 256)]
     pub disks: Vec<DiskRequest>,
     #[serde(default)]
     pub parent_backup_id: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub tags: Option<serde_json::Value>,
     /// The Sendense policy asking for this backup; stored and shown, not interpreted.
     #[serde(default)]
     pub policy_id: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct DiskRequest {
     pub disk_id: u32,
     pub vmware_disk_key: i64,
+    /// A positive multiple of 512, at most 256 TiB.
+    #[schema(minimum = 512, maximum = 281_474_976_710_656_u64, multiple_of = 512)]
     pub capacity_bytes: u64,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct CompleteRequest {
+    /// A number, or a string of digits; none completes every disk.
     #[serde(default, deserialize_with = "lenient_u32")]
+    #[schema(schema_with = lenient_u32_schema)]
     pub disk_id: Option<u32>,
     #[serde(default)]
     pub change_id: Option<String>,
     #[serde(default)]
     pub bytes_transferred: Option<u64>,
+}
+
+/// What [`lenient_u32`] takes: a u32, a string of digits, or null.
+fn lenient_u32_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0))
+                .maximum(Some(u32::MAX)),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^\s*[0-9]{1,9}\s*$")),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .build()
+        .into()
 }
 
 /// A disk id as a number or a string of digits (clients differ in how they encode it).

@@ -1210,3 +1210,36 @@ async fn health_fails_when_a_repository_is_not_writable() {
     assert_eq!(body["repositories"][0]["writable"], true);
     h.stop().await;
 }
+
+/// The OpenAPI document is served without a token, and every operation it lists reaches a handler
+/// (neither the 404 nor the 405 fallback answers it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn openapi_document_is_served_and_every_operation_is_routed() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = TestHub::start(test_config(dir.path().join("data"))).await;
+    let (s, doc) = h
+        .call(Method::GET, "/api/v1/openapi.json", None, Caller::Remote)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{doc}");
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let uri = path.replace("{id}", "no-such-thing");
+        for (method, _) in item.as_object().unwrap() {
+            let method: Method = method.to_uppercase().parse().unwrap();
+            let (status, body) = h.call(method.clone(), &uri, None, Caller::Operator).await;
+            operations += 1;
+            assert_ne!(
+                status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {uri}: {body}"
+            );
+            assert!(
+                !(status == StatusCode::NOT_FOUND && body["error"] == "no such route"),
+                "{method} {uri}: {body}"
+            );
+        }
+    }
+    assert!(operations >= 18, "{operations}");
+    h.stop().await;
+}

@@ -3,6 +3,7 @@
 mod backups;
 mod error;
 mod metrics;
+pub mod openapi;
 mod repositories;
 mod restores;
 
@@ -19,7 +20,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody};
 
 use crate::state::Hub;
 
@@ -55,6 +56,7 @@ pub fn app(hub: Hub) -> Router {
         .route_layer(middleware::from_fn_with_state(hub.clone(), require_token));
     Router::new()
         .route("/health", get(health))
+        .route("/api/v1/openapi.json", get(openapi_json))
         .route("/metrics", get(metrics::metrics))
         .merge(sna)
         .merge(operator)
@@ -104,6 +106,21 @@ async fn json_errors(req: Request, next: Next) -> Response {
     ApiError::from_plain(status, &text).into_response()
 }
 
+#[utoipa::path(get, path = "/api/v1/openapi.json", operation_id = "openapi", tag = "service",
+    security(()),
+    responses((status = 200, description = "This document (OpenAPI 3.1)", body = Object)))]
+async fn openapi_json() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        openapi::DOCUMENT.as_str(),
+    )
+        .into_response()
+}
+
+#[utoipa::path(get, path = "/health", operation_id = "health", tag = "service",
+    security(()),
+    responses((status = 200, description = "Every check passed", body = crate::health::Health),
+        (status = 503, description = "A check failed: the report and the error body", body = UnhealthyBody)))]
 /// `{status: "healthy", service, version, database, repositories}`; when a check fails, 503 with
 /// the same fields and the error body's (`error` names the failing checks).
 async fn health(State(hub): State<Hub>) -> Response {
@@ -200,9 +217,47 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         } else {
             &bytes
         };
-        serde_json::from_slice(text).map(ApiJson).map_err(|e| {
-            ApiError::BadRequest("invalid JSON body".into()).with_details(e.to_string())
-        })
+        let err = match serde_json::from_slice(text) {
+            Ok(value) => return Ok(ApiJson(value)),
+            Err(err) => err,
+        };
+        // JSON Schema (and so our OpenAPI document) counts `3.0` as an integer; serde does not.
+        // Only a body that fails as sent is read again with such numbers made integers.
+        serde_json::from_slice::<serde_json::Value>(text)
+            .ok()
+            .map(integral_floats_as_integers)
+            .and_then(|value| serde_json::from_value(value).ok())
+            .map(ApiJson)
+            .ok_or_else(|| {
+                ApiError::BadRequest("invalid JSON body".into()).with_details(err.to_string())
+            })
+    }
+}
+
+/// `3.0` becomes `3` wherever it is an exact integer; everything else is left as it is.
+fn integral_floats_as_integers(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // Below 2^63 in magnitude every integral f64 converts to i64 exactly; 2^63..2^64 to u64.
+            if f.fract() == 0.0 && f.abs() < 9_223_372_036_854_775_808.0 {
+                Value::from(f as i64)
+            } else if f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f) {
+                Value::from(f as u64)
+            } else {
+                Value::Number(n)
+            }
+        }
+        Value::Array(items) => {
+            Value::Array(items.into_iter().map(integral_floats_as_integers).collect())
+        }
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, integral_floats_as_integers(v)))
+                .collect(),
+        ),
+        other => other,
     }
 }
 
@@ -222,6 +277,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn integral_floats() {
+        let v = serde_json::json!({"a": [3.0, 2.5, -1.0, 1e300], "b": 9.007199254740992e15});
+        assert_eq!(
+            super::integral_floats_as_integers(v),
+            serde_json::json!({"a": [3, 2.5, -1, 1e300], "b": 9_007_199_254_740_992_u64})
+        );
+    }
+
     #[test]
     fn loopback_peers() {
         for ip in ["127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1"] {
