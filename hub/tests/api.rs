@@ -687,6 +687,17 @@ async fn every_error_status() {
     assert_error(&put, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
     // axum's own rejection (a path segment that is not UTF-8) in the same shape.
     assert_error(&h.get("/api/v1/backups/%FF").await, bad, "bad_request");
+    // A body is an object: serde alone would read `[]` as a struct of defaults.
+    let r = h
+        .call(
+            Method::POST,
+            "/api/v1/backups/x/complete",
+            Some("[]"),
+            Caller::Sna,
+        )
+        .await;
+    assert_error(&r, bad, "bad_request");
+    assert_eq!(r.1["error"], "the body must be a JSON object");
     // The parser's words go to `details`, the message stays short.
     let r = post("{not json".into()).await;
     assert_eq!(r.1["error"], "invalid JSON body", "{}", r.1);
@@ -1224,7 +1235,10 @@ async fn openapi_document_is_served_and_every_operation_is_routed() {
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
     let mut operations = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
-        let uri = path.replace("{id}", "no-such-thing");
+        let uri = path
+            .replace("{id}", "no-such-thing")
+            .replace("{vm_name}", "no-such-vm");
+        assert!(!uri.contains('{'), "{uri}");
         for (method, _) in item.as_object().unwrap() {
             let method: Method = method.to_uppercase().parse().unwrap();
             let (status, body) = h.call(method.clone(), &uri, None, Caller::Operator).await;

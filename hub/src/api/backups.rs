@@ -157,8 +157,8 @@ pub struct ChainQuery {
 }
 
 /// `{id}` is the VM name here (the router needs one parameter name per position).
-#[utoipa::path(get, path = "/api/v1/backups/{id}/chain", operation_id = "backup_chain", tag = "backups",
-    params(("id" = String, Path, description = "The VM name"), ChainQuery),
+#[utoipa::path(get, path = "/api/v1/backups/{vm_name}/chain", operation_id = "backup_chain", tag = "backups",
+    params(("vm_name" = String, Path, description = "The VM name"), ChainQuery),
     responses((status = 200, description = "The chain, oldest first; empty when the VM has no completed backup", body = ChainView)))]
 pub async fn chain(
     State(hub): State<Hub>,

@@ -198,7 +198,8 @@ fn is_loopback(ip: std::net::IpAddr) -> bool {
 
 /// A JSON body whose every rejection (unreadable, too large, malformed, wrong fields) is an
 /// [`ApiError`]. The content type is not checked: existing clients do not all send one. An empty
-/// body reads as `{}`, so optional-field bodies may be left out.
+/// body reads as `{}`, so optional-field bodies may be left out. Every body is an object: serde
+/// would otherwise read a struct from an array (`[]` as a struct of defaults).
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
@@ -217,6 +218,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         } else {
             &bytes
         };
+        if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::BadRequest(
+                "the body must be a JSON object".into(),
+            ));
+        }
         let err = match serde_json::from_slice(text) {
             Ok(value) => return Ok(ApiJson(value)),
             Err(err) => err,
