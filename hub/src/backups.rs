@@ -76,7 +76,8 @@ fn lenient_u32_schema() -> utoipa::openapi::schema::Schema {
         .item(
             ObjectBuilder::new()
                 .schema_type(Type::String)
-                .pattern(Some(r"^\s*[0-9]{1,9}\s*$")),
+                // ASCII whitespace as Rust's `is_ascii_whitespace` (no \v), digits up to u32.
+                .pattern(Some(r"^[ \t\n\f\r]*[0-9]{1,10}[ \t\n\f\r]*$")),
         )
         .item(ObjectBuilder::new().schema_type(Type::Null))
         .build()
@@ -96,11 +97,17 @@ fn lenient_u32<'de, D: serde::Deserializer<'de>>(
     match Option::<NumOrText>::deserialize(de)? {
         None => Ok(None),
         Some(NumOrText::Num(n)) => Ok(Some(n)),
-        Some(NumOrText::Text(t)) => t
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| serde::de::Error::custom(format!("disk_id {t:?} is not a number"))),
+        Some(NumOrText::Text(t)) => {
+            // Digits only (no sign), as the OpenAPI document's pattern says.
+            let digits = t.trim_matches(|c: char| c.is_ascii_whitespace());
+            digits
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| digits.parse().ok())
+                .flatten()
+                .map(Some)
+                .ok_or_else(|| serde::de::Error::custom(format!("disk_id {t:?} is not a number")))
+        }
     }
 }
 
@@ -108,6 +115,13 @@ fn validate(req: &CreateBackup) -> Result<()> {
     let invalid = |m: String| Err(Error::Invalid(m));
     if req.vm_name.trim().is_empty() || req.vm_name.len() > MAX_VM_NAME {
         return invalid(format!("vm_name must have 1 to {MAX_VM_NAME} bytes"));
+    }
+    if req
+        .tags
+        .as_ref()
+        .is_some_and(|t| !t.is_object() && !t.is_null())
+    {
+        return invalid("tags must be a JSON object".into());
     }
     if req.disks.is_empty() || req.disks.len() > MAX_DISKS {
         return invalid(format!("disks must list 1 to {MAX_DISKS} disks"));
@@ -614,5 +628,9 @@ mod tests {
         assert_eq!(parse("{}").unwrap().disk_id, None);
         assert!(parse(r#"{"disk_id": "x"}"#).is_err());
         assert!(parse(r#"{"disk_id": -1}"#).is_err());
+        assert_eq!(parse(r#"{"disk_id": " 7\n"}"#).unwrap().disk_id, Some(7));
+        assert!(parse(r#"{"disk_id": "+7"}"#).is_err());
+        assert!(parse(r#"{"disk_id": "7\u0085"}"#).is_err());
+        assert!(parse(r#"{"disk_id": "4294967296"}"#).is_err());
     }
 }

@@ -554,6 +554,9 @@ async fn every_error_status() {
         bad,
         "bad_request",
     );
+    let mut listed_tags = full("vm", vec![disk(0, 2000, MIB)]);
+    listed_tags["tags"] = json!(["a"]);
+    assert_error(&post(listed_tags.to_string()).await, bad, "bad_request");
     let inc = json!({"vm_name": "vm", "backup_type": "incremental", "disks": [disk(0, 2000, MIB)]});
     assert_error(&post(inc.to_string()).await, bad, "bad_request");
     assert_error(
