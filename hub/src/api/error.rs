@@ -58,34 +58,20 @@ impl ApiError {
         }
     }
 
-    fn status(&self) -> StatusCode {
+    /// The status and machine code: the one table to extend with a new variant.
+    fn kind(&self) -> (StatusCode, &'static str) {
         match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Other { status, .. } => *status,
-            ApiError::Detailed { error, .. } => error.status(),
-        }
-    }
-
-    fn code(&self) -> &'static str {
-        match self {
-            ApiError::BadRequest(_) => "bad_request",
-            ApiError::PayloadTooLarge(_) => "payload_too_large",
-            ApiError::Unauthorized => "unauthorized",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::Conflict(_) => "conflict",
-            ApiError::MethodNotAllowed => "method_not_allowed",
-            ApiError::Internal(_) => "internal",
-            ApiError::Unavailable(_) => "unavailable",
-            ApiError::Other { status, .. } if status.is_server_error() => "internal",
-            ApiError::Other { .. } => "bad_request",
-            ApiError::Detailed { error, .. } => error.code(),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Other { status, .. } if status.is_server_error() => (*status, "internal"),
+            ApiError::Other { status, .. } => (*status, "bad_request"),
+            ApiError::Detailed { error, .. } => error.kind(),
         }
     }
 
@@ -114,8 +100,7 @@ impl ApiError {
     }
 
     pub fn body(self) -> (StatusCode, ErrorBody) {
-        let status = self.status();
-        let code = self.code();
+        let (status, code) = self.kind();
         let (error, details) = self.public();
         if status.is_client_error() {
             tracing::debug!(%status, %error, %details, "request refused");
