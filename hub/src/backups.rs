@@ -23,18 +23,21 @@ const MAX_CAPACITY: u64 = 256 << 40;
 const MAX_DISKS: usize = 256;
 const MAX_VM_NAME: usize = 255;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateBackup {
+    #[schema(min_length = 1, max_length = 255)]
     pub vm_name: String,
     #[serde(default)]
     pub repository_id: Option<String>,
     pub backup_type: BackupType,
     /// Without it, the disks come from the VM's context (filled by discovery).
     #[serde(default)]
+    #[schema(min_items = 1, max_items = 256)]
     pub disks: Option<Vec<DiskRequest>>,
     #[serde(default)]
     pub parent_backup_id: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub tags: Option<serde_json::Value>,
     /// The old API's backup policy; kept with the backup.
     #[serde(default)]
@@ -53,10 +56,12 @@ impl CreateBackup {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct DiskRequest {
     pub disk_id: u32,
     pub vmware_disk_key: i64,
+    /// A positive multiple of 512, at most 256 TiB.
+    #[schema(minimum = 512, maximum = 281_474_976_710_656_u64, multiple_of = 512)]
     pub capacity_bytes: u64,
 }
 
@@ -70,7 +75,7 @@ fn new_backup_id() -> String {
 /// The answer to the client's change-id query. The client decodes it into a Go
 /// `map[string]string`, so every value is a string (a number would make it fall back to a
 /// full copy into an overlay).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ChangeIdAnswer {
     pub vm_name: String,
     pub disk_id: String,
@@ -82,7 +87,7 @@ pub struct ChangeIdAnswer {
 /// What the hub reads from a telemetry body; the whole body is stored as it came (the views read
 /// the progress fields from it). Every field is read leniently: a value of an unexpected type is
 /// left out rather than refusing the report, so a failure report is never lost to a bad counter.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct Telemetry {
     #[serde(default, deserialize_with = "lenient")]
     pub status: Option<String>,
@@ -131,14 +136,37 @@ impl Telemetry {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct CompleteRequest {
+    /// A number, or a string of digits; none completes every disk.
     #[serde(default, deserialize_with = "lenient_u32")]
+    #[schema(schema_with = lenient_u32_schema)]
     pub disk_id: Option<u32>,
     #[serde(default)]
     pub change_id: Option<String>,
     #[serde(default)]
     pub bytes_transferred: Option<u64>,
+}
+
+/// What [`lenient_u32`] takes: a u32, a string of digits, or null.
+fn lenient_u32_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0))
+                .maximum(Some(u32::MAX)),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                // ASCII whitespace as Rust's `is_ascii_whitespace` (no \v), digits up to u32.
+                .pattern(Some(r"^[ \t\n\f\r]*[0-9]{1,10}[ \t\n\f\r]*$")),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .build()
+        .into()
 }
 
 /// A disk id as a number or a string of digits (clients differ in how they encode it).
@@ -154,11 +182,17 @@ fn lenient_u32<'de, D: serde::Deserializer<'de>>(
     match Option::<NumOrText>::deserialize(de)? {
         None => Ok(None),
         Some(NumOrText::Num(n)) => Ok(Some(n)),
-        Some(NumOrText::Text(t)) => t
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| serde::de::Error::custom(format!("disk_id {t:?} is not a number"))),
+        Some(NumOrText::Text(t)) => {
+            // Digits only (no sign), as the OpenAPI document's pattern says.
+            let digits = t.trim_matches(|c: char| c.is_ascii_whitespace());
+            digits
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| digits.parse().ok())
+                .flatten()
+                .map(Some)
+                .ok_or_else(|| serde::de::Error::custom(format!("disk_id {t:?} is not a number")))
+        }
     }
 }
 
@@ -166,6 +200,13 @@ fn validate(req: &CreateBackup) -> Result<()> {
     let invalid = |m: String| Err(Error::Invalid(m));
     if req.vm_name.trim().is_empty() || req.vm_name.len() > MAX_VM_NAME {
         return invalid(format!("vm_name must have 1 to {MAX_VM_NAME} bytes"));
+    }
+    if req
+        .tags
+        .as_ref()
+        .is_some_and(|t| !t.is_object() && !t.is_null())
+    {
+        return invalid("tags must be a JSON object".into());
     }
     if req.disks().is_empty() || req.disks().len() > MAX_DISKS {
         return invalid(format!("disks must list 1 to {MAX_DISKS} disks"));
@@ -255,6 +296,7 @@ impl Hub {
             repository_id,
             backup_type: req.backup_type,
             parent_backup_id: parent.map(|p| p.id),
+            policy_id: req.policy_id.clone(),
             status: Status::Ready,
             error: None,
             tags: req.tags,
@@ -263,7 +305,6 @@ impl Hub {
             started_at: None,
             completed_at: None,
             last_telemetry_at: None,
-            policy_id: req.policy_id.clone(),
             vm_context_id: req.vm_context_id.clone(),
             disks,
         };
@@ -697,12 +738,11 @@ impl Hub {
         })
     }
 
-    /// From the full backup to the newest completed one of the VM.
+    /// From the full backup to the newest completed one of the VM; empty when there is none.
     pub fn chain(&self, vm_name: &str, repository_id: Option<&str>) -> Result<Vec<Backup>> {
-        let newest = self
-            .catalog
-            .latest_completed(vm_name, repository_id)?
-            .ok_or_else(|| Error::NotFound(format!("no completed backup of VM {vm_name:?}")))?;
+        let Some(newest) = self.catalog.latest_completed(vm_name, repository_id)? else {
+            return Ok(Vec::new());
+        };
         let mut chain = vec![newest];
         while let Some(parent_id) = chain.last().and_then(|b| b.parent_backup_id.clone()) {
             if chain.len() > 10_000 || chain.iter().any(|b| b.id == parent_id) {
@@ -794,5 +834,9 @@ mod tests {
         assert_eq!(parse("{}").unwrap().disk_id, None);
         assert!(parse(r#"{"disk_id": "x"}"#).is_err());
         assert!(parse(r#"{"disk_id": -1}"#).is_err());
+        assert_eq!(parse(r#"{"disk_id": " 7\n"}"#).unwrap().disk_id, Some(7));
+        assert!(parse(r#"{"disk_id": "+7"}"#).is_err());
+        assert!(parse(r#"{"disk_id": "7\u0085"}"#).is_err());
+        assert!(parse(r#"{"disk_id": "4294967296"}"#).is_err());
     }
 }

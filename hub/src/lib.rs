@@ -10,6 +10,7 @@ pub mod credentials;
 pub mod discovery;
 pub mod error;
 pub mod export;
+pub mod health;
 pub mod launch;
 mod monitor;
 mod notify;

@@ -12,11 +12,13 @@ use crate::state::{Hub, now, open_image, random_hex, safe_name};
 
 const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateRestore {
     pub backup_id: String,
     pub disk_id: u32,
+    /// 1 s to 7 days; the hub's default when left out.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 604_800)]
     pub ttl_seconds: Option<u64>,
 }
 

@@ -182,7 +182,7 @@ impl Hub {
         self.catalog.clear_restores()?;
         // A cancel interrupted between the catalog update and the removal of its images.
         let cancelled = crate::catalog::BackupFilter {
-            status: Some(Status::Cancelled.as_str().to_owned()),
+            status: Some(Status::Cancelled),
             ..Default::default()
         };
         for backup in self.catalog.backups(&cancelled)? {

@@ -502,7 +502,10 @@ async fn every_error_status() {
         "unauthorized",
     );
     let (s, health) = h.call(Method::GET, "/health", None, Caller::Remote).await;
-    assert_eq!((s, health["status"].clone()), (StatusCode::OK, json!("ok")));
+    assert_eq!(
+        (s, health["status"].clone()),
+        (StatusCode::OK, json!("healthy"))
+    );
 
     // 400s.
     assert_error(&post("{not json".into()).await, bad, "bad_request");
@@ -553,6 +556,9 @@ async fn every_error_status() {
         bad,
         "bad_request",
     );
+    let mut listed_tags = full("vm", vec![disk(0, 2000, MIB)]);
+    listed_tags["tags"] = json!(["a"]);
+    assert_error(&post(listed_tags.to_string()).await, bad, "bad_request");
     let inc = json!({"vm_name": "vm", "backup_type": "incremental", "disks": [disk(0, 2000, MIB)]});
     assert_error(&post(inc.to_string()).await, bad, "bad_request");
     assert_error(
@@ -636,9 +642,14 @@ async fn every_error_status() {
     assert_eq!(none["change_id"], "");
     assert_eq!(none["disk_id"], "0");
     assert_error(
-        &h.get("/api/v1/backups/vm/chain").await,
-        StatusCode::NOT_FOUND,
-        "not_found",
+        &h.get("/api/v1/backups/vm/chain?disk_id=x").await,
+        bad,
+        "bad_request",
+    );
+    assert_error(
+        &h.get("/api/v1/backups/stats?backup_type=weekly").await,
+        bad,
+        "bad_request",
     );
     assert_error(
         &h.post(
@@ -680,6 +691,23 @@ async fn every_error_status() {
         .call(Method::PUT, "/api/v1/backups", Some("{}"), Caller::Operator)
         .await;
     assert_error(&put, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    // axum's own rejection (a path segment that is not UTF-8) in the same shape.
+    assert_error(&h.get("/api/v1/backups/%FF").await, bad, "bad_request");
+    // A body is an object: serde alone would read `[]` as a struct of defaults.
+    let r = h
+        .call(
+            Method::POST,
+            "/api/v1/backups/x/complete",
+            Some("[]"),
+            Caller::Sna,
+        )
+        .await;
+    assert_error(&r, bad, "bad_request");
+    assert_eq!(r.1["error"], "the body must be a JSON object");
+    // The parser's words go to `details`, the message stays short.
+    let r = post("{not json".into()).await;
+    assert_eq!(r.1["error"], "invalid JSON body", "{}", r.1);
+    assert!(!r.1["details"].as_str().unwrap().is_empty(), "{}", r.1);
 
     // A second repository works like the default one.
     let repo_path = dir.path().join("repo2");
@@ -1150,5 +1178,263 @@ async fn change_id_follows_the_active_backup_and_client_failures_end_it() {
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(h.hub.backup(&full_id).unwrap().status.as_str(), "completed");
+    h.stop().await;
+}
+
+/// What the Sendense GUI reads: the backup object's names, progress from the client's telemetry
+/// while a backup runs, `{backups, total}`, the stats and the chain in the old hub's shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gui_reads_views_list_stats_and_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = TestHub::start(test_config(dir.path().join("data"))).await;
+
+    // No backup yet: an empty chain, zero stats.
+    let (s, chain) = h.get("/api/v1/backups/gui%20vm/chain").await;
+    assert_eq!(s, StatusCode::OK, "{chain}");
+    assert_eq!(chain["backups"], json!([]));
+    assert_eq!(chain["backup_count"], 0);
+    assert_eq!(chain["vm_name"], "gui vm");
+    assert_eq!(chain["full_backup_id"], Value::Null);
+    let (s, stats) = h.get("/api/v1/backups/stats").await;
+    assert_eq!(s, StatusCode::OK, "{stats}");
+    assert_eq!(
+        (stats["total"].clone(), stats["backup_count"].clone()),
+        (json!(0), json!(0))
+    );
+
+    // A completed full, then an incremental on it that the client reports on.
+    let src = dir.path().join("src.raw");
+    make_raw(&src, MIB as usize, 3);
+    let full_backup = completed_full(&h, "gui vm", &src, MIB).await;
+    let full_id = full_backup["backup_id"].as_str().unwrap().to_owned();
+    assert_eq!(full_backup["type"], "full");
+    assert_eq!(full_backup["current_phase"], "completed");
+    assert_eq!(full_backup["change_id"], "c0");
+    assert_eq!(full_backup["error_message"], Value::Null);
+    // The client reported no figure: what the NBD server received.
+    assert!(full_backup["bytes_written"].as_u64().unwrap() > 0);
+    assert_eq!(
+        full_backup["bytes_transferred"],
+        full_backup["bytes_written"]
+    );
+
+    let inc = json!({"vm_name": "gui vm", "backup_type": "incremental", "policy_id": "p-7",
+        "disks": [disk(0, 2000, MIB)]});
+    let (s, inc) = h.post("/api/v1/backups", &inc).await;
+    assert_eq!(s, StatusCode::OK, "{inc}");
+    let inc_id = inc["backup_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        (
+            inc["type"].clone(),
+            inc["policy_id"].clone(),
+            inc["vm_context_id"].clone()
+        ),
+        (json!("incremental"), json!("p-7"), Value::Null)
+    );
+    assert_eq!(inc["last_telemetry_at"], Value::Null);
+    let telemetry = json!({"job_id": inc_id, "status": "running", "current_phase": "transferring",
+        "bytes_transferred": 4096, "transfer_speed_bps": 1000, "progress_percent": 42.5,
+        "timestamp": "2026-11-28T05:00:00+01:00"});
+    let (s, _) = h
+        .call(
+            Method::POST,
+            &format!("/api/v1/telemetry/backup/{inc_id}"),
+            Some(&telemetry.to_string()),
+            Caller::Sna,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, running) = h.get(&format!("/api/v1/backups/{inc_id}")).await;
+    assert_eq!(running["current_phase"], "transferring", "{running}");
+    assert_eq!(running["progress_percent"], 42.5);
+    assert_eq!(running["bytes_transferred"], 4096);
+    assert_eq!(running["transfer_speed_bps"], 1000);
+    // The time the hub received it, not the client's clock.
+    let received = running["last_telemetry_at"].as_str().unwrap();
+    assert!(
+        time::OffsetDateTime::parse(received, &time::format_description::well_known::Rfc3339)
+            .is_ok_and(|t| t.year() == time::OffsetDateTime::now_utc().year()),
+        "{running}"
+    );
+    assert_ne!(received, "2026-11-28T04:00:00.000000Z");
+
+    // Cancelled: the reason as error_message, on the backup and its disks.
+    let (s, cancelled) = h
+        .call(
+            Method::POST,
+            &format!("/api/v1/backups/{inc_id}/cancel"),
+            None,
+            Caller::Operator,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{cancelled}");
+    assert_eq!(cancelled["error_message"], "cancelled by request");
+    assert_eq!(cancelled["current_phase"], "cancelled");
+    assert_eq!(
+        cancelled["disk_results"][0]["error_message"],
+        "cancelled by request"
+    );
+    assert!(
+        full_backup["disk_results"][0]
+            .get("error_message")
+            .is_none()
+    );
+
+    // The list with its total, filtered by typed values.
+    let (_, list) = h.get("/api/v1/backups?vm_name=gui%20vm").await;
+    assert_eq!(list["total"], 2, "{list}");
+    let (_, list) = h
+        .get("/api/v1/backups?backup_type=incremental&status=cancelled")
+        .await;
+    assert_eq!(list["total"], 1, "{list}");
+    assert_eq!(list["backups"][0]["backup_id"], inc_id.as_str());
+
+    // Stats: counts by status and type, bytes of the images kept.
+    let (_, stats) = h
+        .get("/api/v1/backups/stats?vm_name=gui%20vm&repository_id=default")
+        .await;
+    let image_size = full_backup["disk_results"][0]["image_size_bytes"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(stats["total"], 2, "{stats}");
+    assert_eq!(stats["backup_count"], 1);
+    assert_eq!(stats["by_status"]["completed"], 1);
+    assert_eq!(stats["by_status"]["cancelled"], 1);
+    assert_eq!(stats["by_status"]["running"], 0);
+    assert_eq!(
+        (
+            stats["by_type"]["full"].clone(),
+            stats["by_type"]["incremental"].clone()
+        ),
+        (json!(1), json!(1))
+    );
+    assert_eq!(stats["total_size_bytes"], image_size);
+    assert_eq!(stats["bytes_stored"], image_size);
+    assert_eq!(stats["last_backup_at"], full_backup["completed_at"]);
+
+    // The chain in the old shape.
+    let (s, chain) = h.get("/api/v1/backups/gui%20vm/chain?disk_id=0").await;
+    assert_eq!(s, StatusCode::OK, "{chain}");
+    assert_eq!(chain["chain_id"], "gui vm-disk0-chain");
+    assert_eq!(chain["disk_id"], 0);
+    assert_eq!(chain["repository_id"], "default");
+    assert_eq!(chain["full_backup_id"], full_id.as_str());
+    assert_eq!(chain["backup_count"], 1);
+    assert_eq!(chain["total_size_bytes"], image_size);
+    assert_eq!(chain["backups"][0]["backup_id"], full_id.as_str());
+    let (_, other_disk) = h.get("/api/v1/backups/gui%20vm/chain?disk_id=5").await;
+    assert_eq!(other_disk["backups"], json!([]));
+    h.stop().await;
+}
+
+/// `/health` checks that the catalog answers and every repository takes a new file; a repository
+/// that does not is a 503 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_fails_when_a_repository_is_not_writable() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = TestHub::start(test_config(dir.path().join("data"))).await;
+    let repo = dir.path().join("second");
+    let (s, r) = h
+        .post(
+            "/api/v1/repositories",
+            &json!({"id": "second", "path": repo}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+
+    let (s, health) = h.call(Method::GET, "/health", None, Caller::Remote).await;
+    assert_eq!(s, StatusCode::OK, "{health}");
+    assert_eq!(health["status"], "healthy");
+    assert_eq!(health["service"], "sendense-hub");
+    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(health["database"], "ok");
+    assert_eq!(health["repositories"].as_array().unwrap().len(), 2);
+    assert!(
+        health["repositories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["writable"] == true)
+    );
+    // The probe leaves nothing behind.
+    assert_eq!(std::fs::read_dir(&repo).unwrap().count(), 0);
+
+    // Read-only, then gone. Root (CAP_DAC_OVERRIDE) writes into a read-only directory anyway:
+    // then the read-only case shows nothing and is skipped.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&repo, std::fs::Permissions::from_mode(0o555)).unwrap();
+        let root_writes = std::fs::write(repo.join("probe"), b"x").is_ok();
+        let resp = h.call(Method::GET, "/health", None, Caller::Remote).await;
+        let _ = std::fs::remove_file(repo.join("probe"));
+        std::fs::set_permissions(&repo, std::fs::Permissions::from_mode(0o755)).unwrap();
+        if root_writes {
+            eprintln!(
+                "read-only repository case skipped: this user writes into read-only directories (root)"
+            );
+        } else {
+            assert_error(&resp, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+            assert!(
+                resp.1["error"].as_str().unwrap().contains("second"),
+                "{}",
+                resp.1
+            );
+        }
+    }
+    std::fs::remove_dir(&repo).unwrap();
+    let resp = h.call(Method::GET, "/health", None, Caller::Remote).await;
+    assert_error(&resp, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    let body = &resp.1;
+    assert_eq!(body["status"], "unhealthy", "{body}");
+    assert_eq!(body["database"], "ok");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("repository second"),
+        "{body}"
+    );
+    let second = &body["repositories"][1];
+    assert_eq!(
+        (second["id"].clone(), second["writable"].clone()),
+        (json!("second"), json!(false))
+    );
+    assert_eq!(body["repositories"][0]["writable"], true);
+    h.stop().await;
+}
+
+/// The OpenAPI document is served without a token, and every operation it lists reaches a handler
+/// (neither the 404 nor the 405 fallback answers it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn openapi_document_is_served_and_every_operation_is_routed() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = TestHub::start(test_config(dir.path().join("data"))).await;
+    let (s, doc) = h
+        .call(Method::GET, "/api/v1/openapi.json", None, Caller::Remote)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{doc}");
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let uri = path
+            .replace("{id}", "no-such-thing")
+            .replace("{vm_name}", "no-such-vm");
+        assert!(!uri.contains('{'), "{uri}");
+        for (method, _) in item.as_object().unwrap() {
+            let method: Method = method.to_uppercase().parse().unwrap();
+            let (status, body) = h.call(method.clone(), &uri, None, Caller::Operator).await;
+            operations += 1;
+            assert_ne!(
+                status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {uri}: {body}"
+            );
+            assert!(
+                !(status == StatusCode::NOT_FOUND && body["error"] == "no such route"),
+                "{method} {uri}: {body}"
+            );
+        }
+    }
+    assert!(operations >= 18, "{operations}");
     h.stop().await;
 }

@@ -4,110 +4,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 
 use common::*;
 use serde_json::{Value, json};
-
-/// A minimal HTTP/1.1 client (one request per connection), so the test needs no curl.
-fn http(
-    method: &str,
-    addr: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&Value>,
-) -> (u16, Value) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, payload) = response.split_once("\r\n\r\n").expect("HTTP response");
-    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-    assert!(
-        !head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"),
-        "{head}"
-    );
-    let value = serde_json::from_str(payload).unwrap_or(Value::String(payload.to_owned()));
-    (status, value)
-}
-
-fn ok(resp: (u16, Value)) -> Value {
-    assert_eq!(resp.0, 200, "{}", resp.1);
-    resp.1
-}
-
-/// Start `sendense-hub serve` on ephemeral ports; learn them from its JSON log. The data dir
-/// comes from the environment; the listen flags win over (unusable) environment values.
-fn start_hub(data: &Path) -> (ChildGuard, String, String) {
-    start_hub_with(data, &[])
-}
-
-/// [`start_hub`] with more `serve` flags.
-fn start_hub_with(data: &Path, extra: &[&str]) -> (ChildGuard, String, String) {
-    let mut child = Command::new(BIN)
-        .args([
-            "--log-json",
-            "serve",
-            "--api-listen",
-            "127.0.0.1:0",
-            "--nbd-listen",
-            "127.0.0.1:0",
-        ])
-        .args(extra)
-        .env("SENDENSE_HUB_DATA_DIR", data)
-        .env("SENDENSE_HUB_API_LISTEN", "192.0.2.1:1")
-        .env("SENDENSE_HUB_NBD_LISTEN", "192.0.2.1:2")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let guard = ChildGuard(Some(child));
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("hub: {line}");
-            let _ = tx.send(line);
-        }
-    });
-    let (mut api, mut nbd) = (None, None);
-    while api.is_none() || nbd.is_none() {
-        let line = rx.recv().expect("hub exited before listening");
-        let Ok(v) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
-        if let Some(a) = v["fields"]["api"].as_str() {
-            api = Some(a.to_owned());
-        }
-        if let Some(n) = v["fields"]["nbd"].as_str() {
-            nbd = Some(n.to_owned());
-        }
-    }
-    (guard, api.unwrap(), nbd.unwrap())
-}
-
-/// The API token the hub wrote into its data dir at first start.
-fn read_token(data: &Path) -> String {
-    std::fs::read_to_string(data.join("api-token"))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
 
 /// Polls the backup until it has `status` (or gives up after 30 s); returns the last body.
 fn wait_status(api: &str, token: &str, id: &str, status: &str) -> Value {
@@ -150,7 +52,10 @@ fn serve_process_quick_start_sigterm_and_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let (mut hub, api, nbd) = start_hub(&data);
-    assert_eq!(ok(http("GET", &api, "/health", None, None))["status"], "ok");
+    assert_eq!(
+        ok(http("GET", &api, "/health", None, None))["status"],
+        "healthy"
+    );
 
     let token = read_token(&data);
     let src = dir.path().join("disk.raw");
@@ -183,7 +88,7 @@ fn serve_process_quick_start_sigterm_and_restart() {
     );
     // Without a token the operator routes refuse.
     let (code, err) = http("GET", &api, &get, None, None);
-    assert_eq!((code, &err["error"]["code"]), (401, &json!("unauthorized")));
+    assert_eq!((code, &err["code"]), (401, &json!("unauthorized")));
 
     // A second backup is mid-write, its connection open and never flushed, when SIGTERM comes.
     let open = create(&api, &token, "busy", 2 << 20);
@@ -410,7 +315,7 @@ fn https_api_and_nbds_uris_with_tls_init_credentials() {
     let ca = creds.join("ca-cert.pem");
     let base = format!("https://{api}");
     let (code, health) = curl("GET", &format!("{base}/health"), &ca, None, None);
-    assert_eq!((code, &health["status"]), (200, &json!("ok")));
+    assert_eq!((code, &health["status"]), (200, &json!("healthy")));
     // A client that does not trust the CA refuses the server (curl: exit 60), and the next is served.
     let untrusted = Command::new("curl")
         .args(["-sS", &format!("{base}/health")])

@@ -4,12 +4,19 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiJson, ApiQuery};
+use super::{ApiError, ApiJson, ApiQuery, ErrorBody};
 use crate::backups::{ChangeIdAnswer, CompleteRequest, CreateBackup};
 use crate::catalog::{BackupFilter, Status, fmt_time};
 use crate::state::Hub;
-use crate::views::BackupView;
+use crate::views::{BackupList, BackupStats, BackupView, ChainView};
 
+#[utoipa::path(post, path = "/api/v1/backups", operation_id = "create_backup", tag = "backups",
+    request_body = CreateBackup,
+    responses((status = 200, description = "The backup, ready: images made and NBD exports open", body = BackupView),
+        (status = 404, description = "No such repository, or no VM context (run discovery)", body = ErrorBody),
+        (status = 409, description = "A backup of this VM is active", body = ErrorBody),
+        (status = 502, description = "The SNA refused to start the copy or did not answer; the backup is failed and its images removed", body = ErrorBody),
+        (status = 503, description = "The credential key cannot open the VM's vCenter password", body = ErrorBody)))]
 pub async fn create(
     State(hub): State<Hub>,
     ApiJson(req): ApiJson<CreateBackup>,
@@ -18,6 +25,10 @@ pub async fn create(
     Ok(Json(hub.backup_view(&backup)))
 }
 
+#[utoipa::path(get, path = "/api/v1/backups/{id}", operation_id = "get_backup", tag = "backups",
+    params(("id" = String, Path, description = "Backup id")),
+    responses((status = 200, description = "The backup with live progress", body = BackupView),
+        (status = 404, description = "No such backup", body = ErrorBody)))]
 pub async fn get(
     State(hub): State<Hub>,
     Path(id): Path<String>,
@@ -25,24 +36,33 @@ pub async fn get(
     Ok(Json(hub.backup_view(&hub.backup(&id)?)))
 }
 
+#[utoipa::path(get, path = "/api/v1/backups", operation_id = "list_backups", tag = "backups",
+    params(BackupFilter),
+    responses((status = 200, description = "Matching backups, newest first", body = BackupList)))]
 pub async fn list(
     State(hub): State<Hub>,
     ApiQuery(filter): ApiQuery<BackupFilter>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    if let Some(status) = &filter.status {
-        if Status::parse(status).is_none() {
-            return Err(ApiError::BadRequest(format!("unknown status {status:?}")));
-        }
-    }
-    let backups: Vec<BackupView> = hub
-        .catalog
-        .backups(&filter)?
-        .iter()
-        .map(|b| hub.backup_view(b))
-        .collect();
-    Ok(Json(serde_json::json!({ "backups": backups })))
+) -> Result<Json<BackupList>, ApiError> {
+    Ok(Json(hub.backup_list(&filter)?))
 }
 
+#[utoipa::path(get, path = "/api/v1/backups/stats", operation_id = "backup_stats", tag = "backups",
+    params(BackupFilter),
+    responses((status = 200, description = "Counts and bytes of the matching backups", body = BackupStats)))]
+pub async fn stats(
+    State(hub): State<Hub>,
+    ApiQuery(filter): ApiQuery<BackupFilter>,
+) -> Result<Json<BackupStats>, ApiError> {
+    Ok(Json(hub.backup_stats(&filter)?))
+}
+
+#[utoipa::path(post, path = "/api/v1/backups/{id}/complete", operation_id = "complete_backup", tag = "sna",
+    params(("id" = String, Path, description = "Backup id")),
+    request_body(content = CompleteRequest, description = "May be empty: every disk"),
+    security((), ("bearer_token" = [])),
+    responses((status = 200, description = "The backup; finalising once every disk is complete", body = BackupView),
+        (status = 404, description = "No such backup or disk", body = ErrorBody),
+        (status = 409, description = "The backup failed or was cancelled", body = ErrorBody)))]
 pub async fn complete(
     State(hub): State<Hub>,
     Path(id): Path<String>,
@@ -52,6 +72,11 @@ pub async fn complete(
     Ok(Json(hub.backup_view(&backup)))
 }
 
+#[utoipa::path(post, path = "/api/v1/backups/{id}/cancel", operation_id = "cancel_backup", tag = "backups",
+    params(("id" = String, Path, description = "Backup id")),
+    responses((status = 200, description = "The cancelled backup; its images are removed", body = BackupView),
+        (status = 404, description = "No such backup", body = ErrorBody),
+        (status = 409, description = "The backup is finalising or finished", body = ErrorBody)))]
 pub async fn cancel(
     State(hub): State<Hub>,
     Path(id): Path<String>,
@@ -60,6 +85,11 @@ pub async fn cancel(
     Ok(Json(hub.backup_view(&backup)))
 }
 
+#[utoipa::path(delete, path = "/api/v1/backups/{id}", operation_id = "delete_backup", tag = "backups",
+    params(("id" = String, Path, description = "Backup id")),
+    responses((status = 200, description = "Deleted with its images", body = crate::api::openapi::BackupDeleted),
+        (status = 404, description = "No such backup", body = ErrorBody),
+        (status = 409, description = "Active, a parent, or restoring", body = ErrorBody)))]
 pub async fn delete(
     State(hub): State<Hub>,
     Path(id): Path<String>,
@@ -71,7 +101,7 @@ pub async fn delete(
 }
 
 /// The answer to the client's telemetry post (the old hub's fields, plus the backup's status).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TelemetryAck {
     pub backup_id: String,
     pub received: bool,
@@ -81,6 +111,12 @@ pub struct TelemetryAck {
     pub timestamp: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/telemetry/backup/{id}", operation_id = "backup_telemetry", tag = "sna",
+    params(("id" = String, Path, description = "Backup id")),
+    request_body(content = Object, description = "The client's progress report (`current_phase`, `progress_percent`, `bytes_transferred`, `transfer_speed_bps`, `timestamp`, ...)"),
+    security((), ("bearer_token" = [])),
+    responses((status = 200, description = "Stored", body = TelemetryAck),
+        (status = 404, description = "No such backup", body = ErrorBody)))]
 pub async fn telemetry(
     State(hub): State<Hub>,
     Path(id): Path<String>,
@@ -97,7 +133,8 @@ pub async fn telemetry(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ChangeIdQuery {
     vm_name: String,
     /// The client always sends one; the old hub's default was disk 0.
@@ -105,6 +142,11 @@ pub struct ChangeIdQuery {
     disk_id: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/api/v1/backups/changeid", operation_id = "backup_change_id", tag = "sna",
+    params(ChangeIdQuery),
+    security((), ("bearer_token" = [])),
+    responses((status = 200, description = "The change id to base this disk's copy on; `change_id` empty: copy everything", body = ChangeIdAnswer),
+        (status = 404, description = "The VM's active backup has no such disk", body = ErrorBody)))]
 pub async fn change_id(
     State(hub): State<Hub>,
     ApiQuery(q): ApiQuery<ChangeIdQuery>,
@@ -112,7 +154,8 @@ pub async fn change_id(
     Ok(Json(hub.change_id(&q.vm_name, q.disk_id.unwrap_or(0))?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ChainQuery {
     #[serde(default)]
     disk_id: Option<u32>,
@@ -121,44 +164,17 @@ pub struct ChainQuery {
 }
 
 /// `{id}` is the VM name here (the router needs one parameter name per position).
+#[utoipa::path(get, path = "/api/v1/backups/{vm_name}/chain", operation_id = "backup_chain", tag = "backups",
+    params(("vm_name" = String, Path, description = "The VM name"), ChainQuery),
+    responses((status = 200, description = "The chain, oldest first; empty when the VM has no completed backup", body = ChainView)))]
 pub async fn chain(
     State(hub): State<Hub>,
     Path(vm_name): Path<String>,
     ApiQuery(q): ApiQuery<ChainQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let chain = hub.chain(&vm_name, q.repository_id.as_deref())?;
-    let entries: Vec<serde_json::Value> = chain
-        .iter()
-        .map(|b| {
-            let disks: Vec<serde_json::Value> = b
-                .disks
-                .iter()
-                .filter(|d| q.disk_id.is_none_or(|id| id == d.disk_id))
-                .map(|d| {
-                    serde_json::json!({
-                        "disk_id": d.disk_id,
-                        "vmware_disk_key": d.vmware_disk_key,
-                        "capacity_bytes": d.capacity_bytes,
-                        "qcow2_path": d.qcow2_path,
-                        "change_id": d.change_id,
-                        "image_size_bytes": d.image_size,
-                    })
-                })
-                .collect();
-            serde_json::json!({
-                "backup_id": b.id,
-                "backup_type": b.backup_type,
-                "parent_backup_id": b.parent_backup_id,
-                "status": b.status,
-                "created_at": fmt_time(b.created_at),
-                "completed_at": b.completed_at.map(fmt_time),
-                "disks": disks,
-            })
-        })
-        .collect();
-    Ok(Json(serde_json::json!({
-        "vm_name": vm_name,
-        "disk_id": q.disk_id,
-        "backups": entries,
-    })))
+) -> Result<Json<ChainView>, ApiError> {
+    Ok(Json(hub.chain_view(
+        &vm_name,
+        q.disk_id,
+        q.repository_id.as_deref(),
+    )?))
 }

@@ -1,9 +1,13 @@
-//! The one error type of the HTTP API: `{"error": {"code", "message"}}` with the right status.
+//! The one error type of the HTTP API. Every refusal, whether from a handler, an extractor, the
+//! token check or the router's fallbacks, has the body the Sendense GUI reads:
+//! `{"error": "<message>", "details": "<more, or empty>", "code": "<machine code>", "timestamp"}`.
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 
+use crate::catalog::fmt_time;
 use crate::error::Error;
 
 #[derive(Debug)]
@@ -17,10 +21,102 @@ pub enum ApiError {
     MethodNotAllowed,
     /// The SNA refused or did not answer.
     BadGateway(String),
-    /// Something the request needs is unavailable (the credential key).
+    /// Something the request needs is unavailable: the credential key, or a check of `/health`.
     Unavailable(String),
     /// Logged in full; the client only learns that something failed inside.
     Internal(String),
+    /// A refusal made outside our handlers (axum's own rejections), kept with its status.
+    Other {
+        status: StatusCode,
+        message: String,
+    },
+    /// Any of the above with more words for `details` (a parser's message, say).
+    Detailed {
+        error: Box<ApiError>,
+        details: String,
+    },
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for a person.
+    pub error: String,
+    /// More about it, or empty.
+    pub details: String,
+    /// Stable machine code: `bad_request`, `unauthorized`, `not_found`, `conflict`,
+    /// `method_not_allowed`, `payload_too_large`, `internal`, ...
+    pub code: String,
+    /// When the hub answered (RFC 3339, UTC).
+    #[schema(format = DateTime)]
+    pub timestamp: String,
+}
+
+impl ApiError {
+    pub fn with_details(self, details: impl Into<String>) -> ApiError {
+        ApiError::Detailed {
+            error: Box::new(self),
+            details: details.into(),
+        }
+    }
+
+    /// The status and machine code: the one table to extend with a new variant.
+    fn kind(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Other { status, .. } if status.is_server_error() => (*status, "internal"),
+            ApiError::Other { status, .. } => (*status, "bad_request"),
+            ApiError::Detailed { error, .. } => error.kind(),
+        }
+    }
+
+    /// The message and details the client sees.
+    fn public(self) -> (String, String) {
+        match self {
+            ApiError::BadRequest(m)
+            | ApiError::PayloadTooLarge(m)
+            | ApiError::NotFound(m)
+            | ApiError::Conflict(m)
+            | ApiError::Unavailable(m)
+            | ApiError::BadGateway(m)
+            | ApiError::Other { message: m, .. } => (m, String::new()),
+            ApiError::Unauthorized => ("missing or wrong bearer token".into(), String::new()),
+            ApiError::MethodNotAllowed => {
+                ("this route does not take that method".into(), String::new())
+            }
+            ApiError::Internal(m) => {
+                tracing::error!(error = %m, "request failed");
+                ("internal error".into(), "see the hub's log".into())
+            }
+            ApiError::Detailed { error, details } => {
+                let (message, _) = error.public();
+                (message, details)
+            }
+        }
+    }
+
+    pub fn body(self) -> (StatusCode, ErrorBody) {
+        let (status, code) = self.kind();
+        let (error, details) = self.public();
+        if status.is_client_error() {
+            tracing::debug!(%status, %error, %details, "request refused");
+        }
+        let body = ErrorBody {
+            error,
+            details,
+            code: code.to_owned(),
+            timestamp: fmt_time(time::OffsetDateTime::now_utc()),
+        };
+        (status, body)
+    }
 }
 
 impl From<Error> for ApiError {
@@ -36,38 +132,60 @@ impl From<Error> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The error for a plain-text refusal axum made itself (a path segment that is not UTF-8,
+    /// a body limit hit outside [`super::ApiJson`]): same status, our shape.
+    pub fn from_plain(status: StatusCode, text: &str) -> ApiError {
+        let text = text.trim().to_owned();
+        let err = match status {
+            StatusCode::BAD_REQUEST => ApiError::BadRequest("bad request".into()),
+            StatusCode::UNAUTHORIZED => ApiError::Unauthorized,
+            StatusCode::NOT_FOUND => ApiError::NotFound("not found".into()),
+            StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge("body too large".into()),
+            _ if status.is_server_error() => return ApiError::Internal(text),
+            _ => ApiError::Other {
+                status,
+                message: status.canonical_reason().unwrap_or("refused").to_owned(),
+            },
+        };
+        err.with_details(text)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code, message) = match self {
-            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
-            ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", m),
-            ApiError::Unauthorized => (
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or wrong bearer token".to_owned(),
-            ),
-            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
-            ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m),
-            ApiError::MethodNotAllowed => (
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "this route does not take that method".to_owned(),
-            ),
-            ApiError::BadGateway(m) => (StatusCode::BAD_GATEWAY, "bad_gateway", m),
-            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
-            ApiError::Internal(m) => {
-                tracing::error!(error = %m, "request failed");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error; see the hub's log".to_owned(),
-                )
-            }
-        };
-        if status.is_client_error() {
-            tracing::debug!(%status, %message, "request refused");
-        }
-        let body = serde_json::json!({ "error": { "code": code, "message": message } });
+        let (status, body) = self.body();
         (status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiError;
+
+    #[test]
+    fn details_keep_the_status_and_code() {
+        let (status, body) = ApiError::BadRequest("invalid JSON body".into())
+            .with_details("expected value at line 1")
+            .body();
+        assert_eq!(status, 400);
+        assert_eq!(body.code, "bad_request");
+        assert_eq!(body.error, "invalid JSON body");
+        assert_eq!(body.details, "expected value at line 1");
+        assert!(
+            time::OffsetDateTime::parse(
+                &body.timestamp,
+                &time::format_description::well_known::Rfc3339
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn internal_errors_stay_inside() {
+        let (status, body) = ApiError::Internal("disk /secret/path on fire".into()).body();
+        assert_eq!(status, 500);
+        assert!(!body.error.contains("secret") && !body.details.contains("secret"));
     }
 }

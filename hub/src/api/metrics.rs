@@ -11,6 +11,9 @@ use crate::catalog::Status;
 use crate::state::Hub;
 use crate::views::repository_view;
 
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "service",
+    security(()),
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(hub): State<Hub>) -> Result<impl IntoResponse, ApiError> {
     let mut out = String::new();
     let counts = hub.catalog.count_by_status()?;

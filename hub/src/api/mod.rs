@@ -5,6 +5,7 @@ mod credentials;
 mod error;
 mod inventory;
 mod metrics;
+pub mod openapi;
 mod repositories;
 mod restores;
 
@@ -16,12 +17,12 @@ use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody};
 
 use crate::state::Hub;
 
@@ -38,6 +39,7 @@ pub fn app(hub: Hub) -> Router {
         ));
     let operator = Router::new()
         .route("/api/v1/backups", post(backups::create).get(backups::list))
+        .route("/api/v1/backups/stats", get(backups::stats))
         .route(
             "/api/v1/backups/{id}",
             get(backups::get).delete(backups::delete),
@@ -82,11 +84,13 @@ pub fn app(hub: Hub) -> Router {
         .route_layer(middleware::from_fn_with_state(hub.clone(), require_token));
     Router::new()
         .route("/health", get(health))
+        .route("/api/v1/openapi.json", get(openapi_json))
         .route("/metrics", get(metrics::metrics))
         .merge(sna)
         .merge(operator)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn(log_request))
         .with_state(hub)
 }
@@ -110,8 +114,59 @@ async fn log_request(req: Request, next: Next) -> Response {
     resp
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// Every error response in the one shape: refusals axum makes before a handler runs (a path
+/// segment that is not UTF-8, say) come as plain text, and are rewritten here.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let text = axum::body::to_bytes(resp.into_body(), 64 << 10)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    ApiError::from_plain(status, &text).into_response()
+}
+
+#[utoipa::path(get, path = "/api/v1/openapi.json", operation_id = "openapi", tag = "service",
+    security(()),
+    responses((status = 200, description = "This document (OpenAPI 3.1)", body = Object)))]
+async fn openapi_json() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        openapi::DOCUMENT.as_str(),
+    )
+        .into_response()
+}
+
+#[utoipa::path(get, path = "/health", operation_id = "health", tag = "service",
+    security(()),
+    responses((status = 200, description = "Every check passed", body = crate::health::Health),
+        (status = 503, description = "A check failed: the report and the error body", body = UnhealthyBody)))]
+/// `{status: "healthy", service, version, database, repositories}`; when a check fails, 503 with
+/// the same fields and the error body's (`error` names the failing checks).
+async fn health(State(hub): State<Hub>) -> Response {
+    let health = hub.health().await;
+    if health.is_healthy() {
+        return Json(health).into_response();
+    }
+    let (status, error) = ApiError::Unavailable(health.failures().join("; ")).body();
+    (status, Json(UnhealthyBody { health, error })).into_response()
+}
+
+/// The 503 of `/health`: the health report and the error body in one object.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct UnhealthyBody {
+    #[serde(flatten)]
+    health: crate::health::Health,
+    #[serde(flatten)]
+    error: error::ErrorBody,
 }
 
 async fn not_found() -> ApiError {
@@ -171,7 +226,8 @@ fn is_loopback(ip: std::net::IpAddr) -> bool {
 
 /// A JSON body whose every rejection (unreadable, too large, malformed, wrong fields) is an
 /// [`ApiError`]. The content type is not checked: existing clients do not all send one. An empty
-/// body reads as `{}`, so optional-field bodies may be left out.
+/// body reads as `{}`, so optional-field bodies may be left out. Every body is an object: serde
+/// would otherwise read a struct from an array (`[]` as a struct of defaults).
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
@@ -180,9 +236,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(format!("body too large: {e}"))
+                ApiError::PayloadTooLarge("body too large".into()).with_details(e.body_text())
             } else {
-                ApiError::BadRequest(format!("reading the body: {e}"))
+                ApiError::BadRequest("unreadable body".into()).with_details(e.body_text())
             }
         })?;
         let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -190,9 +246,52 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         } else {
             &bytes
         };
-        serde_json::from_slice(text)
+        if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::BadRequest(
+                "the body must be a JSON object".into(),
+            ));
+        }
+        let err = match serde_json::from_slice(text) {
+            Ok(value) => return Ok(ApiJson(value)),
+            Err(err) => err,
+        };
+        // JSON Schema (and so our OpenAPI document) counts `3.0` as an integer; serde does not.
+        // Only a body that fails as sent is read again with such numbers made integers.
+        serde_json::from_slice::<serde_json::Value>(text)
+            .ok()
+            .map(integral_floats_as_integers)
+            .and_then(|value| serde_json::from_value(value).ok())
             .map(ApiJson)
-            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+            .ok_or_else(|| {
+                ApiError::BadRequest("invalid JSON body".into()).with_details(err.to_string())
+            })
+    }
+}
+
+/// `3.0` becomes `3` wherever it is an exact integer; everything else is left as it is.
+fn integral_floats_as_integers(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // Below 2^63 in magnitude every integral f64 converts to i64 exactly; 2^63..2^64 to u64.
+            if f.fract() == 0.0 && f.abs() < 9_223_372_036_854_775_808.0 {
+                Value::from(f as i64)
+            } else if f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f) {
+                Value::from(f as u64)
+            } else {
+                Value::Number(n)
+            }
+        }
+        Value::Array(items) => {
+            Value::Array(items.into_iter().map(integral_floats_as_integers).collect())
+        }
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, integral_floats_as_integers(v)))
+                .collect(),
+        ),
+        other => other,
     }
 }
 
@@ -206,12 +305,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| ApiQuery(q.0))
-            .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))
+            .map_err(|e| ApiError::BadRequest("invalid query".into()).with_details(e.body_text()))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn integral_floats() {
+        let v = serde_json::json!({"a": [3.0, 2.5, -1.0, 1e300], "b": 9.007199254740992e15});
+        assert_eq!(
+            super::integral_floats_as_integers(v),
+            serde_json::json!({"a": [3, 2.5, -1, 1e300], "b": 9_007_199_254_740_992_u64})
+        );
+    }
+
     #[test]
     fn loopback_peers() {
         for ip in ["127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1"] {

@@ -6,19 +6,24 @@ use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;
 
-use super::{ApiError, ApiJson};
+use super::{ApiError, ApiJson, ErrorBody};
 use crate::catalog::Repository;
 use crate::state::{Hub, now};
 use crate::views::{RepositoryView, repository_view};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateRepository {
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     id: String,
     #[serde(default)]
     name: Option<String>,
+    /// Absolute; created when missing.
+    #[schema(value_type = String)]
     path: PathBuf,
 }
 
+#[utoipa::path(get, path = "/api/v1/repositories", operation_id = "list_repositories", tag = "repositories",
+    responses((status = 200, description = "Repositories with capacity and free bytes", body = crate::api::openapi::RepositoryList)))]
 pub async fn list(State(hub): State<Hub>) -> Result<Json<serde_json::Value>, ApiError> {
     let repos: Vec<RepositoryView> = hub
         .catalog
@@ -29,6 +34,10 @@ pub async fn list(State(hub): State<Hub>) -> Result<Json<serde_json::Value>, Api
     Ok(Json(serde_json::json!({ "repositories": repos })))
 }
 
+#[utoipa::path(post, path = "/api/v1/repositories", operation_id = "create_repository", tag = "repositories",
+    request_body = CreateRepository,
+    responses((status = 200, description = "The new repository", body = RepositoryView),
+        (status = 409, description = "The id is taken", body = ErrorBody)))]
 pub async fn create(
     State(hub): State<Hub>,
     ApiJson(req): ApiJson<CreateRepository>,

@@ -3,11 +3,16 @@
 use axum::Json;
 use axum::extract::{Path, State};
 
-use super::{ApiError, ApiJson};
+use super::{ApiError, ApiJson, ErrorBody};
 use crate::restores::CreateRestore;
 use crate::state::Hub;
 use crate::views::RestoreView;
 
+#[utoipa::path(post, path = "/api/v1/restores", operation_id = "create_restore", tag = "restores",
+    request_body = CreateRestore,
+    responses((status = 200, description = "A read-only NBD export of the disk as of the backup", body = RestoreView),
+        (status = 404, description = "No such backup or disk", body = ErrorBody),
+        (status = 409, description = "The backup is not completed", body = ErrorBody)))]
 pub async fn create(
     State(hub): State<Hub>,
     ApiJson(req): ApiJson<CreateRestore>,
@@ -16,6 +21,8 @@ pub async fn create(
     Ok(Json(hub.restore_view(&restore)))
 }
 
+#[utoipa::path(get, path = "/api/v1/restores", operation_id = "list_restores", tag = "restores",
+    responses((status = 200, description = "Open restores", body = crate::api::openapi::RestoreList)))]
 pub async fn list(State(hub): State<Hub>) -> Result<Json<serde_json::Value>, ApiError> {
     let restores: Vec<RestoreView> = hub
         .restores()?
@@ -25,6 +32,10 @@ pub async fn list(State(hub): State<Hub>) -> Result<Json<serde_json::Value>, Api
     Ok(Json(serde_json::json!({ "restores": restores })))
 }
 
+#[utoipa::path(delete, path = "/api/v1/restores/{id}", operation_id = "delete_restore", tag = "restores",
+    params(("id" = String, Path, description = "Restore id")),
+    responses((status = 200, description = "Export closed", body = crate::api::openapi::RestoreDeleted),
+        (status = 404, description = "No such restore", body = ErrorBody)))]
 pub async fn delete(
     State(hub): State<Hub>,
     Path(id): Path<String>,

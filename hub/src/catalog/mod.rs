@@ -278,8 +278,8 @@ impl Catalog {
             &[
                 &filter.vm_name,
                 &filter.repository_id,
-                &filter.status,
-                &filter.backup_type,
+                &filter.status.map(Status::as_str),
+                &filter.backup_type.map(BackupType::as_str),
             ],
         )?)
     }
@@ -500,6 +500,7 @@ mod tests {
             repository_id: "default".into(),
             backup_type: BackupType::Full,
             parent_backup_id: None,
+            policy_id: None,
             status,
             error: None,
             tags: None,
@@ -508,7 +509,6 @@ mod tests {
             started_at: None,
             completed_at: None,
             last_telemetry_at: None,
-            policy_id: None,
             vm_context_id: None,
             disks: vec![Disk {
                 disk_id: 3,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BackupType {
     Full,
@@ -31,7 +31,7 @@ impl BackupType {
 
 /// ready (exports open) -> running (first connection) -> finalizing -> completed;
 /// or failed / cancelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Ready,
@@ -88,6 +88,8 @@ pub struct Backup {
     pub repository_id: String,
     pub backup_type: BackupType,
     pub parent_backup_id: Option<String>,
+    /// The Sendense policy that asked for this backup, when the request named one.
+    pub policy_id: Option<String>,
     pub status: Status,
     pub error: Option<String>,
     pub tags: Option<serde_json::Value>,
@@ -97,8 +99,6 @@ pub struct Backup {
     pub completed_at: Option<OffsetDateTime>,
     /// When the client's telemetry last came (its body is `telemetry`).
     pub last_telemetry_at: Option<OffsetDateTime>,
-    /// The old API's backup policy, kept as given.
-    pub policy_id: Option<String>,
     /// The VM context the disks came from (`None` when the request listed them).
     pub vm_context_id: Option<String>,
     /// In the order the request listed them.
@@ -139,11 +139,12 @@ pub struct Restore {
     pub expires_at: OffsetDateTime,
 }
 
-/// Filters of `GET /api/v1/backups`.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Filters of `GET /api/v1/backups` (and of its stats): unknown values are refused by serde.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct BackupFilter {
     pub vm_name: Option<String>,
     pub repository_id: Option<String>,
-    pub status: Option<String>,
-    pub backup_type: Option<String>,
+    pub status: Option<Status>,
+    pub backup_type: Option<BackupType>,
 }

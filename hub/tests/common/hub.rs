@@ -145,14 +145,20 @@ impl TestHub {
     }
 }
 
-/// Check the `{"error": {"code", "message"}}` shape and the status.
+/// Check the `{"error", "details", "code", "timestamp"}` shape and the status.
 pub fn assert_error(resp: &(StatusCode, Value), status: StatusCode, code: &str) {
     assert_eq!(resp.0, status, "{}", resp.1);
-    assert_eq!(resp.1["error"]["code"], code, "{}", resp.1);
+    assert_eq!(resp.1["code"], code, "{}", resp.1);
     assert!(
-        resp.1["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
+        resp.1["error"].as_str().is_some_and(|m| !m.is_empty()),
+        "{}",
+        resp.1
+    );
+    assert!(resp.1["details"].is_string(), "{}", resp.1);
+    let timestamp = resp.1["timestamp"].as_str().unwrap_or_default();
+    assert!(
+        time::OffsetDateTime::parse(timestamp, &time::format_description::well_known::Rfc3339)
+            .is_ok(),
         "{}",
         resp.1
     );

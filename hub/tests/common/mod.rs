@@ -4,11 +4,12 @@
 
 pub mod hub;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sendense-hub");
 
@@ -146,4 +147,100 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
         }
     }
     found
+}
+
+/// Start `sendense-hub serve` on ephemeral ports; learn them from its JSON log. The data dir
+/// comes from the environment; the listen flags win over (unusable) environment values.
+pub fn start_hub(data: &Path) -> (ChildGuard, String, String) {
+    start_hub_with(data, &[])
+}
+
+/// [`start_hub`] with more `serve` flags.
+pub fn start_hub_with(data: &Path, extra: &[&str]) -> (ChildGuard, String, String) {
+    let mut child = Command::new(BIN)
+        .args([
+            "--log-json",
+            "serve",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--nbd-listen",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .env("SENDENSE_HUB_DATA_DIR", data)
+        .env("SENDENSE_HUB_API_LISTEN", "192.0.2.1:1")
+        .env("SENDENSE_HUB_NBD_LISTEN", "192.0.2.1:2")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let guard = ChildGuard(Some(child));
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("hub: {line}");
+            let _ = tx.send(line);
+        }
+    });
+    let (mut api, mut nbd) = (None, None);
+    while api.is_none() || nbd.is_none() {
+        let line = rx.recv().expect("hub exited before listening");
+        let Ok(v) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        if let Some(a) = v["fields"]["api"].as_str() {
+            api = Some(a.to_owned());
+        }
+        if let Some(n) = v["fields"]["nbd"].as_str() {
+            nbd = Some(n.to_owned());
+        }
+    }
+    (guard, api.unwrap(), nbd.unwrap())
+}
+
+/// The API token the hub wrote into its data dir at first start.
+pub fn read_token(data: &Path) -> String {
+    std::fs::read_to_string(data.join("api-token"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// A minimal HTTP/1.1 client (one request per connection), so the test needs no curl.
+pub fn http(
+    method: &str,
+    addr: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, payload) = response.split_once("\r\n\r\n").expect("HTTP response");
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    let value = serde_json::from_str(payload).unwrap_or(Value::String(payload.to_owned()));
+    (status, value)
+}
+
+pub fn ok(resp: (u16, Value)) -> Value {
+    assert_eq!(resp.0, 200, "{}", resp.1);
+    resp.1
 }

@@ -1,0 +1,390 @@
+//! The OpenAPI 3.1 document, generated from the handlers' `#[utoipa::path]` annotations and the
+//! types they take and return. Served at `/api/v1/openapi.json`.
+
+use std::sync::LazyLock;
+
+use serde::Serialize;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, PathItem, Ref, ResponseBuilder};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use super::error::ErrorBody;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "sendense-hub",
+        description = "Backup repository for the Sendense backup client: backups as QCOW2 images \
+            written over NBD, restores as read-only NBD exports."
+    ),
+    paths(
+        super::health,
+        super::openapi_json,
+        super::metrics::metrics,
+        super::backups::create,
+        super::backups::list,
+        super::backups::stats,
+        super::backups::get,
+        super::backups::delete,
+        super::backups::cancel,
+        super::backups::chain,
+        super::backups::complete,
+        super::backups::change_id,
+        super::backups::telemetry,
+        super::restores::create,
+        super::restores::list,
+        super::restores::delete,
+        super::repositories::list,
+        super::repositories::create,
+    ),
+    components(schemas(ErrorBody)),
+    security(("bearer_token" = [])),
+    modifiers(&Common)
+)]
+pub struct ApiDoc;
+
+/// The document as served, built once.
+pub static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises");
+    unsigned_bounds(&mut doc);
+    add_links(&mut doc);
+    doc.to_string()
+});
+
+/// OpenAPI links from what a create returns to the operations on it, so a client generator (or
+/// schemathesis' stateful phase) can follow a backup or restore through its life.
+fn add_links(doc: &mut serde_json::Value) {
+    let link = |operation: &str, parameters: serde_json::Value| serde_json::json!({ "operationId": operation, "parameters": parameters });
+    let by_id = |field: &str| serde_json::json!({ "id": format!("$response.body#/{field}") });
+    let backup_links = serde_json::json!({
+        "GetBackup": link("get_backup", by_id("backup_id")),
+        "CompleteBackup": link("complete_backup", by_id("backup_id")),
+        "BackupTelemetry": link("backup_telemetry", by_id("backup_id")),
+        "CancelBackup": link("cancel_backup", by_id("backup_id")),
+        "DeleteBackup": link("delete_backup", by_id("backup_id")),
+        "BackupChain": link(
+            "backup_chain",
+            serde_json::json!({ "vm_name": "$response.body#/vm_name" })
+        ),
+        "BackupChangeId": link(
+            "backup_change_id",
+            serde_json::json!({ "vm_name": "$response.body#/vm_name" })
+        ),
+    });
+    let restore_links = serde_json::json!({
+        "DeleteRestore": link("delete_restore", by_id("restore_id")),
+    });
+    for (path, links) in [
+        ("/api/v1/backups", backup_links),
+        ("/api/v1/restores", restore_links),
+    ] {
+        if let Some(ok) = doc
+            .pointer_mut(&format!(
+                "/paths/{}/post/responses/200",
+                path.replace('/', "~1")
+            ))
+            .and_then(|r| r.as_object_mut())
+        {
+            ok.insert("links".to_owned(), links);
+        }
+    }
+}
+
+/// utoipa writes `u32` as `format: int32, minimum: 0` and `u64` as `format: int64, minimum: 0`,
+/// which bound them at the signed maximum: a client (or schemathesis) then takes 2^31 as out of
+/// range although serde accepts it. Replace the format with the unsigned type's real bound
+/// (`u16` reads as `u32` here: it only appears in responses). A bound set by an annotation stays.
+fn unsigned_bounds(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let unsigned = map.get("minimum").and_then(|m| m.as_f64()) >= Some(0.0);
+            let bound = match map.get("format").and_then(|f| f.as_str()) {
+                Some("int32") if unsigned => Some(("maximum", serde_json::json!(u32::MAX))),
+                // 2^64, exclusive: every u64 and nothing more.
+                Some("int64") if unsigned => Some((
+                    "exclusiveMaximum",
+                    serde_json::json!(18_446_744_073_709_551_616.0_f64),
+                )),
+                _ => None,
+            };
+            if let Some((key, limit)) = bound {
+                map.remove("format");
+                if !map.contains_key("maximum") {
+                    map.insert(key.to_owned(), limit);
+                }
+            }
+            map.values_mut().for_each(unsigned_bounds);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(unsigned_bounds),
+        _ => {}
+    }
+}
+
+/// What every operation shares: the bearer scheme, and the error responses any of them can give
+/// (bad query or path, 401 where a token is needed, 413 where a body is read, 404 where the path
+/// names something, 500), so no annotation has to repeat them.
+struct Common;
+
+impl Modify for Common {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        let global_security = doc.security.clone().unwrap_or_default();
+        for (path, item) in doc.paths.paths.iter_mut() {
+            for op in operations(item) {
+                let token_required = op
+                    .security
+                    .as_ref()
+                    .unwrap_or(&global_security)
+                    .iter()
+                    .all(|req| *req != Default::default());
+                let mut add = |status: &str, description: &str| {
+                    op.responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error(description).into());
+                };
+                add("400", "The query, path or body is not valid");
+                if token_required {
+                    add("401", "Missing or wrong bearer token");
+                }
+                if path.contains('{') {
+                    add("404", "Nothing by that name");
+                }
+                if op.request_body.is_some() {
+                    add("413", "Body over the size limit");
+                }
+                add("500", "Internal error (the hub's log has the cause)");
+            }
+        }
+    }
+}
+
+fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        item.get.as_mut(),
+        item.put.as_mut(),
+        item.post.as_mut(),
+        item.delete.as_mut(),
+        item.options.as_mut(),
+        item.head.as_mut(),
+        item.patch.as_mut(),
+        item.trace.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
+}
+
+// Shapes the handlers build with `json!`, written out for the document.
+
+#[derive(Serialize, ToSchema)]
+pub struct BackupDeleted {
+    pub backup_id: String,
+    pub deleted: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RestoreDeleted {
+    pub restore_id: String,
+    pub deleted: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RestoreList {
+    pub restores: Vec<crate::views::RestoreView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RepositoryList {
+    pub repositories: Vec<crate::views::RepositoryView>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use super::ApiDoc;
+    use utoipa::OpenApi;
+
+    const METHODS: [&str; 7] = ["get", "post", "put", "delete", "patch", "head", "options"];
+
+    /// The path with its parameters unnamed: the router names one parameter per position
+    /// (`/backups/{id}/chain`), the document names what it holds (`/backups/{vm_name}/chain`).
+    fn unnamed(path: &str) -> String {
+        let mut out = String::new();
+        let mut inside = false;
+        for c in path.chars() {
+            match c {
+                '{' => {
+                    inside = true;
+                    out.push_str("{}");
+                }
+                '}' => inside = false,
+                _ if !inside => out.push(c),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// `(path, method)` of every `.route("path", get(..).post(..))` in the source text.
+    fn routes_in(src: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (at, _) in src.match_indices(".route(") {
+            let rest = src[at + ".route(".len()..].trim_start();
+            let Some(rest) = rest.strip_prefix('"') else {
+                continue;
+            };
+            let Some(end) = rest.find('"') else { continue };
+            let path = &rest[..end];
+            // The method router: up to the `)` that closes `.route(`.
+            let mut depth = 1;
+            let body: String = rest[end + 1..]
+                .chars()
+                .take_while(|c| {
+                    depth += match c {
+                        '(' => 1,
+                        ')' => -1,
+                        _ => 0,
+                    };
+                    depth > 0
+                })
+                .collect();
+            for method in METHODS {
+                for (i, _) in body.match_indices(&format!("{method}(")) {
+                    let before = body[..i].chars().next_back();
+                    if before.is_none_or(|c| !(c.is_alphanumeric() || c == '_')) {
+                        out.push((unnamed(path), method.to_owned()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn sources(dir: &Path, out: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                out.push((path.display().to_string(), text));
+            }
+        }
+    }
+
+    #[test]
+    fn route_scan_reads_method_chains() {
+        let src = r#"Router::new().route("/a/{id}", get(h::get).delete(h::delete))
+            .route("/b", post(create)).route_layer(x)"#;
+        assert_eq!(
+            routes_in(src),
+            [("/a/{}", "get"), ("/a/{}", "delete"), ("/b", "post")]
+                .map(|(p, m)| (p.to_owned(), m.to_owned()))
+        );
+    }
+
+    /// A route added to the router without an annotation (or an annotation left out of
+    /// `ApiDoc`'s `paths`) fails here: every `.route(..)` in `src/api/` must be in the document,
+    /// and the document must hold nothing else.
+    #[test]
+    fn every_route_is_in_the_document() {
+        let mut files = Vec::new();
+        sources(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api"),
+            &mut files,
+        );
+        let mut in_code = BTreeSet::new();
+        for (name, text) in &files {
+            // Test modules (this one's included) are not the router.
+            let text = text.split("#[cfg(test)]").next().unwrap();
+            // The scan only sees `.route(..)`: keep the router flat so it sees everything.
+            for other in [".nest(", ".route_service(", ".nest_service("] {
+                assert!(
+                    !text.contains(other),
+                    "{name} uses {other}: extend this test's scan"
+                );
+            }
+            in_code.extend(routes_in(text));
+        }
+        assert!(in_code.contains(&("/health".to_owned(), "get".to_owned())));
+        assert!(in_code.len() >= 18, "{in_code:?}");
+
+        let doc = ApiDoc::openapi();
+        let mut in_doc = BTreeSet::new();
+        for (path, item) in &doc.paths.paths {
+            let json = serde_json::to_value(item).unwrap();
+            for method in METHODS {
+                if json.get(method).is_some() {
+                    in_doc.insert((unnamed(path), method.to_owned()));
+                }
+            }
+        }
+        let missing: Vec<_> = in_code.difference(&in_doc).collect();
+        assert!(
+            missing.is_empty(),
+            "routes without an OpenAPI annotation: {missing:?}"
+        );
+        let extra: Vec<_> = in_doc.difference(&in_code).collect();
+        assert!(extra.is_empty(), "documented but not routed: {extra:?}");
+    }
+
+    #[test]
+    fn document_is_openapi_3_1_with_errors_and_bearer() {
+        let doc: serde_json::Value = serde_json::from_str(&super::DOCUMENT).unwrap();
+        assert!(
+            doc["openapi"].as_str().unwrap().starts_with("3.1"),
+            "{}",
+            doc["openapi"]
+        );
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer_token"]["scheme"],
+            "bearer"
+        );
+        let list = &doc["paths"]["/api/v1/backups"]["get"];
+        assert_eq!(
+            list["responses"]["401"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/ErrorBody"
+        );
+        // Public routes need no token, so they cannot answer 401.
+        assert!(
+            doc["paths"]["/health"]["get"]["responses"]
+                .get("401")
+                .is_none()
+        );
+        assert!(
+            doc["paths"]["/api/v1/openapi.json"]["get"]["responses"]
+                .get("401")
+                .is_none()
+        );
+        let links = &doc["paths"]["/api/v1/backups"]["post"]["responses"]["200"]["links"];
+        assert_eq!(links["GetBackup"]["operationId"], "get_backup");
+        assert_eq!(
+            doc["paths"]["/api/v1/restores"]["post"]["responses"]["200"]["links"]["DeleteRestore"]
+                ["parameters"]["id"],
+            "$response.body#/restore_id"
+        );
+        let required = doc["components"]["schemas"]["ErrorBody"]["required"].clone();
+        assert_eq!(
+            required,
+            serde_json::json!(["error", "details", "code", "timestamp"])
+        );
+    }
+}
