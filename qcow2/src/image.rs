@@ -11,7 +11,7 @@ use crate::compress::{self, CompressionType};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{self, Header, L2Entry};
 use crate::meta::{Geometry, Meta};
-use crate::storage::{FileStorage, Storage};
+use crate::storage::{self, FileStorage, Storage};
 use crate::{Extent, ExtentKind, ImageInfo, OpenOptions};
 
 pub struct Image {
@@ -103,7 +103,8 @@ impl Image {
                 )
             })?;
         }
-        let st: Arc<dyn Storage> = Arc::new(fst);
+        let st = storage::open_file_storage(fst, opts.storage_io, opts.writable)
+            .map_err(|e| Error::io(e, format!("direct I/O on {}", path.display())))?;
         let mut img = Self::open_storage(st, opts)?;
         img.path = path.to_path_buf();
         if let (Some(name), true) = (img.header.backing_file.clone(), opts.open_backing) {
@@ -158,10 +159,11 @@ impl Image {
                 let f = std::fs::File::open(path).map_err(|e| {
                     Error::io(e, format!("opening backing file {}", path.display()))
                 })?;
-                let st = FileStorage::new(f);
+                let st = storage::open_file_storage(FileStorage::new(f), opts.storage_io, false)
+                    .map_err(|e| Error::io(e, format!("direct I/O on {}", path.display())))?;
                 let size = st.len().map_err(|e| Error::io(e, "backing file size"))?;
                 Ok(Backing::Raw {
-                    st: Arc::new(st),
+                    st,
                     size,
                     path: path.to_path_buf(),
                     format: fmt,
@@ -278,6 +280,12 @@ impl Image {
 
     pub fn cluster_size(&self) -> u64 {
         self.geo.cluster_size
+    }
+
+    /// Buffer address alignment at which data reaches the storage without a copy (1 for the
+    /// buffered backend; the direct-I/O alignment for the direct one).
+    pub fn io_alignment(&self) -> usize {
+        self.st.io_alignment()
     }
 
     pub fn is_writable(&self) -> bool {
