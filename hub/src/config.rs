@@ -31,6 +31,8 @@ pub struct Config {
     /// Request payload bytes (WRITE data, READ replies) all NBD connections hold in memory
     /// together; the bound on the hub's data memory whatever the number of clients.
     pub max_in_flight_bytes: usize,
+    /// How image files are written: `auto` (direct I/O except on tmpfs), `direct`, `buffered`.
+    pub storage_io: qcow2::StorageIo,
 }
 
 impl Default for Config {
@@ -48,6 +50,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             max_connections_per_export: 16,
             max_in_flight_bytes: 128 << 20,
+            storage_io: qcow2::StorageIo::Auto,
         }
     }
 }
@@ -68,6 +71,8 @@ pub struct FileConfig {
     pub shutdown_grace_secs: Option<u64>,
     pub max_connections_per_export: Option<usize>,
     pub max_in_flight_mib: Option<u64>,
+    /// "auto", "direct" or "buffered".
+    pub storage_io: Option<String>,
 }
 
 /// Values from flags or the environment; they win over the file.
@@ -79,6 +84,7 @@ pub struct Overrides {
     pub nbd_host: Option<String>,
     pub api_token: Option<String>,
     pub stale_after_secs: Option<u64>,
+    pub storage_io: Option<qcow2::StorageIo>,
 }
 
 impl FileConfig {
@@ -127,6 +133,11 @@ impl Config {
                     .and_then(|m| m.checked_mul(1 << 20))
                     .ok_or_else(|| Error::Config("max_in_flight_mib is too large".into()))?,
                 None => d.max_in_flight_bytes,
+            },
+            storage_io: match (flags.storage_io, file.storage_io) {
+                (Some(io), _) => io,
+                (None, Some(s)) => s.parse().map_err(Error::Config)?,
+                (None, None) => d.storage_io,
             },
         };
         config.validate()?;
@@ -207,6 +218,31 @@ mod tests {
             let err = Config::resolve(file, Overrides::default()).unwrap_err();
             assert!(err.to_string().contains("max_in_flight_mib"), "{err}");
         }
+    }
+
+    #[test]
+    fn storage_io_comes_from_flag_or_file() {
+        let file: FileConfig = toml::from_str("storage_io = \"buffered\"").unwrap();
+        let c = Config::resolve(file, Overrides::default()).unwrap();
+        assert_eq!(c.storage_io, qcow2::StorageIo::Buffered);
+        let file: FileConfig = toml::from_str("storage_io = \"buffered\"").unwrap();
+        let flags = Overrides {
+            storage_io: Some(qcow2::StorageIo::Direct),
+            ..Overrides::default()
+        };
+        assert_eq!(
+            Config::resolve(file, flags).unwrap().storage_io,
+            qcow2::StorageIo::Direct
+        );
+        assert_eq!(
+            Config::resolve(FileConfig::default(), Overrides::default())
+                .unwrap()
+                .storage_io,
+            qcow2::StorageIo::Auto
+        );
+        let bad: FileConfig = toml::from_str("storage_io = \"fast\"").unwrap();
+        let err = Config::resolve(bad, Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("storage I/O"), "{err}");
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct ServeArgs {
     /// Seconds without NBD traffic after which a backup fails as stale [default: 3600].
     #[arg(long, value_name = "SECS", env = "SENDENSE_HUB_STALE_AFTER")]
     stale_after: Option<u64>,
+    /// Image file I/O: auto (direct except on tmpfs), direct or buffered [default: auto].
+    #[arg(long, value_name = "MODE", env = "SENDENSE_HUB_STORAGE_IO")]
+    storage_io: Option<qcow2::StorageIo>,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -40,6 +43,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         // The token is never a flag: flags show up in `ps`.
         api_token: std::env::var("SENDENSE_HUB_API_TOKEN").ok(),
         stale_after_secs: args.stale_after,
+        storage_io: args.storage_io,
     };
     let config = Config::resolve(file, overrides)?;
     let shutdown = super::shutdown_on_signal()?;

@@ -43,6 +43,9 @@ pub struct ServeImageArgs {
     /// connections (K, M, G suffixes); bounds the server's memory.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "128M")]
     max_in_flight: u64,
+    /// Image file I/O: auto (direct I/O except on tmpfs), direct or buffered.
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    storage_io: qcow2::StorageIo,
     image: PathBuf,
 }
 
@@ -54,6 +57,7 @@ pub async fn run(args: ServeImageArgs) -> anyhow::Result<()> {
     let opts = OpenOptions {
         writable: !args.read_only,
         open_backing: true,
+        storage_io: args.storage_io,
         ..OpenOptions::default()
     };
     let path = args.image.clone();
@@ -128,6 +132,7 @@ fn create(args: &ServeImageArgs, size: u64) -> anyhow::Result<()> {
     }
     let mut opts = CreateOptions {
         size,
+        storage_io: args.storage_io,
         ..CreateOptions::default()
     };
     if let Some(cluster_size) = args.cluster_size {
