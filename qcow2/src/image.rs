@@ -631,21 +631,10 @@ impl Image {
         for c in first..first + n {
             m.inflight.insert(c);
         }
-        let reservation = m.take_reservation();
+        m.reserve_ahead();
         drop(m);
-        // Other requests go on while this one reserves the next stretch of the file.
-        let reserved = reservation.map(|(start, end)| {
-            let ok = self.st.allocate(start, end - start);
-            if let Err(e) = &ok {
-                tracing::debug!(start, end, error = %e, "preallocation failed; not trying again");
-            }
-            (end, ok.is_ok())
-        });
         let res = self.write_fresh(pos, buf, first, n, host, e, tail_old);
         let mut m = self.meta.lock();
-        if let Some((end, ok)) = reserved {
-            m.reservation_done(end, ok);
-        }
         let mut out = res;
         if out.is_ok() {
             for i in 0..n {
@@ -890,6 +879,7 @@ impl Image {
             return Ok(());
         }
         let mut m = self.meta.lock();
+        m.finish_reservation(true);
         m.writeback()?;
         if m.has_pending() {
             // The first pass released clusters; their refcounts go out now.

@@ -83,3 +83,53 @@ fn images_stay_thin_after_close() {
         assert!(actual >= 24 << 20, "{io}: actual size {actual}");
     }
 }
+
+/// The file is reserved ahead of the allocation frontier while the image is open, never past
+/// what the image can use (a 16 MiB disk never grows to a 256 MiB step), and trimmed at close.
+#[test]
+fn preallocation_runs_ahead_but_stays_within_the_image() {
+    for io in [StorageIo::Buffered, StorageIo::Direct] {
+        let Some(dir) = scratch_dir(io) else {
+            continue;
+        };
+        let small = dir.path().join("small.qcow2");
+        make(&small, 16 << 20);
+        let img = open(&small, io, true);
+        for i in 0..16u64 {
+            img.write_at(i << 20, &vec![i as u8 + 1; 1 << 20]).unwrap();
+        }
+        let len = std::fs::metadata(&small).unwrap().len();
+        assert!(len <= 18 << 20, "{io}: a 16 MiB image's file grew to {len}");
+        img.close().unwrap();
+        check_clean(&small);
+
+        let big = dir.path().join("big.qcow2");
+        make(&big, 8 << 30);
+        let img = open(&big, io, true);
+        // Reservations run on their own thread: write on, pausing between writes, until one shows
+        // as file length ahead of the data (tmpfs reserves nothing).
+        let fs = std::process::Command::new("stat")
+            .args(["-f", "-c", "%T"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let on_tmpfs = String::from_utf8_lossy(&fs.stdout).trim() == "tmpfs";
+        let mut written = 0u64;
+        while !on_tmpfs && std::fs::metadata(&big).unwrap().len() < written + (3 << 20) {
+            assert!(
+                written < 64 << 20,
+                "{io}: no preallocation ahead of the data"
+            );
+            img.write_at(written, &vec![0x77; 1 << 20]).unwrap();
+            written += 1 << 20;
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        img.close().unwrap();
+        check_clean(&big);
+        let len = std::fs::metadata(&big).unwrap().len();
+        assert!(
+            len < written + (1 << 20),
+            "{io}: file length {len} after close, {written} written"
+        );
+    }
+}
