@@ -170,6 +170,10 @@ impl Export for ImageExport {
         self.preferred
     }
 
+    fn buffer_alignment(&self) -> usize {
+        self.image.io_alignment()
+    }
+
     async fn read(&self, offset: u64, len: u32) -> Result<Bytes, ExportError> {
         self.blocking(move |image| {
             let mut buf = readbuf::take(len as usize);

@@ -15,6 +15,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::io::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
 
@@ -127,6 +128,8 @@ pub struct DirectStorage {
     file: FileStorage,
     align: DioAlign,
     rmw: [Mutex<()>; RMW_STRIPES],
+    /// Caller bytes that went through a bounce buffer (the cost alignment end to end avoids).
+    bounced: AtomicU64,
 }
 
 impl DirectStorage {
@@ -144,11 +147,17 @@ impl DirectStorage {
             file,
             align,
             rmw: std::array::from_fn(|_| Mutex::new(())),
+            bounced: AtomicU64::new(0),
         })
     }
 
     pub fn alignment(&self) -> DioAlign {
         self.align
+    }
+
+    /// Bytes of reads and writes that were copied through a bounce buffer so far.
+    pub fn bounced_bytes(&self) -> u64 {
+        self.bounced.load(Ordering::Relaxed)
     }
 
     /// The file-level calls shared with the buffered backend (the writer's lock).
@@ -216,6 +225,7 @@ impl Storage for DirectStorage {
             };
         }
         let (start, end) = self.span(offset, buf.len())?;
+        self.bounced.fetch_add(buf.len() as u64, Ordering::Relaxed);
         let mut bounce = AlignedBuf::zeroed((end - start) as usize, self.align.mem);
         let done = uring::run(
             self.fd(),
@@ -241,6 +251,7 @@ impl Storage for DirectStorage {
             return Ok(());
         }
         let (start, end) = self.span(offset, buf.len())?;
+        self.bounced.fetch_add(buf.len() as u64, Ordering::Relaxed);
         let a = self.align.offset;
         let mut bounce = AlignedBuf::zeroed((end - start) as usize, self.align.mem);
         let at = (offset - start) as usize;
