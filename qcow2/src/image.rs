@@ -691,7 +691,8 @@ impl Image {
         let wrote = if !head_partial && !tail_partial {
             self.st.write_at(&buf[..len], host)
         } else {
-            let mut bounce = vec![0u8; n as usize * cs];
+            // Aligned for the storage, so a direct-I/O backend writes it without another copy.
+            let mut bounce = storage::AlignedBuf::zeroed(n as usize * cs, self.st.io_alignment());
             if head_partial {
                 self.cow_source(first, head_old, &mut bounce[..cs])?;
             }

@@ -141,3 +141,44 @@ fn concurrent_unaligned_writes_into_one_block_lose_nothing() {
         assert_eq!(v, t << 32 | ROUNDS, "piece {piece}");
     }
 }
+
+/// A direct write the kernel refuses is an error to the caller, not retried through the page
+/// cache: here the file descriptor is read-only, so every write fails with EBADF.
+#[test]
+fn a_failed_direct_write_is_an_error_not_a_fallback() {
+    let Some(dir) = scratch_dir(StorageIo::Direct) else {
+        return;
+    };
+    let path = dir.path().join("a.qcow2");
+    qcow2::Image::create(
+        &path,
+        &qcow2::CreateOptions {
+            size: 4 << 20,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let ro = std::fs::File::open(&path).unwrap();
+    let st: Arc<dyn Storage> = Arc::new(
+        DirectStorage::new(FileStorage::new(ro))
+            .map_err(|(e, _)| e)
+            .unwrap(),
+    );
+    let img = qcow2::Image::open_storage(
+        st.clone(),
+        &qcow2::OpenOptions {
+            writable: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for (off, len) in [(0u64, 1usize << 20), (777, 5000)] {
+        let e = img.write_at(off, &vec![1u8; len]).unwrap_err();
+        assert_eq!(e.kind(), qcow2::ErrorKind::Io, "{e}");
+    }
+    let e = st.write_at(&[1u8; 512], 0).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EBADF));
+    drop(img);
+    assert!(std::fs::read(&path).unwrap() == before, "the file changed");
+}

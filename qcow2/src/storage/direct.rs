@@ -314,8 +314,22 @@ impl Storage for DirectStorage {
         self.file.set_len(len)
     }
 
+    /// `fallocate` only. The buffered backend grows the file with `ftruncate` where the
+    /// filesystem has no `fallocate`, which is safe there because its writes take the same lock;
+    /// direct writes do not, and a truncate racing a write past the old end would cut it off. So
+    /// here the reservation fails instead (and the image stops reserving).
     fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.file.allocate(offset, len)
+        let (Ok(off), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(io::Error::from_raw_os_error(libc::EFBIG));
+        };
+        // SAFETY: fallocate only reads its integer arguments; the fd is owned by `self.file` and
+        // open for the duration of the call.
+        let rc = unsafe { libc::fallocate(self.fd(), 0, off, l) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 
     fn reserve_pays(&self) -> bool {
