@@ -207,7 +207,7 @@ impl Image {
         if img.writable && img.header.autoclear_features != 0 {
             // We keep none of the autoclear structures (bitmaps) up to date: declare them stale.
             img.st
-                .write_at(&[0u8; 8], 88)
+                .write_at(&[0u8; 8], format::hdr::AUTOCLEAR_FEATURES as u64)
                 .and_then(|()| img.st.flush())
                 .map_err(|e| Error::io(e, "clearing autoclear features"))?;
         }

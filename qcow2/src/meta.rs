@@ -620,7 +620,9 @@ impl Meta {
         let mut hdr = [0u8; 12];
         hdr[..8].copy_from_slice(&host.to_be_bytes());
         hdr[8..].copy_from_slice(&(new_clusters as u32).to_be_bytes());
-        self.write(&hdr, 48, "header (refcount table pointer)")?;
+        // Offset and cluster count are adjacent: one write switches both.
+        let at = format::hdr::REFCOUNT_TABLE_OFFSET as u64;
+        self.write(&hdr, at, "header (refcount table pointer)")?;
         self.sync()?;
         let old = self.reftable_offset >> self.geo.cluster_bits;
         let old_clusters = old_len / per_cluster;
