@@ -160,11 +160,6 @@ impl DirectStorage {
         self.bounced.load(Ordering::Relaxed)
     }
 
-    /// The file-level calls shared with the buffered backend (the writer's lock).
-    pub fn file_storage(&self) -> &FileStorage {
-        &self.file
-    }
-
     fn fd(&self) -> RawFd {
         self.file.file().as_raw_fd()
     }
