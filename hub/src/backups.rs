@@ -377,8 +377,9 @@ impl Hub {
             let backing: Option<PathBuf> = parent
                 .and_then(|p| p.disk(d.disk_id))
                 .map(|pd| pd.qcow2_path.clone());
-            create_image(path.clone(), d.capacity_bytes, backing).await?;
-            let image = open_image(path.clone(), true).await?;
+            let io = self.config.storage_io;
+            create_image(path.clone(), d.capacity_bytes, backing, io).await?;
+            let image = open_image(path.clone(), true, io).await?;
             let export_name = format!("{vm_dir}-{}-disk{}", random_hex(), d.disk_id);
             let export = ImageExport::new(Arc::clone(&image));
             let written = export.written_counter();

@@ -49,6 +49,8 @@ pub struct Config {
     pub api_tls: bool,
     /// Credentials for HTTPS when they differ from `tls_creds`.
     pub api_tls_creds: Option<PathBuf>,
+    /// How image files are written: `auto` (direct I/O except on tmpfs), `direct`, `buffered`.
+    pub storage_io: qcow2::StorageIo,
 }
 
 impl Default for Config {
@@ -76,6 +78,7 @@ impl Default for Config {
             tls_verify_peer: false,
             api_tls: false,
             api_tls_creds: None,
+            storage_io: qcow2::StorageIo::Auto,
         }
     }
 }
@@ -105,6 +108,8 @@ pub struct FileConfig {
     /// "off" or "on".
     pub api_tls: Option<String>,
     pub api_tls_creds: Option<PathBuf>,
+    /// "auto", "direct" or "buffered".
+    pub storage_io: Option<String>,
 }
 
 /// Values from flags or the environment; they win over the file.
@@ -121,6 +126,7 @@ pub struct Overrides {
     pub tls: Option<String>,
     pub tls_creds: Option<PathBuf>,
     pub api_tls: Option<String>,
+    pub storage_io: Option<qcow2::StorageIo>,
 }
 
 impl FileConfig {
@@ -189,6 +195,11 @@ impl Config {
                 }
             },
             api_tls_creds: file.api_tls_creds,
+            storage_io: match (flags.storage_io, file.storage_io) {
+                (Some(io), _) => io,
+                (None, Some(s)) => s.parse().map_err(Error::Config)?,
+                (None, None) => d.storage_io,
+            },
         };
         config.validate()?;
         Ok(config)
@@ -300,6 +311,31 @@ mod tests {
             let err = Config::resolve(file, Overrides::default()).unwrap_err();
             assert!(err.to_string().contains(want), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn storage_io_comes_from_flag_or_file() {
+        let file: FileConfig = toml::from_str("storage_io = \"buffered\"").unwrap();
+        let c = Config::resolve(file, Overrides::default()).unwrap();
+        assert_eq!(c.storage_io, qcow2::StorageIo::Buffered);
+        let file: FileConfig = toml::from_str("storage_io = \"buffered\"").unwrap();
+        let flags = Overrides {
+            storage_io: Some(qcow2::StorageIo::Direct),
+            ..Overrides::default()
+        };
+        assert_eq!(
+            Config::resolve(file, flags).unwrap().storage_io,
+            qcow2::StorageIo::Direct
+        );
+        assert_eq!(
+            Config::resolve(FileConfig::default(), Overrides::default())
+                .unwrap()
+                .storage_io,
+            qcow2::StorageIo::Auto
+        );
+        let bad: FileConfig = toml::from_str("storage_io = \"fast\"").unwrap();
+        let err = Config::resolve(bad, Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("storage I/O"), "{err}");
     }
 
     #[test]

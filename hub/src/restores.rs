@@ -46,7 +46,7 @@ impl Hub {
                 backup.status.as_str()
             )));
         }
-        let image = open_image(disk.qcow2_path.clone(), false).await?;
+        let image = open_image(disk.qcow2_path.clone(), false, self.config.storage_io).await?;
         let export_name = format!(
             "restore-{}-{}-disk{}",
             safe_name(&backup.vm_name),

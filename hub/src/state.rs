@@ -294,9 +294,15 @@ pub fn random_hex() -> String {
     format!("{:016x}", rand::rng().random::<u64>())
 }
 
-pub(crate) async fn create_image(path: PathBuf, size: u64, backing: Option<PathBuf>) -> Result<()> {
+pub(crate) async fn create_image(
+    path: PathBuf,
+    size: u64,
+    backing: Option<PathBuf>,
+    storage_io: qcow2::StorageIo,
+) -> Result<()> {
     let opts = CreateOptions {
         size,
+        storage_io,
         backing_format: backing.as_ref().map(|_| "qcow2".to_owned()),
         backing_file: backing,
         ..CreateOptions::default()
@@ -305,9 +311,14 @@ pub(crate) async fn create_image(path: PathBuf, size: u64, backing: Option<PathB
 }
 
 /// Open an image the hub created itself, with its backing chain.
-pub(crate) async fn open_image(path: PathBuf, writable: bool) -> Result<Arc<Image>> {
+pub(crate) async fn open_image(
+    path: PathBuf,
+    writable: bool,
+    storage_io: qcow2::StorageIo,
+) -> Result<Arc<Image>> {
     let opts = OpenOptions {
         writable,
+        storage_io,
         open_backing: true,
         ..OpenOptions::default()
     };

@@ -10,12 +10,36 @@ const SIZE: usize = 8 << 20;
 
 #[test]
 fn nbdcopy_in_and_out_then_sigterm_leaves_a_clean_identical_image() {
-    let dir = tempfile::tempdir().unwrap();
+    for io in ["buffered", "direct"] {
+        nbdcopy_in_and_out(io);
+    }
+}
+
+/// With `--storage-io io`, in a directory on the build's filesystem (`/tmp` may be tmpfs).
+fn nbdcopy_in_and_out(io: &str) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    if io == "direct" {
+        let probe = std::fs::File::create(tmp_path(&dir, "probe")).unwrap();
+        if let Err((e, _)) = qcow2::DirectStorage::new(qcow2::FileStorage::new(probe)) {
+            eprintln!("skipping --storage-io direct: {e}");
+            return;
+        }
+    }
     let src = tmp_path(&dir, "src.raw");
     let image = tmp_path(&dir, "disk.qcow2");
     make_raw(&src, SIZE, 1);
 
-    let (mut server, uri) = serve_image(&["--listen", "127.0.0.1:0", "--create", "8M"], &image);
+    let (mut server, uri) = serve_image(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--create",
+            "8M",
+            "--storage-io",
+            io,
+        ],
+        &image,
+    );
     assert!(uri.starts_with("nbd://127.0.0.1:"), "{uri}");
     run_ok(
         Command::new("nbdcopy")
@@ -205,6 +229,12 @@ fn bad_arguments_are_refused() {
     run_expect(
         Command::new(BIN)
             .args(["serve-image", "--create", "1X"])
+            .arg(&image),
+        &[2],
+    );
+    run_expect(
+        Command::new(BIN)
+            .args(["serve-image", "--storage-io", "fast"])
             .arg(&image),
         &[2],
     );

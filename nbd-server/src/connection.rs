@@ -137,6 +137,7 @@ where
         style,
         has_contexts: !ctx.contexts.is_empty(),
     };
+    let align = export.buffer_alignment();
     let byte_budget = ctx.max_in_flight_bytes.clamp(1, Semaphore::MAX_PERMITS) as u64;
     let total_budget = ctx.total_budget as u64;
     let count_sem = Arc::new(Semaphore::new(MAX_REQUESTS_IN_FLIGHT));
@@ -217,7 +218,7 @@ where
             unreachable!("the semaphores are never closed");
         };
         let payload = if payload_len > 0 {
-            match read_payload(reader, &mut buf, payload_len as usize, pool).await {
+            match read_payload(reader, &mut buf, payload_len as usize, align, pool).await {
                 Ok(p) => p,
                 Err(e) => return End::Io(e),
             }
@@ -292,12 +293,13 @@ async fn read_payload<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
     len: usize,
+    align: usize,
     pool: &BufPool,
 ) -> io::Result<Bytes> {
     if buf.len() >= len {
         return Ok(buf.split_to(len).freeze());
     }
-    let mut payload = pool.take(len);
+    let mut payload = pool.take(len, align);
     payload.put(buf.split());
     while payload.len() < len {
         let want = len - payload.len();

@@ -68,6 +68,11 @@ pub trait Export: Send + Sync + 'static {
     fn preferred_block_size(&self) -> u32 {
         4096
     }
+    /// Address alignment WRITE payload buffers should have, so the export can hand them to its
+    /// storage without a copy (direct I/O wants aligned buffers). A power of two; 1 = any.
+    fn buffer_alignment(&self) -> usize {
+        1
+    }
     async fn read(&self, offset: u64, len: u32) -> Result<Bytes, ExportError>;
     /// `fua`: durable before returning.
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), ExportError>;

@@ -407,8 +407,11 @@ pub fn check_storage(st: &dyn Storage, repair: bool) -> Result<CheckReport> {
         // Refcounts are right again: the dirty / corrupt marks can go (as qemu-img check -r all).
         st.flush().map_err(|e| Error::io(e, "fdatasync"))?;
         let bits = w.h.incompatible_features & !marks;
-        st.write_at(&bits.to_be_bytes(), 72)
-            .map_err(|e| Error::io(e, "clearing dirty/corrupt bits"))?;
+        st.write_at(
+            &bits.to_be_bytes(),
+            format::hdr::INCOMPATIBLE_FEATURES as u64,
+        )
+        .map_err(|e| Error::io(e, "clearing dirty/corrupt bits"))?;
         w.report
             .push("Cleared the dirty/corrupt bits in the header".into());
     }

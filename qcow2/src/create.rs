@@ -8,7 +8,7 @@ use crate::chain;
 use crate::error::{Error, Result};
 use crate::format::{self, Header};
 use crate::image::Image;
-use crate::storage::{FileStorage, Storage};
+use crate::storage::{self, FileStorage, Storage};
 
 /// Lays out a new image in an empty storage: header, refcount table, refblocks, L1 table —
 /// computed to a fixed point so the refblocks count themselves.
@@ -124,7 +124,9 @@ pub(crate) fn create(path: &Path, opts: &crate::CreateOptions) -> Result<()> {
             .create_new(true)
             .open(&tmp)
             .map_err(|e| Error::io(e, format!("creating {}", tmp.display())))?;
-        write_new_image(&FileStorage::new(file), &mut header)?;
+        let st = storage::open_file_storage(FileStorage::new(file), opts.storage_io, true)
+            .map_err(|e| Error::io(e, format!("direct I/O on {}", tmp.display())))?;
+        write_new_image(&*st, &mut header)?;
         // A hard link fails instead of replacing an image that appeared meanwhile.
         std::fs::hard_link(&tmp, path)
             .map_err(|e| Error::io(e, format!("creating {}", path.display())))?;

@@ -22,6 +22,30 @@ pub const INCOMPAT_COMPRESSION: u64 = 1 << 3;
 pub const INCOMPAT_EXTL2: u64 = 1 << 4;
 pub const INCOMPAT_KNOWN: u64 = 0x1f;
 
+/// Byte offsets of the header fields (qcow2 spec, "Header"): version 2 ends at 72, version 3's
+/// fixed part at 104.
+pub mod hdr {
+    pub const MAGIC: usize = 0;
+    pub const VERSION: usize = 4;
+    pub const BACKING_FILE_OFFSET: usize = 8;
+    pub const BACKING_FILE_SIZE: usize = 16;
+    pub const CLUSTER_BITS: usize = 20;
+    pub const SIZE: usize = 24;
+    pub const CRYPT_METHOD: usize = 32;
+    pub const L1_SIZE: usize = 36;
+    pub const L1_TABLE_OFFSET: usize = 40;
+    pub const REFCOUNT_TABLE_OFFSET: usize = 48;
+    pub const REFCOUNT_TABLE_CLUSTERS: usize = 56;
+    pub const NB_SNAPSHOTS: usize = 60;
+    pub const SNAPSHOTS_OFFSET: usize = 64;
+    pub const INCOMPATIBLE_FEATURES: usize = 72;
+    pub const COMPATIBLE_FEATURES: usize = 80;
+    pub const AUTOCLEAR_FEATURES: usize = 88;
+    pub const REFCOUNT_ORDER: usize = 96;
+    pub const HEADER_LENGTH: usize = 100;
+    pub const COMPRESSION_TYPE: usize = 104;
+}
+
 pub const EXT_END: u32 = 0;
 pub const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
 pub const EXT_FEATURE_TABLE: u32 = 0x6803_f857;
@@ -116,12 +140,12 @@ impl Header {
     /// Bytes we need to read to get at the whole header: cluster 0 (the caller knows the cluster
     /// size only after the first 24 bytes). Returns None for a bad magic or cluster size.
     pub fn peek_cluster_size(prefix: &[u8]) -> Result<u64> {
-        if prefix.len() < 24 || be32(prefix, 0) != MAGIC {
+        if prefix.len() < 24 || be32(prefix, hdr::MAGIC) != MAGIC {
             return Err(Error::invalid_format(
                 "not a qcow2 image (bad magic at offset 0)",
             ));
         }
-        let bits = be32(prefix, 20);
+        let bits = be32(prefix, hdr::CLUSTER_BITS);
         if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&bits) {
             return Err(Error::unsupported(format!(
                 "cluster_bits {bits} at offset 20 not in 9..=21"
@@ -134,7 +158,7 @@ impl Header {
     /// need the file length happen here; [`Header::validate`] does the rest.
     pub fn decode(c0: &[u8]) -> Result<Self> {
         let cs = Self::peek_cluster_size(c0)?;
-        let version = be32(c0, 4);
+        let version = be32(c0, hdr::VERSION);
         if version != 2 && version != 3 {
             return Err(Error::unsupported(format!(
                 "qcow2 version {version} at offset 4"
@@ -149,17 +173,17 @@ impl Header {
         }
         let mut h = Header {
             version,
-            backing_file_offset: be64(c0, 8),
-            backing_file_size: be32(c0, 16),
-            cluster_bits: be32(c0, 20),
-            size: be64(c0, 24),
-            crypt_method: be32(c0, 32),
-            l1_size: be32(c0, 36),
-            l1_table_offset: be64(c0, 40),
-            refcount_table_offset: be64(c0, 48),
-            refcount_table_clusters: be32(c0, 56),
-            nb_snapshots: be32(c0, 60),
-            snapshots_offset: be64(c0, 64),
+            backing_file_offset: be64(c0, hdr::BACKING_FILE_OFFSET),
+            backing_file_size: be32(c0, hdr::BACKING_FILE_SIZE),
+            cluster_bits: be32(c0, hdr::CLUSTER_BITS),
+            size: be64(c0, hdr::SIZE),
+            crypt_method: be32(c0, hdr::CRYPT_METHOD),
+            l1_size: be32(c0, hdr::L1_SIZE),
+            l1_table_offset: be64(c0, hdr::L1_TABLE_OFFSET),
+            refcount_table_offset: be64(c0, hdr::REFCOUNT_TABLE_OFFSET),
+            refcount_table_clusters: be32(c0, hdr::REFCOUNT_TABLE_CLUSTERS),
+            nb_snapshots: be32(c0, hdr::NB_SNAPSHOTS),
+            snapshots_offset: be64(c0, hdr::SNAPSHOTS_OFFSET),
             incompatible_features: 0,
             compatible_features: 0,
             autoclear_features: 0,
@@ -171,11 +195,11 @@ impl Header {
             extensions: Vec::new(),
         };
         if version == 3 {
-            h.incompatible_features = be64(c0, 72);
-            h.compatible_features = be64(c0, 80);
-            h.autoclear_features = be64(c0, 88);
-            h.refcount_order = be32(c0, 96);
-            h.header_length = be32(c0, 100);
+            h.incompatible_features = be64(c0, hdr::INCOMPATIBLE_FEATURES);
+            h.compatible_features = be64(c0, hdr::COMPATIBLE_FEATURES);
+            h.autoclear_features = be64(c0, hdr::AUTOCLEAR_FEATURES);
+            h.refcount_order = be32(c0, hdr::REFCOUNT_ORDER);
+            h.header_length = be32(c0, hdr::HEADER_LENGTH);
             if h.header_length < 104 || h.header_length % 8 != 0 {
                 return Err(Error::corrupt(format!(
                     "header_length {} at offset 100 (must be >= 104, a multiple of 8)",
@@ -189,7 +213,7 @@ impl Header {
                 )));
             }
             if h.header_length > 104 {
-                h.compression_type = c0[104];
+                h.compression_type = c0[hdr::COMPRESSION_TYPE];
             }
         }
         if h.refcount_order > 6 {
@@ -402,26 +426,26 @@ impl Header {
             None => (0, 0),
         };
         let mut put32 = |o: usize, v: u32| c0[o..o + 4].copy_from_slice(&v.to_be_bytes());
-        put32(0, MAGIC);
-        put32(4, 3);
-        put32(16, bf_len);
-        put32(20, self.cluster_bits);
-        put32(32, self.crypt_method);
-        put32(36, self.l1_size);
-        put32(56, self.refcount_table_clusters);
-        put32(60, self.nb_snapshots);
-        put32(96, self.refcount_order);
-        put32(100, V3_HEADER_LEN);
+        put32(hdr::MAGIC, MAGIC);
+        put32(hdr::VERSION, 3);
+        put32(hdr::BACKING_FILE_SIZE, bf_len);
+        put32(hdr::CLUSTER_BITS, self.cluster_bits);
+        put32(hdr::CRYPT_METHOD, self.crypt_method);
+        put32(hdr::L1_SIZE, self.l1_size);
+        put32(hdr::REFCOUNT_TABLE_CLUSTERS, self.refcount_table_clusters);
+        put32(hdr::NB_SNAPSHOTS, self.nb_snapshots);
+        put32(hdr::REFCOUNT_ORDER, self.refcount_order);
+        put32(hdr::HEADER_LENGTH, V3_HEADER_LEN);
         let mut put64 = |o: usize, v: u64| c0[o..o + 8].copy_from_slice(&v.to_be_bytes());
-        put64(8, bf_off);
-        put64(24, self.size);
-        put64(40, self.l1_table_offset);
-        put64(48, self.refcount_table_offset);
-        put64(64, self.snapshots_offset);
-        put64(72, self.incompatible_features);
-        put64(80, self.compatible_features);
-        put64(88, self.autoclear_features);
-        c0[104] = self.compression_type;
+        put64(hdr::BACKING_FILE_OFFSET, bf_off);
+        put64(hdr::SIZE, self.size);
+        put64(hdr::L1_TABLE_OFFSET, self.l1_table_offset);
+        put64(hdr::REFCOUNT_TABLE_OFFSET, self.refcount_table_offset);
+        put64(hdr::SNAPSHOTS_OFFSET, self.snapshots_offset);
+        put64(hdr::INCOMPATIBLE_FEATURES, self.incompatible_features);
+        put64(hdr::COMPATIBLE_FEATURES, self.compatible_features);
+        put64(hdr::AUTOCLEAR_FEATURES, self.autoclear_features);
+        c0[hdr::COMPRESSION_TYPE] = self.compression_type;
         Ok(c0)
     }
 }

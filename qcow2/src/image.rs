@@ -11,7 +11,7 @@ use crate::compress::{self, CompressionType};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{self, Header, L2Entry};
 use crate::meta::{Geometry, Meta};
-use crate::storage::{FileStorage, Storage};
+use crate::storage::{self, FileStorage, Storage};
 use crate::{Extent, ExtentKind, ImageInfo, OpenOptions};
 
 pub struct Image {
@@ -103,7 +103,8 @@ impl Image {
                 )
             })?;
         }
-        let st: Arc<dyn Storage> = Arc::new(fst);
+        let st = storage::open_file_storage(fst, opts.storage_io, opts.writable)
+            .map_err(|e| Error::io(e, format!("direct I/O on {}", path.display())))?;
         let mut img = Self::open_storage(st, opts)?;
         img.path = path.to_path_buf();
         if let (Some(name), true) = (img.header.backing_file.clone(), opts.open_backing) {
@@ -158,10 +159,11 @@ impl Image {
                 let f = std::fs::File::open(path).map_err(|e| {
                     Error::io(e, format!("opening backing file {}", path.display()))
                 })?;
-                let st = FileStorage::new(f);
+                let st = storage::open_file_storage(FileStorage::new(f), opts.storage_io, false)
+                    .map_err(|e| Error::io(e, format!("direct I/O on {}", path.display())))?;
                 let size = st.len().map_err(|e| Error::io(e, "backing file size"))?;
                 Ok(Backing::Raw {
-                    st: Arc::new(st),
+                    st,
                     size,
                     path: path.to_path_buf(),
                     format: fmt,
@@ -205,7 +207,7 @@ impl Image {
         if img.writable && img.header.autoclear_features != 0 {
             // We keep none of the autoclear structures (bitmaps) up to date: declare them stale.
             img.st
-                .write_at(&[0u8; 8], 88)
+                .write_at(&[0u8; 8], format::hdr::AUTOCLEAR_FEATURES as u64)
                 .and_then(|()| img.st.flush())
                 .map_err(|e| Error::io(e, "clearing autoclear features"))?;
         }
@@ -278,6 +280,12 @@ impl Image {
 
     pub fn cluster_size(&self) -> u64 {
         self.geo.cluster_size
+    }
+
+    /// Buffer address alignment at which data reaches the storage without a copy (1 for the
+    /// buffered backend; the direct-I/O alignment for the direct one).
+    pub fn io_alignment(&self) -> usize {
+        self.st.io_alignment()
     }
 
     pub fn is_writable(&self) -> bool {
@@ -623,21 +631,10 @@ impl Image {
         for c in first..first + n {
             m.inflight.insert(c);
         }
-        let reservation = m.take_reservation();
+        m.reserve_ahead();
         drop(m);
-        // Other requests go on while this one reserves the next stretch of the file.
-        let reserved = reservation.map(|(start, end)| {
-            let ok = self.st.allocate(start, end - start);
-            if let Err(e) = &ok {
-                tracing::debug!(start, end, error = %e, "preallocation failed; not trying again");
-            }
-            (end, ok.is_ok())
-        });
         let res = self.write_fresh(pos, buf, first, n, host, e, tail_old);
         let mut m = self.meta.lock();
-        if let Some((end, ok)) = reserved {
-            m.reservation_done(end, ok);
-        }
         let mut out = res;
         if out.is_ok() {
             for i in 0..n {
@@ -694,7 +691,8 @@ impl Image {
         let wrote = if !head_partial && !tail_partial {
             self.st.write_at(&buf[..len], host)
         } else {
-            let mut bounce = vec![0u8; n as usize * cs];
+            // Aligned for the storage, so a direct-I/O backend writes it without another copy.
+            let mut bounce = storage::AlignedBuf::zeroed(n as usize * cs, self.st.io_alignment());
             if head_partial {
                 self.cow_source(first, head_old, &mut bounce[..cs])?;
             }
@@ -882,6 +880,7 @@ impl Image {
             return Ok(());
         }
         let mut m = self.meta.lock();
+        m.finish_reservation(true);
         m.writeback()?;
         if m.has_pending() {
             // The first pass released clusters; their refcounts go out now.

@@ -33,7 +33,7 @@ use std::path::PathBuf;
 
 pub use error::{Error, ErrorKind, Result};
 pub use image::Image;
-pub use storage::{FileStorage, MemStorage, Storage};
+pub use storage::{DirectStorage, FileStorage, MemStorage, Storage, StorageIo};
 
 /// One fuzz case: open `data` as an image held in memory (read-only, then writable), read,
 /// query block status, check and write. Errors are fine; panics, hangs and huge allocations are
@@ -90,6 +90,9 @@ pub struct CreateOptions {
     pub backing_file: Option<PathBuf>,
     /// Backing format written into the header extension ("qcow2" or "raw"); default "qcow2".
     pub backing_format: Option<String>,
+    /// How the new file's metadata is written (see [`StorageIo`]; `Auto` goes direct where
+    /// the filesystem allows it).
+    pub storage_io: StorageIo,
 }
 
 impl Default for CreateOptions {
@@ -99,6 +102,7 @@ impl Default for CreateOptions {
             cluster_size: 65536,
             backing_file: None,
             backing_format: None,
+            storage_io: StorageIo::Auto,
         }
     }
 }
@@ -114,6 +118,8 @@ pub struct OpenOptions {
     /// Bytes of L2 tables kept in memory (a bound: tables are loaded lazily). The default covers
     /// a 2 TiB image at 64 KiB clusters. Refcount blocks get an eighth of this.
     pub l2_cache_bytes: usize,
+    /// Page cache or direct I/O for the image files (see [`StorageIo`]).
+    pub storage_io: StorageIo,
 }
 
 impl Default for OpenOptions {
@@ -123,6 +129,7 @@ impl Default for OpenOptions {
             open_backing: false,
             max_chain_depth: 64,
             l2_cache_bytes: 256 << 20,
+            storage_io: StorageIo::Auto,
         }
     }
 }

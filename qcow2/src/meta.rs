@@ -121,11 +121,16 @@ pub struct Meta {
     rb_dirty: usize,
     /// First cluster never handed out; everything from here on is free.
     pub frontier: u64,
-    /// The file is reserved (fallocated) up to here, or will be once the reservation handed
-    /// out by [`Meta::take_reservation`] completes.
+    /// The file is reserved (fallocated) up to here.
     prealloc_end: u64,
-    /// A reservation is running outside the lock (at most one at a time).
-    reserving: bool,
+    /// The reservation running on its own thread (at most one): the end it reserves up to, and
+    /// the thread, which returns whether it succeeded.
+    reserving: Option<(u64, std::thread::JoinHandle<bool>)>,
+    /// Largest stretch reserved at once ([`Storage::reserve_step`]).
+    reserve_step: u64,
+    /// Reservations never reach past this: the file this image needs with every guest cluster
+    /// allocated once (data, L2 tables, refblocks) on top of what it held when opened.
+    usable_end: u64,
     /// Reservation failed once (e.g. ENOSPC): stop trying; writes grow the file themselves.
     prealloc_off: bool,
     /// Length of the file when opened; `close` trims only what we preallocated beyond it.
@@ -141,10 +146,6 @@ pub struct Meta {
     /// dropped dirty pages, so nothing more is written or claimed durable.
     failed: std::cell::Cell<bool>,
 }
-
-/// Largest stretch reserved at once. `fallocate` of 256 MiB took ~55 ms on tmpfs, during which
-/// the file's inode lock stalls every other write of the image; 64 MiB keeps that short.
-const PREALLOC_STEP_MAX: u64 = 64 << 20;
 
 /// Dirty L2 tables that trigger a write-back (the main client never flushes a whole disk).
 const MAX_DIRTY_L2: usize = 256;
@@ -186,6 +187,7 @@ impl Meta {
         let l2_cap = (l2_cache_bytes / table_bytes).max(16);
         let rb_cap = (l2_cache_bytes / 8 / table_bytes).max(16);
         let prealloc_off = !st.reserve_pays();
+        let reserve_step = st.reserve_step();
         let mut m = Meta {
             geo,
             st,
@@ -205,7 +207,9 @@ impl Meta {
             rb_dirty: 0,
             frontier: 0,
             prealloc_end: file_len,
-            reserving: false,
+            reserving: None,
+            reserve_step,
+            usable_end: 0,
             prealloc_off,
             len_at_open: file_len,
             pending_free: Vec::new(),
@@ -216,6 +220,10 @@ impl Meta {
         if writable {
             m.frontier = m.find_frontier()?;
             m.prealloc_end = file_len.max(m.frontier * cs);
+            let data = geo.virtual_size.div_ceil(cs);
+            let l2 = data.div_ceil(geo.l2_entries);
+            let refblocks = (m.frontier + data + l2).div_ceil(geo.rb_entries) + 1;
+            m.usable_end = (m.frontier + data + l2 + refblocks) * cs;
         }
         Ok(m)
     }
@@ -612,7 +620,9 @@ impl Meta {
         let mut hdr = [0u8; 12];
         hdr[..8].copy_from_slice(&host.to_be_bytes());
         hdr[8..].copy_from_slice(&(new_clusters as u32).to_be_bytes());
-        self.write(&hdr, 48, "header (refcount table pointer)")?;
+        // Offset and cluster count are adjacent: one write switches both.
+        let at = format::hdr::REFCOUNT_TABLE_OFFSET as u64;
+        self.write(&hdr, at, "header (refcount table pointer)")?;
         self.sync()?;
         let old = self.reftable_offset >> self.geo.cluster_bits;
         let old_clusters = old_len / per_cluster;
@@ -626,32 +636,58 @@ impl Meta {
         Ok(())
     }
 
-    /// The range to reserve ahead of the allocation frontier, if the frontier came within half a
-    /// step of the reserved end and no reservation is running. The caller runs it with
-    /// [`Storage::allocate`] after dropping the lock (`fallocate` of 256 MiB takes ~55 ms on
-    /// tmpfs) and reports with [`Meta::reservation_done`]. Reserving is only an optimisation:
-    /// data and metadata writes past the end grow the file themselves, and nothing references a
-    /// cluster before its bytes were written.
-    pub fn take_reservation(&mut self) -> Option<(u64, u64)> {
-        if self.reserving || self.prealloc_off {
-            return None;
+    /// Starts reserving (fallocate) the next stretch of the file on its own thread when the
+    /// frontier came within half a step of the reserved end and no reservation is running, so
+    /// no request waits for it (`fallocate` of 256 MiB takes ~55 ms on tmpfs). Steps grow with
+    /// the image up to [`Storage::reserve_step`] and stop at what the image can use. Reserving
+    /// is only an optimisation: data and metadata writes past the end grow the file themselves,
+    /// and nothing references a cluster before its bytes were written.
+    pub fn reserve_ahead(&mut self) {
+        self.finish_reservation(false);
+        if self.reserving.is_some() || self.prealloc_off {
+            return;
         }
         let cs = self.geo.cluster_size;
         let need = self.frontier * cs;
-        let step = (need / 4).clamp(4 << 20, PREALLOC_STEP_MAX);
+        let step = (need / 4).clamp(4 << 20, self.reserve_step.max(4 << 20));
         if need + step / 2 <= self.prealloc_end {
-            return None;
+            return;
         }
         let start = self.prealloc_end.max(need);
-        let end = (need + step).div_ceil(cs) * cs;
-        self.reserving = true;
-        Some((start, end))
+        let end = (need + step).min(self.usable_end).div_ceil(cs) * cs;
+        if end <= start {
+            return;
+        }
+        let st = self.st.clone();
+        let spawned = std::thread::Builder::new()
+            .name("qcow2-reserve".into())
+            .spawn(move || match st.allocate(start, end - start) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::debug!(start, end, error = %e, "preallocation failed; not trying again");
+                    false
+                }
+            });
+        match spawned {
+            Ok(handle) => self.reserving = Some((end, handle)),
+            Err(_) => self.prealloc_off = true,
+        }
     }
 
-    /// Records the outcome of the reservation `take_reservation` handed out.
-    pub fn reservation_done(&mut self, end: u64, ok: bool) {
-        self.reserving = false;
-        if ok {
+    /// Takes in the outcome of a finished reservation; with `wait`, waits for a running one
+    /// (before the tail is trimmed at close: a late `fallocate` would grow the file again).
+    pub fn finish_reservation(&mut self, wait: bool) {
+        if !self
+            .reserving
+            .as_ref()
+            .is_some_and(|(_, h)| wait || h.is_finished())
+        {
+            return;
+        }
+        let Some((end, handle)) = self.reserving.take() else {
+            return;
+        };
+        if handle.join().unwrap_or(false) {
             self.prealloc_end = self.prealloc_end.max(end);
             self.bump_file_len(end);
         } else {

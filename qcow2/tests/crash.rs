@@ -1,6 +1,7 @@
 //! Crash safety: a child process writes and flushes in a loop and is SIGKILLed at many moments.
 //! Each time `qemu-img check` (and ours) finds no corruption, and every write flushed before the
-//! kill reads back. The child is this test binary re-executed with `QCOW2_CRASH_CHILD` set.
+//! kill reads back, with buffered and with direct I/O. The child is this test binary re-executed
+//! with `QCOW2_CRASH_CHILD` set.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use qcow2::{CreateOptions, Image, OpenOptions};
+use qcow2::{CreateOptions, Image, OpenOptions, StorageIo};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -61,13 +62,14 @@ fn fill_sector(buf: &mut [u8], slot: u64, generation: u64, sector: u64) {
     }
 }
 
-fn child(img: &Path, progress: &Path, seed: u64) {
+fn child(img: &Path, progress: &Path, seed: u64, storage_io: StorageIo) {
     let image = Image::open(
         img,
         &OpenOptions {
             writable: true,
             open_backing: true,
             l2_cache_bytes: 0,
+            storage_io,
             ..Default::default()
         },
     )
@@ -108,7 +110,8 @@ fn crash_child_entry() {
         let img = PathBuf::from(it.next().unwrap());
         let progress = PathBuf::from(it.next().unwrap());
         let seed: u64 = it.next().unwrap().parse().unwrap();
-        child(&img, &progress, seed);
+        let io: StorageIo = it.next().unwrap().parse().unwrap();
+        child(&img, &progress, seed, io);
     }
 }
 
@@ -160,8 +163,19 @@ fn verify(content: &[u8], seed: u64, flushed: u64, written: u64) {
 }
 
 #[test]
-fn kill_at_many_moments() {
-    let dir = tempfile::tempdir().unwrap();
+fn kill_at_many_moments_buffered() {
+    kill_at_many_moments(StorageIo::Buffered);
+}
+
+#[test]
+fn kill_at_many_moments_direct() {
+    kill_at_many_moments(StorageIo::Direct);
+}
+
+fn kill_at_many_moments(io: StorageIo) {
+    let Some(dir) = scratch_dir(io) else {
+        return;
+    };
     let base = dir.path().join("base.qcow2");
     Image::create(
         &base,
@@ -176,6 +190,7 @@ fn kill_at_many_moments() {
             &base,
             &OpenOptions {
                 writable: true,
+                storage_io: io,
                 ..Default::default()
             },
         )
@@ -203,6 +218,7 @@ fn kill_at_many_moments() {
                 cluster_size,
                 backing_file: Some(base.clone()),
                 backing_format: None,
+                storage_io: io,
             },
         )
         .unwrap();
@@ -215,7 +231,7 @@ fn kill_at_many_moments() {
             ])
             .env(
                 "QCOW2_CRASH_CHILD",
-                format!("{}|{}|{round}", top.display(), progress.display()),
+                format!("{}|{}|{round}|{io}", top.display(), progress.display()),
             )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -273,6 +289,7 @@ fn kill_at_many_moments() {
             &OpenOptions {
                 writable: true,
                 open_backing: true,
+                storage_io: io,
                 ..Default::default()
             },
         )
@@ -286,5 +303,5 @@ fn kill_at_many_moments() {
         );
         outcomes.push((flushed, code));
     }
-    eprintln!("crash rounds (last flushed generation, qemu-img check exit): {outcomes:?}");
+    eprintln!("{io}: crash rounds (last flushed generation, qemu-img check exit): {outcomes:?}");
 }

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use qcow2::{CreateOptions, ExtentKind, Image, OpenOptions};
+use qcow2::{CreateOptions, ExtentKind, Image, OpenOptions, StorageIo};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -33,6 +33,7 @@ fn create(path: &Path, size: u64, cluster_size: u32, backing: Option<&Path>) {
             cluster_size,
             backing_file: backing.map(Path::to_path_buf),
             backing_format: None,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -100,19 +101,32 @@ fn workload(img: &Image, model: &mut [u8], rng: &mut StdRng, ops: usize, has_bac
     }
 }
 
-/// `QCOW2_STRESS_SEEDS=n` runs each random test with n seeds (default 1) for local soaking.
+/// `QCOW2_STRESS_SEEDS=n` runs each random test with n seeds (default 1) for local soaking. Each
+/// seed runs with buffered and with direct I/O (unaligned offsets and lengths included).
 fn run_random(cluster_size: u32, size: u64, with_backing: bool, seed: u64) {
     let n: u64 = std::env::var("QCOW2_STRESS_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
     for i in 0..n {
-        run_random_seed(cluster_size, size, with_backing, seed + i * 1000);
+        for io in [StorageIo::Buffered, StorageIo::Direct] {
+            run_random_seed(cluster_size, size, with_backing, seed + i * 1000, io);
+        }
     }
 }
 
-fn run_random_seed(cluster_size: u32, size: u64, with_backing: bool, seed: u64) {
-    let dir = tempfile::tempdir().unwrap();
+fn run_random_seed(cluster_size: u32, size: u64, with_backing: bool, seed: u64, io: StorageIo) {
+    let Some(dir) = scratch_dir(io) else {
+        return;
+    };
+    let rw = || OpenOptions {
+        storage_io: io,
+        ..rw()
+    };
+    let ro = || OpenOptions {
+        storage_io: io,
+        ..ro()
+    };
     let mut rng = StdRng::seed_from_u64(seed);
     let mut model = vec![0u8; size as usize];
     let top = dir.path().join("top.qcow2");

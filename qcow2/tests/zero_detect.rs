@@ -26,6 +26,7 @@ fn create(path: &Path, backing: Option<&Path>) {
             cluster_size: CS as u32,
             backing_file: backing.map(Path::to_path_buf),
             backing_format: None,
+            ..Default::default()
         },
     )
     .unwrap();

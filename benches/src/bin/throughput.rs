@@ -25,6 +25,9 @@ const GIB: f64 = (1u64 << 30) as f64;
 /// The storage rows' names; every row's throughput is also given as a ratio to `DD_NEW`.
 const DD_NEW: &str = "dd new file";
 const DD_PREALLOCATED: &str = "dd preallocated file";
+/// The disk's limit with `--dir`: fio writing 2 MiB blocks direct through io_uring, 16 deep.
+const FIO_DIRECT: &str = "fio direct, no fallocate";
+const FIO_DIRECT_FALLOCATE: &str = "fio direct, fallocate";
 
 #[derive(Debug, Parser)]
 #[command(about = "NBD write throughput: our serve-image beside qemu-nbd and nbdkit null")]
@@ -32,7 +35,9 @@ struct Args {
     /// Bytes of random data copied per run (K, M, G, T suffixes).
     #[arg(long, default_value = "4G", value_parser = parse_size)]
     size: u64,
-    /// Where the source file and the images go (default /dev/shm, else the temp dir).
+    /// Where the source file and the images go (default /dev/shm, else the temp dir). With it,
+    /// the servers include `qemu-nbd --cache=none --aio=io_uring` and the storage rows fio's
+    /// direct writes (with and without fallocate) when fio is installed.
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Connection counts to measure.
@@ -41,12 +46,9 @@ struct Args {
     /// Runs per combination (median and spread are over these).
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "ours,qemu-nbd,nbdkit-null,ours-tls,qemu-nbd-tls"
-    )]
-    servers: Vec<ServerKind>,
+    /// [default: ours,qemu-nbd,nbdkit-null,ours-tls,qemu-nbd-tls, and qemu-nbd-direct with --dir]
+    #[arg(long, value_delimiter = ',')]
+    servers: Option<Vec<ServerKind>>,
     #[arg(long, value_delimiter = ',', default_value = "nbdcopy,rust")]
     clients: Vec<ClientKind>,
     /// The sendense-hub binary (default: next to this executable).
@@ -59,7 +61,7 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     rust_in_flight: usize,
     /// Skip the storage rows (`dd bs=2M conv=fdatasync` into a new and into a preallocated raw
-    /// file in the same directory, no NBD).
+    /// file in the same directory, no NBD; with `--dir` also fio direct writes).
     #[arg(long)]
     no_dd: bool,
     /// Also measure reads (restores): nbdcopy from each server into `null:`, of a QCOW2 image
@@ -76,6 +78,8 @@ struct Args {
 enum ServerKind {
     Ours,
     QemuNbd,
+    /// qemu-nbd with `--cache=none --aio=io_uring` (O_DIRECT).
+    QemuNbdDirect,
     NbdkitNull,
     /// Ours over TLS (`nbds+unix://`), x509 credentials from `sendense-hub tls init`.
     OursTls,
@@ -88,6 +92,7 @@ impl ServerKind {
         match self {
             ServerKind::Ours => "ours",
             ServerKind::QemuNbd => "qemu-nbd",
+            ServerKind::QemuNbdDirect => "qemu-nbd --cache=none --aio=io_uring",
             ServerKind::NbdkitNull => "nbdkit-null",
             ServerKind::OursTls => "ours-tls",
             ServerKind::QemuNbdTls => "qemu-nbd-tls",
@@ -192,10 +197,10 @@ impl Tools {
         }
         match kind.plain() {
             ServerKind::Ours => self.hub.as_ref().err().cloned(),
-            ServerKind::QemuNbd if self.qemu_nbd.is_none() => {
+            ServerKind::QemuNbd | ServerKind::QemuNbdDirect if self.qemu_nbd.is_none() => {
                 Some("qemu-nbd not found in PATH".into())
             }
-            ServerKind::QemuNbd if self.qemu_img.is_none() => {
+            ServerKind::QemuNbd | ServerKind::QemuNbdDirect if self.qemu_img.is_none() => {
                 Some("qemu-img not found in PATH".into())
             }
             ServerKind::NbdkitNull if self.nbdkit.is_none() => {
@@ -222,6 +227,9 @@ impl Tools {
 fn tool(p: &Option<PathBuf>, name: &str) -> Result<PathBuf> {
     p.clone().ok_or_else(|| anyhow!("{name} not found in PATH"))
 }
+
+/// qemu-nbd's direct-I/O configuration (the one issue 11 measured).
+const QEMU_NBD_DIRECT: [&str; 2] = ["--cache=none", "--aio=io_uring"];
 
 /// A server started for one run, in its own temp dir.
 struct Server {
@@ -295,11 +303,14 @@ fn start_server(
                 .arg(read);
             c
         }
-        (ServerKind::QemuNbd, Some(read)) => {
+        (ServerKind::QemuNbd | ServerKind::QemuNbdDirect, Some(read)) => {
             let mut c = Command::new(tool(&tools.qemu_nbd, "qemu-nbd")?);
             c.args(["-r", "-f", "qcow2", "-t", "--shared=8", "-k"])
-                .arg(&socket)
-                .arg(read);
+                .arg(&socket);
+            if kind == ServerKind::QemuNbdDirect {
+                c.args(QEMU_NBD_DIRECT);
+            }
+            c.arg(read);
             c
         }
         (ServerKind::NbdkitNull, Some(_)) => {
@@ -321,7 +332,7 @@ fn start_server(
                 .arg(&image);
             c
         }
-        (ServerKind::QemuNbd, None) => {
+        (ServerKind::QemuNbd | ServerKind::QemuNbdDirect, None) => {
             run_quiet(
                 Command::new(tool(&tools.qemu_img, "qemu-img")?)
                     .args(["create", "-q", "-f", "qcow2"])
@@ -330,8 +341,11 @@ fn start_server(
             )?;
             let mut c = Command::new(tool(&tools.qemu_nbd, "qemu-nbd")?);
             c.args(["-f", "qcow2", "-t", "--shared=8", "-k"])
-                .arg(&socket)
-                .arg(&image);
+                .arg(&socket);
+            if kind == ServerKind::QemuNbdDirect {
+                c.args(QEMU_NBD_DIRECT);
+            }
+            c.arg(&image);
             c
         }
         (ServerKind::NbdkitNull, None) => {
@@ -552,42 +566,69 @@ fn one_run(
     })
 }
 
-/// `dd` writes the source into a raw file on the same filesystem: no NBD, no QCOW2. Into a new
-/// file it is the floor for a new image (the filesystem allocates as the data arrives, as it does
-/// for every server here); into a preallocated file it is the issue's disk reference (the
-/// preallocation is not timed). Its CPU counts as "server" CPU.
-fn dd_run(
+/// The storage rows: no NBD, no QCOW2, the same filesystem. `dd` writes the source into a raw
+/// file: into a new file it is the floor for a new image (the filesystem allocates as the data
+/// arrives, as it does for every server here); into a preallocated file it is the issue's disk
+/// reference (the preallocation is not timed). fio writes 2 MiB blocks direct through io_uring,
+/// 16 deep, into a new file, with and without `--fallocate=native` (issue 11's disk limit; its
+/// fallocate is timed, as ours is). Their CPU counts as "server" CPU.
+fn storage_run(
     round: usize,
+    row: &str,
     size: u64,
     source: &Path,
     work: &Path,
-    preallocate: bool,
 ) -> Result<Measurement> {
-    let dir = tempfile::Builder::new().prefix("dd-").tempdir_in(work)?;
+    let dir = tempfile::Builder::new()
+        .prefix("storage-")
+        .tempdir_in(work)?;
     let target = dir.path().join("raw");
-    let file = File::create(&target)?;
-    if preallocate {
-        sys::preallocate(&file, size).context("preallocating the dd target")?;
-    }
-    drop(file);
-    let start = Instant::now();
-    let pid = sys::spawn(
-        Command::new("dd")
-            .arg(format!("if={}", source.display()))
+    let mut cmd = if row == DD_NEW || row == DD_PREALLOCATED {
+        let file = File::create(&target)?;
+        if row == DD_PREALLOCATED {
+            sys::preallocate(&file, size).context("preallocating the dd target")?;
+        }
+        drop(file);
+        let mut c = Command::new("dd");
+        c.arg(format!("if={}", source.display()))
             .arg(format!("of={}", target.display()))
-            .args(["bs=2M", "conv=notrunc,fdatasync", "status=none"])
-            .stdin(Stdio::null()),
-    )
-    .context("starting dd")?;
+            .args(["bs=2M", "conv=notrunc,fdatasync", "status=none"]);
+        c
+    } else {
+        let fallocate = if row == FIO_DIRECT_FALLOCATE {
+            "native"
+        } else {
+            "none"
+        };
+        let mut c = Command::new("fio");
+        c.args([
+            "--name=write",
+            "--rw=write",
+            "--bs=2M",
+            "--direct=1",
+            "--ioengine=io_uring",
+            "--iodepth=16",
+            "--end_fsync=1",
+            "--output=/dev/null",
+        ])
+        .arg(format!("--fallocate={fallocate}"))
+        .arg(format!("--size={size}"))
+        .arg(format!("--filename={}", target.display()));
+        c
+    };
+    let name = cmd.get_program().to_string_lossy().into_owned();
+    let start = Instant::now();
+    let pid = sys::spawn(cmd.stdin(Stdio::null()).stdout(Stdio::null()))
+        .with_context(|| format!("starting {name}"))?;
     let timeout = Duration::from_secs(60 + size / (10 << 20));
     let Some(r) = sys::reap_within(pid, timeout)? else {
         sys::kill(pid)?;
         sys::reap_within(pid, Duration::from_secs(10))?;
-        bail!("dd did not finish within {} s", timeout.as_secs());
+        bail!("{name} did not finish within {} s", timeout.as_secs());
     };
     let wall = start.elapsed();
     if !r.status.success() {
-        bail!("dd {}", r.status);
+        bail!("{name} {}", r.status);
     }
     let gib = size as f64 / GIB;
     Ok(Measurement {
@@ -694,8 +735,27 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// Without `--servers`: ours and the anchors, over TLS too, and qemu-nbd with direct I/O when the
+/// run writes to a real filesystem (`--dir`).
+fn default_servers(on_disk: bool) -> Vec<ServerKind> {
+    let mut s = vec![ServerKind::Ours, ServerKind::QemuNbd];
+    if on_disk {
+        s.push(ServerKind::QemuNbdDirect);
+    }
+    s.extend([
+        ServerKind::NbdkitNull,
+        ServerKind::OursTls,
+        ServerKind::QemuNbdTls,
+    ]);
+    s
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
+    let servers = args
+        .servers
+        .clone()
+        .unwrap_or_else(|| default_servers(args.dir.is_some()));
     if args.runs == 0 || args.conns.contains(&0) || args.size == 0 {
         bail!("--runs, --conns and --size must be positive");
     }
@@ -733,7 +793,7 @@ fn main() -> Result<()> {
     if let Err(why) = &tools.hub {
         eprintln!("note: ours is skipped: {why}");
     }
-    if args.servers.iter().any(|s| s.tls()) {
+    if servers.iter().any(|s| s.tls()) {
         tools.tls_creds = make_tls_creds(&tools, work.path());
     }
 
@@ -762,7 +822,7 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     for &client in &clients {
         for &conns in &args.conns {
-            for &server in &args.servers {
+            for &server in &servers {
                 let missing = tools
                     .server_missing(server)
                     .or_else(|| tools.client_missing(client, server.tls()));
@@ -778,22 +838,38 @@ fn main() -> Result<()> {
     }
     let dd_rows = rows.len();
     if !args.no_dd {
-        for server in [DD_NEW, DD_PREALLOCATED] {
+        let dd_missing = || {
+            which("dd")
+                .is_none()
+                .then(|| "dd not found in PATH".to_string())
+        };
+        let fio_missing = || {
+            which("fio")
+                .is_none()
+                .then(|| "fio not found in PATH".to_string())
+        };
+        let mut storage = vec![
+            (DD_NEW, "dd bs=2M conv=fdatasync", dd_missing()),
+            (DD_PREALLOCATED, "dd bs=2M conv=fdatasync", dd_missing()),
+        ];
+        if args.dir.is_some() {
+            let fio = "fio 2M io_uring depth 16 end_fsync";
+            storage.push((FIO_DIRECT, fio, fio_missing()));
+            storage.push((FIO_DIRECT_FALLOCATE, fio, fio_missing()));
+        }
+        for (server, client, missing) in storage {
             rows.push(Row {
                 server: server.into(),
-                client: "dd bs=2M conv=fdatasync".into(),
+                client: client.into(),
                 conns: 1,
-                missing: which("dd")
-                    .is_none()
-                    .then(|| "dd not found in PATH".to_string()),
+                missing,
                 ..Row::default()
             });
         }
     }
     for run in 1..=args.runs {
         for row in rows[dd_rows..].iter_mut().filter(|r| r.missing.is_none()) {
-            let preallocate = row.server == DD_PREALLOCATED;
-            match dd_run(run, args.size, &source, work.path(), preallocate) {
+            match storage_run(run, &row.server, args.size, &source, work.path()) {
                 Ok(m) => {
                     eprintln!(
                         "run {run}/{} {}: {:.2} GiB/s",
@@ -807,7 +883,7 @@ fn main() -> Result<()> {
         let mut i = 0;
         for &client in &clients {
             for &conns in &args.conns {
-                for &server in &args.servers {
+                for &server in &servers {
                     let row = &mut rows[i];
                     i += 1;
                     if row.missing.is_some() {
@@ -890,15 +966,19 @@ mod tests {
         .unwrap();
         assert_eq!(a.size, 2 << 30);
         assert_eq!(a.conns, vec![1, 4, 8]);
-        assert_eq!(a.servers, vec![ServerKind::Ours, ServerKind::NbdkitNull]);
+        assert_eq!(
+            a.servers,
+            Some(vec![ServerKind::Ours, ServerKind::NbdkitNull])
+        );
         assert_eq!(a.clients, vec![ClientKind::Rust]);
         assert_eq!(a.rust_request_size, vec![256 << 10, 2 << 20]);
         let d = Args::try_parse_from(["throughput"]).unwrap();
         assert_eq!((d.size, d.runs, d.conns.clone()), (4 << 30, 3, vec![1, 4]));
-        assert_eq!(d.servers.len(), 5);
-        assert!(
-            d.servers.contains(&ServerKind::OursTls) && d.servers.contains(&ServerKind::QemuNbdTls)
-        );
+        assert_eq!(d.servers, None);
+        assert!(default_servers(false).contains(&ServerKind::OursTls));
+        assert!(default_servers(true).contains(&ServerKind::QemuNbdDirect));
+        let q = Args::try_parse_from(["throughput", "--servers", "qemu-nbd-direct"]).unwrap();
+        assert_eq!(q.servers, Some(vec![ServerKind::QemuNbdDirect]));
         assert!(Args::try_parse_from(["throughput", "--servers", "nbd-server"]).is_err());
         assert!(Args::try_parse_from(["throughput", "--size", "lots"]).is_err());
     }

@@ -37,6 +37,9 @@ pub struct ServeArgs {
     /// HTTPS for the API: off or on [default: off].
     #[arg(long, value_name = "MODE", env = "SENDENSE_HUB_API_TLS")]
     api_tls: Option<String>,
+    /// Image file I/O: auto (direct except on tmpfs), direct or buffered [default: auto].
+    #[arg(long, value_name = "MODE", env = "SENDENSE_HUB_STORAGE_IO")]
+    storage_io: Option<qcow2::StorageIo>,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -60,6 +63,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tls: args.tls,
         tls_creds: args.tls_creds,
         api_tls: args.api_tls,
+        storage_io: args.storage_io,
     };
     let config = Config::resolve(file, overrides)?;
     let shutdown = super::shutdown_on_signal()?;

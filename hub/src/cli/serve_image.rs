@@ -45,6 +45,9 @@ pub struct ServeImageArgs {
     max_in_flight: u64,
     #[command(flatten)]
     tls: super::tls::NbdTlsArgs,
+    /// Image file I/O: auto (direct I/O except on tmpfs), direct or buffered.
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    storage_io: qcow2::StorageIo,
     image: PathBuf,
 }
 
@@ -56,6 +59,7 @@ pub async fn run(args: ServeImageArgs) -> anyhow::Result<()> {
     let opts = OpenOptions {
         writable: !args.read_only,
         open_backing: true,
+        storage_io: args.storage_io,
         ..OpenOptions::default()
     };
     let path = args.image.clone();
@@ -137,6 +141,7 @@ fn create(args: &ServeImageArgs, size: u64) -> anyhow::Result<()> {
     }
     let mut opts = CreateOptions {
         size,
+        storage_io: args.storage_io,
         ..CreateOptions::default()
     };
     if let Some(cluster_size) = args.cluster_size {

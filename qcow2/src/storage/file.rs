@@ -37,6 +37,10 @@ impl FileStorage {
         &self.file
     }
 
+    pub fn on_tmpfs(&self) -> bool {
+        self.on_tmpfs
+    }
+
     /// Takes an exclusive advisory lock (flock) without waiting; released when the file closes.
     /// Keeps two writers of ours off one image (qemu uses separate OFD locks).
     pub fn try_lock_exclusive(&self) -> io::Result<()> {

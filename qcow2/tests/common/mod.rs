@@ -111,3 +111,30 @@ pub fn our_map(img: &qcow2::Image, cluster: u64) -> Vec<(qcow2::ExtentKind, u32)
     assert_eq!(pos, size);
     out
 }
+
+/// A scratch directory for images opened with `io`. Direct I/O gets one on the build's filesystem
+/// (`/tmp` may be tmpfs) and `None`, with a message, where that filesystem or kernel has none.
+pub fn scratch_dir(io: qcow2::StorageIo) -> Option<tempfile::TempDir> {
+    if io != qcow2::StorageIo::Direct {
+        return Some(tempfile::tempdir().unwrap());
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let probe = dir.path().join("probe");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)
+        .unwrap();
+    match qcow2::DirectStorage::new(qcow2::FileStorage::new(f)) {
+        Ok(_) => Some(dir),
+        Err((e, _)) => {
+            eprintln!(
+                "skipping the direct-I/O case: no direct I/O in {}: {e}",
+                dir.path().display()
+            );
+            None
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Which backend `storage_io` picks, and thin images after close in both modes.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use qcow2::{CreateOptions, Image, OpenOptions, StorageIo};
+
+fn make(path: &Path, size: u64) {
+    Image::create(
+        path,
+        &CreateOptions {
+            size,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+}
+
+fn open(path: &Path, io: StorageIo, writable: bool) -> Image {
+    Image::open(
+        path,
+        &OpenOptions {
+            writable,
+            storage_io: io,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+/// `auto` stays buffered on tmpfs and for read-only opens, and goes direct on a disk filesystem
+/// (the build's, where direct I/O works); `buffered` and `direct` do what they say.
+#[test]
+fn auto_is_buffered_on_tmpfs_and_direct_on_disk() {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        let dir = tempfile::tempdir_in(shm).unwrap();
+        let p = dir.path().join("a.qcow2");
+        make(&p, 1 << 20);
+        assert_eq!(open(&p, StorageIo::Auto, true).io_alignment(), 1);
+    } else {
+        eprintln!("skipping the tmpfs case: no /dev/shm");
+    }
+    let Some(dir) = scratch_dir(StorageIo::Direct) else {
+        return;
+    };
+    let p = dir.path().join("a.qcow2");
+    make(&p, 1 << 20);
+    assert!(open(&p, StorageIo::Auto, true).io_alignment() > 1);
+    assert_eq!(open(&p, StorageIo::Auto, false).io_alignment(), 1);
+    assert_eq!(open(&p, StorageIo::Buffered, true).io_alignment(), 1);
+    assert!(open(&p, StorageIo::Direct, false).io_alignment() > 1);
+}
+
+/// Preallocation ahead of the frontier is given back at close: the file ends at the last
+/// allocated cluster and `qemu-img info` counts about the data written.
+#[test]
+fn images_stay_thin_after_close() {
+    for io in [StorageIo::Buffered, StorageIo::Direct] {
+        let Some(dir) = scratch_dir(io) else {
+            continue;
+        };
+        let p = dir.path().join("a.qcow2");
+        make(&p, 4 << 30);
+        let img = open(&p, io, true);
+        let data = vec![0x5au8; 1 << 20];
+        // 24 MiB in 1 MiB writes, plus a few unaligned ones, spread over the disk.
+        for i in 0..24u64 {
+            img.write_at(i * (100 << 20), &data).unwrap();
+        }
+        img.write_at((3 << 30) + 777, &data[..5000]).unwrap();
+        img.close().unwrap();
+        check_clean(&p);
+        let text = qemu_img_ok(&["info", "--output=json", p.to_str().unwrap()]);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let actual = v["actual-size"].as_u64().unwrap();
+        let len = std::fs::metadata(&p).unwrap().len();
+        // Data 24 MiB + one 64 KiB cluster, plus header, tables and an L2 table per 512 MiB.
+        assert!(actual < 26 << 20, "{io}: actual size {actual}");
+        assert!(len < 26 << 20, "{io}: file length {len}");
+        assert!(actual >= 24 << 20, "{io}: actual size {actual}");
+    }
+}
+
+/// The file is reserved ahead of the allocation frontier while the image is open, never past
+/// what the image can use (a 16 MiB disk never grows to a 256 MiB step), and trimmed at close.
+#[test]
+fn preallocation_runs_ahead_but_stays_within_the_image() {
+    for io in [StorageIo::Buffered, StorageIo::Direct] {
+        let Some(dir) = scratch_dir(io) else {
+            continue;
+        };
+        let small = dir.path().join("small.qcow2");
+        make(&small, 16 << 20);
+        let img = open(&small, io, true);
+        for i in 0..16u64 {
+            img.write_at(i << 20, &vec![i as u8 + 1; 1 << 20]).unwrap();
+        }
+        let len = std::fs::metadata(&small).unwrap().len();
+        assert!(len <= 18 << 20, "{io}: a 16 MiB image's file grew to {len}");
+        img.close().unwrap();
+        check_clean(&small);
+
+        let big = dir.path().join("big.qcow2");
+        make(&big, 8 << 30);
+        let img = open(&big, io, true);
+        // Reservations run on their own thread: write on, pausing between writes, until one shows
+        // as file length ahead of the data (tmpfs reserves nothing).
+        let fs = std::process::Command::new("stat")
+            .args(["-f", "-c", "%T"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let on_tmpfs = String::from_utf8_lossy(&fs.stdout).trim() == "tmpfs";
+        let mut written = 0u64;
+        while !on_tmpfs && std::fs::metadata(&big).unwrap().len() < written + (3 << 20) {
+            assert!(
+                written < 64 << 20,
+                "{io}: no preallocation ahead of the data"
+            );
+            img.write_at(written, &vec![0x77; 1 << 20]).unwrap();
+            written += 1 << 20;
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        img.close().unwrap();
+        check_clean(&big);
+        let len = std::fs::metadata(&big).unwrap().len();
+        assert!(
+            len < written + (1 << 20),
+            "{io}: file length {len} after close, {written} written"
+        );
+    }
+}
