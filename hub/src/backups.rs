@@ -12,10 +12,9 @@ use serde::Deserialize;
 use crate::catalog::{Backup, BackupFilter, BackupType, Disk, Status};
 use crate::error::{Error, Result};
 use crate::export::ImageExport;
-use crate::state::{
-    ActiveBackup, ActiveDisk, DEFAULT_REPOSITORY, Hub, close_image, create_image, now, open_image,
-    random_hex, safe_name,
-};
+use crate::images::{create_image, open_image};
+use crate::layout;
+use crate::state::{ActiveBackup, ActiveDisk, DEFAULT_REPOSITORY, Hub, now};
 
 /// Largest virtual size accepted for one disk (QCOW2 with 64 KiB clusters handles far more; this
 /// only bounds what a request can ask for).
@@ -145,21 +144,13 @@ impl Hub {
         };
 
         let id = uuid::Uuid::new_v4().to_string();
-        let vm_dir = safe_name(&req.vm_name);
-        let dir = repo.path.join(&vm_dir).join(&id);
+        let dir = layout::backup_dir(&repo.path, &req.vm_name, &id);
         std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
 
         let mut disks = Vec::with_capacity(req.disks.len());
         let mut active = Vec::with_capacity(req.disks.len());
         let made = self
-            .make_disks(
-                &req,
-                parent.as_ref(),
-                &dir,
-                &vm_dir,
-                &mut disks,
-                &mut active,
-            )
+            .make_disks(&req, parent.as_ref(), &dir, &mut disks, &mut active)
             .await;
         let backup = Backup {
             id: id.clone(),
@@ -236,18 +227,17 @@ impl Hub {
         req: &CreateBackup,
         parent: Option<&Backup>,
         dir: &std::path::Path,
-        vm_dir: &str,
         disks: &mut Vec<Disk>,
         active: &mut Vec<ActiveDisk>,
     ) -> Result<()> {
         for d in &req.disks {
-            let path = dir.join(format!("disk{}.qcow2", d.disk_id));
+            let path = layout::disk_path(dir, d.disk_id);
             let backing: Option<PathBuf> = parent
                 .and_then(|p| p.disk(d.disk_id))
                 .map(|pd| pd.qcow2_path.clone());
             create_image(path.clone(), d.capacity_bytes, backing).await?;
             let image = open_image(path.clone(), true).await?;
-            let export_name = format!("{vm_dir}-{}-disk{}", random_hex(), d.disk_id);
+            let export_name = layout::backup_export_name(&req.vm_name, d.disk_id);
             let export = ImageExport::new(Arc::clone(&image));
             let written = export.written_counter();
             self.nbd.add_export(&export_name, Arc::new(export))?;
@@ -373,9 +363,7 @@ impl Hub {
         let grace = self.config.drain_grace;
         let mut drains = tokio::task::JoinSet::new();
         for disk in &active.disks {
-            if let Some(stats) = self.nbd.export_stats(&disk.export_name) {
-                *disk.last_stats.lock() = stats;
-            }
+            disk.refresh_stats(&self.nbd);
             let nbd = self.nbd.clone();
             let name = disk.export_name.clone();
             drains.spawn(async move { (nbd.remove_export(&name, grace).await, name) });
@@ -389,10 +377,7 @@ impl Hub {
         }
         let backup = self.backup(id)?;
         for disk in &active.disks {
-            let image = disk.image.lock().take();
-            if let Some(image) = image {
-                close_image(image).await?;
-            }
+            disk.close_image().await?;
             let Some(record) = backup.disk(disk.disk_id) else {
                 continue;
             };
@@ -411,9 +396,7 @@ impl Hub {
         let active = self.active.lock().remove(id);
         let Some(active) = active else { return };
         for disk in &active.disks {
-            if let Some(stats) = self.nbd.export_stats(&disk.export_name) {
-                *disk.last_stats.lock() = stats;
-            }
+            disk.refresh_stats(&self.nbd);
             if let Err(err) = self
                 .nbd
                 .remove_export(&disk.export_name, Duration::ZERO)
@@ -421,11 +404,8 @@ impl Hub {
             {
                 tracing::warn!(export = %disk.export_name, %err, "removing export");
             }
-            let image = disk.image.lock().take();
-            if let Some(image) = image {
-                if let Err(err) = close_image(image).await {
-                    tracing::warn!(export = %disk.export_name, %err, "closing image");
-                }
+            if let Err(err) = disk.close_image().await {
+                tracing::warn!(export = %disk.export_name, %err, "closing image");
             }
             let written = disk.bytes_written();
             let size = self
@@ -557,7 +537,11 @@ impl Hub {
 }
 
 pub(crate) fn remove_backup_dir(backup: &Backup) {
-    let Some(dir) = backup.disks.first().and_then(|d| d.qcow2_path.parent()) else {
+    let Some(dir) = backup
+        .disks
+        .first()
+        .and_then(|d| layout::dir_of_disk(&d.qcow2_path))
+    else {
         return;
     };
     match std::fs::remove_dir_all(dir) {

@@ -8,6 +8,8 @@ pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod export;
+mod images;
+pub mod layout;
 mod monitor;
 mod notify;
 mod orphans;

@@ -32,8 +32,7 @@ pub(crate) fn sweep(catalog: &Catalog) -> Result<usize> {
                     continue;
                 };
                 let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-                if !is_dir || uuid::Uuid::parse_str(&id).is_err() || catalog.backup(&id)?.is_some()
-                {
+                if !is_dir || !crate::layout::is_backup_id(&id) || catalog.backup(&id)?.is_some() {
                     continue;
                 }
                 if !holds_only_images(&path) {
@@ -68,12 +67,9 @@ fn holds_only_images(dir: &Path) -> bool {
     entries.into_iter().all(|e| {
         let Ok(e) = e else { return false };
         let is_file = e.file_type().is_ok_and(|t| t.is_file());
-        let name = e.file_name();
-        let name = name.to_str().unwrap_or("");
-        let image_name = name
-            .strip_prefix("disk")
-            .and_then(|n| n.strip_suffix(".qcow2"))
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-        is_file && image_name
+        is_file
+            && e.file_name()
+                .to_str()
+                .is_some_and(crate::layout::is_disk_file)
     })
 }

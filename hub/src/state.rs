@@ -2,14 +2,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use nbd_server::{ExportStats, Server, ServerConfig};
 use parking_lot::Mutex;
-use qcow2::{CreateOptions, Image, OpenOptions};
-use rand::Rng;
+use qcow2::Image;
 use time::OffsetDateTime;
 use tokio_util::task::TaskTracker;
 
@@ -76,6 +75,22 @@ impl ActiveDisk {
     pub fn bytes_written(&self) -> u64 {
         let counted = self.written.load(std::sync::atomic::Ordering::Relaxed);
         counted.max(self.last_stats.lock().bytes_written)
+    }
+
+    /// Read the export's live figures from the server (if it still exists) and keep them.
+    pub fn refresh_stats(&self, nbd: &Server) -> Option<ExportStats> {
+        let stats = nbd.export_stats(&self.export_name)?;
+        *self.last_stats.lock() = stats.clone();
+        Some(stats)
+    }
+
+    /// Take the image out and close it (flush only, when another holder keeps it open).
+    pub async fn close_image(&self) -> Result<()> {
+        let image = self.image.lock().take();
+        match image {
+            Some(image) => crate::images::close_image(image).await,
+            None => Ok(()),
+        }
     }
 }
 
@@ -188,9 +203,7 @@ impl Hub {
     pub(crate) fn disk_stats(&self, backup_id: &str, disk_id: u32) -> Option<ExportStats> {
         let active = self.active.lock().get(backup_id).cloned()?;
         let disk = active.disks.iter().find(|d| d.disk_id == disk_id)?;
-        if let Some(stats) = self.nbd.export_stats(&disk.export_name) {
-            *disk.last_stats.lock() = stats;
-        }
+        disk.refresh_stats(&self.nbd);
         let mut stats = disk.last_stats.lock().clone();
         stats.bytes_written = disk.bytes_written();
         Some(stats)
@@ -213,11 +226,8 @@ impl Hub {
         let actives: Vec<_> = self.active.lock().drain().map(|(_, a)| a).collect();
         for active in actives {
             for disk in &active.disks {
-                let image = disk.image.lock().take();
-                if let Some(image) = image {
-                    if let Err(err) = close_image(image).await {
-                        tracing::error!(%err, export = %disk.export_name, "closing image at shutdown");
-                    }
+                if let Err(err) = disk.close_image().await {
+                    tracing::error!(%err, export = %disk.export_name, "closing image at shutdown");
                 }
             }
         }
@@ -240,85 +250,6 @@ fn ensure_default_repository(catalog: &Catalog, data: &Path) -> Result<()> {
     })
 }
 
-/// A name usable as a directory and inside an NBD URI: VM names are free text.
-pub fn safe_name(name: &str) -> String {
-    let mut out: String = name
-        .chars()
-        .take(64)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if out.starts_with('.') {
-        out.replace_range(0..1, "_");
-    }
-    if out.is_empty() { "vm".to_owned() } else { out }
-}
-
-/// 64 random bits as hex: the part of an export name that cannot be guessed.
-pub fn random_hex() -> String {
-    format!("{:016x}", rand::rng().random::<u64>())
-}
-
-pub(crate) async fn create_image(path: PathBuf, size: u64, backing: Option<PathBuf>) -> Result<()> {
-    let opts = CreateOptions {
-        size,
-        backing_format: backing.as_ref().map(|_| "qcow2".to_owned()),
-        backing_file: backing,
-        ..CreateOptions::default()
-    };
-    blocking(move || Image::create(&path, &opts).map_err(Error::image(&path))).await
-}
-
-/// Open an image the hub created itself, with its backing chain.
-pub(crate) async fn open_image(path: PathBuf, writable: bool) -> Result<Arc<Image>> {
-    let opts = OpenOptions {
-        writable,
-        open_backing: true,
-        ..OpenOptions::default()
-    };
-    blocking(move || {
-        Image::open(&path, &opts)
-            .map(Arc::new)
-            .map_err(Error::image(&path))
-    })
-    .await
-}
-
-/// Close the image if nothing else holds it; otherwise flush it, and the last holder releases it.
-pub(crate) async fn close_image(image: Arc<Image>) -> Result<()> {
-    blocking(move || match Arc::try_unwrap(image) {
-        Ok(image) => image.close().map_err(Error::image("(closing)")),
-        Err(shared) => shared.flush().map_err(Error::image("(flushing)")),
-    })
-    .await
-}
-
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(format!("blocking task: {e}")))?
-}
-
 pub(crate) fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::safe_name;
-
-    #[test]
-    fn safe_names() {
-        assert_eq!(safe_name("web-01"), "web-01");
-        assert_eq!(safe_name("my vm/../x"), "my_vm_.._x");
-        assert_eq!(safe_name(".."), "_.");
-        assert_eq!(safe_name(""), "vm");
-    }
 }

@@ -1,0 +1,50 @@
+//! Creating, opening and closing the images of backups and restores, off the async threads.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use qcow2::{CreateOptions, Image, OpenOptions};
+
+use crate::error::{Error, Result};
+
+pub(crate) async fn create_image(path: PathBuf, size: u64, backing: Option<PathBuf>) -> Result<()> {
+    let opts = CreateOptions {
+        size,
+        backing_format: backing.as_ref().map(|_| "qcow2".to_owned()),
+        backing_file: backing,
+        ..CreateOptions::default()
+    };
+    blocking(move || Image::create(&path, &opts).map_err(Error::image(&path))).await
+}
+
+/// Open an image the hub created itself, with its backing chain.
+pub(crate) async fn open_image(path: PathBuf, writable: bool) -> Result<Arc<Image>> {
+    let opts = OpenOptions {
+        writable,
+        open_backing: true,
+        ..OpenOptions::default()
+    };
+    blocking(move || {
+        Image::open(&path, &opts)
+            .map(Arc::new)
+            .map_err(Error::image(&path))
+    })
+    .await
+}
+
+/// Close the image if nothing else holds it; otherwise flush it, and the last holder releases it.
+pub(crate) async fn close_image(image: Arc<Image>) -> Result<()> {
+    blocking(move || match Arc::try_unwrap(image) {
+        Ok(image) => image.close().map_err(Error::image("(closing)")),
+        Err(shared) => shared.flush().map_err(Error::image("(flushing)")),
+    })
+    .await
+}
+
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("blocking task: {e}")))?
+}
