@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::export::ImageExport;
 use crate::images::{create_image, open_image};
 use crate::layout;
+use crate::manifest::{self, Manifest};
 use crate::state::{ActiveBackup, ActiveDisk, DEFAULT_REPOSITORY, Hub, now};
 
 /// Largest virtual size accepted for one disk (QCOW2 with 64 KiB clusters handles far more; this
@@ -146,6 +147,23 @@ impl Hub {
         let id = uuid::Uuid::new_v4().to_string();
         let dir = layout::backup_dir(&repo.path, &req.vm_name, &id);
         std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+        // Marks the directory as an unfinished creation until the row below exists.
+        let created_at = now();
+        let creating = Manifest::creating(
+            &id,
+            &req.vm_name,
+            &repository_id,
+            req.backup_type,
+            parent.as_ref().map(|p| p.id.as_str()),
+            created_at,
+        );
+        if let Err(e) = manifest::write(&dir, &creating) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(Error::io(format!(
+                "writing {}",
+                layout::manifest_path(&dir).display()
+            ))(e));
+        }
 
         let mut disks = Vec::with_capacity(req.disks.len());
         let mut active = Vec::with_capacity(req.disks.len());
@@ -162,7 +180,7 @@ impl Hub {
             error: None,
             tags: req.tags,
             telemetry: None,
-            created_at: now(),
+            created_at,
             started_at: None,
             completed_at: None,
             disks,
@@ -187,6 +205,7 @@ impl Hub {
                 connected: Default::default(),
             }),
         );
+        self.sync_manifest(&id).await;
         tracing::info!(backup_id = %id, vm = %backup.vm_name, disks = backup.disks.len(),
             backup_type = backup.backup_type.as_str(), "backup ready");
         Ok(backup)
@@ -324,11 +343,13 @@ impl Hub {
         let backup = self.backup(id)?;
         if backup.disks.iter().all(|d| d.completed) {
             self.catalog.set_status(id, Status::Finalizing, None)?;
+            self.sync_manifest(id).await;
             let hub = self.clone();
             let id = id.to_owned();
             self.tasks.spawn(async move { hub.finalize(&id).await });
             return self.backup(backup.id.as_str());
         }
+        self.sync_manifest(id).await;
         Ok(backup)
     }
 
@@ -353,6 +374,7 @@ impl Hub {
                 }
             }
         }
+        self.sync_manifest(id).await;
     }
 
     async fn finalize_inner(&self, id: &str) -> Result<()> {
@@ -455,6 +477,7 @@ impl Hub {
         tracing::warn!(backup_id = %id, %reason, "backup failed");
         self.catalog.set_status(id, Status::Failed, Some(reason))?;
         self.abandon(id).await;
+        self.sync_manifest(id).await;
         Ok(())
     }
 

@@ -15,6 +15,10 @@ pub enum Error {
     Conflict(String),
     #[error("configuration: {0}")]
     Config(String),
+    /// The repository holds backups the catalog does not account for; the message says what
+    /// to run.
+    #[error("{0}")]
+    CatalogBehind(String),
     #[error("catalog: {0}")]
     Catalog(#[from] rusqlite::Error),
     #[error("image {}: {source}", path.display())]

@@ -59,9 +59,21 @@ pub fn is_disk_file(name: &str) -> bool {
     disk_file_id(name).is_some()
 }
 
-/// Whether a directory name can be a backup id (ids are UUIDs).
+/// Whether a directory name can be a backup id: a UUID, with or without a `backup-` prefix.
 pub fn is_backup_id(name: &str) -> bool {
-    uuid::Uuid::parse_str(name).is_ok()
+    uuid::Uuid::parse_str(name.strip_prefix("backup-").unwrap_or(name)).is_ok()
+}
+
+/// The manifest of a backup directory (see [`crate::manifest`]).
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+pub fn manifest_path(backup_dir: &Path) -> PathBuf {
+    backup_dir.join(MANIFEST_FILE)
+}
+
+/// Where a new manifest is written before it is renamed over the old one.
+pub fn manifest_temp_path(backup_dir: &Path) -> PathBuf {
+    backup_dir.join(".manifest.json.tmp")
 }
 
 /// The export name of a backup's disk: the VM, 64 unguessable bits, the disk.
@@ -77,6 +89,14 @@ pub fn restore_export_name(vm_name: &str, disk_id: u32) -> String {
 /// The backup directory an image path lies in (the catalog records image paths).
 pub fn dir_of_disk(disk_path: &Path) -> Option<&Path> {
     disk_path.parent()
+}
+
+/// The directory of a catalog record: where its images are.
+pub fn dir_of_backup(backup: &crate::catalog::Backup) -> Option<&Path> {
+    backup
+        .disks
+        .first()
+        .and_then(|d| dir_of_disk(&d.qcow2_path))
 }
 
 #[cfg(test)]

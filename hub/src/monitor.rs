@@ -41,6 +41,7 @@ impl Hub {
             if connected && !seen {
                 if self.catalog.mark_running(&active.id)? {
                     tracing::info!(backup_id = %active.id, "backup running (first connection)");
+                    self.sync_manifest(&active.id).await;
                 }
                 active
                     .connected

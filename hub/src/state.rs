@@ -105,12 +105,15 @@ impl Hub {
     /// create the NBD server. Serving starts elsewhere ([`crate::serve`]).
     pub async fn open(config: Config, nbd_addr: SocketAddr) -> Result<Hub> {
         config.validate()?;
+        let started = now();
         let data = config.data_dir.clone();
-        std::fs::create_dir_all(&data)
-            .map_err(Error::io(format!("creating {}", data.display())))?;
-        let catalog = Catalog::open(&data.join(CATALOG_FILE))?;
+        crate::datadir::prepare(&data)?;
+        let catalog_path = data.join(CATALOG_FILE);
+        let catalog = Catalog::open(&catalog_path)?;
         let token = crate::token::load_or_create(&data, config.api_token.as_deref())?;
         ensure_default_repository(&catalog, &data)?;
+        let stale_manifests =
+            crate::reconcile::check_catalog(&catalog, &catalog_path, &data, started)?;
 
         let nbd = Server::new(ServerConfig {
             list_exports: false,
@@ -137,14 +140,19 @@ impl Hub {
                 tasks: TaskTracker::new(),
             }),
         };
+        for id in stale_manifests {
+            if let Err(err) = hub.write_manifest(&id) {
+                tracing::warn!(backup_id = %id, %err, "manifest not rewritten from the catalog");
+            }
+        }
         hub.recover().await?;
         Ok(hub)
     }
 
     /// Backups a previous process left unfinished cannot be resumed (their exports and the
     /// client's connections are gone): mark them failed and check their images. Restores were
-    /// exports of that process and are gone too. Images of backups whose creation was interrupted
-    /// before their catalog row existed are removed.
+    /// exports of that process and are gone too. (Interrupted creations went in
+    /// [`crate::reconcile::check_catalog`].)
     async fn recover(&self) -> Result<()> {
         for backup in self.catalog.active_backups()? {
             let mut reason = "interrupted by restart".to_owned();
@@ -169,6 +177,7 @@ impl Hub {
             tracing::warn!(backup_id = %backup.id, vm = %backup.vm_name, %reason, "unfinished backup marked failed");
             self.catalog
                 .set_status(&backup.id, Status::Failed, Some(&reason))?;
+            self.sync_manifest(&backup.id).await;
         }
         self.catalog.clear_restores()?;
         // A cancel interrupted between the catalog update and the removal of its images.
@@ -182,7 +191,6 @@ impl Hub {
                 crate::backups::remove_backup_dir(&backup);
             }
         }
-        crate::orphans::sweep(&self.catalog)?;
         Ok(())
     }
 
@@ -235,12 +243,17 @@ impl Hub {
     }
 }
 
+/// `<data dir>/repository`, absolute.
+pub fn default_repository_path(data: &Path) -> Result<std::path::PathBuf> {
+    std::path::absolute(data.join("repository"))
+        .map_err(Error::io("resolving the default repository path"))
+}
+
 fn ensure_default_repository(catalog: &Catalog, data: &Path) -> Result<()> {
     if catalog.repository(DEFAULT_REPOSITORY)?.is_some() {
         return Ok(());
     }
-    let path = std::path::absolute(data.join("repository"))
-        .map_err(Error::io("resolving the default repository path"))?;
+    let path = default_repository_path(data)?;
     std::fs::create_dir_all(&path).map_err(Error::io(format!("creating {}", path.display())))?;
     catalog.insert_repository(&Repository {
         id: DEFAULT_REPOSITORY.into(),

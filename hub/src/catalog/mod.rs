@@ -119,19 +119,44 @@ fn load_disks(conn: &Connection, backup: &mut Backup) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// The rows `sql` selects, each parsed on its own: one unreadable row (a bad timestamp written by
+/// hand, say) must not hide the others.
+fn query_rows(
+    conn: &Connection,
+    sql: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> rusqlite::Result<Vec<(String, rusqlite::Result<Backup>)>> {
+    let mut stmt = conn.prepare(sql)?;
+    let rows: Vec<(String, rusqlite::Result<Backup>)> = stmt
+        .query_map(args, |row| {
+            Ok((row.get::<_, String>(0)?, backup_from_row(row)))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, backup)| {
+            let backup = backup.and_then(|mut b| load_disks(conn, &mut b).map(|()| b));
+            (id, backup)
+        })
+        .collect())
+}
+
+/// The readable backups `sql` selects; an unreadable row is logged with its id and skipped.
 fn query_backups(
     conn: &Connection,
     sql: &str,
     args: &[&dyn rusqlite::ToSql],
 ) -> rusqlite::Result<Vec<Backup>> {
-    let mut stmt = conn.prepare(sql)?;
-    let mut backups: Vec<Backup> = stmt
-        .query_map(args, backup_from_row)?
-        .collect::<rusqlite::Result<_>>()?;
-    for backup in &mut backups {
-        load_disks(conn, backup)?;
-    }
-    Ok(backups)
+    Ok(query_rows(conn, sql, args)?
+        .into_iter()
+        .filter_map(|(id, backup)| match backup {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::error!(backup_id = %id, error = %e, "unreadable catalog row skipped");
+                None
+            }
+        })
+        .collect())
 }
 
 impl Catalog {
@@ -231,7 +256,8 @@ impl Catalog {
         for (position, disk) in backup.disks.iter().enumerate() {
             tx.execute(
                 "INSERT INTO backup_disks (backup_id, disk_id, position, vmware_disk_key, capacity_bytes, \
-                 export_name, qcow2_path) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                 export_name, qcow2_path, completed, change_id, bytes_transferred, bytes_written, \
+                 image_size, completed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 params![
                     backup.id,
                     disk.disk_id,
@@ -240,6 +266,12 @@ impl Catalog {
                     disk.capacity_bytes as i64,
                     disk.export_name,
                     disk.qcow2_path.to_string_lossy(),
+                    disk.completed,
+                    disk.change_id,
+                    disk.bytes_transferred.map(|b| b as i64),
+                    disk.bytes_written as i64,
+                    disk.image_size.map(|b| b as i64),
+                    disk.completed_at.map(fmt_time),
                 ],
             )?;
         }
@@ -250,7 +282,24 @@ impl Catalog {
     pub fn backup(&self, id: &str) -> Result<Option<Backup>> {
         let conn = self.conn.lock();
         let sql = format!("SELECT {BACKUP_COLUMNS} FROM backups WHERE id = ?1");
-        Ok(query_backups(&conn, &sql, &[&id])?.pop())
+        match query_rows(&conn, &sql, &[&id])?.pop() {
+            None => Ok(None),
+            Some((_, Ok(b))) => Ok(Some(b)),
+            Some((id, Err(e))) => Err(Error::Internal(format!(
+                "the catalog row of backup {id} is unreadable: {e}"
+            ))),
+        }
+    }
+
+    /// Whether the catalog has a row for `id`, and its status if that is readable.
+    pub fn backup_status(&self, id: &str) -> Result<Option<std::result::Result<Status, String>>> {
+        let conn = self.conn.lock();
+        let status: Option<String> = conn
+            .query_row("SELECT status FROM backups WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(status.map(|s| Status::parse(&s).ok_or(s)))
     }
 
     /// Newest first.

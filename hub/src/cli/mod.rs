@@ -1,5 +1,6 @@
 //! Command-line interface: argument definitions and one function per subcommand.
 
+mod catalog;
 mod inspect;
 mod serve;
 mod serve_image;
@@ -34,6 +35,8 @@ pub enum Command {
     Check(inspect::CheckArgs),
     /// Print an image's format, sizes and backing chain.
     Info(inspect::InfoArgs),
+    /// Catalog maintenance (the hub must be stopped).
+    Catalog(catalog::CatalogArgs),
 }
 
 pub fn init_logging(json: bool) {
@@ -59,6 +62,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             .map(|()| ExitCode::SUCCESS),
         Command::Check(args) => inspect::check(&args),
         Command::Info(args) => inspect::info(&args).map(|()| ExitCode::SUCCESS),
+        Command::Catalog(args) => catalog::run(args),
     }
 }
 

@@ -1,0 +1,184 @@
+//! Backups the operator can trust through mistakes and faults: a lost or older catalog, clients
+//! that keep writing after `complete`, deletes beside cancelled children, a full disk, hostile
+//! names in logs, weak tokens, SIGTERM mid-backup, and many cycles without leaks.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use axum::http::{Method, StatusCode};
+use common::hub::*;
+use common::*;
+use serde_json::{Value, json};
+
+/// `hub::start` on this data dir, expected to refuse; returns its message.
+async fn start_refused(data: &Path) -> String {
+    let nbd = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let token = tokio_util::sync::CancellationToken::new();
+    match ::hub::start(test_config(data.to_owned()), nbd, token).await {
+        Ok(_) => panic!("the hub started on a catalog behind its repository"),
+        Err(err) => err.to_string(),
+    }
+}
+
+/// `sendense-hub catalog rebuild --data-dir DATA`: exit code and stdout.
+fn rebuild(data: &Path) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(["catalog", "rebuild", "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("rebuild: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), stdout)
+}
+
+fn remove_catalog(data: &Path) {
+    for name in ["catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm"] {
+        let _ = std::fs::remove_file(data.join(name));
+    }
+}
+
+/// The catalog with its WAL (the hub may not have checkpointed it).
+fn copy_catalog(from: &Path, to: &Path) {
+    for name in ["catalog.sqlite", "catalog.sqlite-wal"] {
+        if from.join(name).exists() {
+            std::fs::copy(from.join(name), to.join(name)).unwrap();
+        }
+    }
+}
+
+fn image_of(backup: &Value) -> std::path::PathBuf {
+    backup["disk_results"][0]["qcow2_path"]
+        .as_str()
+        .unwrap()
+        .into()
+}
+
+async fn complete(h: &TestHub, id: &str, body: &str) -> (StatusCode, Value) {
+    h.call(
+        Method::POST,
+        &format!("/api/v1/backups/{id}/complete"),
+        Some(body),
+        Caller::Sna,
+    )
+    .await
+}
+
+/// A full backup of `vm` and an incremental on top, both completed; returns both bodies.
+async fn full_and_incremental(h: &TestHub, dir: &Path, vm: &str) -> (Value, Value) {
+    let src = dir.join(format!("{vm}.raw"));
+    make_raw(&src, (2 * MIB) as usize, 7);
+    let full = completed_full(h, vm, &src, 2 * MIB).await;
+    let inc =
+        json!({"vm_name": vm, "backup_type": "incremental", "disks": [disk(0, 2000, 2 * MIB)]});
+    let (s, inc) = h.post("/api/v1/backups", &inc).await;
+    assert_eq!(s, StatusCode::OK, "{inc}");
+    let uri = inc["disk_results"][0]["nbd_uri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    nbdcopy(vec![src.display().to_string(), uri]).await;
+    let id = inc["backup_id"].as_str().unwrap().to_owned();
+    let (s, c) = complete(h, &id, r#"{"change_id":"c1"}"#).await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    let inc = h.wait_status(&id, "completed").await;
+    (full, inc)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn empty_catalog_refuses_to_start_and_rebuild_brings_every_backup_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let h = TestHub::start(test_config(data.clone())).await;
+    let (full, inc) = full_and_incremental(&h, dir.path(), "app").await;
+    h.stop().await;
+
+    // The natural reaction to "file is not a database": an empty catalog file.
+    remove_catalog(&data);
+    std::fs::write(data.join("catalog.sqlite"), b"").unwrap();
+    let msg = start_refused(&data).await;
+    assert!(msg.contains("catalog rebuild"), "{msg}");
+    assert!(msg.contains(&data.display().to_string()), "{msg}");
+    assert!(msg.contains(full["backup_id"].as_str().unwrap()), "{msg}");
+    for b in [&full, &inc] {
+        assert!(image_of(b).exists(), "an image went at a refused start");
+    }
+    // Missing altogether: the same.
+    remove_catalog(&data);
+    assert!(start_refused(&data).await.contains("catalog rebuild"));
+
+    let (code, out) = rebuild(&data);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("2 backup(s)"), "{out}");
+    let h = TestHub::start(test_config(data.clone())).await;
+    for (b, change_id) in [(&full, "c0"), (&inc, "c1")] {
+        let id = b["backup_id"].as_str().unwrap();
+        let (s, back) = h.get(&format!("/api/v1/backups/{id}")).await;
+        assert_eq!(s, StatusCode::OK, "{back}");
+        assert_eq!(back["status"], "completed");
+        assert_eq!(back["vm_name"], "app");
+        assert_eq!(back["parent_backup_id"], b["parent_backup_id"]);
+        assert_eq!(back["disk_results"][0]["change_id"], change_id);
+        assert_eq!(
+            back["disk_results"][0]["bytes_written"],
+            b["disk_results"][0]["bytes_written"]
+        );
+    }
+    // The next incremental builds on the rebuilt chain.
+    let next =
+        json!({"vm_name": "app", "backup_type": "incremental", "disks": [disk(0, 2000, 2 * MIB)]});
+    let (s, next) = h.post("/api/v1/backups", &next).await;
+    assert_eq!(s, StatusCode::OK, "{next}");
+    assert_eq!(next["parent_backup_id"], inc["backup_id"]);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn older_catalog_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let src = dir.path().join("a.raw");
+    make_raw(&src, MIB as usize, 3);
+    let h = TestHub::start(test_config(data.clone())).await;
+    let first = completed_full(&h, "a", &src, MIB).await;
+    h.stop().await;
+    let old = dir.path().join("old-catalog");
+    std::fs::create_dir(&old).unwrap();
+    copy_catalog(&data, &old);
+
+    let h = TestHub::start(test_config(data.clone())).await;
+    let second = completed_full(&h, "b", &src, MIB).await;
+    h.stop().await;
+    let second_id = second["backup_id"].as_str().unwrap();
+
+    // A catalog whose row is behind the manifest: `running` where the backup completed.
+    {
+        let conn = rusqlite::Connection::open(data.join("catalog.sqlite")).unwrap();
+        conn.execute(
+            "UPDATE backups SET status = 'running' WHERE id = ?1",
+            [second_id],
+        )
+        .unwrap();
+    }
+    let msg = start_refused(&data).await;
+    assert!(msg.contains(second_id) && msg.contains("running"), "{msg}");
+    assert!(msg.contains("catalog rebuild"), "{msg}");
+
+    // The copy taken before the second backup existed.
+    remove_catalog(&data);
+    copy_catalog(&old, &data);
+    let msg = start_refused(&data).await;
+    assert!(msg.contains(second_id), "{msg}");
+    assert!(!msg.contains(first["backup_id"].as_str().unwrap()), "{msg}");
+    assert!(image_of(&second).exists());
+
+    let (code, out) = rebuild(&data);
+    assert_eq!(code, 0, "{out}");
+    let h = TestHub::start(test_config(data.clone())).await;
+    let (_, back) = h.get(&format!("/api/v1/backups/{second_id}")).await;
+    assert_eq!(back["status"], "completed", "{back}");
+    qemu_img_compare(&src, &image_of(&back));
+    h.stop().await;
+}
