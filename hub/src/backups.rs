@@ -22,6 +22,11 @@ use crate::state::{ActiveBackup, ActiveDisk, DEFAULT_REPOSITORY, Hub, now};
 const MAX_CAPACITY: u64 = 256 << 40;
 const MAX_DISKS: usize = 256;
 const MAX_VM_NAME: usize = 255;
+/// After `complete`, a connection with nothing in flight and no request for this long is done
+/// (clients such as the SNA may keep it open); it is closed.
+const DRAIN_QUIET: Duration = Duration::from_secs(2);
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+const KEPT_WRITING: &str = "client kept writing after complete";
 
 #[derive(Debug, Deserialize)]
 pub struct CreateBackup {
@@ -258,14 +263,14 @@ impl Hub {
             let image = open_image(path.clone(), true).await?;
             let export_name = layout::backup_export_name(&req.vm_name, d.disk_id);
             let export = ImageExport::new(Arc::clone(&image));
-            let written = export.written_counter();
+            let tally = export.tally();
             self.nbd.add_export(&export_name, Arc::new(export))?;
             active.push(ActiveDisk {
                 disk_id: d.disk_id,
                 export_name: export_name.clone(),
                 image: Mutex::new(Some(image)),
                 last_stats: Mutex::new(Default::default()),
-                written,
+                tally,
             });
             disks.push(Disk {
                 disk_id: d.disk_id,
@@ -315,7 +320,27 @@ impl Hub {
             Some(disk_id) => vec![disk_id],
             None => backup.disks.iter().map(|d| d.disk_id).collect(),
         };
+        let active = self.active.lock().get(id).cloned();
+        if let Some(active) = &active {
+            // All or nothing: every disk named must have had a client before any is marked.
+            for disk in active.disks.iter().filter(|d| targets.contains(&d.disk_id)) {
+                let first_time = backup.disk(disk.disk_id).is_some_and(|d| !d.completed);
+                let seen = disk
+                    .refresh_stats(&self.nbd)
+                    .is_some_and(|s| s.total_connections > 0);
+                if first_time && !seen {
+                    return Err(Error::Conflict(format!(
+                        "backup {id} disk {}: no client ever connected to its export, so nothing was written; write the disk first",
+                        disk.disk_id
+                    )));
+                }
+            }
+        }
         for disk_id in targets {
+            // From here on a change to the disk is refused and fails the backup.
+            if let Some(disk) = active.as_ref().and_then(|a| a.disk(disk_id)) {
+                disk.tally.seal();
+            }
             self.catalog.mark_disk_complete(
                 id,
                 disk_id,
@@ -324,7 +349,6 @@ impl Hub {
             )?;
             tracing::info!(backup_id = %id, disk_id, change_id = ?req.change_id, "disk complete");
         }
-        let active = self.active.lock().get(id).cloned();
         if let Some(active) = active {
             active.touch();
             // A fast client may connect, write and complete between two lifecycle ticks; the
@@ -357,9 +381,9 @@ impl Hub {
     async fn finalize(&self, id: &str) {
         let result = self.finalize_inner(id).await;
         let _ops = self.ops.lock().await;
-        self.active.lock().remove(id);
         match result {
             Ok(()) => {
+                self.active.lock().remove(id);
                 if let Err(err) = self.catalog.set_status(id, Status::Completed, None) {
                     tracing::error!(backup_id = %id, %err, "recording completion");
                 } else {
@@ -367,11 +391,15 @@ impl Hub {
                 }
             }
             Err(err) => {
-                tracing::error!(backup_id = %id, %err, "finalising failed");
-                let reason = format!("finalising failed: {err}");
+                let reason = match err {
+                    Error::Conflict(why) => why,
+                    other => format!("finalising failed: {other}"),
+                };
+                tracing::error!(backup_id = %id, %reason, "backup failed while finalising");
                 if let Err(err) = self.catalog.set_status(id, Status::Failed, Some(&reason)) {
                     tracing::error!(backup_id = %id, %err, "recording failure");
                 }
+                self.abandon(id).await;
             }
         }
         self.sync_manifest(id).await;
@@ -382,33 +410,76 @@ impl Hub {
         let Some(active) = active else {
             return Err(Error::Internal("no open images for this backup".into()));
         };
-        let grace = self.config.drain_grace;
-        let mut drains = tokio::task::JoinSet::new();
         for disk in &active.disks {
-            disk.refresh_stats(&self.nbd);
-            let nbd = self.nbd.clone();
-            let name = disk.export_name.clone();
-            drains.spawn(async move { (nbd.remove_export(&name, grace).await, name) });
-        }
-        while let Some(joined) = drains.join_next().await {
-            match joined {
-                Ok((Ok(()), _)) => {}
-                Ok((Err(err), name)) => tracing::warn!(export = %name, %err, "removing export"),
-                Err(err) => return Err(Error::Internal(format!("drain task: {err}"))),
+            if let Err(err) = self.nbd.close_export(&disk.export_name) {
+                tracing::warn!(export = %disk.export_name, %err, "closing export to new clients");
             }
         }
-        let backup = self.backup(id)?;
+        // What arrived so far survives a kill during the drain.
+        self.record_results(id, &active)?;
+        self.drain(&active).await?;
+        for disk in &active.disks {
+            disk.refresh_stats(&self.nbd);
+            if let Err(err) = self
+                .nbd
+                .remove_export(&disk.export_name, Duration::ZERO)
+                .await
+            {
+                tracing::warn!(export = %disk.export_name, %err, "removing export");
+            }
+        }
+        if active.disks.iter().any(|d| d.tally.late() > 0) {
+            return Err(Error::Conflict(KEPT_WRITING.into()));
+        }
         for disk in &active.disks {
             disk.close_image().await?;
+        }
+        self.record_results(id, &active)
+    }
+
+    /// Wait until every disk's connections are closed or idle, after `complete`. A change that
+    /// arrives meanwhile (refused by the export), or a client still busy at the drain deadline,
+    /// fails the backup: `completed` promises every byte the client wrote arrived.
+    async fn drain(&self, active: &ActiveBackup) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + self.config.drain_grace;
+        let quiet = DRAIN_QUIET.min(self.config.drain_grace);
+        loop {
+            let mut settled = true;
+            for disk in &active.disks {
+                if disk.tally.late() > 0 {
+                    return Err(Error::Conflict(KEPT_WRITING.into()));
+                }
+                let Some(stats) = disk.refresh_stats(&self.nbd) else {
+                    continue;
+                };
+                let idle = stats
+                    .last_activity
+                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .is_none_or(|d| d >= quiet);
+                settled &= stats.connections == 0 || (disk.tally.in_flight() == 0 && idle);
+            }
+            if settled {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Conflict(KEPT_WRITING.into()));
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+    }
+
+    /// Record each disk's bytes received and image size so far.
+    fn record_results(&self, id: &str, active: &ActiveBackup) -> Result<()> {
+        let backup = self.backup(id)?;
+        for disk in &active.disks {
             let Some(record) = backup.disk(disk.disk_id) else {
                 continue;
             };
             let size = std::fs::metadata(&record.qcow2_path)
                 .map_err(Error::io(format!("stat {}", record.qcow2_path.display())))?
                 .len();
-            let written = disk.bytes_written();
             self.catalog
-                .record_disk_result(id, disk.disk_id, written, size)?;
+                .record_disk_result(id, disk.disk_id, disk.bytes_written(), size)?;
         }
         Ok(())
     }

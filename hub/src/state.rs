@@ -67,14 +67,13 @@ pub(crate) struct ActiveDisk {
     pub image: Mutex<Option<Arc<Image>>>,
     /// Last figures read from the server; kept once the export is gone.
     pub last_stats: Mutex<ExportStats>,
-    /// Bytes written through the export (see [`crate::export::ImageExport::written_counter`]).
-    pub written: Arc<std::sync::atomic::AtomicU64>,
+    /// Bytes written through the export, and writes after `complete`.
+    pub tally: Arc<crate::export::WriteTally>,
 }
 
 impl ActiveDisk {
     pub fn bytes_written(&self) -> u64 {
-        let counted = self.written.load(std::sync::atomic::Ordering::Relaxed);
-        counted.max(self.last_stats.lock().bytes_written)
+        self.tally.bytes().max(self.last_stats.lock().bytes_written)
     }
 
     /// Read the export's live figures from the server (if it still exists) and keep them.
@@ -95,6 +94,10 @@ impl ActiveDisk {
 }
 
 impl ActiveBackup {
+    pub fn disk(&self, disk_id: u32) -> Option<&ActiveDisk> {
+        self.disks.iter().find(|d| d.disk_id == disk_id)
+    }
+
     pub fn touch(&self) {
         *self.last_touch.lock() = SystemTime::now();
     }
@@ -210,7 +213,7 @@ impl Hub {
     /// Live figures of an export of an active backup, or the last ones seen.
     pub(crate) fn disk_stats(&self, backup_id: &str, disk_id: u32) -> Option<ExportStats> {
         let active = self.active.lock().get(backup_id).cloned()?;
-        let disk = active.disks.iter().find(|d| d.disk_id == disk_id)?;
+        let disk = active.disk(disk_id)?;
         disk.refresh_stats(&self.nbd);
         let mut stats = disk.last_stats.lock().clone();
         stats.bytes_written = disk.bytes_written();

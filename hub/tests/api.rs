@@ -269,6 +269,12 @@ async fn incremental_holds_only_changed_clusters_and_its_chain_compares_equal() 
         )
     })
     .await;
+    // The new disk is left empty, but a client must have opened it to complete it.
+    let uri1 = inc["disk_results"][1]["nbd_uri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    blocking(move || run_ok(Command::new("nbdinfo").arg(uri1))).await;
     let (s, _) = h
         .call(
             Method::POST,

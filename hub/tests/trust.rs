@@ -12,6 +12,14 @@ use common::hub::*;
 use common::*;
 use serde_json::{Value, json};
 
+/// The message of an API error, whatever the error body's shape.
+fn error_text(body: &Value) -> String {
+    match &body["error"] {
+        Value::String(s) => s.clone(),
+        other => other["message"].as_str().unwrap_or_default().to_owned(),
+    }
+}
+
 /// `hub::start` on this data dir, expected to refuse; returns its message.
 async fn start_refused(data: &Path) -> String {
     let nbd = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -180,5 +188,103 @@ async fn older_catalog_refuses_to_start() {
     let (_, back) = h.get(&format!("/api/v1/backups/{second_id}")).await;
     assert_eq!(back["status"], "completed", "{back}");
     qemu_img_compare(&src, &image_of(&back));
+    h.stop().await;
+}
+
+/// Writes 1 MiB every 0.3 s at increasing offsets, prints each write, stops at the first refusal.
+const KEEPS_WRITING: &str = r#"
+import nbd, sys, time
+h = nbd.NBD(); h.connect_uri(sys.argv[1])
+for i in range(int(sys.argv[2])):
+    try:
+        h.pwrite(b"\x11" * 1048576, i * 1048576)
+    except nbd.Error as e:
+        print("refused", i, e, flush=True)
+        sys.exit(0)
+    print("wrote", i, flush=True)
+    time.sleep(0.3)
+print("all written", flush=True)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn complete_while_the_client_writes_fails_the_backup() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let h = TestHub::start(test_config(dir.path().join("data"))).await;
+    let (s, b) = h
+        .post(
+            "/api/v1/backups",
+            &full("busy", vec![disk(0, 2000, 64 * MIB)]),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let id = b["backup_id"].as_str().unwrap().to_owned();
+    let uri = b["disk_results"][0]["nbd_uri"].as_str().unwrap().to_owned();
+    let mut py = ChildGuard(Some(
+        Command::new("/usr/bin/python3")
+            .args(["-c", KEEPS_WRITING, &uri, "64"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let stdout = py.child().stdout.take().unwrap();
+    let lines = blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        // A few writes in, the client (wrongly) says it is done, and goes on writing.
+        for _ in 0..3 {
+            lines.next().unwrap().unwrap();
+        }
+        lines
+    })
+    .await;
+    let (s, c) = complete(&h, &id, r#"{"change_id":"early"}"#).await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    let failed = h.wait_status(&id, "failed").await;
+    assert_eq!(
+        failed["error"], "client kept writing after complete",
+        "{failed}"
+    );
+    let rest: Vec<String> = blocking(move || lines.map_while(Result::ok).collect()).await;
+    assert!(
+        rest.iter().any(|l| l.starts_with("refused")),
+        "the write after complete was accepted: {rest:?}"
+    );
+    // Never offered as a base: no completed backup of the VM exists.
+    let (s, list) = h.get("/api/v1/backups?vm_name=busy&status=completed").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list["backups"], json!([]), "{list}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_disk_nobody_connected_to_cannot_be_completed() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("d1.raw");
+    make_raw(&src, MIB as usize, 5);
+    let h = TestHub::start(test_config(dir.path().join("data"))).await;
+    let (s, b) = h
+        .post(
+            "/api/v1/backups",
+            &full("two", vec![disk(0, 2000, MIB), disk(1, 2001, MIB)]),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let id = b["backup_id"].as_str().unwrap().to_owned();
+    let (s, e) = complete(&h, &id, "{}").await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    assert!(error_text(&e).contains("no client ever connected"), "{e}");
+    // Writing one disk is not enough for the other, nor for both at once.
+    let uri1 = b["disk_results"][1]["nbd_uri"].as_str().unwrap().to_owned();
+    nbdcopy(vec![src.display().to_string(), uri1]).await;
+    let (s, e) = complete(&h, &id, r#"{"disk_id":0}"#).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    let (s, e) = complete(&h, &id, "{}").await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    let (_, now) = h.get(&format!("/api/v1/backups/{id}")).await;
+    for d in now["disk_results"].as_array().unwrap() {
+        assert_ne!(d["status"], "completed", "{now}");
+    }
+    let (s, ok) = complete(&h, &id, r#"{"disk_id":1}"#).await;
+    assert_eq!(s, StatusCode::OK, "{ok}");
     h.stop().await;
 }
