@@ -552,6 +552,9 @@ impl Hub {
         Ok(())
     }
 
+    /// All or nothing: the rows go (with a pending deletion recorded for each) in one
+    /// transaction, or the delete is refused; the files go after. Failed and cancelled children
+    /// (never a base for anything) go with their parent; any other child keeps it.
     pub async fn delete_backup(&self, id: &str) -> Result<()> {
         let _ops = self.ops.lock().await;
         let backup = self.backup(id)?;
@@ -561,19 +564,37 @@ impl Hub {
                 backup.status.as_str()
             )));
         }
-        let dependents = self.catalog.dependents(id)?;
-        if !dependents.is_empty() {
+        let (riders, keepers): (Vec<_>, Vec<_>) =
+            self.catalog
+                .children(id)?
+                .into_iter()
+                .partition(|(_, status)| {
+                    status == Status::Failed.as_str() || status == Status::Cancelled.as_str()
+                });
+        if !keepers.is_empty() {
+            let list: Vec<String> = keepers
+                .iter()
+                .map(|(c, st)| format!("{c} ({st})"))
+                .collect();
             return Err(Error::Conflict(format!(
                 "backup {id} is the parent of {}; delete those first",
-                dependents.join(", ")
+                list.join(", ")
             )));
         }
         if self.catalog.restores_of(id)? > 0 {
             return Err(Error::Conflict(format!("backup {id} has an open restore")));
         }
-        remove_backup_dir(&backup);
-        self.catalog.delete_backup(id)?;
-        tracing::info!(backup_id = %id, "backup deleted");
+        let mut doomed = Vec::with_capacity(riders.len() + 1);
+        for (child, _) in &riders {
+            let dir = self.backup(child)?.dir();
+            doomed.push((child.clone(), dir));
+        }
+        doomed.push((id.to_owned(), backup.dir()));
+        self.catalog.delete_backups(&doomed)?;
+        for (gone, dir) in &doomed {
+            finish_deletion(&self.catalog, gone, dir);
+        }
+        tracing::info!(backup_id = %id, with_children = riders.len(), "backup deleted");
         Ok(())
     }
 
@@ -631,22 +652,44 @@ impl Hub {
 }
 
 pub(crate) fn remove_backup_dir(backup: &Backup) {
-    let Some(dir) = backup
-        .disks
-        .first()
-        .and_then(|d| layout::dir_of_disk(&d.qcow2_path))
-    else {
-        return;
-    };
+    let dir = backup.dir();
+    if let Err(err) = remove_dir_files(&dir) {
+        tracing::warn!(dir = %dir.display(), %err, "removing backup images");
+    }
+}
+
+/// The files of a deleted backup, then its pending-deletion row. On failure the row stays and
+/// the next start tries again.
+pub(crate) fn finish_deletion(catalog: &crate::catalog::Catalog, id: &str, dir: &std::path::Path) {
+    match remove_dir_files(dir) {
+        Ok(()) => {
+            if let Err(err) = catalog.finish_deletion(id) {
+                tracing::warn!(backup_id = %id, %err, "pending deletion not cleared");
+            }
+        }
+        Err(err) => tracing::warn!(backup_id = %id, dir = %dir.display(), %err,
+            "files of a deleted backup not removed; the next start tries again"),
+    }
+}
+
+/// A backup directory and everything in it, the manifest first (a directory half removed is then
+/// no longer a backup to `catalog rebuild`); then the VM's directory if that emptied it.
+pub(crate) fn remove_dir_files(dir: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::remove_file(layout::manifest_path(dir)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     match std::fs::remove_dir_all(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(err) => tracing::warn!(dir = %dir.display(), %err, "removing backup images"),
+        Err(e) => return Err(e),
     }
-    // The VM's directory goes when its last backup does; a non-empty one stays.
     if let Some(vm_dir) = dir.parent() {
+        // A non-empty one stays.
         let _ = std::fs::remove_dir(vm_dir);
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -76,6 +76,12 @@ pub(crate) fn check_catalog(
 ) -> Result<Vec<String>> {
     let mut problems = Vec::new();
     let mut actions = Vec::new();
+    // Deleted, files still going (see `backups::finish_deletion`): not a backup any more.
+    let deleting: std::collections::HashSet<String> = catalog
+        .pending_deletions()?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     for repo in catalog.repositories()? {
         let dirs = match backup_dirs(&repo.path) {
             Ok(d) => d,
@@ -85,7 +91,7 @@ pub(crate) fn check_catalog(
                 continue;
             }
         };
-        for dir in dirs {
+        for dir in dirs.into_iter().filter(|d| !deleting.contains(&d.id)) {
             let known = catalog.backup_status(&dir.id)?;
             let shown = dir.path.display();
             match (manifest::read(&dir.path), known) {

@@ -115,6 +115,12 @@ impl Hub {
         let catalog = Catalog::open(&catalog_path)?;
         let token = crate::token::load_or_create(&data, config.api_token.as_deref())?;
         ensure_default_repository(&catalog, &data)?;
+        // Deletes a crash interrupted: their rows are gone, their directories must follow
+        // before the repository is compared with the catalog.
+        for (id, dir) in catalog.pending_deletions()? {
+            tracing::info!(backup_id = %id, dir = %dir.display(), "finishing an interrupted delete");
+            crate::backups::finish_deletion(&catalog, &id, &dir);
+        }
         let stale_manifests =
             crate::reconcile::check_catalog(&catalog, &catalog_path, &data, started)?;
 

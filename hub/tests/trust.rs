@@ -74,25 +74,34 @@ async fn complete(h: &TestHub, id: &str, body: &str) -> (StatusCode, Value) {
     .await
 }
 
+async fn delete(h: &TestHub, id: &str) -> (StatusCode, Value) {
+    h.call(
+        Method::DELETE,
+        &format!("/api/v1/backups/{id}"),
+        None,
+        Caller::Operator,
+    )
+    .await
+}
+
 /// A full backup of `vm` and an incremental on top, both completed; returns both bodies.
 async fn full_and_incremental(h: &TestHub, dir: &Path, vm: &str) -> (Value, Value) {
     let src = dir.join(format!("{vm}.raw"));
     make_raw(&src, (2 * MIB) as usize, 7);
     let full = completed_full(h, vm, &src, 2 * MIB).await;
-    let inc =
-        json!({"vm_name": vm, "backup_type": "incremental", "disks": [disk(0, 2000, 2 * MIB)]});
-    let (s, inc) = h.post("/api/v1/backups", &inc).await;
-    assert_eq!(s, StatusCode::OK, "{inc}");
-    let uri = inc["disk_results"][0]["nbd_uri"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (inc, _) = completed_incremental(h, &src, vm).await;
+    (full, inc)
+}
+
+/// An incremental of `vm` written from `src` and completed; returns its body and id.
+async fn completed_incremental(h: &TestHub, src: &Path, vm: &str) -> (Value, String) {
+    let (id, _) = incremental(h, vm).await;
+    let (_, b) = h.get(&format!("/api/v1/backups/{id}")).await;
+    let uri = b["disk_results"][0]["nbd_uri"].as_str().unwrap().to_owned();
     nbdcopy(vec![src.display().to_string(), uri]).await;
-    let id = inc["backup_id"].as_str().unwrap().to_owned();
     let (s, c) = complete(h, &id, r#"{"change_id":"c1"}"#).await;
     assert_eq!(s, StatusCode::OK, "{c}");
-    let inc = h.wait_status(&id, "completed").await;
-    (full, inc)
+    (h.wait_status(&id, "completed").await, id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -286,5 +295,90 @@ async fn a_disk_nobody_connected_to_cannot_be_completed() {
     }
     let (s, ok) = complete(&h, &id, r#"{"disk_id":1}"#).await;
     assert_eq!(s, StatusCode::OK, "{ok}");
+    h.stop().await;
+}
+
+/// An incremental of `vm` (ready, nothing written); returns its id and directory.
+async fn incremental(h: &TestHub, vm: &str) -> (String, std::path::PathBuf) {
+    let req =
+        json!({"vm_name": vm, "backup_type": "incremental", "disks": [disk(0, 2000, 2 * MIB)]});
+    let (s, b) = h.post("/api/v1/backups", &req).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let dir = image_of(&b).parent().unwrap().to_owned();
+    (b["backup_id"].as_str().unwrap().to_owned(), dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_a_parent_takes_its_cancelled_and_failed_children_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let src = dir.path().join("p.raw");
+    make_raw(&src, (2 * MIB) as usize, 9);
+    let h = TestHub::start(test_config(data.clone())).await;
+    let parent = completed_full(&h, "db", &src, 2 * MIB).await;
+    let parent_id = parent["backup_id"].as_str().unwrap().to_owned();
+    let parent_dir = image_of(&parent).parent().unwrap().to_owned();
+    let (cancelled, _) = incremental(&h, "db").await;
+    let (s, c) = h
+        .call(
+            Method::POST,
+            &format!("/api/v1/backups/{cancelled}/cancel"),
+            None,
+            Caller::Operator,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    let (failed, failed_dir) = incremental(&h, "db").await;
+    h.stop().await;
+    // The restart fails the unfinished child.
+    let h = TestHub::start(test_config(data.clone())).await;
+    h.wait_status(&failed, "failed").await;
+
+    // A completed child keeps its parent; the refusal changes nothing.
+    let (_, done_child) = completed_incremental(&h, &src, "db").await;
+    let (s, e) = delete(&h, &parent_id).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    assert!(error_text(&e).contains(&done_child), "{e}");
+    assert!(parent_dir.exists() && failed_dir.exists());
+    let (s, e) = delete(&h, &done_child).await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+
+    let (s, e) = delete(&h, &parent_id).await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    for id in [&parent_id, &cancelled, &failed] {
+        let (s, b) = h.get(&format!("/api/v1/backups/{id}")).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+    }
+    assert!(!parent_dir.exists() && !failed_dir.exists());
+    let (s, list) = h.get("/api/v1/backups?vm_name=db").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list["backups"], json!([]), "{list}");
+    // The VM starts over with a full backup.
+    completed_full(&h, "db", &src, 2 * MIB).await;
+
+    // A crash after the catalog committed a delete, before the files went: the next start
+    // finishes it (and does not take the directory for one the catalog lost).
+    let victim = completed_full(&h, "other", &src, 2 * MIB).await;
+    let victim_id = victim["backup_id"].as_str().unwrap().to_owned();
+    let victim_dir = image_of(&victim).parent().unwrap().to_owned();
+    h.stop().await;
+    {
+        let mut conn = rusqlite::Connection::open(data.join("catalog.sqlite")).unwrap();
+        let tx = conn.transaction().unwrap();
+        tx.execute(
+            "INSERT INTO deletions (backup_id, dir, requested_at) VALUES (?1, ?2, '2026-01-01T00:00:00Z')",
+            [&victim_id, &victim_dir.display().to_string()],
+        )
+        .unwrap();
+        tx.execute("DELETE FROM backups WHERE id = ?1", [&victim_id])
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    assert!(victim_dir.exists());
+    let h = TestHub::start(test_config(data.clone())).await;
+    assert!(
+        !victim_dir.exists(),
+        "the interrupted delete was not finished"
+    );
     h.stop().await;
 }

@@ -17,7 +17,10 @@ pub use model::*;
 use crate::error::{Error, Result};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/0001_init.sql"),
+    include_str!("../../migrations/0002_deletions.sql"),
+];
 
 pub struct Catalog {
     conn: Mutex<Connection>,
@@ -346,14 +349,13 @@ impl Catalog {
         Ok(query_backups(&conn, &sql, &[&vm_name, &repository_id])?.pop())
     }
 
-    /// Backups (other than cancelled ones, whose images are gone) that use `id` as parent.
-    pub fn dependents(&self, id: &str) -> Result<Vec<String>> {
+    /// The backups that use `id` as parent, with their status as written.
+    pub fn children(&self, id: &str) -> Result<Vec<(String, String)>> {
         let conn = self.conn.lock();
-        let mut stmt = conn.prepare(
-            "SELECT id FROM backups WHERE parent_backup_id = ?1 AND status != 'cancelled' ORDER BY rowid",
-        )?;
+        let mut stmt = conn
+            .prepare("SELECT id, status FROM backups WHERE parent_backup_id = ?1 ORDER BY rowid")?;
         Ok(stmt
-            .query_map([id], |row| row.get(0))?
+            .query_map([id], |row| Ok((row.get(0)?, row.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?)
     }
 
@@ -427,9 +429,37 @@ impl Catalog {
         Ok(())
     }
 
-    pub fn delete_backup(&self, id: &str) -> Result<()> {
+    /// Remove the rows of `doomed` (children before parents) and record each as a pending deletion
+    /// of its directory, in one transaction: all or nothing.
+    pub fn delete_backups(&self, doomed: &[(String, PathBuf)]) -> Result<()> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        let now = fmt_time(OffsetDateTime::now_utc());
+        for (id, dir) in doomed {
+            tx.execute(
+                "INSERT OR REPLACE INTO deletions (backup_id, dir, requested_at) VALUES (?1, ?2, ?3)",
+                params![id, dir.to_string_lossy(), now],
+            )?;
+            tx.execute("DELETE FROM backups WHERE id = ?1", [id])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deletions whose files may still be there.
+    pub fn pending_deletions(&self) -> Result<Vec<(String, PathBuf)>> {
         let conn = self.conn.lock();
-        conn.execute("DELETE FROM backups WHERE id = ?1", [id])?;
+        let mut stmt = conn.prepare("SELECT backup_id, dir FROM deletions ORDER BY rowid")?;
+        Ok(stmt
+            .query_map([], |row| {
+                Ok((row.get(0)?, PathBuf::from(row.get::<_, String>(1)?)))
+            })?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn finish_deletion(&self, id: &str) -> Result<()> {
+        let conn = self.conn.lock();
+        conn.execute("DELETE FROM deletions WHERE backup_id = ?1", [id])?;
         Ok(())
     }
 

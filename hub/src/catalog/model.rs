@@ -103,6 +103,13 @@ impl Backup {
     pub fn disk(&self, disk_id: u32) -> Option<&Disk> {
         self.disks.iter().find(|d| d.disk_id == disk_id)
     }
+
+    /// The directory holding the backup's images (and manifest).
+    pub fn dir(&self) -> PathBuf {
+        crate::layout::dir_of_backup(self)
+            .map(PathBuf::from)
+            .unwrap_or_default()
+    }
 }
 
 /// Serialised into the backup's manifest without the two facts of the place and the process: the
