@@ -530,10 +530,13 @@ impl Hub {
                 )));
             }
         }
-        self.catalog
-            .set_status(id, Status::Cancelled, Some("cancelled by request"))?;
+        self.freeing(|| {
+            self.catalog
+                .set_status(id, Status::Cancelled, Some("cancelled by request"))
+        })?;
         self.abandon(id).await;
         remove_backup_dir(&backup);
+        self.reserve.refill();
         tracing::info!(backup_id = %id, "backup cancelled");
         self.backup(id)
     }
@@ -590,10 +593,11 @@ impl Hub {
             doomed.push((child.clone(), dir));
         }
         doomed.push((id.to_owned(), backup.dir()));
-        self.catalog.delete_backups(&doomed)?;
+        self.freeing(|| self.catalog.delete_backups(&doomed))?;
         for (gone, dir) in &doomed {
             finish_deletion(&self.catalog, gone, dir);
         }
+        self.reserve.refill();
         tracing::info!(backup_id = %id, with_children = riders.len(), "backup deleted");
         Ok(())
     }

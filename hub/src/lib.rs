@@ -16,6 +16,7 @@ mod monitor;
 mod notify;
 pub mod rebuild;
 mod reconcile;
+mod reserve;
 pub mod restores;
 pub mod serve;
 pub mod size;

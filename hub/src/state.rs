@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::catalog::{Catalog, Repository, Status};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::reserve::SpaceReserve;
 
 pub const DEFAULT_REPOSITORY: &str = "default";
 pub const CATALOG_FILE: &str = "catalog.sqlite";
@@ -49,6 +50,8 @@ pub struct Inner {
     pub(crate) ops: tokio::sync::Mutex<()>,
     /// Finalisation tasks, awaited at shutdown.
     pub(crate) tasks: TaskTracker,
+    /// Space kept back for the catalog on a full filesystem.
+    pub(crate) reserve: SpaceReserve,
 }
 
 pub(crate) struct ActiveBackup {
@@ -112,7 +115,16 @@ impl Hub {
         let data = config.data_dir.clone();
         crate::datadir::prepare(&data)?;
         let catalog_path = data.join(CATALOG_FILE);
-        let catalog = Catalog::open(&catalog_path)?;
+        let reserve = SpaceReserve::new(&data);
+        let catalog = match Catalog::open(&catalog_path) {
+            // SQLite may need a few pages (its WAL index) just to open: on a full filesystem the
+            // reserve makes them.
+            Err(err) if reserve.release() => {
+                tracing::warn!(%err, "opening the catalog again after releasing the space reserve");
+                Catalog::open(&catalog_path)?
+            }
+            opened => opened?,
+        };
         let token = crate::token::load_or_create(&data, config.api_token.as_deref())?;
         ensure_default_repository(&catalog, &data)?;
         // Deletes a crash interrupted: their rows are gone, their directories must follow
@@ -147,6 +159,7 @@ impl Hub {
                 restores: Mutex::new(HashMap::new()),
                 ops: tokio::sync::Mutex::new(()),
                 tasks: TaskTracker::new(),
+                reserve,
             }),
         };
         for id in stale_manifests {
@@ -154,7 +167,18 @@ impl Hub {
                 tracing::warn!(backup_id = %id, %err, "manifest not rewritten from the catalog");
             }
         }
-        hub.recover().await?;
+        match hub.recover().await {
+            Err(err) if err.no_space().is_some() && hub.reserve.release() => {
+                tracing::warn!(%err, "recovering again after releasing the space reserve");
+                hub.recover().await?;
+            }
+            recovered => recovered?,
+        }
+        if !hub.reserve.refill() {
+            tracing::error!(data_dir = %hub.config.data_dir.display(),
+                "the data dir's filesystem is full: running degraded (reads, cancels and deletes work; \
+                 new backups are refused with 507) until space is freed");
+        }
         Ok(hub)
     }
 

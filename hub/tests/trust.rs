@@ -382,3 +382,144 @@ async fn deleting_a_parent_takes_its_cancelled_and_failed_children_all_or_nothin
     );
     h.stop().await;
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// `None` (and a message) when the test cannot mount: not root.
+    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::metadata("/proc/self")
+            .map(|m| m.uid())
+            .unwrap_or(1)
+            != 0
+        {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
+        std::fs::create_dir_all(at).unwrap();
+        run_ok(
+            Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0700"),
+                    "tmpfs",
+                ])
+                .arg(at),
+        );
+        Some(Tmpfs(at.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Write a file until the filesystem is full; returns its path.
+fn fill_up(dir: &Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join(format!("filler-{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    let chunk = vec![0x55u8; 64 << 10];
+    while f.write_all(&chunk).is_ok() {}
+    while f.write_all(&chunk[..512]).is_ok() {}
+    let _ = f.sync_all();
+    path
+}
+
+fn assert_no_space(resp: &(StatusCode, Value), data: &Path) {
+    assert_eq!(resp.0, StatusCode::INSUFFICIENT_STORAGE, "{}", resp.1);
+    let text = error_text(&resp.1);
+    assert!(text.contains("no space left on device"), "{text}");
+    assert!(text.contains(&data.display().to_string()), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_data_dir_answers_507_frees_space_on_cancel_and_delete_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(&dir.path().join("fs"), "32m") else {
+        return;
+    };
+    let data = fs.0.join("data");
+    let small = dir.path().join("small.raw");
+    make_raw(&small, MIB as usize, 11);
+    let big = dir.path().join("big.raw");
+    // Two thirds data: 32 MiB, more than the filesystem has left.
+    make_raw(&big, (48 * MIB) as usize, 12);
+
+    let h = TestHub::start(test_config(data.clone())).await;
+    let kept = completed_full(&h, "kept", &small, MIB).await;
+    let kept_id = kept["backup_id"].as_str().unwrap().to_owned();
+    let (s, b) = h
+        .post(
+            "/api/v1/backups",
+            &full("big", vec![disk(0, 2000, 64 * MIB)]),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let big_id = b["backup_id"].as_str().unwrap().to_owned();
+    let uri = b["disk_results"][0]["nbd_uri"].as_str().unwrap().to_owned();
+    let src = big.display().to_string();
+    let copy = blocking(move || Command::new("nbdcopy").args([&src, &uri]).output().unwrap()).await;
+    assert!(
+        !copy.status.success(),
+        "32 MiB of data fit in a 32 MiB filesystem"
+    );
+    let filler = fill_up(&fs.0);
+
+    // A new backup cannot even get its manifest written: 507 naming the path, not a 500.
+    let (s, e) = h
+        .post("/api/v1/backups", &full("new", vec![disk(0, 2000, MIB)]))
+        .await;
+    assert_no_space(&(s, e), &data);
+    // Whatever else is asked answers or says 507, never a bare 500.
+    let (s, t) = h
+        .call(
+            Method::POST,
+            &format!("/api/v1/telemetry/backup/{big_id}"),
+            Some(r#"{"progress": 50}"#),
+            Caller::Sna,
+        )
+        .await;
+    assert!(
+        s == StatusCode::OK || s == StatusCode::INSUFFICIENT_STORAGE,
+        "{s} {t}"
+    );
+    // Cancel works and gives the space back.
+    let (s, c) = h
+        .call(
+            Method::POST,
+            &format!("/api/v1/backups/{big_id}/cancel"),
+            None,
+            Caller::Operator,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    assert!(!image_of(&b).exists());
+    let (s, b2) = h
+        .post("/api/v1/backups", &full("new", vec![disk(0, 2000, MIB)]))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b2}");
+    h.stop().await;
+
+    // Full to the last byte while stopped: the hub still starts, serves reads and deletes.
+    let _filler2 = fill_up(&fs.0);
+    let h = TestHub::start(test_config(data.clone())).await;
+    let (s, got) = h.get(&format!("/api/v1/backups/{kept_id}")).await;
+    assert_eq!(s, StatusCode::OK, "{got}");
+    assert_eq!(got["status"], "completed");
+    let (s, e) = delete(&h, &kept_id).await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    assert!(!image_of(&kept).exists());
+    h.stop().await;
+    drop(filler);
+}

@@ -15,12 +15,17 @@ pub enum ApiError {
     NotFound(String),
     Conflict(String),
     MethodNotAllowed,
+    /// The data dir's or a repository's filesystem is full (507): the message names the path.
+    InsufficientStorage(String),
     /// Logged in full; the client only learns that something failed inside.
     Internal(String),
 }
 
 impl From<Error> for ApiError {
     fn from(err: Error) -> Self {
+        if let Some(at) = err.no_space() {
+            return ApiError::InsufficientStorage(format!("no space left on device: {at}"));
+        }
         match err {
             Error::Invalid(m) => ApiError::BadRequest(m),
             Error::NotFound(m) => ApiError::NotFound(m),
@@ -47,6 +52,10 @@ impl IntoResponse for ApiError {
                 "method_not_allowed",
                 "this route does not take that method".to_owned(),
             ),
+            ApiError::InsufficientStorage(m) => {
+                tracing::warn!(error = %m, "request failed: disk full");
+                (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage", m)
+            }
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "request failed");
                 (

@@ -24,6 +24,58 @@ const MIGRATIONS: &[&str] = &[
 
 pub struct Catalog {
     conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+/// SQLite says "database or disk is full" for ENOSPC (and for a full quota).
+pub fn is_disk_full(err: &rusqlite::Error) -> bool {
+    err.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+}
+
+/// The connection as the methods that change the catalog use it: a full filesystem becomes
+/// [`Error::NoSpace`] naming the catalog file, so callers can free space or answer 507.
+struct Writer<'a> {
+    conn: parking_lot::MutexGuard<'a, Connection>,
+    path: &'a Path,
+}
+
+fn at_path(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
+    move |e| {
+        if is_disk_full(&e) {
+            Error::NoSpace {
+                path: path.to_owned(),
+            }
+        } else {
+            Error::Catalog(e)
+        }
+    }
+}
+
+impl Writer<'_> {
+    fn execute<P: rusqlite::Params>(&self, sql: &str, params: P) -> Result<usize> {
+        self.conn.execute(sql, params).map_err(at_path(self.path))
+    }
+
+    fn transaction(&mut self) -> Result<WriterTx<'_>> {
+        let path = self.path;
+        let tx = self.conn.transaction().map_err(at_path(path))?;
+        Ok(WriterTx { tx, path })
+    }
+}
+
+struct WriterTx<'a> {
+    tx: rusqlite::Transaction<'a>,
+    path: &'a Path,
+}
+
+impl WriterTx<'_> {
+    fn execute<P: rusqlite::Params>(&self, sql: &str, params: P) -> Result<usize> {
+        self.tx.execute(sql, params).map_err(at_path(self.path))
+    }
+
+    fn commit(self) -> Result<()> {
+        self.tx.commit().map_err(at_path(self.path))
+    }
 }
 
 /// RFC 3339 in UTC with a fixed number of fraction digits, so the text sorts like the time
@@ -163,6 +215,17 @@ fn query_backups(
 }
 
 impl Catalog {
+    fn writer(&self) -> Writer<'_> {
+        Writer {
+            conn: self.conn.lock(),
+            path: &self.path,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub fn open(path: &Path) -> Result<Catalog> {
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -173,13 +236,14 @@ impl Catalog {
         migrate(&mut conn)?;
         Ok(Catalog {
             conn: Mutex::new(conn),
+            path: path.to_owned(),
         })
     }
 
     // --- repositories
 
     pub fn insert_repository(&self, repo: &Repository) -> Result<()> {
-        let conn = self.conn.lock();
+        let conn = self.writer();
         let inserted = conn.execute(
             "INSERT INTO repositories (id, name, path, created_at) VALUES (?1, ?2, ?3, ?4) \
              ON CONFLICT (id) DO NOTHING",
@@ -237,7 +301,7 @@ impl Catalog {
     // --- backups
 
     pub fn insert_backup(&self, backup: &Backup) -> Result<()> {
-        let mut conn = self.conn.lock();
+        let mut conn = self.writer();
         let tx = conn.transaction()?;
         tx.execute(
             &format!("INSERT INTO backups ({BACKUP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
@@ -360,7 +424,7 @@ impl Catalog {
     }
 
     pub fn set_status(&self, id: &str, status: Status, error: Option<&str>) -> Result<()> {
-        let conn = self.conn.lock();
+        let conn = self.writer();
         let completed_at = (!status.is_active()).then(|| fmt_time(OffsetDateTime::now_utc()));
         conn.execute(
             "UPDATE backups SET status = ?2, error = COALESCE(?3, error), \
@@ -372,7 +436,7 @@ impl Catalog {
 
     /// ready -> running, once; returns whether this call made the change.
     pub fn mark_running(&self, id: &str) -> Result<bool> {
-        let conn = self.conn.lock();
+        let conn = self.writer();
         let changed = conn.execute(
             "UPDATE backups SET status = 'running', started_at = ?2 WHERE id = ?1 AND status = 'ready'",
             params![id, fmt_time(OffsetDateTime::now_utc())],
@@ -381,7 +445,7 @@ impl Catalog {
     }
 
     pub fn set_telemetry(&self, id: &str, telemetry: &serde_json::Value) -> Result<()> {
-        let conn = self.conn.lock();
+        let conn = self.writer();
         conn.execute(
             "UPDATE backups SET telemetry = ?2 WHERE id = ?1",
             params![id, telemetry.to_string()],
@@ -398,7 +462,7 @@ impl Catalog {
         change_id: Option<&str>,
         bytes_transferred: Option<u64>,
     ) -> Result<()> {
-        let conn = self.conn.lock();
+        let conn = self.writer();
         conn.execute(
             "UPDATE backup_disks SET completed = 1, change_id = COALESCE(?3, change_id), \
              bytes_transferred = COALESCE(?4, bytes_transferred), completed_at = COALESCE(completed_at, ?5) \
@@ -421,7 +485,7 @@ impl Catalog {
         bytes_written: u64,
         image_size: u64,
     ) -> Result<()> {
-        let conn = self.conn.lock();
+        let conn = self.writer();
         conn.execute(
             "UPDATE backup_disks SET bytes_written = ?3, image_size = ?4 WHERE backup_id = ?1 AND disk_id = ?2",
             params![id, disk_id, bytes_written as i64, image_size as i64],
@@ -432,7 +496,7 @@ impl Catalog {
     /// Remove the rows of `doomed` (children before parents) and record each as a pending deletion
     /// of its directory, in one transaction: all or nothing.
     pub fn delete_backups(&self, doomed: &[(String, PathBuf)]) -> Result<()> {
-        let mut conn = self.conn.lock();
+        let mut conn = self.writer();
         let tx = conn.transaction()?;
         let now = fmt_time(OffsetDateTime::now_utc());
         for (id, dir) in doomed {
@@ -458,7 +522,7 @@ impl Catalog {
     }
 
     pub fn finish_deletion(&self, id: &str) -> Result<()> {
-        let conn = self.conn.lock();
+        let conn = self.writer();
         conn.execute("DELETE FROM deletions WHERE backup_id = ?1", [id])?;
         Ok(())
     }
@@ -485,7 +549,7 @@ impl Catalog {
     // --- restores
 
     pub fn insert_restore(&self, restore: &Restore) -> Result<()> {
-        let conn = self.conn.lock();
+        let conn = self.writer();
         conn.execute(
             "INSERT INTO restores (id, backup_id, disk_id, export_name, created_at, expires_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -512,7 +576,7 @@ impl Catalog {
     }
 
     pub fn delete_restore(&self, id: &str) -> Result<bool> {
-        let conn = self.conn.lock();
+        let conn = self.writer();
         Ok(conn.execute("DELETE FROM restores WHERE id = ?1", [id])? == 1)
     }
 
@@ -527,7 +591,7 @@ impl Catalog {
     }
 
     pub fn clear_restores(&self) -> Result<()> {
-        let conn = self.conn.lock();
+        let conn = self.writer();
         conn.execute("DELETE FROM restores", [])?;
         Ok(())
     }
