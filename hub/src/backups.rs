@@ -152,6 +152,9 @@ impl Hub {
         let id = uuid::Uuid::new_v4().to_string();
         let dir = layout::backup_dir(&repo.path, &req.vm_name, &id);
         std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+        for made in [dir.parent().unwrap_or(&dir), &dir] {
+            crate::datadir::private_dir(made)?;
+        }
         // Marks the directory as an unfinished creation until the row below exists.
         let created_at = now();
         let creating = Manifest::creating(
@@ -485,7 +488,7 @@ impl Hub {
     }
 
     /// Close the exports and drop the images of an active backup (connections are cut).
-    async fn abandon(&self, id: &str) {
+    pub(crate) async fn abandon(&self, id: &str) {
         let active = self.active.lock().remove(id);
         let Some(active) = active else { return };
         for disk in &active.disks {

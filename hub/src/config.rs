@@ -149,11 +149,7 @@ impl Config {
             return Err(Error::Config("max_in_flight_mib must be positive".into()));
         }
         if let Some(token) = &self.api_token {
-            if token.trim().len() < 16 {
-                return Err(Error::Config(
-                    "api_token must have at least 16 characters".into(),
-                ));
-            }
+            crate::token::check_length(token.trim(), crate::token::CONFIGURED)?;
         }
         Ok(())
     }

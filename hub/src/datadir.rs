@@ -15,14 +15,7 @@ pub struct DataDirLock {
 /// Take the data dir's lock, or say that another process holds it.
 pub fn lock(data_dir: &Path) -> Result<DataDirLock> {
     let path = data_dir.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(Error::io(format!("opening {}", path.display())))?;
+    let file = open_private(&path).map_err(Error::io(format!("opening {}", path.display())))?;
     match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(DataDirLock { _file: file }),
         Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::Conflict(format!(
@@ -32,6 +25,20 @@ pub fn lock(data_dir: &Path) -> Result<DataDirLock> {
         ))),
         Err(e) => Err(Error::io(format!("locking {}", path.display()))(e.into())),
     }
+}
+
+/// Open a file of the hub's for reading and writing, creating it with mode 0600 if needed, and
+/// make it 0600 if it was not (files made under an older umask).
+pub fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(file)
 }
 
 /// Create the data dir if needed and make it private (0700), whatever the umask.

@@ -1,5 +1,6 @@
 //! Creating, opening and closing the images of backups and restores, off the async threads.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -14,7 +15,14 @@ pub(crate) async fn create_image(path: PathBuf, size: u64, backing: Option<PathB
         backing_file: backing,
         ..CreateOptions::default()
     };
-    blocking(move || Image::create(&path, &opts).map_err(Error::image(&path))).await
+    blocking(move || {
+        Image::create(&path, &opts).map_err(Error::image(&path))?;
+        // Backups are copies of whole VM disks: for the hub's user only, whatever the umask.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(Error::io(
+            format!("making {} private (mode 0600)", path.display()),
+        ))
+    })
+    .await
 }
 
 /// Open an image the hub created itself, with its backing chain.

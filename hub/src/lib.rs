@@ -11,6 +11,7 @@ pub mod error;
 pub mod export;
 mod images;
 pub mod layout;
+pub mod logfmt;
 pub mod manifest;
 mod monitor;
 mod notify;

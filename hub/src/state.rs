@@ -260,17 +260,26 @@ impl Hub {
             .await
             .is_err()
         {
-            tracing::warn!(
-                "finalisation still running at shutdown; it will be marked failed at the next start"
-            );
+            tracing::warn!("finalisation still running at shutdown; the backup is marked failed");
         }
-        let actives: Vec<_> = self.active.lock().drain().map(|(_, a)| a).collect();
-        for active in actives {
-            for disk in &active.disks {
-                if let Err(err) = disk.close_image().await {
-                    tracing::error!(%err, export = %disk.export_name, "closing image at shutdown");
+        // Nobody can finish these once we are gone: say so in the catalog now, not at the next
+        // start.
+        let _ops = self.ops.lock().await;
+        let actives: Vec<String> = self.active.lock().keys().cloned().collect();
+        for id in actives {
+            let reason = match self.catalog.backup_status(&id) {
+                Ok(Some(Ok(Status::Ready | Status::Running))) => Some("hub stopped"),
+                Ok(Some(Ok(Status::Finalizing))) => Some("hub stopped while finalising"),
+                _ => None,
+            };
+            if let Some(reason) = reason {
+                tracing::warn!(backup_id = %id, reason, "backup failed");
+                if let Err(err) = self.catalog.set_status(&id, Status::Failed, Some(reason)) {
+                    tracing::error!(backup_id = %id, %err, "recording the failure at shutdown");
                 }
             }
+            self.abandon(&id).await;
+            self.sync_manifest(&id).await;
         }
         self.restores.lock().clear();
     }
@@ -288,6 +297,7 @@ fn ensure_default_repository(catalog: &Catalog, data: &Path) -> Result<()> {
     }
     let path = default_repository_path(data)?;
     std::fs::create_dir_all(&path).map_err(Error::io(format!("creating {}", path.display())))?;
+    crate::datadir::private_dir(&path)?;
     catalog.insert_repository(&Repository {
         id: DEFAULT_REPOSITORY.into(),
         name: DEFAULT_REPOSITORY.into(),

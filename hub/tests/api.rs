@@ -805,10 +805,7 @@ async fn restart_keeps_the_catalog_and_fails_unfinished_backups() {
     let (_, failed) = h.get(&format!("/api/v1/backups/{open_id}")).await;
     assert_eq!(failed["status"], "failed");
     assert!(
-        failed["error"]
-            .as_str()
-            .unwrap()
-            .contains("interrupted by restart"),
+        failed["error"].as_str().unwrap().contains("hub stopped"),
         "{failed}"
     );
     let image = std::path::PathBuf::from(kept["disk_results"][0]["qcow2_path"].as_str().unwrap());

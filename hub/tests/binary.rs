@@ -4,53 +4,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 
 use common::*;
 use serde_json::{Value, json};
-
-/// A minimal HTTP/1.1 client (one request per connection), so the test needs no curl.
-fn http(
-    method: &str,
-    addr: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&Value>,
-) -> (u16, Value) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, payload) = response.split_once("\r\n\r\n").expect("HTTP response");
-    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-    assert!(
-        !head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"),
-        "{head}"
-    );
-    let value = serde_json::from_str(payload).unwrap_or(Value::String(payload.to_owned()));
-    (status, value)
-}
-
-fn ok(resp: (u16, Value)) -> Value {
-    assert_eq!(resp.0, 200, "{}", resp.1);
-    resp.1
-}
 
 /// Start `sendense-hub serve` on ephemeral ports; learn them from its JSON log. The data dir
 /// comes from the environment; the listen flags win over (unusable) environment values.
@@ -199,6 +159,16 @@ fn serve_process_quick_start_sigterm_and_restart() {
     assert!(exit.success(), "hub exited with {exit}");
     let _ = writer.stdin.take().unwrap().write_all(b"\n");
     let _ = writer.wait();
+    // Marked failed before the process exited, not at the next start.
+    let recorded: (String, String) = rusqlite::Connection::open(data.join("catalog.sqlite"))
+        .unwrap()
+        .query_row(
+            "SELECT status, error FROM backups WHERE id = ?1",
+            [&open_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(recorded, ("failed".into(), "hub stopped".into()));
 
     let image = std::path::PathBuf::from(status["disk_results"][0]["qcow2_path"].as_str().unwrap());
     qemu_img_check(&image);
@@ -212,7 +182,7 @@ fn serve_process_quick_start_sigterm_and_restart() {
     std::fs::write(&raw, &expected).unwrap();
     qemu_img_compare(&raw, &busy);
 
-    // Restart: the catalog is kept; the interrupted backup is failed.
+    // Restart: the catalog is kept; the interrupted backup stays failed.
     let (mut hub, api, _) = start_hub(&data);
     let kept = ok(http(
         "GET",
@@ -231,10 +201,7 @@ fn serve_process_quick_start_sigterm_and_restart() {
     ));
     assert_eq!(failed["status"], "failed");
     assert!(
-        failed["error"]
-            .as_str()
-            .unwrap()
-            .contains("interrupted by restart"),
+        failed["error"].as_str().unwrap().contains("hub stopped"),
         "{failed}"
     );
     assert!(hub.terminate_and_wait().success());

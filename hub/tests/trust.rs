@@ -84,6 +84,23 @@ async fn delete(h: &TestHub, id: &str) -> (StatusCode, Value) {
     .await
 }
 
+/// A hub in a temp dir and a 1 MiB source disk made from `seed`.
+async fn hub_and_source(
+    seed: u64,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    TestHub,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let src = dir.path().join("src.raw");
+    make_raw(&src, MIB as usize, seed);
+    let h = TestHub::start(test_config(data.clone())).await;
+    (dir, data, src, h)
+}
+
 /// A full backup of `vm` and an incremental on top, both completed; returns both bodies.
 async fn full_and_incremental(h: &TestHub, dir: &Path, vm: &str) -> (Value, Value) {
     let src = dir.join(format!("{vm}.raw"));
@@ -154,11 +171,7 @@ async fn empty_catalog_refuses_to_start_and_rebuild_brings_every_backup_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn older_catalog_refuses_to_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let src = dir.path().join("a.raw");
-    make_raw(&src, MIB as usize, 3);
-    let h = TestHub::start(test_config(data.clone())).await;
+    let (dir, data, src, h) = hub_and_source(3).await;
     let first = completed_full(&h, "a", &src, MIB).await;
     h.stop().await;
     let old = dir.path().join("old-catalog");
@@ -522,4 +535,201 @@ async fn a_full_data_dir_answers_507_frees_space_on_cancel_and_delete_and_restar
     assert!(!image_of(&kept).exists());
     h.stop().await;
     drop(filler);
+}
+
+/// `serve` on ephemeral ports; the data dir follows.
+const SERVE_ON_ANY_PORT: [&str; 6] = [
+    "serve",
+    "--api-listen",
+    "127.0.0.1:0",
+    "--nbd-listen",
+    "127.0.0.1:0",
+    "--data-dir",
+];
+
+/// `sendense-hub serve` with text logs under umask 000; returns it, the API address and its
+/// stderr lines as they come.
+fn start_text_hub(
+    data: &Path,
+) -> (
+    ChildGuard,
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use std::io::BufRead;
+    let mut child = Command::new("sh")
+        .args(["-c", "umask 000; exec \"$0\" \"$@\"", BIN])
+        .args(SERVE_ON_ANY_PORT)
+        .arg(data)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let guard = ChildGuard(Some(child));
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let keep = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            eprintln!("hub: {line}");
+            keep.lock().unwrap().push(line.clone());
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        let line = rx.recv().expect("hub exited before listening");
+        if let Some(at) = line.split("api=").nth(1) {
+            let api = at.split_whitespace().next().unwrap().to_owned();
+            return (guard, api, lines);
+        }
+    }
+}
+
+#[test]
+fn hostile_names_cannot_forge_log_lines_and_files_stay_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut hub, api, lines) = start_text_hub(&data);
+    let token = std::fs::read_to_string(data.join("api-token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let forged = "2026-01-01T00:00:00.000000Z  INFO hub::backups: backup deleted backup_id=all";
+    let vm = format!("web\n{forged}\r\u{1b}[2K\u{202e}exe.gpj\u{0}");
+    let req = json!({"vm_name": vm, "backup_type": "full", "disks": [disk(0, 2000, MIB)]});
+    let b = ok(http(
+        "POST",
+        &api,
+        "/api/v1/backups",
+        Some(&token),
+        Some(&req),
+    ));
+    let id = b["backup_id"].as_str().unwrap().to_owned();
+    let image = image_of(&b);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    for private in [
+        data.join("catalog.sqlite"),
+        data.join("api-token"),
+        image.clone(),
+        image.parent().unwrap().join("manifest.json"),
+    ] {
+        assert_eq!(mode(&private), 0o600, "{}", private.display());
+    }
+    for dir in [
+        data.join("repository"),
+        image.parent().unwrap().to_owned(),
+        image.parent().unwrap().parent().unwrap().to_owned(),
+    ] {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+    ok(http(
+        "POST",
+        &api,
+        &format!("/api/v1/backups/{id}/cancel"),
+        Some(&token),
+        None,
+    ));
+    assert!(hub.terminate_and_wait().success());
+    let lines = lines.lock().unwrap();
+    assert!(
+        lines.iter().any(|l| l.contains("web\\n2026-01-01")),
+        "the VM name was not logged escaped"
+    );
+    for line in lines.iter() {
+        assert!(
+            !line.starts_with("2026-01-01T00:00:00"),
+            "forged line: {line:?}"
+        );
+        assert!(
+            !line.contains(['\r', '\u{1b}', '\u{202e}', '\u{0}']),
+            "raw control character in {line:?}"
+        );
+    }
+}
+
+#[test]
+fn weak_tokens_are_refused_with_how_to_fix_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let serve = |env_token: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(SERVE_ON_ANY_PORT)
+            .arg(&data)
+            .env_remove("SENDENSE_HUB_API_TOKEN");
+        if let Some(t) = env_token {
+            cmd.env("SENDENSE_HUB_API_TOKEN", t);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = serve(Some("short-token"));
+    assert!(
+        err.contains("at least 32") && err.contains("openssl rand -hex 32"),
+        "{err}"
+    );
+    let file = data.join("api-token");
+    std::fs::write(&file, format!("{}\n", "t".repeat(64))).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = serve(None);
+    assert!(
+        err.contains(&format!("chmod 600 {}", file.display())),
+        "{err}"
+    );
+    // Said once: no "X: X" from a cause printed again by the error chain.
+    let first = err.lines().find(|l| l.contains("chmod")).unwrap();
+    assert_eq!(
+        first.matches("readable by group or others").count(),
+        1,
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("readable by group or others").count(),
+        1,
+        "{err}"
+    );
+    std::fs::write(&file, "x\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let err = serve(None);
+    assert!(err.contains("at least 32"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreadable_catalog_row_is_skipped_not_fatal() {
+    let (_dir, data, src, h) = hub_and_source(2).await;
+    let good = completed_full(&h, "good", &src, MIB).await;
+    let (s, bad) = h
+        .post("/api/v1/backups", &full("bad", vec![disk(0, 2000, MIB)]))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{bad}");
+    let bad_id = bad["backup_id"].as_str().unwrap().to_owned();
+    h.stop().await;
+    {
+        let conn = rusqlite::Connection::open(data.join("catalog.sqlite")).unwrap();
+        conn.execute(
+            "UPDATE backups SET created_at = 'yesterday', status = 'running' WHERE id = ?1",
+            [&bad_id],
+        )
+        .unwrap();
+    }
+    let h = TestHub::start(test_config(data.clone())).await;
+    let (s, list) = h.get("/api/v1/backups").await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    let ids: Vec<&str> = list["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["backup_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [good["backup_id"].as_str().unwrap()]);
+    let (s, one) = h.get(&format!("/api/v1/backups/{bad_id}")).await;
+    assert!(s.is_server_error(), "{s} {one}");
+    h.stop().await;
 }

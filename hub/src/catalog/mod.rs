@@ -227,8 +227,10 @@ impl Catalog {
     }
 
     pub fn open(path: &Path) -> Result<Catalog> {
+        prepare_file(path)?;
         let mut conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| not_a_catalog(path, e))?;
         // A completed backup must stay recorded through a power cut; writes are rare.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
@@ -595,6 +597,25 @@ impl Catalog {
         conn.execute("DELETE FROM restores", [])?;
         Ok(())
     }
+}
+
+/// Create the file (mode 0600 whatever the umask; SQLite gives its WAL and index the same mode) or
+/// check that it can be opened, so a wrong owner or mode is reported with the path and the errno
+/// instead of SQLite's "unable to open database file".
+fn prepare_file(path: &Path) -> Result<()> {
+    crate::datadir::open_private(path)
+        .map(drop)
+        .map_err(Error::io(format!("opening the catalog {}", path.display())))
+}
+
+fn not_a_catalog(path: &Path, e: rusqlite::Error) -> Error {
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) {
+        return Error::Config(format!(
+            "{} is not an SQLite database ({e}); move it away and run `sendense-hub catalog rebuild` to rebuild the catalog from the backups' manifests",
+            path.display()
+        ));
+    }
+    Error::Catalog(e)
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {

@@ -48,7 +48,7 @@ pub fn init_logging(json: bool) {
     if json {
         builder.json().init();
     } else {
-        builder.init();
+        builder.fmt_fields(hub::logfmt::EscapedFields).init();
     }
 }
 
