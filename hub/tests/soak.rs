@@ -6,7 +6,7 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use common::hub::*;
 use common::*;
 
@@ -66,25 +66,11 @@ async fn cycle(h: &TestHub, client: &mut (impl Write, impl BufRead), n: usize) {
     let mut line = String::new();
     client.1.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "ok", "cycle {n}");
-    let (s, c) = h
-        .call(
-            Method::POST,
-            &format!("/api/v1/backups/{id}/complete"),
-            Some(r#"{"change_id":"soak"}"#),
-            Caller::Sna,
-        )
-        .await;
+    let (s, c) = h.complete(&id, r#"{"change_id":"soak"}"#).await;
     assert_eq!(s, StatusCode::OK, "cycle {n}: {c}");
     let done = h.wait_status(&id, "completed").await;
     assert_eq!(done["disk_results"][0]["bytes_written"], 65536, "cycle {n}");
-    let (s, d) = h
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/backups/{id}"),
-            None,
-            Caller::Operator,
-        )
-        .await;
+    let (s, d) = h.delete(&id).await;
     assert_eq!(s, StatusCode::OK, "cycle {n}: {d}");
 }
 

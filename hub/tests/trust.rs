@@ -64,26 +64,6 @@ fn image_of(backup: &Value) -> std::path::PathBuf {
         .into()
 }
 
-async fn complete(h: &TestHub, id: &str, body: &str) -> (StatusCode, Value) {
-    h.call(
-        Method::POST,
-        &format!("/api/v1/backups/{id}/complete"),
-        Some(body),
-        Caller::Sna,
-    )
-    .await
-}
-
-async fn delete(h: &TestHub, id: &str) -> (StatusCode, Value) {
-    h.call(
-        Method::DELETE,
-        &format!("/api/v1/backups/{id}"),
-        None,
-        Caller::Operator,
-    )
-    .await
-}
-
 /// A hub in a temp dir and a 1 MiB source disk made from `seed`.
 async fn hub_and_source(
     seed: u64,
@@ -116,7 +96,7 @@ async fn completed_incremental(h: &TestHub, src: &Path, vm: &str) -> (Value, Str
     let (_, b) = h.get(&format!("/api/v1/backups/{id}")).await;
     let uri = b["disk_results"][0]["nbd_uri"].as_str().unwrap().to_owned();
     nbdcopy(vec![src.display().to_string(), uri]).await;
-    let (s, c) = complete(h, &id, r#"{"change_id":"c1"}"#).await;
+    let (s, c) = h.complete(&id, r#"{"change_id":"c1"}"#).await;
     assert_eq!(s, StatusCode::OK, "{c}");
     (h.wait_status(&id, "completed").await, id)
 }
@@ -259,7 +239,7 @@ async fn complete_while_the_client_writes_fails_the_backup() {
         lines
     })
     .await;
-    let (s, c) = complete(&h, &id, r#"{"change_id":"early"}"#).await;
+    let (s, c) = h.complete(&id, r#"{"change_id":"early"}"#).await;
     assert_eq!(s, StatusCode::OK, "{c}");
     let failed = h.wait_status(&id, "failed").await;
     assert_eq!(
@@ -292,21 +272,21 @@ async fn a_disk_nobody_connected_to_cannot_be_completed() {
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let id = b["backup_id"].as_str().unwrap().to_owned();
-    let (s, e) = complete(&h, &id, "{}").await;
+    let (s, e) = h.complete(&id, "{}").await;
     assert_eq!(s, StatusCode::CONFLICT, "{e}");
     assert!(error_text(&e).contains("no client ever connected"), "{e}");
     // Writing one disk is not enough for the other, nor for both at once.
     let uri1 = b["disk_results"][1]["nbd_uri"].as_str().unwrap().to_owned();
     nbdcopy(vec![src.display().to_string(), uri1]).await;
-    let (s, e) = complete(&h, &id, r#"{"disk_id":0}"#).await;
+    let (s, e) = h.complete(&id, r#"{"disk_id":0}"#).await;
     assert_eq!(s, StatusCode::CONFLICT, "{e}");
-    let (s, e) = complete(&h, &id, "{}").await;
+    let (s, e) = h.complete(&id, "{}").await;
     assert_eq!(s, StatusCode::CONFLICT, "{e}");
     let (_, now) = h.get(&format!("/api/v1/backups/{id}")).await;
     for d in now["disk_results"].as_array().unwrap() {
         assert_ne!(d["status"], "completed", "{now}");
     }
-    let (s, ok) = complete(&h, &id, r#"{"disk_id":1}"#).await;
+    let (s, ok) = h.complete(&id, r#"{"disk_id":1}"#).await;
     assert_eq!(s, StatusCode::OK, "{ok}");
     h.stop().await;
 }
@@ -349,14 +329,14 @@ async fn deleting_a_parent_takes_its_cancelled_and_failed_children_all_or_nothin
 
     // A completed child keeps its parent; the refusal changes nothing.
     let (_, done_child) = completed_incremental(&h, &src, "db").await;
-    let (s, e) = delete(&h, &parent_id).await;
+    let (s, e) = h.delete(&parent_id).await;
     assert_eq!(s, StatusCode::CONFLICT, "{e}");
     assert!(error_text(&e).contains(&done_child), "{e}");
     assert!(parent_dir.exists() && failed_dir.exists());
-    let (s, e) = delete(&h, &done_child).await;
+    let (s, e) = h.delete(&done_child).await;
     assert_eq!(s, StatusCode::OK, "{e}");
 
-    let (s, e) = delete(&h, &parent_id).await;
+    let (s, e) = h.delete(&parent_id).await;
     assert_eq!(s, StatusCode::OK, "{e}");
     for id in [&parent_id, &cancelled, &failed] {
         let (s, b) = h.get(&format!("/api/v1/backups/{id}")).await;
@@ -530,7 +510,7 @@ async fn a_full_data_dir_answers_507_frees_space_on_cancel_and_delete_and_restar
     let (s, got) = h.get(&format!("/api/v1/backups/{kept_id}")).await;
     assert_eq!(s, StatusCode::OK, "{got}");
     assert_eq!(got["status"], "completed");
-    let (s, e) = delete(&h, &kept_id).await;
+    let (s, e) = h.delete(&kept_id).await;
     assert_eq!(s, StatusCode::OK, "{e}");
     assert!(!image_of(&kept).exists());
     h.stop().await;

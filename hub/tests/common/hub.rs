@@ -113,6 +113,18 @@ impl TestHub {
         self.call(Method::GET, uri, None, Caller::Operator).await
     }
 
+    /// `complete` as the SNA sends it (loopback, no token).
+    pub async fn complete(&self, id: &str, body: &str) -> (StatusCode, Value) {
+        let uri = format!("/api/v1/backups/{id}/complete");
+        self.call(Method::POST, &uri, Some(body), Caller::Sna).await
+    }
+
+    pub async fn delete(&self, id: &str) -> (StatusCode, Value) {
+        let uri = format!("/api/v1/backups/{id}");
+        self.call(Method::DELETE, &uri, None, Caller::Operator)
+            .await
+    }
+
     /// Poll a backup until its status is `want` (the lifecycle runs in the background).
     pub async fn wait_status(&self, id: &str, want: &str) -> Value {
         let mut last = Value::Null;
@@ -176,14 +188,7 @@ pub async fn completed_full(h: &TestHub, vm: &str, src: &std::path::Path, capaci
         .to_owned();
     nbdcopy(vec![src.display().to_string(), uri]).await;
     let id = body["backup_id"].as_str().unwrap().to_owned();
-    let r = h
-        .call(
-            Method::POST,
-            &format!("/api/v1/backups/{id}/complete"),
-            Some(r#"{"change_id":"c0"}"#),
-            Caller::Sna,
-        )
-        .await;
+    let r = h.complete(&id, r#"{"change_id":"c0"}"#).await;
     assert_eq!(r.0, StatusCode::OK, "{}", r.1);
     h.wait_status(&id, "completed").await
 }
