@@ -369,6 +369,11 @@ impl Hub {
         }
         let backup = self.backup(id)?;
         if backup.disks.iter().all(|d| d.completed) {
+            // What arrived so far survives a kill while finalising.
+            let active = self.active.lock().get(id).cloned();
+            if let Some(active) = active {
+                self.record_results(id, &active)?;
+            }
             self.catalog.set_status(id, Status::Finalizing, None)?;
             self.sync_manifest(id).await;
             let hub = self.clone();
@@ -418,8 +423,6 @@ impl Hub {
                 tracing::warn!(export = %disk.export_name, %err, "closing export to new clients");
             }
         }
-        // What arrived so far survives a kill during the drain.
-        self.record_results(id, &active)?;
         self.drain(&active).await?;
         for disk in &active.disks {
             disk.refresh_stats(&self.nbd);

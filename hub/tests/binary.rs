@@ -322,3 +322,48 @@ fn serve_process_killed_mid_write_leaves_a_clean_image_and_a_failed_backup() {
     qemu_img_check(&again_image);
     qemu_img_compare(&src, &again_image);
 }
+
+#[test]
+fn killed_while_finalising_keeps_the_bytes_received() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut hub, api, _) = start_hub(&data);
+    let token = read_token(&data);
+    let b = create(&api, &token, "slow-close", 2 << 20);
+    let id = b["backup_id"].as_str().unwrap().to_owned();
+    // 1 MiB written, the connection held open: finalising waits for it to go idle.
+    let mut writer = ChildGuard(Some(
+        Command::new("/usr/bin/python3")
+            .args(["-c", HOLD_OPEN])
+            .arg(b["disk_results"][0]["nbd_uri"].as_str().unwrap())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let mut line = String::new();
+    BufReader::new(writer.child().stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "written");
+    let c = ok(http(
+        "POST",
+        &api,
+        &format!("/api/v1/backups/{id}/complete"),
+        None,
+        Some(&json!({"change_id": "c-9"})),
+    ));
+    assert_eq!(c["status"], "finalizing");
+    hub.child().kill().unwrap();
+    hub.child().wait().unwrap();
+    drop(writer);
+
+    let (mut hub, api, _) = start_hub(&data);
+    let failed = wait_status(&api, &token, &id, "failed");
+    assert_eq!(
+        failed["disk_results"][0]["bytes_written"],
+        1 << 20,
+        "{failed}"
+    );
+    assert!(hub.terminate_and_wait().success());
+}

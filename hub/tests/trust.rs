@@ -711,5 +711,6 @@ async fn an_unreadable_catalog_row_is_skipped_not_fatal() {
     assert_eq!(ids, [good["backup_id"].as_str().unwrap()]);
     let (s, one) = h.get(&format!("/api/v1/backups/{bad_id}")).await;
     assert!(s.is_server_error(), "{s} {one}");
+    assert!(error_text(&one).contains(&bad_id), "{one}");
     h.stop().await;
 }

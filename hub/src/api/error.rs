@@ -61,7 +61,8 @@ impl IntoResponse for ApiError {
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",
-                    "internal error; see the hub's log".to_owned(),
+                    // The cause (errno text, path) helps whoever called; the log has it too.
+                    format!("internal error: {m}"),
                 )
             }
         };
