@@ -254,20 +254,7 @@ fn serve_process_killed_mid_write_leaves_a_clean_image_and_a_failed_backup() {
     // The next one is being written and flushed without pause when the hub is killed.
     let busy = create(&api, &token, "crash-busy", 16 << 20);
     let busy_id = busy["backup_id"].as_str().unwrap().to_owned();
-    let mut writer = ChildGuard(Some(
-        Command::new("/usr/bin/python3")
-            .args(["-c", WRITE_FOREVER])
-            .arg(busy["disk_results"][0]["nbd_uri"].as_str().unwrap())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
-    let mut line = String::new();
-    BufReader::new(writer.child().stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "flushed");
+    let mut writer = nbd_client(WRITE_FOREVER, &busy, "flushed");
     hub.child().kill().unwrap();
     hub.child().wait().unwrap();
     let _ = writer.child().wait();
@@ -323,6 +310,26 @@ fn serve_process_killed_mid_write_leaves_a_clean_image_and_a_failed_backup() {
     qemu_img_compare(&src, &again_image);
 }
 
+/// A python3-libnbd client running `script` on the backup's first disk, once it printed `ready`.
+fn nbd_client(script: &str, backup: &Value, ready: &str) -> ChildGuard {
+    let mut client = ChildGuard(Some(
+        Command::new("/usr/bin/python3")
+            .args(["-c", script])
+            .arg(backup["disk_results"][0]["nbd_uri"].as_str().unwrap())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let mut line = String::new();
+    BufReader::new(client.child().stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), ready);
+    client
+}
+
 #[test]
 fn killed_while_finalising_keeps_the_bytes_received() {
     let dir = tempfile::tempdir().unwrap();
@@ -332,20 +339,7 @@ fn killed_while_finalising_keeps_the_bytes_received() {
     let b = create(&api, &token, "slow-close", 2 << 20);
     let id = b["backup_id"].as_str().unwrap().to_owned();
     // 1 MiB written, the connection held open: finalising waits for it to go idle.
-    let mut writer = ChildGuard(Some(
-        Command::new("/usr/bin/python3")
-            .args(["-c", HOLD_OPEN])
-            .arg(b["disk_results"][0]["nbd_uri"].as_str().unwrap())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    ));
-    let mut line = String::new();
-    BufReader::new(writer.child().stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "written");
+    let writer = nbd_client(HOLD_OPEN, &b, "written");
     let c = ok(http(
         "POST",
         &api,
