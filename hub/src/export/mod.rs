@@ -72,8 +72,10 @@ impl WriteTally {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let change = InFlight(Arc::clone(self));
         if self.sealed.load(Ordering::SeqCst) {
-            self.late.fetch_add(1, Ordering::SeqCst);
-            tracing::warn!("write refused: the client already completed this disk");
+            // Once per export: a client that goes on writing must not flood the log.
+            if self.late.fetch_add(1, Ordering::SeqCst) == 0 {
+                tracing::warn!("write refused: the client already completed this disk");
+            }
             return Err(ExportError::ReadOnly);
         }
         Ok(change)
