@@ -123,9 +123,26 @@ async fn empty_catalog_refuses_to_start_and_rebuild_brings_every_backup_back() {
     remove_catalog(&data);
     assert!(start_refused(&data).await.contains("catalog rebuild"));
 
+    // A directory from before manifests (or written by hand): reported, never guessed at.
+    let stray = data
+        .join("repository")
+        .join("app")
+        .join("5f1c9e3a-8b7d-4e2f-a6c4-2d3b9e8f1a00");
+    std::fs::create_dir_all(&stray).unwrap();
+    qemu_img_create(&stray.join("disk0.qcow2"), MIB);
     let (code, out) = rebuild(&data);
-    assert_eq!(code, 0, "{out}");
+    assert_eq!(code, 1, "{out}");
     assert!(out.contains("2 backup(s)"), "{out}");
+    assert!(
+        out.contains("could not rebuild 1") && out.contains(&stray.display().to_string()),
+        "{out}"
+    );
+    let msg = start_refused(&data).await;
+    assert!(
+        msg.contains(&stray.display().to_string()) && msg.contains("no manifest"),
+        "{msg}"
+    );
+    std::fs::rename(&stray, dir.path().join("moved-away")).unwrap();
     let h = TestHub::start(test_config(data.clone())).await;
     for (b, change_id) in [(&full, "c0"), (&inc, "c1")] {
         let id = b["backup_id"].as_str().unwrap();
@@ -607,6 +624,9 @@ fn hostile_names_cannot_forge_log_lines_and_files_stay_private_whatever_the_umas
     ] {
         assert_eq!(mode(&dir), 0o700, "{}", dir.display());
     }
+    // No rebuild under a running hub.
+    let (code, out) = rebuild(&data);
+    assert_ne!(code, 0, "{out}");
     ok(http(
         "POST",
         &api,
