@@ -15,6 +15,7 @@ use crate::export::ImageExport;
 use crate::images::{create_image, open_image};
 use crate::layout;
 use crate::manifest::{self, Manifest};
+use crate::removal;
 use crate::state::{ActiveBackup, ActiveDisk, DEFAULT_REPOSITORY, Hub, now};
 
 /// Largest virtual size accepted for one disk (QCOW2 with 64 KiB clusters handles far more; this
@@ -541,7 +542,7 @@ impl Hub {
                 .set_status(id, Status::Cancelled, Some("cancelled by request"))
         })?;
         self.abandon(id).await;
-        remove_backup_dir(&backup);
+        removal::remove_backup_dir(&backup);
         self.reserve.refill();
         tracing::info!(backup_id = %id, "backup cancelled");
         self.backup(id)
@@ -601,7 +602,7 @@ impl Hub {
         doomed.push((id.to_owned(), backup.dir()));
         self.freeing(|| self.catalog.delete_backups(&doomed))?;
         for (gone, dir) in &doomed {
-            finish_deletion(&self.catalog, gone, dir);
+            removal::finish_deletion(&self.catalog, gone, dir);
         }
         self.reserve.refill();
         tracing::info!(backup_id = %id, with_children = riders.len(), "backup deleted");
@@ -659,47 +660,6 @@ impl Hub {
         chain.reverse();
         Ok(chain)
     }
-}
-
-pub(crate) fn remove_backup_dir(backup: &Backup) {
-    let dir = backup.dir();
-    if let Err(err) = remove_dir_files(&dir) {
-        tracing::warn!(dir = %dir.display(), %err, "removing backup images");
-    }
-}
-
-/// The files of a deleted backup, then its pending-deletion row. On failure the row stays and
-/// the next start tries again.
-pub(crate) fn finish_deletion(catalog: &crate::catalog::Catalog, id: &str, dir: &std::path::Path) {
-    match remove_dir_files(dir) {
-        Ok(()) => {
-            if let Err(err) = catalog.finish_deletion(id) {
-                tracing::warn!(backup_id = %id, %err, "pending deletion not cleared");
-            }
-        }
-        Err(err) => tracing::warn!(backup_id = %id, dir = %dir.display(), %err,
-            "files of a deleted backup not removed; the next start tries again"),
-    }
-}
-
-/// A backup directory and everything in it, the manifest first (a directory half removed is then
-/// no longer a backup to `catalog rebuild`); then the VM's directory if that emptied it.
-pub(crate) fn remove_dir_files(dir: &std::path::Path) -> std::io::Result<()> {
-    match std::fs::remove_file(layout::manifest_path(dir)) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    if let Some(vm_dir) = dir.parent() {
-        // A non-empty one stays.
-        let _ = std::fs::remove_dir(vm_dir);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

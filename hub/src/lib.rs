@@ -17,6 +17,7 @@ mod monitor;
 mod notify;
 pub mod rebuild;
 mod reconcile;
+mod removal;
 mod reserve;
 pub mod restores;
 pub mod serve;

@@ -76,7 +76,7 @@ pub(crate) fn check_catalog(
 ) -> Result<Vec<String>> {
     let mut problems = Vec::new();
     let mut actions = Vec::new();
-    // Deleted, files still going (see `backups::finish_deletion`): not a backup any more.
+    // Deleted, files still going (see `removal::finish_deletion`): not a backup any more.
     let deleting: std::collections::HashSet<String> = catalog
         .pending_deletions()?
         .into_iter()

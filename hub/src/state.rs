@@ -131,7 +131,7 @@ impl Hub {
         // before the repository is compared with the catalog.
         for (id, dir) in catalog.pending_deletions()? {
             tracing::info!(backup_id = %id, dir = %dir.display(), "finishing an interrupted delete");
-            crate::backups::finish_deletion(&catalog, &id, &dir);
+            crate::removal::finish_deletion(&catalog, &id, &dir);
         }
         let stale_manifests =
             crate::reconcile::check_catalog(&catalog, &catalog_path, &data, started)?;
@@ -221,7 +221,7 @@ impl Hub {
         for backup in self.catalog.backups(&cancelled)? {
             if backup.disks.iter().any(|d| d.qcow2_path.exists()) {
                 tracing::info!(backup_id = %backup.id, "removing images of a cancelled backup");
-                crate::backups::remove_backup_dir(&backup);
+                crate::removal::remove_backup_dir(&backup);
             }
         }
         Ok(())
