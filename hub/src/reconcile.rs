@@ -28,7 +28,7 @@ pub(crate) struct BackupDir {
     pub id: String,
 }
 
-/// Every `<vm>/<id>` directory of a repository whose name can be a backup id.
+/// Every `<vm>/<id>` directory of a repository that holds a manifest or is named like a backup.
 pub(crate) fn backup_dirs(repository: &Path) -> std::io::Result<Vec<BackupDir>> {
     let mut out = Vec::new();
     let vms = match std::fs::read_dir(repository) {
@@ -46,7 +46,12 @@ pub(crate) fn backup_dirs(repository: &Path) -> std::io::Result<Vec<BackupDir>> 
             let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
-            if entry.file_type()?.is_dir() && layout::is_backup_id(&id) {
+            // A manifest makes a backup directory whatever its name; without one, only the
+            // name can say it was meant to be one.
+            let is_dir = entry.file_type()?.is_dir();
+            if is_dir
+                && (layout::is_backup_id(&id) || layout::manifest_path(&entry.path()).exists())
+            {
                 out.push(BackupDir {
                     path: entry.path(),
                     id,

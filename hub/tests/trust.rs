@@ -340,9 +340,19 @@ async fn deleting_a_parent_takes_its_cancelled_and_failed_children_all_or_nothin
     assert_eq!(s, StatusCode::OK, "{c}");
     let (failed, failed_dir) = incremental(&h, "db").await;
     h.stop().await;
+    let manifest = parent_dir.join("manifest.json");
+    let written = std::fs::metadata(&manifest).unwrap().modified().unwrap();
     // The restart fails the unfinished child.
     let h = TestHub::start(test_config(data.clone())).await;
     h.wait_status(&failed, "failed").await;
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(failed_dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["status"], "failed", "{m}");
+    // A manifest already in step with the catalog is not rewritten at start.
+    assert_eq!(
+        std::fs::metadata(&manifest).unwrap().modified().unwrap(),
+        written
+    );
 
     // A completed child keeps its parent; the refusal changes nothing.
     let (_, done_child) = completed_incremental(&h, &src, "db").await;
