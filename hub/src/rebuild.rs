@@ -1,7 +1,8 @@
 //! `sendense-hub catalog rebuild`: a new catalog from the manifests in the repositories.
 //!
 //! The old catalog file (if any) is kept beside the new one, renamed, never deleted. Repositories
-//! come from the old catalog when it can still be read, plus the default repository; backups from
+//! come from the old catalog when it can still be read, plus the default repository and any named
+//! on the command line; backups from
 //! the manifests found in them, parents before children. What cannot be rebuilt is reported, and
 //! nothing in the repositories is changed.
 
@@ -26,10 +27,23 @@ pub struct RebuildReport {
     pub skipped: Vec<(PathBuf, String)>,
 }
 
-pub fn rebuild_catalog(data_dir: &Path) -> Result<RebuildReport> {
+/// `extra`: repositories outside the data dir, as `(id, path)`, for when the old catalog that
+/// listed them is gone.
+pub fn rebuild_catalog(data_dir: &Path, extra: &[(String, PathBuf)]) -> Result<RebuildReport> {
     let catalog_path = data_dir.join(CATALOG_FILE);
     let mut report = RebuildReport::default();
     let mut repos = old_repositories(&catalog_path);
+    for (id, path) in extra {
+        let path = std::path::absolute(path)
+            .map_err(Error::io(format!("resolving {}", path.display())))?;
+        repos.retain(|r| r.id != *id);
+        repos.push(Repository {
+            id: id.clone(),
+            name: id.clone(),
+            path,
+            created_at: now(),
+        });
+    }
     let default_path = default_repository_path(data_dir)?;
     if !repos.iter().any(|r| r.id == DEFAULT_REPOSITORY) {
         repos.insert(

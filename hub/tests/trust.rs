@@ -32,9 +32,14 @@ async fn start_refused(data: &Path) -> String {
 
 /// `sendense-hub catalog rebuild --data-dir DATA`: exit code and stdout.
 fn rebuild(data: &Path) -> (i32, String) {
+    rebuild_with(data, &[])
+}
+
+fn rebuild_with(data: &Path, args: &[String]) -> (i32, String) {
     let out = Command::new(BIN)
         .args(["catalog", "rebuild", "--data-dir"])
         .arg(data)
+        .args(args)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -107,6 +112,36 @@ async fn empty_catalog_refuses_to_start_and_rebuild_brings_every_backup_back() {
     let data = dir.path().join("data");
     let h = TestHub::start(test_config(data.clone())).await;
     let (full, inc) = full_and_incremental(&h, dir.path(), "app").await;
+    // And one in a repository outside the data dir.
+    let elsewhere = dir.path().join("elsewhere");
+    let (s, r) = h
+        .post(
+            "/api/v1/repositories",
+            &json!({"id": "nas", "path": elsewhere.display().to_string()}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let src = dir.path().join("app.raw");
+    let (s, far) = h
+        .post(
+            "/api/v1/backups",
+            &json!({"vm_name": "far", "backup_type": "full", "repository_id": "nas",
+                "disks": [disk(0, 2000, 2 * MIB)]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{far}");
+    let far_id = far["backup_id"].as_str().unwrap().to_owned();
+    nbdcopy(vec![
+        src.display().to_string(),
+        far["disk_results"][0]["nbd_uri"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    ])
+    .await;
+    let (s, c) = h.complete(&far_id, "{}").await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    h.wait_status(&far_id, "completed").await;
     h.stop().await;
 
     // The natural reaction to "file is not a database": an empty catalog file.
@@ -130,9 +165,13 @@ async fn empty_catalog_refuses_to_start_and_rebuild_brings_every_backup_back() {
         .join("5f1c9e3a-8b7d-4e2f-a6c4-2d3b9e8f1a00");
     std::fs::create_dir_all(&stray).unwrap();
     qemu_img_create(&stray.join("disk0.qcow2"), MIB);
-    let (code, out) = rebuild(&data);
+    let nas = vec![
+        "--repository".to_owned(),
+        format!("nas={}", elsewhere.display()),
+    ];
+    let (code, out) = rebuild_with(&data, &nas);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("2 backup(s)"), "{out}");
+    assert!(out.contains("3 backup(s)"), "{out}");
     assert!(
         out.contains("could not rebuild 1") && out.contains(&stray.display().to_string()),
         "{out}"
@@ -157,6 +196,12 @@ async fn empty_catalog_refuses_to_start_and_rebuild_brings_every_backup_back() {
             b["disk_results"][0]["bytes_written"]
         );
     }
+    let (_, back) = h.get(&format!("/api/v1/backups/{far_id}")).await;
+    assert_eq!(
+        (back["status"].clone(), back["repository_id"].clone()),
+        (json!("completed"), json!("nas")),
+        "{back}"
+    );
     // The next incremental builds on the rebuilt chain.
     let next =
         json!({"vm_name": "app", "backup_type": "incremental", "disks": [disk(0, 2000, 2 * MIB)]});

@@ -25,6 +25,19 @@ struct RebuildArgs {
     /// The data dir whose catalog is rebuilt [default: ./sendense-data].
     #[arg(long, value_name = "DIR", env = "SENDENSE_HUB_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// A repository outside the data dir to search too (repeatable), for when the old catalog
+    /// that listed it is gone.
+    #[arg(long, value_name = "ID=PATH", value_parser = parse_repository)]
+    repository: Vec<(String, PathBuf)>,
+}
+
+fn parse_repository(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((id, path)) if !id.is_empty() && !path.is_empty() => {
+            Ok((id.to_owned(), PathBuf::from(path)))
+        }
+        _ => Err(format!("expected ID=PATH, got {s:?}")),
+    }
 }
 
 pub fn run(args: CatalogArgs) -> anyhow::Result<ExitCode> {
@@ -45,7 +58,7 @@ fn rebuild(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     let data_dir = Config::resolve(file, overrides)?.data_dir;
     hub::datadir::prepare(&data_dir)?;
     let _lock = hub::datadir::lock(&data_dir)?;
-    let report = hub::rebuild::rebuild_catalog(&data_dir)?;
+    let report = hub::rebuild::rebuild_catalog(&data_dir, &args.repository)?;
     if let Some(old) = &report.old_catalog {
         println!("previous catalog kept as {}", old.display());
     }
