@@ -413,4 +413,35 @@ mod tests {
             ExportError::Io(_)
         ));
     }
+
+    /// After the seal every change is refused and counted; reads and flushes still work.
+    #[tokio::test]
+    async fn a_sealed_export_refuses_and_counts_changes() {
+        let export = mem_export(1 << 20);
+        let tally = export.tally();
+        export
+            .write(0, Bytes::from(vec![1u8; 4096]), false)
+            .await
+            .unwrap();
+        tally.seal();
+        assert!(matches!(
+            export
+                .write(4096, Bytes::from(vec![2u8; 4096]), false)
+                .await,
+            Err(ExportError::ReadOnly)
+        ));
+        assert!(
+            export
+                .write_zeroes(0, 4096, false, false, false)
+                .await
+                .is_err()
+        );
+        assert!(export.trim(0, 4096, false).await.is_err());
+        export.flush().await.unwrap();
+        assert_eq!(&export.read(0, 4096).await.unwrap()[..], &[1u8; 4096][..]);
+        assert_eq!(
+            (tally.bytes(), tally.late(), tally.in_flight()),
+            (4096, 3, 0)
+        );
+    }
 }
