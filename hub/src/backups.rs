@@ -12,16 +12,22 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{Backup, BackupFilter, BackupType, Disk, Status};
 use crate::error::{Error, Result};
 use crate::export::ImageExport;
-use crate::state::{
-    ActiveBackup, ActiveDisk, DEFAULT_REPOSITORY, Hub, close_image, create_image, now, open_image,
-    random_hex, safe_name,
-};
+use crate::images::{create_image, open_image};
+use crate::layout;
+use crate::manifest::{self, Manifest};
+use crate::removal;
+use crate::state::{ActiveBackup, ActiveDisk, DEFAULT_REPOSITORY, Hub, now};
 
 /// Largest virtual size accepted for one disk (QCOW2 with 64 KiB clusters handles far more; this
 /// only bounds what a request can ask for).
 const MAX_CAPACITY: u64 = 256 << 40;
 const MAX_DISKS: usize = 256;
 const MAX_VM_NAME: usize = 255;
+/// After `complete`, a connection with nothing in flight and no request for this long is done
+/// (clients such as the SNA may keep it open); it is closed.
+const DRAIN_QUIET: Duration = Duration::from_secs(2);
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+const KEPT_WRITING: &str = "client kept writing after complete";
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateBackup {
@@ -274,21 +280,33 @@ impl Hub {
         };
 
         let id = new_backup_id();
-        let vm_dir = safe_name(&req.vm_name);
-        let dir = repo.path.join(&vm_dir).join(&id);
+        let dir = layout::backup_dir(&repo.path, &req.vm_name, &id);
         std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+        for made in [dir.parent().unwrap_or(&dir), &dir] {
+            crate::datadir::private_dir(made)?;
+        }
+        // Marks the directory as an unfinished creation until the row below exists.
+        let created_at = now();
+        let creating = Manifest::creating(
+            &id,
+            &req.vm_name,
+            &repository_id,
+            req.backup_type,
+            parent.as_ref().map(|p| p.id.as_str()),
+            created_at,
+        );
+        if let Err(e) = manifest::write(&dir, &creating) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(Error::io(format!(
+                "writing {}",
+                layout::manifest_path(&dir).display()
+            ))(e));
+        }
 
         let mut disks = Vec::with_capacity(req.disks().len());
         let mut active = Vec::with_capacity(req.disks().len());
         let made = self
-            .make_disks(
-                &req,
-                parent.as_ref(),
-                &dir,
-                &vm_dir,
-                &mut disks,
-                &mut active,
-            )
+            .make_disks(&req, parent.as_ref(), &dir, &mut disks, &mut active)
             .await;
         let backup = Backup {
             id: id.clone(),
@@ -301,7 +319,7 @@ impl Hub {
             error: None,
             tags: req.tags,
             telemetry: None,
-            created_at: now(),
+            created_at,
             started_at: None,
             completed_at: None,
             last_telemetry_at: None,
@@ -328,6 +346,7 @@ impl Hub {
                 connected: Default::default(),
             }),
         );
+        self.sync_manifest(&id).await;
         tracing::info!(backup_id = %id, vm = %backup.vm_name, disks = backup.disks.len(),
             backup_type = backup.backup_type.as_str(), "backup ready");
         Ok(backup)
@@ -368,28 +387,27 @@ impl Hub {
         req: &CreateBackup,
         parent: Option<&Backup>,
         dir: &std::path::Path,
-        vm_dir: &str,
         disks: &mut Vec<Disk>,
         active: &mut Vec<ActiveDisk>,
     ) -> Result<()> {
         for d in req.disks() {
-            let path = dir.join(format!("disk{}.qcow2", d.disk_id));
+            let path = layout::disk_path(dir, d.disk_id);
             let backing: Option<PathBuf> = parent
                 .and_then(|p| p.disk(d.disk_id))
                 .map(|pd| pd.qcow2_path.clone());
             let io = self.config.storage_io;
             create_image(path.clone(), d.capacity_bytes, backing, io).await?;
             let image = open_image(path.clone(), true, io).await?;
-            let export_name = format!("{vm_dir}-{}-disk{}", random_hex(), d.disk_id);
+            let export_name = layout::backup_export_name(&req.vm_name, d.disk_id);
             let export = ImageExport::new(Arc::clone(&image));
-            let written = export.written_counter();
+            let tally = export.tally();
             self.nbd.add_export(&export_name, Arc::new(export))?;
             active.push(ActiveDisk {
                 disk_id: d.disk_id,
                 export_name: export_name.clone(),
                 image: Mutex::new(Some(image)),
                 last_stats: Mutex::new(Default::default()),
-                written,
+                tally,
             });
             disks.push(Disk {
                 disk_id: d.disk_id,
@@ -439,7 +457,27 @@ impl Hub {
             Some(disk_id) => vec![disk_id],
             None => backup.disks.iter().map(|d| d.disk_id).collect(),
         };
+        let active = self.active.lock().get(id).cloned();
+        if let Some(active) = &active {
+            // All or nothing: every disk named must have had a client before any is marked.
+            for disk in active.disks.iter().filter(|d| targets.contains(&d.disk_id)) {
+                let first_time = backup.disk(disk.disk_id).is_some_and(|d| !d.completed);
+                let seen = disk
+                    .refresh_stats(&self.nbd)
+                    .is_some_and(|s| s.total_connections > 0);
+                if first_time && !seen {
+                    return Err(Error::Conflict(format!(
+                        "backup {id} disk {}: no client ever connected to its export, so nothing was written; write the disk first",
+                        disk.disk_id
+                    )));
+                }
+            }
+        }
         for disk_id in targets {
+            // From here on a change to the disk is refused and fails the backup.
+            if let Some(disk) = active.as_ref().and_then(|a| a.disk(disk_id)) {
+                disk.tally.seal();
+            }
             self.catalog.mark_disk_complete(
                 id,
                 disk_id,
@@ -448,7 +486,6 @@ impl Hub {
             )?;
             tracing::info!(backup_id = %id, disk_id, change_id = ?req.change_id, "disk complete");
         }
-        let active = self.active.lock().get(id).cloned();
         if let Some(active) = active {
             active.touch();
             // A fast client may connect, write and complete between two lifecycle ticks; the
@@ -466,12 +503,19 @@ impl Hub {
         }
         let backup = self.backup(id)?;
         if backup.disks.iter().all(|d| d.completed) {
+            // What arrived so far survives a kill while finalising.
+            let active = self.active.lock().get(id).cloned();
+            if let Some(active) = active {
+                self.record_results(id, &active)?;
+            }
             self.catalog.set_status(id, Status::Finalizing, None)?;
+            self.sync_manifest(id).await;
             let hub = self.clone();
             let id = id.to_owned();
             self.tasks.spawn(async move { hub.finalize(&id).await });
             return self.backup(backup.id.as_str());
         }
+        self.sync_manifest(id).await;
         Ok(backup)
     }
 
@@ -479,9 +523,9 @@ impl Hub {
     async fn finalize(&self, id: &str) {
         let result = self.finalize_inner(id).await;
         let _ops = self.ops.lock().await;
-        self.active.lock().remove(id);
         match result {
             Ok(()) => {
+                self.active.lock().remove(id);
                 if let Err(err) = self.catalog.set_status(id, Status::Completed, None) {
                     tracing::error!(backup_id = %id, %err, "recording completion");
                 } else {
@@ -489,13 +533,18 @@ impl Hub {
                 }
             }
             Err(err) => {
-                tracing::error!(backup_id = %id, %err, "finalising failed");
-                let reason = format!("finalising failed: {err}");
+                let reason = match err {
+                    Error::Conflict(why) => why,
+                    other => format!("finalising failed: {other}"),
+                };
+                tracing::error!(backup_id = %id, %reason, "backup failed while finalising");
                 if let Err(err) = self.catalog.set_status(id, Status::Failed, Some(&reason)) {
                     tracing::error!(backup_id = %id, %err, "recording failure");
                 }
+                self.abandon(id).await;
             }
         }
+        self.sync_manifest(id).await;
     }
 
     async fn finalize_inner(&self, id: &str) -> Result<()> {
@@ -503,50 +552,14 @@ impl Hub {
         let Some(active) = active else {
             return Err(Error::Internal("no open images for this backup".into()));
         };
-        let grace = self.config.drain_grace;
-        let mut drains = tokio::task::JoinSet::new();
         for disk in &active.disks {
-            if let Some(stats) = self.nbd.export_stats(&disk.export_name) {
-                *disk.last_stats.lock() = stats;
-            }
-            let nbd = self.nbd.clone();
-            let name = disk.export_name.clone();
-            drains.spawn(async move { (nbd.remove_export(&name, grace).await, name) });
-        }
-        while let Some(joined) = drains.join_next().await {
-            match joined {
-                Ok((Ok(()), _)) => {}
-                Ok((Err(err), name)) => tracing::warn!(export = %name, %err, "removing export"),
-                Err(err) => return Err(Error::Internal(format!("drain task: {err}"))),
+            if let Err(err) = self.nbd.close_export(&disk.export_name) {
+                tracing::warn!(export = %disk.export_name, %err, "closing export to new clients");
             }
         }
-        let backup = self.backup(id)?;
+        self.drain(&active).await?;
         for disk in &active.disks {
-            let image = disk.image.lock().take();
-            if let Some(image) = image {
-                close_image(image).await?;
-            }
-            let Some(record) = backup.disk(disk.disk_id) else {
-                continue;
-            };
-            let size = std::fs::metadata(&record.qcow2_path)
-                .map_err(Error::io(format!("stat {}", record.qcow2_path.display())))?
-                .len();
-            let written = disk.bytes_written();
-            self.catalog
-                .record_disk_result(id, disk.disk_id, written, size)?;
-        }
-        Ok(())
-    }
-
-    /// Close the exports and drop the images of an active backup (connections are cut).
-    async fn abandon(&self, id: &str) {
-        let active = self.active.lock().remove(id);
-        let Some(active) = active else { return };
-        for disk in &active.disks {
-            if let Some(stats) = self.nbd.export_stats(&disk.export_name) {
-                *disk.last_stats.lock() = stats;
-            }
+            disk.refresh_stats(&self.nbd);
             if let Err(err) = self
                 .nbd
                 .remove_export(&disk.export_name, Duration::ZERO)
@@ -554,11 +567,78 @@ impl Hub {
             {
                 tracing::warn!(export = %disk.export_name, %err, "removing export");
             }
-            let image = disk.image.lock().take();
-            if let Some(image) = image {
-                if let Err(err) = close_image(image).await {
-                    tracing::warn!(export = %disk.export_name, %err, "closing image");
+        }
+        if active.disks.iter().any(|d| d.tally.late() > 0) {
+            return Err(Error::Conflict(KEPT_WRITING.into()));
+        }
+        for disk in &active.disks {
+            disk.close_image().await?;
+        }
+        self.record_results(id, &active)
+    }
+
+    /// Wait until every disk's connections are closed or idle, after `complete`. A change that
+    /// arrives meanwhile (refused by the export), or a client still busy at the drain deadline,
+    /// fails the backup: `completed` promises every byte the client wrote arrived.
+    async fn drain(&self, active: &ActiveBackup) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + self.config.drain_grace;
+        let quiet = DRAIN_QUIET.min(self.config.drain_grace);
+        loop {
+            let mut settled = true;
+            for disk in &active.disks {
+                if disk.tally.late() > 0 {
+                    return Err(Error::Conflict(KEPT_WRITING.into()));
                 }
+                let Some(stats) = disk.refresh_stats(&self.nbd) else {
+                    continue;
+                };
+                let idle = stats
+                    .last_activity
+                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .is_none_or(|d| d >= quiet);
+                settled &= stats.connections == 0 || (disk.tally.in_flight() == 0 && idle);
+            }
+            if settled {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Conflict(KEPT_WRITING.into()));
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+    }
+
+    /// Record each disk's bytes received and image size so far.
+    fn record_results(&self, id: &str, active: &ActiveBackup) -> Result<()> {
+        let backup = self.backup(id)?;
+        for disk in &active.disks {
+            let Some(record) = backup.disk(disk.disk_id) else {
+                continue;
+            };
+            let size = std::fs::metadata(&record.qcow2_path)
+                .map_err(Error::io(format!("stat {}", record.qcow2_path.display())))?
+                .len();
+            self.catalog
+                .record_disk_result(id, disk.disk_id, disk.bytes_written(), size)?;
+        }
+        Ok(())
+    }
+
+    /// Close the exports and drop the images of an active backup (connections are cut).
+    pub(crate) async fn abandon(&self, id: &str) {
+        let active = self.active.lock().remove(id);
+        let Some(active) = active else { return };
+        for disk in &active.disks {
+            disk.refresh_stats(&self.nbd);
+            if let Err(err) = self
+                .nbd
+                .remove_export(&disk.export_name, Duration::ZERO)
+                .await
+            {
+                tracing::warn!(export = %disk.export_name, %err, "removing export");
+            }
+            if let Err(err) = disk.close_image().await {
+                tracing::warn!(export = %disk.export_name, %err, "closing image");
             }
             let written = disk.bytes_written();
             let size = self
@@ -590,10 +670,13 @@ impl Hub {
                 )));
             }
         }
-        self.catalog
-            .set_status(id, Status::Cancelled, Some("cancelled by request"))?;
+        self.freeing(|| {
+            self.catalog
+                .set_status(id, Status::Cancelled, Some("cancelled by request"))
+        })?;
         self.abandon(id).await;
-        remove_backup_dir(&backup);
+        removal::remove_backup_dir(&backup);
+        self.reserve.refill();
         tracing::info!(backup_id = %id, "backup cancelled");
         self.backup(id)
     }
@@ -608,9 +691,13 @@ impl Hub {
         tracing::warn!(backup_id = %id, %reason, "backup failed");
         self.catalog.set_status(id, Status::Failed, Some(reason))?;
         self.abandon(id).await;
+        self.sync_manifest(id).await;
         Ok(())
     }
 
+    /// All or nothing: the rows go (with a pending deletion recorded for each) in one
+    /// transaction, or the delete is refused; the files go after. Failed and cancelled children
+    /// (never a base for anything) go with their parent; any other child keeps it.
     pub async fn delete_backup(&self, id: &str) -> Result<()> {
         let _ops = self.ops.lock().await;
         let backup = self.backup(id)?;
@@ -620,19 +707,38 @@ impl Hub {
                 backup.status.as_str()
             )));
         }
-        let dependents = self.catalog.dependents(id)?;
-        if !dependents.is_empty() {
+        let (riders, keepers): (Vec<_>, Vec<_>) =
+            self.catalog
+                .children(id)?
+                .into_iter()
+                .partition(|(_, status)| {
+                    status == Status::Failed.as_str() || status == Status::Cancelled.as_str()
+                });
+        if !keepers.is_empty() {
+            let list: Vec<String> = keepers
+                .iter()
+                .map(|(c, st)| format!("{c} ({st})"))
+                .collect();
             return Err(Error::Conflict(format!(
                 "backup {id} is the parent of {}; delete those first",
-                dependents.join(", ")
+                list.join(", ")
             )));
         }
         if self.catalog.restores_of(id)? > 0 {
             return Err(Error::Conflict(format!("backup {id} has an open restore")));
         }
-        remove_backup_dir(&backup);
-        self.catalog.delete_backup(id)?;
-        tracing::info!(backup_id = %id, "backup deleted");
+        let mut doomed = Vec::with_capacity(riders.len() + 1);
+        for (child, _) in &riders {
+            let dir = self.backup(child)?.dir();
+            doomed.push((child.clone(), dir));
+        }
+        doomed.push((id.to_owned(), backup.dir()));
+        self.freeing(|| self.catalog.delete_backups(&doomed))?;
+        for (gone, dir) in &doomed {
+            removal::finish_deletion(&self.catalog, gone, dir);
+        }
+        self.reserve.refill();
+        tracing::info!(backup_id = %id, with_children = riders.len(), "backup deleted");
         Ok(())
     }
 
@@ -758,21 +864,6 @@ impl Hub {
         }
         chain.reverse();
         Ok(chain)
-    }
-}
-
-pub(crate) fn remove_backup_dir(backup: &Backup) {
-    let Some(dir) = backup.disks.first().and_then(|d| d.qcow2_path.parent()) else {
-        return;
-    };
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(err) => tracing::warn!(dir = %dir.display(), %err, "removing backup images"),
-    }
-    // The VM's directory goes when its last backup does; a non-empty one stays.
-    if let Some(vm_dir) = dir.parent() {
-        let _ = std::fs::remove_dir(vm_dir);
     }
 }
 

@@ -233,11 +233,7 @@ impl Config {
             ));
         }
         if let Some(token) = &self.api_token {
-            if token.trim().len() < 16 {
-                return Err(Error::Config(
-                    "api_token must have at least 16 characters".into(),
-                ));
-            }
+            crate::token::check_length(token.trim(), crate::token::CONFIGURED)?;
         }
         Ok(())
     }

@@ -21,30 +21,73 @@ pub enum Error {
     Upstream(String),
     #[error("configuration: {0}")]
     Config(String),
+    /// The repository holds backups the catalog does not account for; the message says what
+    /// to run.
+    #[error("{0}")]
+    CatalogBehind(String),
+    // The causes below are part of the message and deliberately not `source()`s: a report that
+    // walks the chain (anyhow's `{:#}`) would print each twice ("X: X").
     #[error("catalog: {0}")]
-    Catalog(#[from] rusqlite::Error),
-    #[error("image {}: {source}", path.display())]
-    Image { path: PathBuf, source: qcow2::Error },
+    Catalog(rusqlite::Error),
+    #[error("image {}: {cause}", path.display())]
+    Image { path: PathBuf, cause: qcow2::Error },
     #[error("NBD server: {0}")]
-    Nbd(#[from] nbd_server::ServerError),
-    #[error("{context}: {source}")]
+    Nbd(nbd_server::ServerError),
+    #[error("{context}: {cause}")]
     Io {
         context: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
+    /// The filesystem holding `path` is full (HTTP 507).
+    #[error("no space left on device: {}", path.display())]
+    NoSpace { path: PathBuf },
     #[error("internal: {0}")]
     Internal(String),
 }
 
 impl Error {
+    /// Where the filesystem is full, when that is what went wrong (ENOSPC or EDQUOT, from the
+    /// catalog, an image or any file the hub writes); the text names the path and the cause.
+    pub fn no_space(&self) -> Option<String> {
+        match self {
+            Error::NoSpace { path } => Some(format!("catalog {}", path.display())),
+            Error::Io { context, cause }
+                if matches!(cause.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
+            {
+                Some(context.clone())
+            }
+            Error::Image { path, cause } if cause.kind() == qcow2::ErrorKind::NoSpace => {
+                Some(format!("image {}: {}", path.display(), cause.message))
+            }
+            _ => None,
+        }
+    }
+
+    /// The catalog's own filesystem is full (freeing operations release the reserve then).
+    pub fn is_catalog_full(&self) -> bool {
+        matches!(self, Error::NoSpace { .. })
+    }
+
     pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
         let context = context.into();
-        move |source| Error::Io { context, source }
+        move |cause| Error::Io { context, cause }
     }
 
     pub fn image(path: impl Into<PathBuf>) -> impl FnOnce(qcow2::Error) -> Error {
         let path = path.into();
-        move |source| Error::Image { path, source }
+        move |cause| Error::Image { path, cause }
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Catalog(e)
+    }
+}
+
+impl From<nbd_server::ServerError> for Error {
+    fn from(e: nbd_server::ServerError) -> Self {
+        Error::Nbd(e)
     }
 }
 

@@ -5,7 +5,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::state::{Hub, blocking, random_hex};
+use crate::images::blocking;
+use crate::layout::random_hex;
+use crate::state::Hub;
 
 pub const SERVICE: &str = "sendense-hub";
 

@@ -13,8 +13,12 @@ fn main() -> ExitCode {
     match cli::run(args.command) {
         Ok(code) => code,
         Err(err) => {
-            tracing::error!("{err:#}");
-            eprintln!("sendense-hub: {err:#}");
+            // Once: both go to stderr.
+            if args.log_json {
+                tracing::error!("{err:#}");
+            } else {
+                eprintln!("sendense-hub: {err:#}");
+            }
             ExitCode::FAILURE
         }
     }

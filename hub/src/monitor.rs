@@ -29,19 +29,19 @@ impl Hub {
             let mut connected = false;
             let mut last = *active.last_touch.lock();
             for disk in &active.disks {
-                let Some(stats) = self.nbd.export_stats(&disk.export_name) else {
+                let Some(stats) = disk.refresh_stats(&self.nbd) else {
                     continue;
                 };
                 connected |= stats.total_connections > 0;
                 if let Some(t) = stats.last_activity {
                     last = last.max(t);
                 }
-                *disk.last_stats.lock() = stats;
             }
             let seen = active.connected.load(std::sync::atomic::Ordering::Relaxed);
             if connected && !seen {
                 if self.catalog.mark_running(&active.id)? {
                     tracing::info!(backup_id = %active.id, "backup running (first connection)");
+                    self.sync_manifest(&active.id).await;
                 }
                 active
                     .connected

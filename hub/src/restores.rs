@@ -8,7 +8,9 @@ use serde::Deserialize;
 use crate::catalog::{Restore, Status};
 use crate::error::{Error, Result};
 use crate::export::ImageExport;
-use crate::state::{Hub, now, open_image, random_hex, safe_name};
+use crate::images::open_image;
+use crate::layout;
+use crate::state::{Hub, now};
 
 const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -47,12 +49,7 @@ impl Hub {
             )));
         }
         let image = open_image(disk.qcow2_path.clone(), false, self.config.storage_io).await?;
-        let export_name = format!(
-            "restore-{}-{}-disk{}",
-            safe_name(&backup.vm_name),
-            random_hex(),
-            disk.disk_id
-        );
+        let export_name = layout::restore_export_name(&backup.vm_name, disk.disk_id);
         self.nbd.add_export(
             &export_name,
             Arc::new(ImageExport::new(Arc::clone(&image)).read_only()),

@@ -2,21 +2,21 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use nbd_server::tls::TlsMode;
 use nbd_server::{ExportStats, Server, ServerConfig};
 use parking_lot::Mutex;
-use qcow2::{CreateOptions, Image, OpenOptions};
-use rand::Rng;
+use qcow2::Image;
 use time::OffsetDateTime;
 use tokio_util::task::TaskTracker;
 
 use crate::catalog::{Catalog, Repository, Status};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::reserve::SpaceReserve;
 
 pub const DEFAULT_REPOSITORY: &str = "default";
 pub const CATALOG_FILE: &str = "catalog.sqlite";
@@ -55,6 +55,8 @@ pub struct Inner {
     pub(crate) ops: tokio::sync::Mutex<()>,
     /// Finalisation tasks, awaited at shutdown.
     pub(crate) tasks: TaskTracker,
+    /// Space kept back for the catalog on a full filesystem.
+    pub(crate) reserve: SpaceReserve,
 }
 
 pub(crate) struct ActiveBackup {
@@ -73,18 +75,37 @@ pub(crate) struct ActiveDisk {
     pub image: Mutex<Option<Arc<Image>>>,
     /// Last figures read from the server; kept once the export is gone.
     pub last_stats: Mutex<ExportStats>,
-    /// Bytes written through the export (see [`crate::export::ImageExport::written_counter`]).
-    pub written: Arc<std::sync::atomic::AtomicU64>,
+    /// Bytes written through the export, and writes after `complete`.
+    pub tally: Arc<crate::export::WriteTally>,
 }
 
 impl ActiveDisk {
     pub fn bytes_written(&self) -> u64 {
-        let counted = self.written.load(std::sync::atomic::Ordering::Relaxed);
-        counted.max(self.last_stats.lock().bytes_written)
+        self.tally.bytes().max(self.last_stats.lock().bytes_written)
+    }
+
+    /// Read the export's live figures from the server (if it still exists) and keep them.
+    pub fn refresh_stats(&self, nbd: &Server) -> Option<ExportStats> {
+        let stats = nbd.export_stats(&self.export_name)?;
+        *self.last_stats.lock() = stats.clone();
+        Some(stats)
+    }
+
+    /// Take the image out and close it (flush only, when another holder keeps it open).
+    pub async fn close_image(&self) -> Result<()> {
+        let image = self.image.lock().take();
+        match image {
+            Some(image) => crate::images::close_image(image).await,
+            None => Ok(()),
+        }
     }
 }
 
 impl ActiveBackup {
+    pub fn disk(&self, disk_id: u32) -> Option<&ActiveDisk> {
+        self.disks.iter().find(|d| d.disk_id == disk_id)
+    }
+
     pub fn touch(&self) {
         *self.last_touch.lock() = SystemTime::now();
     }
@@ -95,10 +116,20 @@ impl Hub {
     /// create the NBD server. Serving starts elsewhere ([`crate::serve`]).
     pub async fn open(config: Config, nbd_addr: SocketAddr) -> Result<Hub> {
         config.validate()?;
+        let started = now();
         let data = config.data_dir.clone();
-        std::fs::create_dir_all(&data)
-            .map_err(Error::io(format!("creating {}", data.display())))?;
-        let catalog = Catalog::open(&data.join(CATALOG_FILE))?;
+        crate::datadir::prepare(&data)?;
+        let catalog_path = data.join(CATALOG_FILE);
+        let reserve = SpaceReserve::new(&data);
+        let catalog = match Catalog::open(&catalog_path) {
+            // SQLite may need a few pages (its WAL index) just to open: on a full filesystem the
+            // reserve makes them.
+            Err(err) if reserve.release() => {
+                tracing::warn!(%err, "opening the catalog again after releasing the space reserve");
+                Catalog::open(&catalog_path)?
+            }
+            opened => opened?,
+        };
         let token = crate::token::load_or_create(&data, config.api_token.as_deref())?;
         ensure_default_repository(&catalog, &data)?;
         let credential_key = crate::secrets::load_or_create_key(
@@ -112,6 +143,14 @@ impl Hub {
         if let Ok(key) = &credential_key {
             crate::credentials::check_key(&catalog, key);
         }
+        // Deletes a crash interrupted: their rows are gone, their directories must follow
+        // before the repository is compared with the catalog.
+        for (id, dir) in catalog.pending_deletions()? {
+            tracing::info!(backup_id = %id, dir = %dir.display(), "finishing an interrupted delete");
+            crate::removal::finish_deletion(&catalog, &id, &dir);
+        }
+        let stale_manifests =
+            crate::reconcile::check_catalog(&catalog, &catalog_path, &data, started)?;
 
         let sna = crate::sna::SnaClient::new(&config.sna_url, config.sna_timeout)?;
         let nbd = Server::new(ServerConfig {
@@ -144,16 +183,33 @@ impl Hub {
                 restores: Mutex::new(HashMap::new()),
                 ops: tokio::sync::Mutex::new(()),
                 tasks: TaskTracker::new(),
+                reserve,
             }),
         };
-        hub.recover().await?;
+        for id in stale_manifests {
+            if let Err(err) = hub.write_manifest(&id) {
+                tracing::warn!(backup_id = %id, %err, "manifest not rewritten from the catalog");
+            }
+        }
+        match hub.recover().await {
+            Err(err) if err.no_space().is_some() && hub.reserve.release() => {
+                tracing::warn!(%err, "recovering again after releasing the space reserve");
+                hub.recover().await?;
+            }
+            recovered => recovered?,
+        }
+        if !hub.reserve.refill() {
+            tracing::error!(data_dir = %hub.config.data_dir.display(),
+                "the data dir's filesystem is full: running degraded (reads, cancels and deletes work; \
+                 new backups are refused with 507) until space is freed");
+        }
         Ok(hub)
     }
 
     /// Backups a previous process left unfinished cannot be resumed (their exports and the
     /// client's connections are gone): mark them failed and check their images. Restores were
-    /// exports of that process and are gone too. Images of backups whose creation was interrupted
-    /// before their catalog row existed are removed.
+    /// exports of that process and are gone too. (Interrupted creations went in
+    /// [`crate::reconcile::check_catalog`].)
     async fn recover(&self) -> Result<()> {
         for backup in self.catalog.active_backups()? {
             let mut reason = "interrupted by restart".to_owned();
@@ -178,6 +234,7 @@ impl Hub {
             tracing::warn!(backup_id = %backup.id, vm = %backup.vm_name, %reason, "unfinished backup marked failed");
             self.catalog
                 .set_status(&backup.id, Status::Failed, Some(&reason))?;
+            self.sync_manifest(&backup.id).await;
         }
         self.catalog.clear_restores()?;
         // A cancel interrupted between the catalog update and the removal of its images.
@@ -188,10 +245,9 @@ impl Hub {
         for backup in self.catalog.backups(&cancelled)? {
             if backup.disks.iter().any(|d| d.qcow2_path.exists()) {
                 tracing::info!(backup_id = %backup.id, "removing images of a cancelled backup");
-                crate::backups::remove_backup_dir(&backup);
+                crate::removal::remove_backup_dir(&backup);
             }
         }
-        crate::orphans::sweep(&self.catalog)?;
         Ok(())
     }
 
@@ -217,10 +273,8 @@ impl Hub {
     /// Live figures of an export of an active backup, or the last ones seen.
     pub(crate) fn disk_stats(&self, backup_id: &str, disk_id: u32) -> Option<ExportStats> {
         let active = self.active.lock().get(backup_id).cloned()?;
-        let disk = active.disks.iter().find(|d| d.disk_id == disk_id)?;
-        if let Some(stats) = self.nbd.export_stats(&disk.export_name) {
-            *disk.last_stats.lock() = stats;
-        }
+        let disk = active.disk(disk_id)?;
+        disk.refresh_stats(&self.nbd);
         let mut stats = disk.last_stats.lock().clone();
         stats.bytes_written = disk.bytes_written();
         Some(stats)
@@ -236,32 +290,44 @@ impl Hub {
             .await
             .is_err()
         {
-            tracing::warn!(
-                "finalisation still running at shutdown; it will be marked failed at the next start"
-            );
+            tracing::warn!("finalisation still running at shutdown; the backup is marked failed");
         }
-        let actives: Vec<_> = self.active.lock().drain().map(|(_, a)| a).collect();
-        for active in actives {
-            for disk in &active.disks {
-                let image = disk.image.lock().take();
-                if let Some(image) = image {
-                    if let Err(err) = close_image(image).await {
-                        tracing::error!(%err, export = %disk.export_name, "closing image at shutdown");
-                    }
+        // Nobody can finish these once we are gone: say so in the catalog now, not at the next
+        // start.
+        let _ops = self.ops.lock().await;
+        let actives: Vec<String> = self.active.lock().keys().cloned().collect();
+        for id in actives {
+            let reason = match self.catalog.backup_status(&id) {
+                Ok(Some(Ok(Status::Ready | Status::Running))) => Some("hub stopped"),
+                Ok(Some(Ok(Status::Finalizing))) => Some("hub stopped while finalising"),
+                _ => None,
+            };
+            if let Some(reason) = reason {
+                tracing::warn!(backup_id = %id, reason, "backup failed");
+                if let Err(err) = self.catalog.set_status(&id, Status::Failed, Some(reason)) {
+                    tracing::error!(backup_id = %id, %err, "recording the failure at shutdown");
                 }
             }
+            self.abandon(&id).await;
+            self.sync_manifest(&id).await;
         }
         self.restores.lock().clear();
     }
+}
+
+/// `<data dir>/repository`, absolute.
+pub fn default_repository_path(data: &Path) -> Result<std::path::PathBuf> {
+    std::path::absolute(data.join("repository"))
+        .map_err(Error::io("resolving the default repository path"))
 }
 
 fn ensure_default_repository(catalog: &Catalog, data: &Path) -> Result<()> {
     if catalog.repository(DEFAULT_REPOSITORY)?.is_some() {
         return Ok(());
     }
-    let path = std::path::absolute(data.join("repository"))
-        .map_err(Error::io("resolving the default repository path"))?;
+    let path = default_repository_path(data)?;
     std::fs::create_dir_all(&path).map_err(Error::io(format!("creating {}", path.display())))?;
+    crate::datadir::private_dir(&path)?;
     catalog.insert_repository(&Repository {
         id: DEFAULT_REPOSITORY.into(),
         name: DEFAULT_REPOSITORY.into(),
@@ -270,96 +336,6 @@ fn ensure_default_repository(catalog: &Catalog, data: &Path) -> Result<()> {
     })
 }
 
-/// A name usable as a directory and inside an NBD URI: VM names are free text.
-pub fn safe_name(name: &str) -> String {
-    let mut out: String = name
-        .chars()
-        .take(64)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if out.starts_with('.') {
-        out.replace_range(0..1, "_");
-    }
-    if out.is_empty() { "vm".to_owned() } else { out }
-}
-
-/// 64 random bits as hex: the part of an export name that cannot be guessed.
-pub fn random_hex() -> String {
-    format!("{:016x}", rand::rng().random::<u64>())
-}
-
-pub(crate) async fn create_image(
-    path: PathBuf,
-    size: u64,
-    backing: Option<PathBuf>,
-    storage_io: qcow2::StorageIo,
-) -> Result<()> {
-    let opts = CreateOptions {
-        size,
-        storage_io,
-        backing_format: backing.as_ref().map(|_| "qcow2".to_owned()),
-        backing_file: backing,
-        ..CreateOptions::default()
-    };
-    blocking(move || Image::create(&path, &opts).map_err(Error::image(&path))).await
-}
-
-/// Open an image the hub created itself, with its backing chain.
-pub(crate) async fn open_image(
-    path: PathBuf,
-    writable: bool,
-    storage_io: qcow2::StorageIo,
-) -> Result<Arc<Image>> {
-    let opts = OpenOptions {
-        writable,
-        storage_io,
-        open_backing: true,
-        ..OpenOptions::default()
-    };
-    blocking(move || {
-        Image::open(&path, &opts)
-            .map(Arc::new)
-            .map_err(Error::image(&path))
-    })
-    .await
-}
-
-/// Close the image if nothing else holds it; otherwise flush it, and the last holder releases it.
-pub(crate) async fn close_image(image: Arc<Image>) -> Result<()> {
-    blocking(move || match Arc::try_unwrap(image) {
-        Ok(image) => image.close().map_err(Error::image("(closing)")),
-        Err(shared) => shared.flush().map_err(Error::image("(flushing)")),
-    })
-    .await
-}
-
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(format!("blocking task: {e}")))?
-}
-
 pub(crate) fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::safe_name;
-
-    #[test]
-    fn safe_names() {
-        assert_eq!(safe_name("web-01"), "web-01");
-        assert_eq!(safe_name("my vm/../x"), "my_vm_.._x");
-        assert_eq!(safe_name(".."), "_.");
-        assert_eq!(safe_name(""), "vm");
-    }
 }

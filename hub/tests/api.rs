@@ -10,47 +10,6 @@ use common::hub::*;
 use common::*;
 use serde_json::{Value, json};
 
-const MIB: u64 = 1 << 20;
-
-fn disk(disk_id: u32, key: i64, capacity: u64) -> Value {
-    json!({ "disk_id": disk_id, "vmware_disk_key": key, "capacity_bytes": capacity })
-}
-
-fn full(vm: &str, disks: Vec<Value>) -> Value {
-    json!({ "vm_name": vm, "backup_type": "full", "disks": disks })
-}
-
-async fn nbdcopy(args: Vec<String>) {
-    blocking(move || {
-        run_ok(Command::new("nbdcopy").args(&args));
-    })
-    .await
-}
-
-/// Create a one-disk full backup, write `src` into it, complete it; returns the backup body.
-async fn completed_full(h: &TestHub, vm: &str, src: &std::path::Path, capacity: u64) -> Value {
-    let (status, body) = h
-        .post("/api/v1/backups", &full(vm, vec![disk(0, 2000, capacity)]))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let uri = body["disk_results"][0]["nbd_uri"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    nbdcopy(vec![src.display().to_string(), uri]).await;
-    let id = body["backup_id"].as_str().unwrap().to_owned();
-    let r = h
-        .call(
-            Method::POST,
-            &format!("/api/v1/backups/{id}/complete"),
-            Some(r#"{"change_id":"c0"}"#),
-            Caller::Sna,
-        )
-        .await;
-    assert_eq!(r.0, StatusCode::OK, "{}", r.1);
-    h.wait_status(&id, "completed").await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_disk_full_backup_completed_per_disk_then_restored() {
     let dir = tempfile::tempdir().unwrap();
@@ -311,6 +270,12 @@ async fn incremental_holds_only_changed_clusters_and_its_chain_compares_equal() 
         )
     })
     .await;
+    // The new disk is left empty, but a client must have opened it to complete it.
+    let uri1 = inc["disk_results"][1]["nbd_uri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    blocking(move || run_ok(Command::new("nbdinfo").arg(uri1))).await;
     let (s, _) = h
         .call(
             Method::POST,
@@ -839,22 +804,29 @@ async fn restart_keeps_the_catalog_and_fails_unfinished_backups() {
     h.stop().await;
 
     // What a crash between creating a backup's images and writing its row leaves: a directory
-    // named like a backup that the catalog does not know. Beside it, things that only look alike.
+    // whose manifest says `creating`, that the catalog does not know. Beside it, a directory not
+    // named like a backup, which is not ours to judge.
     let vm_dir = data.join("repository").join("other");
     let orphan = vm_dir.join("0b7ad0c2-35a1-4c41-9a43-1d1e6f0c7a11");
-    let unexpected = vm_dir.join("5f1c9e3a-8b7d-4e2f-a6c4-2d3b9e8f1a00");
     let not_a_backup = vm_dir.join("notes");
-    for dir in [&orphan, &unexpected, &not_a_backup] {
+    for dir in [&orphan, &not_a_backup] {
         std::fs::create_dir_all(dir).unwrap();
         qemu_img_create(&dir.join("disk0.qcow2"), MIB);
     }
-    std::fs::write(unexpected.join("README.txt"), "kept by an operator").unwrap();
+    let creating = ::hub::manifest::Manifest::creating(
+        "0b7ad0c2-35a1-4c41-9a43-1d1e6f0c7a11",
+        "other",
+        "default",
+        ::hub::catalog::BackupType::Full,
+        None,
+        time::OffsetDateTime::now_utc() - time::Duration::seconds(5),
+    );
+    ::hub::manifest::write(&orphan, &creating).unwrap();
     let open_image =
         std::path::PathBuf::from(open["disk_results"][0]["qcow2_path"].as_str().unwrap());
 
     let h = TestHub::start(test_config(data)).await;
     assert!(!orphan.exists(), "the orphaned backup directory is removed");
-    assert!(unexpected.join("disk0.qcow2").exists() && unexpected.join("README.txt").exists());
     assert!(not_a_backup.join("disk0.qcow2").exists());
     assert!(open_image.exists(), "a failed backup keeps its image");
     assert_eq!(h.token, token, "the token file is kept");
@@ -864,10 +836,7 @@ async fn restart_keeps_the_catalog_and_fails_unfinished_backups() {
     let (_, failed) = h.get(&format!("/api/v1/backups/{open_id}")).await;
     assert_eq!(failed["status"], "failed");
     assert!(
-        failed["error"]
-            .as_str()
-            .unwrap()
-            .contains("interrupted by restart"),
+        failed["error"].as_str().unwrap().contains("hub stopped"),
         "{failed}"
     );
     let image = std::path::PathBuf::from(kept["disk_results"][0]["qcow2_path"].as_str().unwrap());
@@ -1090,6 +1059,9 @@ async fn change_id_follows_the_active_backup_and_client_failures_end_it() {
         (Some("0"), Some("c0"))
     );
     assert_eq!(first["backup_id"], full_id.as_str());
+    // A disk is completed only once a client wrote it (here the whole source, unchanged).
+    let inc_disk0 = inc["disk_results"][0]["nbd_uri"].as_str().unwrap();
+    nbdcopy(vec![src.display().to_string(), inc_disk0.to_owned()]).await;
     complete(inc_id.clone(), 0, "c0b").await;
     let before_connect = change_id(0).await;
     assert_eq!(

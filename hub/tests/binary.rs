@@ -110,6 +110,16 @@ fn serve_process_quick_start_sigterm_and_restart() {
     assert!(exit.success(), "hub exited with {exit}");
     let _ = writer.stdin.take().unwrap().write_all(b"\n");
     let _ = writer.wait();
+    // Marked failed before the process exited, not at the next start.
+    let recorded: (String, String) = rusqlite::Connection::open(data.join("catalog.sqlite"))
+        .unwrap()
+        .query_row(
+            "SELECT status, error FROM backups WHERE id = ?1",
+            [&open_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(recorded, ("failed".into(), "hub stopped".into()));
 
     let image = std::path::PathBuf::from(status["disk_results"][0]["qcow2_path"].as_str().unwrap());
     qemu_img_check(&image);
@@ -123,7 +133,7 @@ fn serve_process_quick_start_sigterm_and_restart() {
     std::fs::write(&raw, &expected).unwrap();
     qemu_img_compare(&raw, &busy);
 
-    // Restart: the catalog is kept; the interrupted backup is failed.
+    // Restart: the catalog is kept; the interrupted backup stays failed.
     let (mut hub, api, _) = start_hub(&data);
     let kept = ok(http(
         "GET",
@@ -142,10 +152,7 @@ fn serve_process_quick_start_sigterm_and_restart() {
     ));
     assert_eq!(failed["status"], "failed");
     assert!(
-        failed["error"]
-            .as_str()
-            .unwrap()
-            .contains("interrupted by restart"),
+        failed["error"].as_str().unwrap().contains("hub stopped"),
         "{failed}"
     );
     assert!(hub.terminate_and_wait().success());
@@ -198,20 +205,7 @@ fn serve_process_killed_mid_write_leaves_a_clean_image_and_a_failed_backup() {
     // The next one is being written and flushed without pause when the hub is killed.
     let busy = create(&api, &token, "crash-busy", 16 << 20);
     let busy_id = busy["backup_id"].as_str().unwrap().to_owned();
-    let mut writer = ChildGuard(Some(
-        Command::new("/usr/bin/python3")
-            .args(["-c", WRITE_FOREVER])
-            .arg(busy["disk_results"][0]["nbd_uri"].as_str().unwrap())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
-    let mut line = String::new();
-    BufReader::new(writer.child().stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "flushed");
+    let mut writer = nbd_client(WRITE_FOREVER, &busy, "flushed");
     hub.child().kill().unwrap();
     hub.child().wait().unwrap();
     let _ = writer.child().wait();
@@ -374,5 +368,57 @@ fn https_api_and_nbds_uris_with_tls_init_credentials() {
         None,
     );
     assert_eq!(code, 401, "operator routes still need the token");
+    assert!(hub.terminate_and_wait().success());
+}
+
+/// A python3-libnbd client running `script` on the backup's first disk, once it printed `ready`.
+fn nbd_client(script: &str, backup: &Value, ready: &str) -> ChildGuard {
+    let mut client = ChildGuard(Some(
+        Command::new("/usr/bin/python3")
+            .args(["-c", script])
+            .arg(backup["disk_results"][0]["nbd_uri"].as_str().unwrap())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let mut line = String::new();
+    BufReader::new(client.child().stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), ready);
+    client
+}
+
+#[test]
+fn killed_while_finalising_keeps_the_bytes_received() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut hub, api, _) = start_hub(&data);
+    let token = read_token(&data);
+    let b = create(&api, &token, "slow-close", 2 << 20);
+    let id = b["backup_id"].as_str().unwrap().to_owned();
+    // 1 MiB written, the connection held open: finalising waits for it to go idle.
+    let writer = nbd_client(HOLD_OPEN, &b, "written");
+    let c = ok(http(
+        "POST",
+        &api,
+        &format!("/api/v1/backups/{id}/complete"),
+        None,
+        Some(&json!({"change_id": "c-9"})),
+    ));
+    assert_eq!(c["status"], "finalizing");
+    hub.child().kill().unwrap();
+    hub.child().wait().unwrap();
+    drop(writer);
+
+    let (mut hub, api, _) = start_hub(&data);
+    let failed = wait_status(&api, &token, &id, "failed");
+    assert_eq!(
+        failed["disk_results"][0]["bytes_written"],
+        1 << 20,
+        "{failed}"
+    );
     assert!(hub.terminate_and_wait().success());
 }

@@ -199,6 +199,18 @@ impl Server {
         Ok(())
     }
 
+    /// Refuse new connections to an export, keeping it and its figures (and the connections it
+    /// has) until [`Server::remove_export`].
+    pub fn close_export(&self, name: &str) -> Result<(), ServerError> {
+        let entry = self
+            .shared
+            .registry
+            .get(name)
+            .ok_or_else(|| ServerError::NoSuchExport(name.to_owned()))?;
+        entry.mark_removed();
+        Ok(())
+    }
+
     pub fn export_stats(&self, name: &str) -> Option<ExportStats> {
         self.shared.registry.get(name).map(|e| e.stats())
     }

@@ -868,8 +868,9 @@ impl Image {
         // flowing; the write-back below syncs again for what arrived meanwhile.
         if let Err(e) = self.st.flush() {
             // Data may be gone from the page cache: never let metadata point at it.
-            self.meta.lock().mark_failed();
-            return Err(Error::io(e, "fdatasync"));
+            let err = Error::io(e, "fdatasync");
+            self.meta.lock().mark_failed(&err);
+            return Err(err);
         }
         self.meta.lock().writeback()
     }

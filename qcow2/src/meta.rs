@@ -144,7 +144,7 @@ pub struct Meta {
     pub inflight: HashSet<u64>,
     /// Set when a metadata write or sync failed: after a failed fdatasync the kernel may have
     /// dropped dirty pages, so nothing more is written or claimed durable.
-    failed: std::cell::Cell<bool>,
+    failed: std::cell::RefCell<Option<Error>>,
 }
 
 /// Dirty L2 tables that trigger a write-back (the main client never flushes a whole disk).
@@ -215,7 +215,7 @@ impl Meta {
             pending_free: Vec::new(),
             growing_reftable: false,
             inflight: HashSet::new(),
-            failed: std::cell::Cell::new(false),
+            failed: std::cell::RefCell::new(None),
         };
         if writable {
             m.frontier = m.find_frontier()?;
@@ -699,8 +699,9 @@ impl Meta {
 
     fn write(&self, buf: &[u8], off: u64, what: &str) -> Result<()> {
         self.st.write_at(buf, off).map_err(|e| {
-            self.failed.set(true);
-            Error::io(e, format!("writing {what} at {off}"))
+            let err = Error::io(e, format!("writing {what} at {off}"));
+            self.mark_failed(&err);
+            err
         })?;
         self.bump_file_len(off + buf.len() as u64);
         Ok(())
@@ -708,20 +709,28 @@ impl Meta {
 
     fn sync(&self) -> Result<()> {
         self.st.flush().map_err(|e| {
-            self.failed.set(true);
-            Error::io(e, "fdatasync")
+            let err = Error::io(e, "fdatasync");
+            self.mark_failed(&err);
+            err
         })
     }
 
-    pub fn mark_failed(&self) {
-        self.failed.set(true);
+    /// No more changes from now on; the first cause is kept and named by every refusal.
+    pub fn mark_failed(&self, cause: &Error) {
+        let mut failed = self.failed.borrow_mut();
+        if failed.is_none() {
+            *failed = Some(Error::new(cause.kind, &cause.message));
+        }
     }
 
     fn check_failed(&self) -> Result<()> {
-        if self.failed.get() {
+        if let Some(cause) = &*self.failed.borrow() {
             return Err(Error::new(
-                crate::ErrorKind::Io,
-                "an earlier metadata write or sync failed; the image accepts no more changes",
+                cause.kind,
+                format!(
+                    "the image accepts no more changes since an earlier metadata write or sync failed: {}",
+                    cause.message
+                ),
             ));
         }
         Ok(())

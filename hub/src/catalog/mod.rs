@@ -22,10 +22,63 @@ use crate::error::{Error, Result};
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
     include_str!("../../migrations/0002_sendense_flow.sql"),
+    include_str!("../../migrations/0003_deletions.sql"),
 ];
 
 pub struct Catalog {
     conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+/// SQLite says "database or disk is full" for ENOSPC (and for a full quota).
+pub fn is_disk_full(err: &rusqlite::Error) -> bool {
+    err.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+}
+
+/// The connection as the methods that change the catalog use it: a full filesystem becomes
+/// [`Error::NoSpace`] naming the catalog file, so callers can free space or answer 507.
+struct Writer<'a> {
+    conn: parking_lot::MutexGuard<'a, Connection>,
+    path: &'a Path,
+}
+
+fn at_path(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
+    move |e| {
+        if is_disk_full(&e) {
+            Error::NoSpace {
+                path: path.to_owned(),
+            }
+        } else {
+            Error::Catalog(e)
+        }
+    }
+}
+
+impl Writer<'_> {
+    fn execute<P: rusqlite::Params>(&self, sql: &str, params: P) -> Result<usize> {
+        self.conn.execute(sql, params).map_err(at_path(self.path))
+    }
+
+    fn transaction(&mut self) -> Result<WriterTx<'_>> {
+        let path = self.path;
+        let tx = self.conn.transaction().map_err(at_path(path))?;
+        Ok(WriterTx { tx, path })
+    }
+}
+
+struct WriterTx<'a> {
+    tx: rusqlite::Transaction<'a>,
+    path: &'a Path,
+}
+
+impl WriterTx<'_> {
+    fn execute<P: rusqlite::Params>(&self, sql: &str, params: P) -> Result<usize> {
+        self.tx.execute(sql, params).map_err(at_path(self.path))
+    }
+
+    fn commit(self) -> Result<()> {
+        self.tx.commit().map_err(at_path(self.path))
+    }
 }
 
 /// RFC 3339 in UTC with a fixed number of fraction digits, so the text sorts like the time
@@ -127,25 +180,63 @@ fn load_disks(conn: &Connection, backup: &mut Backup) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// The rows `sql` selects, each parsed on its own: one unreadable row (a bad timestamp written by
+/// hand, say) must not hide the others.
+fn query_rows(
+    conn: &Connection,
+    sql: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> rusqlite::Result<Vec<(String, rusqlite::Result<Backup>)>> {
+    let mut stmt = conn.prepare(sql)?;
+    let rows: Vec<(String, rusqlite::Result<Backup>)> = stmt
+        .query_map(args, |row| {
+            Ok((row.get::<_, String>(0)?, backup_from_row(row)))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, backup)| {
+            let backup = backup.and_then(|mut b| load_disks(conn, &mut b).map(|()| b));
+            (id, backup)
+        })
+        .collect())
+}
+
+/// The readable backups `sql` selects; an unreadable row is logged with its id and skipped.
 fn query_backups(
     conn: &Connection,
     sql: &str,
     args: &[&dyn rusqlite::ToSql],
 ) -> rusqlite::Result<Vec<Backup>> {
-    let mut stmt = conn.prepare(sql)?;
-    let mut backups: Vec<Backup> = stmt
-        .query_map(args, backup_from_row)?
-        .collect::<rusqlite::Result<_>>()?;
-    for backup in &mut backups {
-        load_disks(conn, backup)?;
-    }
-    Ok(backups)
+    Ok(query_rows(conn, sql, args)?
+        .into_iter()
+        .filter_map(|(id, backup)| match backup {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::error!(backup_id = %id, error = %e, "unreadable catalog row skipped");
+                None
+            }
+        })
+        .collect())
 }
 
 impl Catalog {
+    fn writer(&self) -> Writer<'_> {
+        Writer {
+            conn: self.conn.lock(),
+            path: &self.path,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub fn open(path: &Path) -> Result<Catalog> {
+        prepare_file(path)?;
         let mut conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| not_a_catalog(path, e))?;
         // A completed backup must stay recorded through a power cut; writes are rare.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
@@ -153,13 +244,14 @@ impl Catalog {
         migrate(&mut conn)?;
         Ok(Catalog {
             conn: Mutex::new(conn),
+            path: path.to_owned(),
         })
     }
 
     // --- repositories
 
     pub fn insert_repository(&self, repo: &Repository) -> Result<()> {
-        let conn = self.conn.lock();
+        let conn = self.writer();
         let inserted = conn.execute(
             "INSERT INTO repositories (id, name, path, created_at) VALUES (?1, ?2, ?3, ?4) \
              ON CONFLICT (id) DO NOTHING",
@@ -217,7 +309,7 @@ impl Catalog {
     // --- backups
 
     pub fn insert_backup(&self, backup: &Backup) -> Result<()> {
-        let mut conn = self.conn.lock();
+        let mut conn = self.writer();
         let tx = conn.transaction()?;
         tx.execute(
             &format!("INSERT INTO backups ({BACKUP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
@@ -242,7 +334,8 @@ impl Catalog {
         for (position, disk) in backup.disks.iter().enumerate() {
             tx.execute(
                 "INSERT INTO backup_disks (backup_id, disk_id, position, vmware_disk_key, capacity_bytes, \
-                 export_name, qcow2_path) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                 export_name, qcow2_path, completed, change_id, bytes_transferred, bytes_written, \
+                 image_size, completed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 params![
                     backup.id,
                     disk.disk_id,
@@ -251,6 +344,12 @@ impl Catalog {
                     disk.capacity_bytes as i64,
                     disk.export_name,
                     disk.qcow2_path.to_string_lossy(),
+                    disk.completed,
+                    disk.change_id,
+                    disk.bytes_transferred.map(|b| b as i64),
+                    disk.bytes_written as i64,
+                    disk.image_size.map(|b| b as i64),
+                    disk.completed_at.map(fmt_time),
                 ],
             )?;
         }
@@ -261,7 +360,24 @@ impl Catalog {
     pub fn backup(&self, id: &str) -> Result<Option<Backup>> {
         let conn = self.conn.lock();
         let sql = format!("SELECT {BACKUP_COLUMNS} FROM backups WHERE id = ?1");
-        Ok(query_backups(&conn, &sql, &[&id])?.pop())
+        match query_rows(&conn, &sql, &[&id])?.pop() {
+            None => Ok(None),
+            Some((_, Ok(b))) => Ok(Some(b)),
+            Some((id, Err(e))) => Err(Error::Internal(format!(
+                "the catalog row of backup {id} is unreadable: {e}"
+            ))),
+        }
+    }
+
+    /// Whether the catalog has a row for `id`, and its status if that is readable.
+    pub fn backup_status(&self, id: &str) -> Result<Option<std::result::Result<Status, String>>> {
+        let conn = self.conn.lock();
+        let status: Option<String> = conn
+            .query_row("SELECT status FROM backups WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(status.map(|s| Status::parse(&s).ok_or(s)))
     }
 
     /// Newest first.
@@ -308,19 +424,18 @@ impl Catalog {
         Ok(query_backups(&conn, &sql, &[&vm_name, &repository_id])?.pop())
     }
 
-    /// Backups (other than cancelled ones, whose images are gone) that use `id` as parent.
-    pub fn dependents(&self, id: &str) -> Result<Vec<String>> {
+    /// The backups that use `id` as parent, with their status as written.
+    pub fn children(&self, id: &str) -> Result<Vec<(String, String)>> {
         let conn = self.conn.lock();
-        let mut stmt = conn.prepare(
-            "SELECT id FROM backups WHERE parent_backup_id = ?1 AND status != 'cancelled' ORDER BY rowid",
-        )?;
+        let mut stmt = conn
+            .prepare("SELECT id, status FROM backups WHERE parent_backup_id = ?1 ORDER BY rowid")?;
         Ok(stmt
-            .query_map([id], |row| row.get(0))?
+            .query_map([id], |row| Ok((row.get(0)?, row.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?)
     }
 
     pub fn set_status(&self, id: &str, status: Status, error: Option<&str>) -> Result<()> {
-        let conn = self.conn.lock();
+        let conn = self.writer();
         let completed_at = (!status.is_active()).then(|| fmt_time(OffsetDateTime::now_utc()));
         conn.execute(
             "UPDATE backups SET status = ?2, error = COALESCE(?3, error), \
@@ -332,7 +447,7 @@ impl Catalog {
 
     /// ready -> running, once; returns whether this call made the change.
     pub fn mark_running(&self, id: &str) -> Result<bool> {
-        let conn = self.conn.lock();
+        let conn = self.writer();
         let changed = conn.execute(
             "UPDATE backups SET status = 'running', started_at = ?2 WHERE id = ?1 AND status = 'ready'",
             params![id, fmt_time(OffsetDateTime::now_utc())],
@@ -346,7 +461,7 @@ impl Catalog {
         telemetry: &serde_json::Value,
         at: OffsetDateTime,
     ) -> Result<()> {
-        let conn = self.conn.lock();
+        let conn = self.writer();
         conn.execute(
             "UPDATE backups SET telemetry = ?2, last_telemetry_at = ?3 WHERE id = ?1",
             params![id, telemetry.to_string(), fmt_time(at)],
@@ -363,7 +478,7 @@ impl Catalog {
         change_id: Option<&str>,
         bytes_transferred: Option<u64>,
     ) -> Result<()> {
-        let conn = self.conn.lock();
+        let conn = self.writer();
         conn.execute(
             "UPDATE backup_disks SET completed = 1, change_id = COALESCE(?3, change_id), \
              bytes_transferred = COALESCE(?4, bytes_transferred), completed_at = COALESCE(completed_at, ?5) \
@@ -386,7 +501,7 @@ impl Catalog {
         bytes_written: u64,
         image_size: u64,
     ) -> Result<()> {
-        let conn = self.conn.lock();
+        let conn = self.writer();
         conn.execute(
             "UPDATE backup_disks SET bytes_written = ?3, image_size = ?4 WHERE backup_id = ?1 AND disk_id = ?2",
             params![id, disk_id, bytes_written as i64, image_size as i64],
@@ -394,9 +509,37 @@ impl Catalog {
         Ok(())
     }
 
-    pub fn delete_backup(&self, id: &str) -> Result<()> {
+    /// Remove the rows of `doomed` (children before parents) and record each as a pending deletion
+    /// of its directory, in one transaction: all or nothing.
+    pub fn delete_backups(&self, doomed: &[(String, PathBuf)]) -> Result<()> {
+        let mut conn = self.writer();
+        let tx = conn.transaction()?;
+        let now = fmt_time(OffsetDateTime::now_utc());
+        for (id, dir) in doomed {
+            tx.execute(
+                "INSERT OR REPLACE INTO deletions (backup_id, dir, requested_at) VALUES (?1, ?2, ?3)",
+                params![id, dir.to_string_lossy(), now],
+            )?;
+            tx.execute("DELETE FROM backups WHERE id = ?1", [id])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deletions whose files may still be there.
+    pub fn pending_deletions(&self) -> Result<Vec<(String, PathBuf)>> {
         let conn = self.conn.lock();
-        conn.execute("DELETE FROM backups WHERE id = ?1", [id])?;
+        let mut stmt = conn.prepare("SELECT backup_id, dir FROM deletions ORDER BY rowid")?;
+        Ok(stmt
+            .query_map([], |row| {
+                Ok((row.get(0)?, PathBuf::from(row.get::<_, String>(1)?)))
+            })?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn finish_deletion(&self, id: &str) -> Result<()> {
+        let conn = self.writer();
+        conn.execute("DELETE FROM deletions WHERE backup_id = ?1", [id])?;
         Ok(())
     }
 
@@ -422,7 +565,7 @@ impl Catalog {
     // --- restores
 
     pub fn insert_restore(&self, restore: &Restore) -> Result<()> {
-        let conn = self.conn.lock();
+        let conn = self.writer();
         conn.execute(
             "INSERT INTO restores (id, backup_id, disk_id, export_name, created_at, expires_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -449,7 +592,7 @@ impl Catalog {
     }
 
     pub fn delete_restore(&self, id: &str) -> Result<bool> {
-        let conn = self.conn.lock();
+        let conn = self.writer();
         Ok(conn.execute("DELETE FROM restores WHERE id = ?1", [id])? == 1)
     }
 
@@ -464,10 +607,29 @@ impl Catalog {
     }
 
     pub fn clear_restores(&self) -> Result<()> {
-        let conn = self.conn.lock();
+        let conn = self.writer();
         conn.execute("DELETE FROM restores", [])?;
         Ok(())
     }
+}
+
+/// Create the file (mode 0600 whatever the umask; SQLite gives its WAL and index the same mode) or
+/// check that it can be opened, so a wrong owner or mode is reported with the path and the errno
+/// instead of SQLite's "unable to open database file".
+fn prepare_file(path: &Path) -> Result<()> {
+    crate::datadir::open_private(path)
+        .map(drop)
+        .map_err(Error::io(format!("opening the catalog {}", path.display())))
+}
+
+fn not_a_catalog(path: &Path, e: rusqlite::Error) -> Error {
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) {
+        return Error::Config(format!(
+            "{} is not an SQLite database ({e}); move it away and run `sendense-hub catalog rebuild` to rebuild the catalog from the backups' manifests",
+            path.display()
+        ));
+    }
+    Error::Catalog(e)
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {

@@ -109,14 +109,25 @@ impl Backup {
     pub fn disk(&self, disk_id: u32) -> Option<&Disk> {
         self.disks.iter().find(|d| d.disk_id == disk_id)
     }
+
+    /// The directory holding the backup's images (and manifest).
+    pub fn dir(&self) -> PathBuf {
+        crate::layout::dir_of_backup(self)
+            .map(PathBuf::from)
+            .unwrap_or_default()
+    }
 }
 
-#[derive(Debug, Clone)]
+/// Serialised into the backup's manifest without the two facts of the place and the process: the
+/// image path (the manifest's directory and [`crate::layout::disk_path`] give it) and the export name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Disk {
     pub disk_id: u32,
     pub vmware_disk_key: i64,
     pub capacity_bytes: u64,
+    #[serde(skip)]
     pub export_name: String,
+    #[serde(skip)]
     pub qcow2_path: PathBuf,
     /// The client reported this disk complete.
     pub completed: bool,
@@ -126,6 +137,7 @@ pub struct Disk {
     pub bytes_written: u64,
     /// Host size of the image file once finalised.
     pub image_size: Option<u64>,
+    #[serde(with = "time::serde::rfc3339::option")]
     pub completed_at: Option<OffsetDateTime>,
 }
 

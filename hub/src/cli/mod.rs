@@ -1,5 +1,6 @@
 //! Command-line interface: argument definitions and one function per subcommand.
 
+mod catalog;
 mod inspect;
 mod rotate;
 mod serve;
@@ -41,6 +42,8 @@ pub enum Command {
     Tls(tls::TlsCommand),
     /// Re-encrypt every stored vCenter password under a new credential key (hub stopped).
     RotateCredentialKey(rotate::RotateArgs),
+    /// Catalog maintenance (the hub must be stopped).
+    Catalog(catalog::CatalogArgs),
 }
 
 pub fn init_logging(json: bool) {
@@ -52,7 +55,7 @@ pub fn init_logging(json: bool) {
     if json {
         builder.json().init();
     } else {
-        builder.init();
+        builder.fmt_fields(hub::logfmt::EscapedFields).init();
     }
 }
 
@@ -68,6 +71,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Info(args) => inspect::info(&args).map(|()| ExitCode::SUCCESS),
         Command::Tls(command) => tls::run(command).map(|()| ExitCode::SUCCESS),
         Command::RotateCredentialKey(args) => rotate::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Catalog(args) => catalog::run(args),
     }
 }
 

@@ -66,6 +66,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         storage_io: args.storage_io,
     };
     let config = Config::resolve(file, overrides)?;
+    hub::datadir::prepare(&config.data_dir)?;
+    // Held until exit: `catalog rebuild` must not run under a live hub, nor two hubs share a dir.
+    let _lock = hub::datadir::lock(&config.data_dir)?;
     let shutdown = super::shutdown_on_signal()?;
     let api = tokio::net::TcpListener::bind(&config.api_listen)
         .await

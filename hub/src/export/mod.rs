@@ -8,7 +8,7 @@ mod readbuf;
 mod workers;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use nbd_server::{Export, ExportError, Extent};
@@ -35,10 +35,66 @@ pub struct ImageExport {
     size: u64,
     read_only: bool,
     preferred: u32,
-    /// Bytes of WRITE payload stored, counted here so the total is exact even for writes that
-    /// land while the server drains the export.
-    written: Arc<AtomicU64>,
+    /// Bytes stored, and changes after the client said it was done.
+    tally: Arc<WriteTally>,
     workers: IoWorkers,
+}
+
+/// What the hub learns from an export's changes (WRITE, WRITE_ZEROES, TRIM): the bytes of WRITE
+/// payload stored, counted here so the total is exact even for writes that land while the server
+/// drains the export; and, once [`WriteTally::seal`]ed by the client's `complete`, every change
+/// that still arrives, which is refused and counted: the backup can no longer be `completed`.
+#[derive(Debug, Default)]
+pub struct WriteTally {
+    bytes: AtomicU64,
+    in_flight: AtomicU64,
+    sealed: AtomicBool,
+    late: AtomicU64,
+}
+
+impl WriteTally {
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// From now on every change is refused and counted as late.
+    pub fn seal(&self) {
+        self.sealed.store(true, Ordering::SeqCst);
+    }
+
+    /// Changes refused since [`WriteTally::seal`].
+    pub fn late(&self) -> u64 {
+        self.late.load(Ordering::SeqCst)
+    }
+
+    /// Changes running now (begun before the seal).
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// A change starts: counted in flight, or refused when sealed. SeqCst on both sides: a change
+    /// either sees the seal or is seen in flight by whoever checks after sealing.
+    fn begin(self: &Arc<Self>) -> Result<InFlight, ExportError> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let change = InFlight(Arc::clone(self));
+        if self.sealed.load(Ordering::SeqCst) {
+            // Once per export: a client that goes on writing must not flood the log.
+            if self.late.fetch_add(1, Ordering::SeqCst) == 0 {
+                tracing::warn!("write refused: the client already completed this disk");
+            }
+            return Err(ExportError::ReadOnly);
+        }
+        Ok(change)
+    }
+}
+
+/// One change in flight; counted down when dropped.
+struct InFlight(Arc<WriteTally>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl ImageExport {
@@ -56,14 +112,14 @@ impl ImageExport {
             size,
             read_only,
             preferred,
-            written: Arc::new(AtomicU64::new(0)),
+            tally: Arc::default(),
             workers: IoWorkers::new(threads),
         }
     }
 
-    /// The running count of bytes written through this export.
-    pub fn written_counter(&self) -> Arc<AtomicU64> {
-        Arc::clone(&self.written)
+    /// The export's write figures, shared with the hub.
+    pub fn tally(&self) -> Arc<WriteTally> {
+        Arc::clone(&self.tally)
     }
 
     /// Serve a writable image read-only (restores share the image files of completed backups).
@@ -94,6 +150,7 @@ impl ImageExport {
         F: FnOnce(&Image) -> qcow2::Result<()> + Send + 'static,
     {
         self.check_writable()?;
+        let _change = self.tally.begin()?;
         self.blocking(move |image| {
             op(image)?;
             if fua {
@@ -198,7 +255,7 @@ impl Export for ImageExport {
         let len = data.len() as u64;
         self.modify(fua, move |image| image.write_at(offset, &data))
             .await?;
-        self.written.fetch_add(len, Ordering::Relaxed);
+        self.tally.bytes.fetch_add(len, Ordering::Relaxed);
         Ok(())
     }
 
@@ -370,5 +427,36 @@ mod tests {
             map_error(e(ErrorKind::Corrupt)),
             ExportError::Io(_)
         ));
+    }
+
+    /// After the seal every change is refused and counted; reads and flushes still work.
+    #[tokio::test]
+    async fn a_sealed_export_refuses_and_counts_changes() {
+        let export = mem_export(1 << 20);
+        let tally = export.tally();
+        export
+            .write(0, Bytes::from(vec![1u8; 4096]), false)
+            .await
+            .unwrap();
+        tally.seal();
+        assert!(matches!(
+            export
+                .write(4096, Bytes::from(vec![2u8; 4096]), false)
+                .await,
+            Err(ExportError::ReadOnly)
+        ));
+        assert!(
+            export
+                .write_zeroes(0, 4096, false, false, false)
+                .await
+                .is_err()
+        );
+        assert!(export.trim(0, 4096, false).await.is_err());
+        export.flush().await.unwrap();
+        assert_eq!(&export.read(0, 4096).await.unwrap()[..], &[1u8; 4096][..]);
+        assert_eq!(
+            (tally.bytes(), tally.late(), tally.in_flight()),
+            (4096, 3, 0)
+        );
     }
 }

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 use axum::Router;
@@ -10,9 +11,11 @@ use axum::extract::ConnectInfo;
 use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use hub::{Config, Hub};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+use super::run_ok;
 
 pub struct TestHub {
     pub data_dir: PathBuf,
@@ -129,6 +132,18 @@ impl TestHub {
         self.call(Method::GET, uri, None, Caller::Operator).await
     }
 
+    /// `complete` as the SNA sends it (loopback, no token).
+    pub async fn complete(&self, id: &str, body: &str) -> (StatusCode, Value) {
+        let uri = format!("/api/v1/backups/{id}/complete");
+        self.call(Method::POST, &uri, Some(body), Caller::Sna).await
+    }
+
+    pub async fn delete(&self, id: &str) -> (StatusCode, Value) {
+        let uri = format!("/api/v1/backups/{id}");
+        self.call(Method::DELETE, &uri, None, Caller::Operator)
+            .await
+    }
+
     /// Poll a backup until its status is `want` (the lifecycle runs in the background).
     pub async fn wait_status(&self, id: &str, want: &str) -> Value {
         let mut last = Value::Null;
@@ -167,4 +182,38 @@ pub fn assert_error(resp: &(StatusCode, Value), status: StatusCode, code: &str) 
 /// Run a blocking command (a real NBD client) off the runtime's threads.
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+pub const MIB: u64 = 1 << 20;
+
+pub fn disk(disk_id: u32, key: i64, capacity: u64) -> Value {
+    json!({ "disk_id": disk_id, "vmware_disk_key": key, "capacity_bytes": capacity })
+}
+
+pub fn full(vm: &str, disks: Vec<Value>) -> Value {
+    json!({ "vm_name": vm, "backup_type": "full", "disks": disks })
+}
+
+pub async fn nbdcopy(args: Vec<String>) {
+    blocking(move || {
+        run_ok(Command::new("nbdcopy").args(&args));
+    })
+    .await
+}
+
+/// Create a one-disk full backup, write `src` into it, complete it; returns the backup body.
+pub async fn completed_full(h: &TestHub, vm: &str, src: &std::path::Path, capacity: u64) -> Value {
+    let (status, body) = h
+        .post("/api/v1/backups", &full(vm, vec![disk(0, 2000, capacity)]))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let uri = body["disk_results"][0]["nbd_uri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    nbdcopy(vec![src.display().to_string(), uri]).await;
+    let id = body["backup_id"].as_str().unwrap().to_owned();
+    let r = h.complete(&id, r#"{"change_id":"c0"}"#).await;
+    assert_eq!(r.0, StatusCode::OK, "{}", r.1);
+    h.wait_status(&id, "completed").await
 }

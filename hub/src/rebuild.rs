@@ -1,0 +1,177 @@
+//! `sendense-hub catalog rebuild`: a new catalog from the manifests in the repositories.
+//!
+//! The old catalog file (if any) is kept beside the new one, renamed, never deleted. Repositories
+//! come from the old catalog when it can still be read, plus the default repository and any named
+//! on the command line; backups from
+//! the manifests found in them, parents before children. What cannot be rebuilt is reported, and
+//! nothing in the repositories is changed.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use crate::catalog::{Catalog, Repository};
+use crate::error::{Error, Result};
+use crate::manifest::{self, Manifest, Phase};
+use crate::reconcile::backup_dirs;
+use crate::state::{CATALOG_FILE, DEFAULT_REPOSITORY, default_repository_path, now};
+
+#[derive(Debug, Default)]
+pub struct RebuildReport {
+    /// Where the previous catalog was moved, if there was one.
+    pub old_catalog: Option<PathBuf>,
+    pub repositories: usize,
+    pub backups: usize,
+    /// Interrupted creations, left for the next start to remove.
+    pub interrupted: Vec<PathBuf>,
+    /// Directories that could not be rebuilt, and why.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// `extra`: repositories outside the data dir, as `(id, path)`, for when the old catalog that
+/// listed them is gone.
+pub fn rebuild_catalog(data_dir: &Path, extra: &[(String, PathBuf)]) -> Result<RebuildReport> {
+    let catalog_path = data_dir.join(CATALOG_FILE);
+    let mut report = RebuildReport::default();
+    let mut repos = old_repositories(&catalog_path);
+    for (id, path) in extra {
+        let path = std::path::absolute(path)
+            .map_err(Error::io(format!("resolving {}", path.display())))?;
+        repos.retain(|r| r.id != *id);
+        repos.push(Repository {
+            id: id.clone(),
+            name: id.clone(),
+            path,
+            created_at: now(),
+        });
+    }
+    let default_path = default_repository_path(data_dir)?;
+    if !repos.iter().any(|r| r.id == DEFAULT_REPOSITORY) {
+        repos.insert(
+            0,
+            Repository {
+                id: DEFAULT_REPOSITORY.into(),
+                name: DEFAULT_REPOSITORY.into(),
+                path: default_path,
+                created_at: now(),
+            },
+        );
+    }
+
+    if catalog_path.exists() {
+        let stamp = now().unix_timestamp();
+        let moved = data_dir.join(format!("{CATALOG_FILE}.before-rebuild-{stamp}"));
+        for suffix in ["", "-wal", "-shm"] {
+            let from = PathBuf::from(format!("{}{suffix}", catalog_path.display()));
+            let to = PathBuf::from(format!("{}{suffix}", moved.display()));
+            match std::fs::rename(&from, &to) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(Error::io(format!(
+                        "moving {} to {}",
+                        from.display(),
+                        to.display()
+                    ))(e));
+                }
+            }
+        }
+        report.old_catalog = Some(moved);
+    }
+    let catalog = Catalog::open(&catalog_path)?;
+
+    let mut found: Vec<(PathBuf, Manifest)> = Vec::new();
+    for repo in &repos {
+        catalog.insert_repository(repo)?;
+        report.repositories += 1;
+        let dirs = backup_dirs(&repo.path).map_err(Error::io(format!(
+            "reading repository {}",
+            repo.path.display()
+        )))?;
+        for dir in dirs {
+            match manifest::read(&dir.path) {
+                Ok(Some(m)) if m.status == Phase::Creating => report.interrupted.push(dir.path),
+                Ok(Some(mut m)) => {
+                    // The directory says which repository it is in, whatever the file claims.
+                    m.repository_id = repo.id.clone();
+                    found.push((dir.path, m));
+                }
+                Ok(None) => report.skipped.push((
+                    dir.path,
+                    "no manifest (move it out of the repository)".into(),
+                )),
+                Err(e) => report
+                    .skipped
+                    .push((dir.path, format!("unreadable manifest: {e}"))),
+            }
+        }
+    }
+
+    // Parents first: each pass inserts the backups whose parent is in (or none).
+    let mut inserted: HashSet<String> = HashSet::new();
+    found.sort_by_key(|(_, m)| m.created_at);
+    loop {
+        let before = found.len();
+        let mut waiting = Vec::new();
+        for (dir, m) in found {
+            let ready = m
+                .parent_backup_id
+                .as_ref()
+                .is_none_or(|p| inserted.contains(p));
+            if !ready {
+                waiting.push((dir, m));
+                continue;
+            }
+            match m.to_backup(&dir) {
+                Ok(backup) => match catalog.insert_backup(&backup) {
+                    Ok(()) => {
+                        inserted.insert(backup.id);
+                        report.backups += 1;
+                    }
+                    Err(e) => report.skipped.push((dir, e.to_string())),
+                },
+                Err(why) => report.skipped.push((dir, why)),
+            }
+        }
+        found = waiting;
+        if found.is_empty() || found.len() == before {
+            break;
+        }
+    }
+    for (dir, m) in found {
+        let parent = m.parent_backup_id.unwrap_or_default();
+        report.skipped.push((
+            dir,
+            format!("its parent backup {parent} could not be rebuilt"),
+        ));
+    }
+    Ok(report)
+}
+
+/// The repositories the previous catalog lists, if it can still be read.
+fn old_repositories(path: &Path) -> Vec<Repository> {
+    if !path.exists() {
+        return Vec::new();
+    }
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+    let read = || -> rusqlite::Result<Vec<Repository>> {
+        let conn = rusqlite::Connection::open_with_flags(path, flags)?;
+        let mut stmt = conn.prepare("SELECT id, name, path FROM repositories ORDER BY id")?;
+        stmt.query_map([], |row| {
+            Ok(Repository {
+                id: row.get(0)?,
+                name: row.get(1)?,
+                path: PathBuf::from(row.get::<_, String>(2)?),
+                created_at: now(),
+            })
+        })?
+        .collect()
+    };
+    match read() {
+        Ok(repos) => repos,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e,
+                "previous catalog unreadable; only the default repository is searched");
+            Vec::new()
+        }
+    }
+}
