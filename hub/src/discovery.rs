@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::state::{Hub, now};
 
 /// `POST /api/v1/discovery/discover-vms`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct DiscoverRequest {
     pub credential_id: i64,
     #[serde(default)]
@@ -46,7 +46,7 @@ pub struct InventoryVcenter {
     pub datacenter: String,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct SnaVm {
     #[serde(default)]
     pub id: String,
@@ -69,7 +69,7 @@ pub struct SnaVm {
     pub networks: Vec<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct SnaDisk {
     /// `disk-<VMware key>`.
     pub id: String,
@@ -92,7 +92,7 @@ pub struct SnaDisk {
 }
 
 /// One VM of the answer: what the SNA said, and whether a context exists for it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DiscoveredVm {
     #[serde(flatten)]
     pub vm: SnaVm,
@@ -101,7 +101,7 @@ pub struct DiscoveredVm {
     pub context_id: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DiscoverResponse {
     pub discovered_vms: Vec<DiscoveredVm>,
     pub discovery_count: usize,

@@ -37,6 +37,19 @@ use super::error::ErrorBody;
         super::restores::delete,
         super::repositories::list,
         super::repositories::create,
+        super::credentials::list,
+        super::credentials::create,
+        super::credentials::default,
+        super::credentials::get,
+        super::credentials::update,
+        super::credentials::delete,
+        super::credentials::set_default,
+        super::inventory::discover,
+        super::inventory::list,
+        super::inventory::get,
+        super::inventory::delete,
+        super::inventory::disks,
+        super::inventory::get_by_id,
     ),
     components(schemas(ErrorBody)),
     security(("bearer_token" = [])),
@@ -75,9 +88,21 @@ fn add_links(doc: &mut serde_json::Value) {
     let restore_links = serde_json::json!({
         "DeleteRestore": link("delete_restore", by_id("restore_id")),
     });
+    let by_credential = || serde_json::json!({ "id": "$response.body#/credential/id" });
+    let credential_links = serde_json::json!({
+        "GetCredential": link("get_vmware_credential", by_credential()),
+        "UpdateCredential": link("update_vmware_credential", by_credential()),
+        "SetDefaultCredential": link("set_default_vmware_credential", by_credential()),
+        "DeleteCredential": link("delete_vmware_credential", by_credential()),
+        "DiscoverVms": {
+            "operationId": "discover_vms",
+            "requestBody": { "credential_id": "$response.body#/credential/id" },
+        },
+    });
     for (path, links) in [
         ("/api/v1/backups", backup_links),
         ("/api/v1/restores", restore_links),
+        ("/api/v1/vmware-credentials", credential_links),
     ] {
         if let Some(ok) = doc
             .pointer_mut(&format!(
@@ -344,6 +369,61 @@ mod tests {
         );
         let extra: Vec<_> = in_doc.difference(&in_code).collect();
         assert!(extra.is_empty(), "documented but not routed: {extra:?}");
+    }
+
+    /// Every property name in `schema`, following `$ref`s into the components.
+    fn properties(doc: &serde_json::Value, schema: &serde_json::Value, out: &mut BTreeSet<String>) {
+        match schema {
+            serde_json::Value::Object(map) => {
+                if let Some(name) = map.get("$ref").and_then(|r| r.as_str()) {
+                    let name = name.trim_start_matches("#/components/schemas/");
+                    if out.insert(format!("#{name}")) {
+                        properties(doc, &doc["components"]["schemas"][name], out);
+                    }
+                }
+                if let Some(props) = map.get("properties").and_then(|p| p.as_object()) {
+                    out.extend(props.keys().cloned());
+                }
+                map.values().for_each(|v| properties(doc, v, out));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| properties(doc, v, out)),
+            _ => {}
+        }
+    }
+
+    /// The vCenter password goes in (write-only) and never comes out: no response schema of any
+    /// operation has a `password` property.
+    #[test]
+    fn password_is_write_only() {
+        let doc: serde_json::Value = serde_json::from_str(&super::DOCUMENT).unwrap();
+        let mut in_responses = BTreeSet::new();
+        for item in doc["paths"].as_object().unwrap().values() {
+            for op in item.as_object().unwrap().values() {
+                properties(&doc, &op["responses"], &mut in_responses);
+            }
+        }
+        assert!(in_responses.contains("#CredentialView"), "{in_responses:?}");
+        assert!(!in_responses.contains("password"), "{in_responses:?}");
+        let credentials = &doc["paths"]["/api/v1/vmware-credentials"]["post"];
+        let mut in_request = BTreeSet::new();
+        properties(&doc, &credentials["requestBody"], &mut in_request);
+        assert!(in_request.contains("password"), "{in_request:?}");
+        for schema in ["NewCredential", "CredentialRequest"] {
+            assert_eq!(
+                doc["components"]["schemas"][schema]["properties"]["password"]["writeOnly"], true,
+                "{schema}"
+            );
+        }
+    }
+
+    /// Discovery's failures are documented: the SNA's (502) and the credential key's (503).
+    #[test]
+    fn discovery_documents_upstream_failures() {
+        let doc: serde_json::Value = serde_json::from_str(&super::DOCUMENT).unwrap();
+        let responses = &doc["paths"]["/api/v1/discovery/discover-vms"]["post"]["responses"];
+        for status in ["200", "400", "401", "404", "409", "502", "503"] {
+            assert!(responses.get(status).is_some(), "{status}: {responses}");
+        }
     }
 
     #[test]
