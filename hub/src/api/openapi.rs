@@ -61,6 +61,7 @@ pub struct ApiDoc;
 pub static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises");
     unsigned_bounds(&mut doc);
+    optional_bodies(&mut doc);
     add_links(&mut doc);
     doc.to_string()
 });
@@ -112,6 +113,36 @@ fn add_links(doc: &mut serde_json::Value) {
             .and_then(|r| r.as_object_mut())
         {
             ok.insert("links".to_owned(), links);
+        }
+    }
+}
+
+/// [`super::ApiJson`] reads an empty body as `{}`: where the body's schema requires no field, the
+/// body may be left out, and the document says so (utoipa marks every body required).
+fn optional_bodies(doc: &mut serde_json::Value) {
+    let schemas = doc["components"]["schemas"].clone();
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for body in paths
+        .values_mut()
+        .filter_map(|item| item.as_object_mut())
+        .flat_map(|item| item.values_mut())
+        .filter_map(|op| op.get_mut("requestBody"))
+    {
+        let Some(schema) = body.pointer("/content/application~1json/schema") else {
+            continue;
+        };
+        let schema = match schema["$ref"].as_str() {
+            Some(name) => &schemas[name.trim_start_matches("#/components/schemas/")],
+            None => schema,
+        };
+        let requires_nothing = schema["type"] == "object"
+            && schema["required"]
+                .as_array()
+                .is_none_or(|fields| fields.is_empty());
+        if requires_nothing {
+            body["required"] = serde_json::Value::Bool(false);
         }
     }
 }
@@ -424,6 +455,14 @@ mod tests {
         for status in ["200", "400", "401", "404", "409", "502", "503"] {
             assert!(responses.get(status).is_some(), "{status}: {responses}");
         }
+        // A body that may be empty (every field optional) is not required; one with required
+        // fields is.
+        let body = |path: &str, method: &str| {
+            doc["paths"][path][method]["requestBody"]["required"].clone()
+        };
+        assert_eq!(body("/api/v1/vmware-credentials/{id}", "put"), false);
+        assert_eq!(body("/api/v1/vmware-credentials", "post"), true);
+        assert_eq!(body("/api/v1/discovery/discover-vms", "post"), true);
     }
 
     #[test]
