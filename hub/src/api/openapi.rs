@@ -465,6 +465,29 @@ mod tests {
         assert_eq!(body("/api/v1/discovery/discover-vms", "post"), true);
     }
 
+    /// The Sendense client decodes the change-id answer into a Go `map[string]string`: every
+    /// property is a required string. The telemetry answer's time is RFC 3339.
+    #[test]
+    fn sna_answers_match_what_the_client_reads() {
+        let doc: serde_json::Value = serde_json::from_str(&super::DOCUMENT).unwrap();
+        let answer = &doc["components"]["schemas"]["ChangeIdAnswer"];
+        let props = answer["properties"].as_object().unwrap();
+        assert_eq!(props.len(), 5, "{answer}");
+        for (name, schema) in props {
+            assert_eq!(schema["type"], "string", "{name}: {schema}");
+            assert!(
+                answer["required"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&name.as_str().into()),
+                "{name}"
+            );
+        }
+        let ack = &doc["components"]["schemas"]["TelemetryAck"]["properties"];
+        assert_eq!(ack["timestamp"]["format"], "date-time", "{ack}");
+        assert_eq!(ack["backup_status"]["$ref"], "#/components/schemas/Status");
+    }
+
     #[test]
     fn document_is_openapi_3_1_with_errors_and_bearer() {
         let doc: serde_json::Value = serde_json::from_str(&super::DOCUMENT).unwrap();
