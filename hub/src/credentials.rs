@@ -15,15 +15,18 @@ const MAX_FIELD: usize = 255;
 
 /// The body of `POST` and `PUT /api/v1/vmware-credentials[/{id}]` (Sendense's fields). On
 /// `PUT` every field is optional and a missing one keeps its value (the password too).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct CredentialRequest {
+    /// 1 to 255 bytes, not only spaces; unique. `name` is read as the same field.
     #[serde(default, alias = "name")]
     pub credential_name: Option<String>,
     #[serde(default)]
     pub vcenter_host: Option<String>,
     #[serde(default)]
     pub username: Option<String>,
+    /// Write-only: no answer ever carries it. 1 to 1024 bytes.
     #[serde(default)]
+    #[schema(value_type = Option<String>, write_only)]
     pub password: Option<Secret>,
     #[serde(default)]
     pub datacenter: Option<String>,
@@ -34,7 +37,7 @@ pub struct CredentialRequest {
 }
 
 /// A credential as the API shows it: never the password.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CredentialView {
     pub id: i64,
     pub credential_name: String,
@@ -45,7 +48,9 @@ pub struct CredentialView {
     pub datacenter: String,
     pub is_active: bool,
     pub is_default: bool,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 

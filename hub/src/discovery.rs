@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::state::{Hub, now};
 
 /// `POST /api/v1/discovery/discover-vms`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct DiscoverRequest {
     pub credential_id: i64,
     #[serde(default)]
@@ -46,7 +46,7 @@ pub struct InventoryVcenter {
     pub datacenter: String,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct SnaVm {
     #[serde(default)]
     pub id: String,
@@ -69,7 +69,7 @@ pub struct SnaVm {
     pub networks: Vec<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct SnaDisk {
     /// `disk-<VMware key>`.
     pub id: String,
@@ -92,7 +92,7 @@ pub struct SnaDisk {
 }
 
 /// One VM of the answer: what the SNA said, and whether a context exists for it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DiscoveredVm {
     #[serde(flatten)]
     pub vm: SnaVm,
@@ -101,7 +101,7 @@ pub struct DiscoveredVm {
     pub context_id: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DiscoverResponse {
     pub discovered_vms: Vec<DiscoveredVm>,
     pub discovery_count: usize,
@@ -117,9 +117,11 @@ pub fn parse_disk_key(id: &str) -> Option<i64> {
     id.strip_prefix("disk-")?.parse().ok().filter(|k| *k >= 0)
 }
 
-/// The context's disks from the SNA's, in its order; `disk_id` is assigned by the catalog.
+/// The context's disks from the SNA's, in its order; `disk_id` is assigned by the catalog. A VMware
+/// key named twice is the SNA's error (502), not a catalog constraint failing (500).
 fn context_disks(vm: &SnaVm) -> Result<Vec<VmDisk>> {
-    vm.disks
+    let disks: Vec<VmDisk> = vm
+        .disks
         .iter()
         .map(|d| {
             let key = parse_disk_key(&d.id).ok_or_else(|| {
@@ -152,7 +154,16 @@ fn context_disks(vm: &SnaVm) -> Result<Vec<VmDisk>> {
                 unit_number: d.unit_number,
             })
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    let mut keys: Vec<i64> = disks.iter().map(|d| d.vmware_disk_key).collect();
+    keys.sort_unstable();
+    if let Some(twice) = keys.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Error::Upstream(format!(
+            "the SNA named disk-{} of VM {:?} twice",
+            twice[0], vm.name
+        )));
+    }
+    Ok(disks)
 }
 
 impl Hub {
@@ -288,6 +299,9 @@ mod tests {
             (2000, 1 << 20)
         );
         let mut vm = inv.vms[0].clone();
+        vm.disks.push(vm.disks[0].clone());
+        assert!(matches!(context_disks(&vm), Err(Error::Upstream(_))));
+        vm.disks.pop();
         vm.disks[0].capacity_bytes = 0;
         assert!(context_disks(&vm).is_err());
         vm.disks[0].id = "scsi0:0".into();

@@ -108,6 +108,7 @@ pub struct TelemetryAck {
     pub status: &'static str,
     pub backup_status: Status,
     pub message: String,
+    #[schema(format = DateTime)]
     pub timestamp: String,
 }
 

@@ -76,7 +76,7 @@ pub fn app(hub: Hub) -> Router {
             get(inventory::get).delete(inventory::delete),
         )
         .route("/api/v1/vm-contexts/{id}/disks", get(inventory::disks))
-        .route("/api/v1/vm-contexts/by-id/{id}", get(inventory::get))
+        .route("/api/v1/vm-contexts/by-id/{id}", get(inventory::get_by_id))
         .route(
             "/api/v1/repositories",
             get(repositories::list).post(repositories::create),

@@ -37,6 +37,19 @@ use super::error::ErrorBody;
         super::restores::delete,
         super::repositories::list,
         super::repositories::create,
+        super::credentials::list,
+        super::credentials::create,
+        super::credentials::default,
+        super::credentials::get,
+        super::credentials::update,
+        super::credentials::delete,
+        super::credentials::set_default,
+        super::inventory::discover,
+        super::inventory::list,
+        super::inventory::get,
+        super::inventory::delete,
+        super::inventory::disks,
+        super::inventory::get_by_id,
     ),
     components(schemas(ErrorBody)),
     security(("bearer_token" = [])),
@@ -48,6 +61,7 @@ pub struct ApiDoc;
 pub static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises");
     unsigned_bounds(&mut doc);
+    optional_bodies(&mut doc);
     add_links(&mut doc);
     doc.to_string()
 });
@@ -75,9 +89,21 @@ fn add_links(doc: &mut serde_json::Value) {
     let restore_links = serde_json::json!({
         "DeleteRestore": link("delete_restore", by_id("restore_id")),
     });
+    let by_credential = || serde_json::json!({ "id": "$response.body#/credential/id" });
+    let credential_links = serde_json::json!({
+        "GetCredential": link("get_vmware_credential", by_credential()),
+        "UpdateCredential": link("update_vmware_credential", by_credential()),
+        "SetDefaultCredential": link("set_default_vmware_credential", by_credential()),
+        "DeleteCredential": link("delete_vmware_credential", by_credential()),
+        "DiscoverVms": {
+            "operationId": "discover_vms",
+            "requestBody": { "credential_id": "$response.body#/credential/id" },
+        },
+    });
     for (path, links) in [
         ("/api/v1/backups", backup_links),
         ("/api/v1/restores", restore_links),
+        ("/api/v1/vmware-credentials", credential_links),
     ] {
         if let Some(ok) = doc
             .pointer_mut(&format!(
@@ -87,6 +113,36 @@ fn add_links(doc: &mut serde_json::Value) {
             .and_then(|r| r.as_object_mut())
         {
             ok.insert("links".to_owned(), links);
+        }
+    }
+}
+
+/// [`super::ApiJson`] reads an empty body as `{}`: where the body's schema requires no field, the
+/// body may be left out, and the document says so (utoipa marks every body required).
+fn optional_bodies(doc: &mut serde_json::Value) {
+    let schemas = doc["components"]["schemas"].clone();
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for body in paths
+        .values_mut()
+        .filter_map(|item| item.as_object_mut())
+        .flat_map(|item| item.values_mut())
+        .filter_map(|op| op.get_mut("requestBody"))
+    {
+        let Some(schema) = body.pointer("/content/application~1json/schema") else {
+            continue;
+        };
+        let schema = match schema["$ref"].as_str() {
+            Some(name) => &schemas[name.trim_start_matches("#/components/schemas/")],
+            None => schema,
+        };
+        let requires_nothing = schema["type"] == "object"
+            && schema["required"]
+                .as_array()
+                .is_none_or(|fields| fields.is_empty());
+        if requires_nothing {
+            body["required"] = serde_json::Value::Bool(false);
         }
     }
 }
@@ -344,6 +400,375 @@ mod tests {
         );
         let extra: Vec<_> = in_doc.difference(&in_code).collect();
         assert!(extra.is_empty(), "documented but not routed: {extra:?}");
+    }
+
+    /// Every property name in `schema`, following `$ref`s into the components.
+    fn properties(doc: &serde_json::Value, schema: &serde_json::Value, out: &mut BTreeSet<String>) {
+        match schema {
+            serde_json::Value::Object(map) => {
+                if let Some(name) = map.get("$ref").and_then(|r| r.as_str()) {
+                    let name = name.trim_start_matches("#/components/schemas/");
+                    if out.insert(format!("#{name}")) {
+                        properties(doc, &doc["components"]["schemas"][name], out);
+                    }
+                }
+                if let Some(props) = map.get("properties").and_then(|p| p.as_object()) {
+                    out.extend(props.keys().cloned());
+                }
+                map.values().for_each(|v| properties(doc, v, out));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| properties(doc, v, out)),
+            _ => {}
+        }
+    }
+
+    /// The vCenter password goes in (write-only) and never comes out: no response schema of any
+    /// operation has a `password` property.
+    #[test]
+    fn password_is_write_only() {
+        let doc: serde_json::Value = serde_json::from_str(&super::DOCUMENT).unwrap();
+        let mut in_responses = BTreeSet::new();
+        for item in doc["paths"].as_object().unwrap().values() {
+            for op in item.as_object().unwrap().values() {
+                properties(&doc, &op["responses"], &mut in_responses);
+            }
+        }
+        assert!(in_responses.contains("#CredentialView"), "{in_responses:?}");
+        assert!(!in_responses.contains("password"), "{in_responses:?}");
+        let credentials = &doc["paths"]["/api/v1/vmware-credentials"]["post"];
+        let mut in_request = BTreeSet::new();
+        properties(&doc, &credentials["requestBody"], &mut in_request);
+        assert!(in_request.contains("password"), "{in_request:?}");
+        for schema in ["NewCredential", "CredentialRequest"] {
+            assert_eq!(
+                doc["components"]["schemas"][schema]["properties"]["password"]["writeOnly"], true,
+                "{schema}"
+            );
+        }
+    }
+
+    /// Discovery's failures are documented: the SNA's (502) and the credential key's (503).
+    #[test]
+    fn discovery_documents_upstream_failures() {
+        let doc: serde_json::Value = serde_json::from_str(&super::DOCUMENT).unwrap();
+        let responses = &doc["paths"]["/api/v1/discovery/discover-vms"]["post"]["responses"];
+        for status in ["200", "400", "401", "404", "409", "502", "503"] {
+            assert!(responses.get(status).is_some(), "{status}: {responses}");
+        }
+        // A body that may be empty (every field optional) is not required; one with required
+        // fields is.
+        let body = |path: &str, method: &str| {
+            doc["paths"][path][method]["requestBody"]["required"].clone()
+        };
+        assert_eq!(body("/api/v1/vmware-credentials/{id}", "put"), false);
+        assert_eq!(body("/api/v1/vmware-credentials", "post"), true);
+        assert_eq!(body("/api/v1/discovery/discover-vms", "post"), true);
+    }
+
+    /// `value` against `schema` for what the document uses: `$ref`, `allOf`, `oneOf`, `type`
+    /// (one or a list), `properties` (no others), `required`, `items`, `minimum` and `date-time`.
+    /// Returns where it does not match.
+    fn mismatch(
+        doc: &serde_json::Value,
+        schema: &serde_json::Value,
+        value: &serde_json::Value,
+        at: &str,
+    ) -> Option<String> {
+        use serde_json::Value;
+        if let Some(name) = schema["$ref"].as_str() {
+            let name = name.trim_start_matches("#/components/schemas/");
+            return mismatch(doc, &doc["components"]["schemas"][name], value, at);
+        }
+        if let Some(all) = schema["allOf"].as_array() {
+            // Each part sees only its own properties (how utoipa writes `serde(flatten)`).
+            let mut rest = value.as_object().cloned().unwrap_or_default();
+            for part in all {
+                let part = match part["$ref"].as_str() {
+                    Some(name) => {
+                        &doc["components"]["schemas"]
+                            [name.trim_start_matches("#/components/schemas/")]
+                    }
+                    None => part,
+                };
+                let own: serde_json::Map<_, _> = rest
+                    .iter()
+                    .filter(|(k, _)| part["properties"].get(k.as_str()).is_some())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                rest.retain(|k, _| !own.contains_key(k));
+                if let Some(m) = mismatch(doc, part, &Value::Object(own), at) {
+                    return Some(m);
+                }
+            }
+            return (!rest.is_empty()).then(|| format!("{at}: undocumented {rest:?}"));
+        }
+        if let Some(any) = schema["oneOf"].as_array() {
+            return any
+                .iter()
+                .all(|s| mismatch(doc, s, value, at).is_some())
+                .then(|| format!("{at}: no oneOf matches {value}"));
+        }
+        let type_of = match value {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+            Value::Number(_) => "number",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        };
+        let allowed = match &schema["type"] {
+            Value::String(t) => vec![t.as_str()],
+            Value::Array(ts) => ts.iter().filter_map(|t| t.as_str()).collect(),
+            _ => vec![type_of],
+        };
+        if !allowed.contains(&type_of) {
+            return Some(format!("{at}: {type_of} {value}, documented {allowed:?}"));
+        }
+        if let (Some(min), Some(n)) = (schema["minimum"].as_f64(), value.as_f64()) {
+            if n < min {
+                return Some(format!("{at}: {n} below {min}"));
+            }
+        }
+        if schema["format"] == "date-time" {
+            let text = value.as_str().unwrap_or_default();
+            let rfc3339 = &time::format_description::well_known::Rfc3339;
+            if time::OffsetDateTime::parse(text, rfc3339).is_err() {
+                return Some(format!("{at}: {text:?} is not RFC 3339"));
+            }
+        }
+        if let Some(items) = value.as_array() {
+            return items
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| mismatch(doc, &schema["items"], v, &format!("{at}[{i}]")));
+        }
+        let (Some(fields), Some(props)) = (value.as_object(), schema["properties"].as_object())
+        else {
+            return None;
+        };
+        for name in schema["required"].as_array().into_iter().flatten() {
+            let name = name.as_str().unwrap_or_default();
+            if !fields.contains_key(name) {
+                return Some(format!("{at}: required {name} missing"));
+            }
+        }
+        fields.iter().find_map(|(k, v)| match props.get(k) {
+            Some(s) => mismatch(doc, s, v, &format!("{at}.{k}")),
+            None => Some(format!("{at}: undocumented field {k}")),
+        })
+    }
+
+    /// What the credential, discovery and VM-context handlers build, serialised, matches the
+    /// schema the document gives their 200 (schemathesis cannot reach most of these: no SNA runs
+    /// there, so no VM context exists).
+    #[test]
+    fn flow_answers_match_their_schemas() {
+        use crate::api::credentials::{CredentialChanged, CredentialDeleted, CredentialList};
+        use crate::api::inventory::{ContextDeleted, ContextDetails, ContextList, DiskList};
+        use crate::catalog::{Credential, VmContext, VmDisk};
+        use crate::credentials::CredentialView;
+        use crate::discovery::{DiscoverResponse, DiscoveredVm, SnaDisk, SnaVm};
+
+        let doc: serde_json::Value = serde_json::from_str(&super::DOCUMENT).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let credential = Credential {
+            id: 7,
+            credential_name: "vc".into(),
+            vcenter_host: "vc.example".into(),
+            username: "u".into(),
+            password_sealed: vec![1, 2, 3],
+            datacenter: String::new(),
+            is_active: true,
+            is_default: false,
+            created_at: now,
+            updated_at: now,
+        };
+        let view = || CredentialView::from(&credential);
+        let context = VmContext {
+            context_id: "ctx-1".into(),
+            vm_name: "pg-01".into(),
+            vmware_vm_id: "vm-1".into(),
+            vm_path: "/DC1/vm/pg-01".into(),
+            vcenter_host: "vc.example".into(),
+            datacenter: "DC1".into(),
+            credential_id: None,
+            power_state: "poweredOn".into(),
+            guest_os: "linux".into(),
+            memory_mb: 4096,
+            num_cpu: 2,
+            created_at: now,
+            updated_at: now,
+        };
+        let disk = VmDisk {
+            disk_id: 0,
+            vmware_disk_key: 2000,
+            label: "Hard disk 1".into(),
+            vmdk_path: "[ds1] pg-01/pg-01.vmdk".into(),
+            datastore: "ds1".into(),
+            capacity_bytes: u64::MAX,
+            provisioning_type: "thin".into(),
+            unit_number: 0,
+        };
+        let vm = SnaVm {
+            id: "vm-1".into(),
+            name: "pg-01".into(),
+            path: String::new(),
+            datacenter: String::new(),
+            power_state: String::new(),
+            guest_os: String::new(),
+            memory_mb: 0,
+            num_cpu: 0,
+            disks: vec![SnaDisk {
+                id: "disk-2000".into(),
+                label: String::new(),
+                path: String::new(),
+                vmdk_path: String::new(),
+                size_gb: 1,
+                capacity_bytes: 1 << 30,
+                datastore: String::new(),
+                provisioning_type: String::new(),
+                unit_number: 0,
+            }],
+            networks: vec![
+                serde_json::json!({"name": "VM Network"}),
+                serde_json::json!("x"),
+            ],
+        };
+        let answers = [
+            (
+                "get",
+                "/api/v1/vmware-credentials",
+                serde_json::to_value(CredentialList {
+                    credentials: vec![view()],
+                    count: 1,
+                    status: "success",
+                }),
+            ),
+            (
+                "post",
+                "/api/v1/vmware-credentials",
+                serde_json::to_value(CredentialChanged {
+                    credential: view(),
+                    status: "success",
+                    message: "credential created",
+                }),
+            ),
+            (
+                "get",
+                "/api/v1/vmware-credentials/{id}",
+                serde_json::to_value(view()),
+            ),
+            (
+                "delete",
+                "/api/v1/vmware-credentials/{id}",
+                serde_json::to_value(CredentialDeleted {
+                    id: 7,
+                    deleted: true,
+                    status: "success",
+                    message: "credential deleted",
+                }),
+            ),
+            (
+                "post",
+                "/api/v1/discovery/discover-vms",
+                serde_json::to_value(DiscoverResponse {
+                    discovered_vms: vec![
+                        DiscoveredVm {
+                            vm: vm.clone(),
+                            existing: false,
+                            context_id: None,
+                        },
+                        DiscoveredVm {
+                            vm,
+                            existing: true,
+                            context_id: Some("ctx-1".into()),
+                        },
+                    ],
+                    discovery_count: 2,
+                    contexts_created: 0,
+                    contexts_updated: 1,
+                    status: "success",
+                    message: "discovered".into(),
+                }),
+            ),
+            (
+                "get",
+                "/api/v1/vm-contexts",
+                serde_json::to_value(ContextList {
+                    vm_contexts: vec![context.clone()],
+                    count: 1,
+                }),
+            ),
+            (
+                "get",
+                "/api/v1/vm-contexts/{vm_name}",
+                serde_json::to_value(ContextDetails {
+                    context: context.clone(),
+                    disks: vec![disk.clone()],
+                }),
+            ),
+            (
+                "get",
+                "/api/v1/vm-contexts/{context_id}/disks",
+                serde_json::to_value(DiskList {
+                    context_id: context.context_id.clone(),
+                    disks: vec![disk],
+                    count: 1,
+                }),
+            ),
+            (
+                "delete",
+                "/api/v1/vm-contexts/{vm_name}",
+                serde_json::to_value(ContextDeleted {
+                    vm_name: "pg-01".into(),
+                    deleted: true,
+                }),
+            ),
+        ];
+        for (method, path, value) in answers {
+            let value = value.unwrap();
+            let schema = &doc["paths"][path][method]["responses"]["200"]["content"]["application/json"]
+                ["schema"];
+            assert!(schema.is_object(), "{method} {path}: no 200 schema");
+            if let Some(m) = mismatch(&doc, schema, &value, "$") {
+                panic!("{method} {path}: {m}");
+            }
+        }
+        // The checker can fail: an extra field, a missing one, a wrong type.
+        let schema = serde_json::json!({"$ref": "#/components/schemas/CredentialView"});
+        let mut leaked = serde_json::to_value(view()).unwrap();
+        leaked["password"] = "x".into();
+        assert!(mismatch(&doc, &schema, &leaked, "$").is_some());
+        let mut missing = serde_json::to_value(view()).unwrap();
+        missing.as_object_mut().unwrap().remove("username");
+        assert!(mismatch(&doc, &schema, &missing, "$").is_some());
+        let mut wrong = serde_json::to_value(view()).unwrap();
+        wrong["id"] = "7".into();
+        assert!(mismatch(&doc, &schema, &wrong, "$").is_some());
+    }
+
+    /// The Sendense client decodes the change-id answer into a Go `map[string]string`: every
+    /// property is a required string. The telemetry answer's time is RFC 3339.
+    #[test]
+    fn sna_answers_match_what_the_client_reads() {
+        let doc: serde_json::Value = serde_json::from_str(&super::DOCUMENT).unwrap();
+        let answer = &doc["components"]["schemas"]["ChangeIdAnswer"];
+        let props = answer["properties"].as_object().unwrap();
+        assert_eq!(props.len(), 5, "{answer}");
+        for (name, schema) in props {
+            assert_eq!(schema["type"], "string", "{name}: {schema}");
+            assert!(
+                answer["required"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&name.as_str().into()),
+                "{name}"
+            );
+        }
+        let ack = &doc["components"]["schemas"]["TelemetryAck"]["properties"];
+        assert_eq!(ack["timestamp"]["format"], "date-time", "{ack}");
+        assert_eq!(ack["backup_status"]["$ref"], "#/components/schemas/Status");
     }
 
     #[test]

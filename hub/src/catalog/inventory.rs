@@ -199,7 +199,7 @@ impl Catalog {
 }
 
 /// A VM found by discovery, with what starting its backup needs.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct VmContext {
     pub context_id: String,
     pub vm_name: String,
@@ -213,13 +213,15 @@ pub struct VmContext {
     pub memory_mb: i64,
     pub num_cpu: i64,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: OffsetDateTime,
 }
 
 /// A disk of a VM context, in the SNA's order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct VmDisk {
     /// The hub's disk number (its images are `disk<N>.qcow2`); stays with the VMware key.
     pub disk_id: u32,
