@@ -31,6 +31,9 @@ pub struct Config {
     /// Request payload bytes (WRITE data, READ replies) all NBD connections hold in memory
     /// together; the bound on the hub's data memory whatever the number of clients.
     pub max_in_flight_bytes: usize,
+    /// Time an NBD client gets to send a request's payload, and to take a batch of replies;
+    /// past it the client is disconnected and the memory budget it held is released.
+    pub nbd_io_timeout: Duration,
 }
 
 impl Default for Config {
@@ -48,6 +51,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             max_connections_per_export: 16,
             max_in_flight_bytes: 128 << 20,
+            nbd_io_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -68,6 +72,7 @@ pub struct FileConfig {
     pub shutdown_grace_secs: Option<u64>,
     pub max_connections_per_export: Option<usize>,
     pub max_in_flight_mib: Option<u64>,
+    pub nbd_io_timeout_secs: Option<u64>,
 }
 
 /// Values from flags or the environment; they win over the file.
@@ -128,6 +133,10 @@ impl Config {
                     .ok_or_else(|| Error::Config("max_in_flight_mib is too large".into()))?,
                 None => d.max_in_flight_bytes,
             },
+            nbd_io_timeout: file
+                .nbd_io_timeout_secs
+                .map(secs)
+                .unwrap_or(d.nbd_io_timeout),
         };
         config.validate()?;
         Ok(config)
@@ -144,6 +153,9 @@ impl Config {
             return Err(Error::Config(
                 "max_connections_per_export must be positive".into(),
             ));
+        }
+        if self.nbd_io_timeout.is_zero() {
+            return Err(Error::Config("nbd_io_timeout_secs must be positive".into()));
         }
         if self.max_in_flight_bytes == 0 {
             return Err(Error::Config("max_in_flight_mib must be positive".into()));

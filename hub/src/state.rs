@@ -101,6 +101,8 @@ impl Hub {
             list_exports: false,
             max_connections_per_export: config.max_connections_per_export,
             max_in_flight_bytes_total: config.max_in_flight_bytes,
+            payload_timeout: config.nbd_io_timeout,
+            reply_timeout: config.nbd_io_timeout,
             ..ServerConfig::default()
         });
         let nbd_host = match &config.nbd_host {
