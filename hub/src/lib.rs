@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod export;
+mod http_conn;
 mod monitor;
 mod notify;
 mod orphans;

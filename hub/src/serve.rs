@@ -16,6 +16,7 @@ use tower::ServiceExt;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::http_conn::{Connections, DeadlineBody, Tracked};
 use crate::state::Hub;
 
 /// Open the hub and start its NBD server and lifecycle clock on the NBD listener. The API is
@@ -48,12 +49,17 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let grace = config.shutdown_grace;
+    let connections = Connections::new(crate::http_conn::Limits {
+        max_connections: config.api_max_connections,
+        idle_timeout: config.api_idle_timeout,
+        body_timeout: config.api_body_timeout,
+    });
     let hub = start(config, nbd, shutdown.clone()).await?;
     let api_addr = api
         .local_addr()
         .map_err(Error::io("API listener address"))?;
     let app = crate::api::app(hub.clone());
-    let mut http = tokio::spawn(serve_http(api, app, shutdown.clone()));
+    let mut http = tokio::spawn(serve_http(api, app, connections, shutdown.clone()));
     tracing::info!(api = %api_addr, "API listening");
     crate::notify::ready();
 
@@ -87,13 +93,17 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after a failed accept (out of file descriptors, usually) before the next try.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// `axum::serve` with a header read timeout: accept until `stop`, serve each connection with
-/// hyper, then wait for the open ones to finish their requests.
+/// `axum::serve` with a header read timeout and the limits of [`crate::http_conn`]: accept until
+/// `stop`, serve each connection with hyper, then wait for the open ones to finish their requests.
 async fn serve_http(
     listener: TcpListener,
     app: Router,
+    connections: Connections,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
+    let connections = std::sync::Arc::new(connections);
+    let limits = connections.limits();
+    let mut refused: u64 = 0;
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -112,22 +122,47 @@ async fn serve_http(
                 }
             },
         };
+        let Some(slot) = connections.admit() else {
+            // Every connection is running a request; logged once per power of two refused.
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(%peer, refused, "API connection refused: too many connections");
+            }
+            continue;
+        };
+        let activity = std::sync::Arc::clone(&slot.activity);
         // What `into_make_service_with_connect_info` does: the peer address for the handlers.
         let service = app
             .clone()
             .map_request(move |req: axum::http::Request<Incoming>| {
-                let mut req = req.map(Body::new);
+                let mut req =
+                    req.map(|body| Body::new(DeadlineBody::new(body, limits.body_timeout)));
                 req.extensions_mut().insert(ConnectInfo(peer));
                 req
+            })
+            .map_future(move |response| {
+                let busy = activity.busy();
+                async move {
+                    let response = response.await;
+                    drop(busy);
+                    response
+                }
             });
+        let io = Tracked::new(stream, std::sync::Arc::clone(&slot.activity));
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+            .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service))
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            if let Err(err) = conn.await {
-                tracing::debug!(%peer, %err, "API connection ended with an error");
+            tokio::select! {
+                ended = conn => if let Err(err) = ended {
+                    tracing::debug!(%peer, %err, "API connection ended with an error");
+                },
+                _ = slot.activity.expired(limits.idle_timeout) => {
+                    tracing::debug!(%peer, "API connection idle or pushed out; closing");
+                }
             }
+            drop(slot);
         });
     }
     graceful.shutdown().await;
