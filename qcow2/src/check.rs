@@ -9,7 +9,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::format::{self, Header, L2Entry};
-use crate::storage::{FileStorage, Storage};
+use crate::storage::{FileStorage, LockMode, Storage};
 
 #[derive(Debug, Clone, Default)]
 pub struct CheckReport {
@@ -92,7 +92,14 @@ pub fn check(path: &Path, repair: bool) -> Result<CheckReport> {
         .write(repair)
         .open(path)
         .map_err(|e| Error::io(e, format!("opening {}", path.display())))?;
-    check_storage(&FileStorage::new(file), repair)
+    let st = FileStorage::new(file);
+    st.lock(if repair {
+        LockMode::Write
+    } else {
+        LockMode::Read
+    })
+    .map_err(|e| Error::lock(e, path))?;
+    check_storage(&st, repair)
 }
 
 /// Largest file we check, in clusters (the reference counts live in memory).

@@ -11,7 +11,7 @@ use crate::compress::{self, CompressionType};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{self, Header, L2Entry};
 use crate::meta::{Geometry, Meta};
-use crate::storage::{FileStorage, Storage};
+use crate::storage::{FileStorage, LockMode, Storage};
 use crate::{Extent, ExtentKind, ImageInfo, OpenOptions};
 
 pub struct Image {
@@ -95,14 +95,12 @@ impl Image {
             .open(path)
             .map_err(|e| Error::io(e, format!("opening {}", path.display())))?;
         let fst = FileStorage::new(file);
-        if opts.writable {
-            fst.try_lock_exclusive().map_err(|e| {
-                Error::new(
-                    ErrorKind::Busy,
-                    format!("{} is open for writing elsewhere: {e}", path.display()),
-                )
-            })?;
-        }
+        fst.lock(if opts.writable {
+            LockMode::Write
+        } else {
+            LockMode::Read
+        })
+        .map_err(|e| Error::lock(e, path))?;
         let st: Arc<dyn Storage> = Arc::new(fst);
         let mut img = Self::open_storage(st, opts)?;
         img.path = path.to_path_buf();
@@ -159,6 +157,7 @@ impl Image {
                     Error::io(e, format!("opening backing file {}", path.display()))
                 })?;
                 let st = FileStorage::new(f);
+                st.lock(LockMode::Read).map_err(|e| Error::lock(e, path))?;
                 let size = st.len().map_err(|e| Error::io(e, "backing file size"))?;
                 Ok(Backing::Raw {
                     st: Arc::new(st),

@@ -8,6 +8,7 @@ use std::os::unix::io::AsRawFd;
 use parking_lot::Mutex;
 
 use super::Storage;
+use super::lock::{LockError, LockMode};
 
 #[derive(Debug)]
 pub struct FileStorage {
@@ -37,16 +38,9 @@ impl FileStorage {
         &self.file
     }
 
-    /// Takes an exclusive advisory lock (flock) without waiting; released when the file closes.
-    /// Keeps two writers of ours off one image (qemu uses separate OFD locks).
-    pub fn try_lock_exclusive(&self) -> io::Result<()> {
-        // SAFETY: flock only reads its integer arguments; the fd is owned by `self.file`.
-        let rc = unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+    /// Takes qemu's image locks for `mode` (see [`super::lock`]); released when the file closes.
+    pub fn lock(&self, mode: LockMode) -> Result<(), LockError> {
+        super::lock::lock(&self.file, mode)
     }
 }
 

@@ -2,9 +2,11 @@
 //! (tests, fuzzing). All methods take `&self` so one image serves many requests at once.
 
 mod file;
+mod lock;
 mod mem;
 
 pub use file::FileStorage;
+pub use lock::{LockError, LockMode};
 pub use mem::MemStorage;
 
 use std::io;
