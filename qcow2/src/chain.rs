@@ -142,6 +142,28 @@ pub(crate) fn resolve_backing(image: &Path, name: &str) -> PathBuf {
     }
 }
 
+/// Refuses a backing file outside `dir` (both with symlinks resolved): an untrusted image must
+/// not make us read files it names elsewhere (`/etc/passwd` as a raw backing file).
+pub(crate) fn check_within(backing: &Path, dir: &Path) -> Result<()> {
+    let resolve = |p: &Path| {
+        p.canonicalize()
+            .map_err(|e| Error::io(e, format!("backing file {}", p.display())))
+    };
+    let (file, dir) = (resolve(backing)?, resolve(dir)?);
+    if file.starts_with(&dir) {
+        Ok(())
+    } else {
+        Err(Error::new(
+            crate::ErrorKind::Unsupported,
+            format!(
+                "backing file {} is outside {}; open its chain only if you trust the image",
+                file.display(),
+                dir.display()
+            ),
+        ))
+    }
+}
+
 /// The name to store for `backing` in a new image at `image`: relative to the image's directory
 /// when both live in one tree (they share an ancestor below the root), else absolute.
 pub(crate) fn backing_name(image: &Path, backing: &Path) -> Result<String> {

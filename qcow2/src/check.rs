@@ -9,7 +9,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::format::{self, Header, L2Entry};
-use crate::storage::{FileStorage, LockMode, Storage};
+use crate::storage::{FileStorage, LockMode, Storage, open_regular};
 
 #[derive(Debug, Clone, Default)]
 pub struct CheckReport {
@@ -87,12 +87,7 @@ impl CheckReport {
 
 /// Checks the image file at `path`; with `repair`, fixes what can be fixed in place.
 pub fn check(path: &Path, repair: bool) -> Result<CheckReport> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(repair)
-        .open(path)
-        .map_err(|e| Error::io(e, format!("opening {}", path.display())))?;
-    let st = FileStorage::new(file);
+    let st = FileStorage::new(open_regular(path, repair)?);
     st.lock(if repair {
         LockMode::Write
     } else {

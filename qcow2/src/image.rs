@@ -11,7 +11,7 @@ use crate::compress::{self, CompressionType};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{self, Header, L2Entry};
 use crate::meta::{Geometry, Meta};
-use crate::storage::{FileStorage, LockMode, Storage};
+use crate::storage::{FileStorage, LockMode, Storage, open_regular};
 use crate::{Extent, ExtentKind, ImageInfo, OpenOptions};
 
 pub struct Image {
@@ -89,11 +89,7 @@ impl Image {
             )));
         }
         seen.push(canon);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(opts.writable)
-            .open(path)
-            .map_err(|e| Error::io(e, format!("opening {}", path.display())))?;
+        let file = open_regular(path, opts.writable)?;
         let fst = FileStorage::new(file);
         fst.lock(if opts.writable {
             LockMode::Write
@@ -125,13 +121,14 @@ impl Image {
         depth: u32,
         seen: &mut Vec<PathBuf>,
     ) -> Result<Backing> {
+        if let Some(dir) = &opts.backing_dir {
+            chain::check_within(path, dir)?;
+        }
         let fmt = match fmt {
             Some(f) => f.to_owned(),
             None => {
                 let mut magic = [0u8; 4];
-                let f = std::fs::File::open(path).map_err(|e| {
-                    Error::io(e, format!("opening backing file {}", path.display()))
-                })?;
+                let f = open_regular(path, false)?;
                 let is_qcow2 = std::os::unix::fs::FileExt::read_exact_at(&f, &mut magic, 0).is_ok()
                     && u32::from_be_bytes(magic) == format::MAGIC;
                 if is_qcow2 {
@@ -153,10 +150,7 @@ impl Image {
                 seen,
             )?))),
             "raw" => {
-                let f = std::fs::File::open(path).map_err(|e| {
-                    Error::io(e, format!("opening backing file {}", path.display()))
-                })?;
-                let st = FileStorage::new(f);
+                let st = FileStorage::new(open_regular(path, false)?);
                 st.lock(LockMode::Read).map_err(|e| Error::lock(e, path))?;
                 let size = st.len().map_err(|e| Error::io(e, "backing file size"))?;
                 Ok(Backing::Raw {

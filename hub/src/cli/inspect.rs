@@ -65,7 +65,17 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn info(args: &InfoArgs) -> anyhow::Result<()> {
-    let chain = open_chain(&args.image)?;
+    // An open stuck in the kernel must not hang `info`: the thread is abandoned at exit.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = args.image.clone();
+    std::thread::spawn(move || tx.send(open_chain(&path)));
+    let timeout = super::serve_image::OPEN_TIMEOUT;
+    let chain = rx.recv_timeout(timeout).map_err(|_| {
+        anyhow::anyhow!(
+            "opening {} took longer than {timeout:?}",
+            args.image.display()
+        )
+    })??;
     let mut out = String::new();
     if args.json {
         let items: Vec<_> = chain.iter().map(info_json).collect();

@@ -6,6 +6,7 @@ mod lock;
 mod mem;
 
 pub use file::FileStorage;
+pub(crate) use file::open_regular;
 pub use lock::{LockError, LockMode};
 pub use mem::MemStorage;
 
