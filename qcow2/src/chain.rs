@@ -80,10 +80,16 @@ impl Backing {
     pub fn info(&self, out: &mut Vec<crate::ImageInfo>) {
         match self {
             Backing::Qcow2(img) => out.extend(img.info_chain()),
-            Backing::Raw { st, size, path, .. } => {
+            Backing::Raw {
+                st,
+                size,
+                path,
+                format,
+            } => {
                 let len = st.len().unwrap_or(0);
                 out.push(crate::ImageInfo {
                     path: path.clone(),
+                    format: format.clone(),
                     virtual_size: *size,
                     cluster_size: 0,
                     backing_file: None,

@@ -150,6 +150,8 @@ impl Walk<'_> {
 pub fn check_storage(st: &dyn Storage, repair: bool) -> Result<CheckReport> {
     let (h, file_len) = crate::image::read_header(st)?;
     h.validate(file_len)?;
+    // What the image means is unknown, so its consistency cannot be judged (qemu-img: exit 1).
+    h.refuse_unknown_incompatible()?;
     let cs = h.cluster_size();
     if h.nb_snapshots != 0 {
         return Err(Error::unsupported(

@@ -206,12 +206,7 @@ impl Image {
     }
 
     fn refuse(h: &Header, writable: bool) -> Result<()> {
-        let unknown = h.incompatible_features & !format::INCOMPAT_KNOWN;
-        if unknown != 0 {
-            return Err(Error::unsupported(format!(
-                "unknown incompatible features {unknown:#x} (offset 72)"
-            )));
-        }
+        h.refuse_unknown_incompatible()?;
         if h.crypt_method != 0 || h.extensions.contains(&format::EXT_CRYPTO) {
             return Err(Error::unsupported(
                 "encrypted images (crypt_method at offset 32)",
@@ -291,6 +286,7 @@ impl Image {
         let allocated_bytes = self.meta.lock().allocated_bytes().unwrap_or(file_size);
         let mut out = vec![ImageInfo {
             path: self.path.clone(),
+            format: "qcow2".to_owned(),
             virtual_size: self.geo.virtual_size,
             cluster_size: self.geo.cluster_size,
             backing_file: self.header.backing_file.clone(),

@@ -156,6 +156,8 @@ pub struct Extent {
 #[derive(Debug, Clone)]
 pub struct ImageInfo {
     pub path: PathBuf,
+    /// "qcow2", or the format of a backing file that is not a qcow2 ("raw").
+    pub format: String,
     pub virtual_size: u64,
     pub cluster_size: u64,
     pub backing_file: Option<String>,
