@@ -102,7 +102,7 @@ fn we_refuse_an_image_qemu_holds() {
         vec!["info"],
         vec!["check"],
     ] {
-        let out = Command::new(BIN).args(&args).arg(&image).output().unwrap();
+        let out = bounded(Command::new(BIN).args(&args).arg(&image));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success(),

@@ -5,32 +5,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use common::*;
-
-/// Longest a command may run before the test calls it hung (a bound, not a timing).
-const HANG: Duration = Duration::from_secs(60);
-
-/// Runs `cmd`, killing it (and failing) if it runs past [`HANG`].
-fn bounded(cmd: &mut Command) -> Output {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > HANG {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} hung");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
 
 /// An overlay naming `backing` (not opened at creation) as its `format` backing file.
 fn overlay(dir: &tempfile::TempDir, backing: &str, format: &str) -> std::path::PathBuf {
