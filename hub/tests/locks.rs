@@ -34,6 +34,19 @@ fn assert_qemu_locked_out(image: &Path) {
     assert!(err.contains("Failed to get \"write\" lock"), "{err}");
     let err = qemu_refuses(Command::new("qemu-img").arg("info").arg(image));
     assert!(err.contains("Failed to get shared \"write\" lock"), "{err}");
+    // qemu-nbd would serve it for ever if it got in.
+    let socket = image.with_extension("sock");
+    let out = bounded(
+        Command::new("qemu-nbd")
+            .args(["-f", "qcow2", "-k"])
+            .arg(&socket)
+            .arg(image),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("Failed to get \"write\" lock"),
+        "{err}"
+    );
 }
 
 #[test]
