@@ -51,6 +51,16 @@ pub struct Config {
     pub api_tls_creds: Option<PathBuf>,
     /// How image files are written: `auto` (direct I/O except on tmpfs), `direct`, `buffered`.
     pub storage_io: qcow2::StorageIo,
+    /// Time an NBD client gets to send a request's payload, and to take a batch of replies;
+    /// past it the client is disconnected and the memory budget it held is released.
+    pub nbd_io_timeout: Duration,
+    /// API connections open at once; at the limit the one idle longest is closed for a new one.
+    pub api_max_connections: usize,
+    /// An API connection with no request running and no byte moving for this long is closed
+    /// (counted from accept).
+    pub api_idle_timeout: Duration,
+    /// Time a request body gets to arrive after the request head.
+    pub api_body_timeout: Duration,
 }
 
 impl Default for Config {
@@ -79,6 +89,10 @@ impl Default for Config {
             api_tls: false,
             api_tls_creds: None,
             storage_io: qcow2::StorageIo::Auto,
+            nbd_io_timeout: Duration::from_secs(60),
+            api_max_connections: 128,
+            api_idle_timeout: Duration::from_secs(30),
+            api_body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -110,6 +124,10 @@ pub struct FileConfig {
     pub api_tls_creds: Option<PathBuf>,
     /// "auto", "direct" or "buffered".
     pub storage_io: Option<String>,
+    pub nbd_io_timeout_secs: Option<u64>,
+    pub api_max_connections: Option<usize>,
+    pub api_idle_timeout_secs: Option<u64>,
+    pub api_body_timeout_secs: Option<u64>,
 }
 
 /// Values from flags or the environment; they win over the file.
@@ -141,6 +159,7 @@ impl Config {
     pub fn resolve(file: FileConfig, flags: Overrides) -> Result<Config> {
         let d = Config::default();
         let secs = Duration::from_secs;
+        let secs_or = |v: Option<u64>, default: Duration| v.map(secs).unwrap_or(default);
         let config = Config {
             data_dir: flags.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
             api_listen: flags.api_listen.or(file.api_listen).unwrap_or(d.api_listen),
@@ -200,6 +219,10 @@ impl Config {
                 (None, Some(s)) => s.parse().map_err(Error::Config)?,
                 (None, None) => d.storage_io,
             },
+            nbd_io_timeout: secs_or(file.nbd_io_timeout_secs, d.nbd_io_timeout),
+            api_max_connections: file.api_max_connections.unwrap_or(d.api_max_connections),
+            api_idle_timeout: secs_or(file.api_idle_timeout_secs, d.api_idle_timeout),
+            api_body_timeout: secs_or(file.api_body_timeout_secs, d.api_body_timeout),
         };
         config.validate()?;
         Ok(config)
@@ -220,6 +243,18 @@ impl Config {
             return Err(Error::Config(
                 "max_connections_per_export must be positive".into(),
             ));
+        }
+        if self.api_max_connections == 0
+            || self.api_idle_timeout.is_zero()
+            || self.api_body_timeout.is_zero()
+        {
+            return Err(Error::Config(
+                "api_max_connections, api_idle_timeout_secs and api_body_timeout_secs must be positive"
+                    .into(),
+            ));
+        }
+        if self.nbd_io_timeout.is_zero() {
+            return Err(Error::Config("nbd_io_timeout_secs must be positive".into()));
         }
         if self.max_in_flight_bytes == 0 {
             return Err(Error::Config("max_in_flight_mib must be positive".into()));

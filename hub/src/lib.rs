@@ -12,6 +12,7 @@ pub mod discovery;
 pub mod error;
 pub mod export;
 pub mod health;
+mod http_conn;
 mod images;
 pub mod launch;
 pub mod layout;

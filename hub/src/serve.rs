@@ -18,6 +18,7 @@ use tower::ServiceExt;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::http_conn::{Connections, DeadlineBody, Tracked};
 use crate::state::Hub;
 
 /// Open the hub and start its NBD server and lifecycle clock on the NBD listener. The API is
@@ -54,13 +55,18 @@ pub async fn serve(
         (true, Some(creds), _) | (true, None, Some(creds)) => Some(crate::tls::api_tls(creds)?),
         _ => None,
     };
+    let connections = Connections::new(crate::http_conn::Limits {
+        max_connections: config.api_max_connections,
+        idle_timeout: config.api_idle_timeout,
+        body_timeout: config.api_body_timeout,
+    });
     let hub = start(config, nbd, shutdown.clone()).await?;
     let api_addr = api
         .local_addr()
         .map_err(Error::io("API listener address"))?;
     let app = crate::api::app(hub.clone());
     let https = api_tls.is_some();
-    let mut http = tokio::spawn(serve_http(api, app, api_tls, shutdown.clone()));
+    let mut http = tokio::spawn(serve_http(api, app, api_tls, connections, shutdown.clone()));
     tracing::info!(api = %api_addr, https, "API listening");
     crate::notify::ready();
 
@@ -94,14 +100,18 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after a failed accept (out of file descriptors, usually) before the next try.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// `axum::serve` with a header read timeout: accept until `stop`, serve each connection with
-/// hyper, then wait for the open ones to finish their requests.
+/// `axum::serve` with a header read timeout and the limits of [`crate::http_conn`]: accept until
+/// `stop`, serve each connection with hyper, then wait for the open ones to finish their requests.
 async fn serve_http(
     listener: TcpListener,
     app: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
+    connections: Connections,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
+    let connections = std::sync::Arc::new(connections);
+    let limits = connections.limits();
+    let mut refused: u64 = 0;
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut builder = Builder::new(TokioExecutor::new());
     builder
@@ -121,46 +131,75 @@ async fn serve_http(
                 }
             },
         };
+        let Some(slot) = connections.admit() else {
+            // Every connection is running a request; logged once per power of two refused.
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(%peer, refused, "API connection refused: too many connections");
+            }
+            continue;
+        };
+        let activity = std::sync::Arc::clone(&slot.activity);
         // What `into_make_service_with_connect_info` does: the peer address for the handlers.
         let service = app
             .clone()
             .map_request(move |req: axum::http::Request<Incoming>| {
-                let mut req = req.map(Body::new);
+                let mut req =
+                    req.map(|body| Body::new(DeadlineBody::new(body, limits.body_timeout)));
                 req.extensions_mut().insert(ConnectInfo(peer));
                 req
-            });
-        let service = TowerToHyperService::new(service);
-        let Some(tls) = &tls else {
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(err) = conn.await {
-                    tracing::debug!(%peer, %err, "API connection ended with an error");
+            })
+            .map_future(move |response| {
+                let busy = activity.busy();
+                async move {
+                    let response = response.await;
+                    drop(busy);
+                    response
                 }
             });
-            continue;
-        };
-        // The TLS handshake runs in the connection's task, bounded like a request head, so a
-        // silent client holds neither the accept loop nor its task.
+        let io = Tracked::new(stream, std::sync::Arc::clone(&slot.activity));
+        let service = TowerToHyperService::new(service);
         let (tls, builder, watcher) = (tls.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(stream)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(err)) => {
-                    tracing::info!(%peer, %err, "API TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::info!(%peer, "API TLS handshake timed out");
-                    return;
+            let serve = async move {
+                let ended = match tls {
+                    None => {
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                        watcher.watch(conn.into_owned()).await
+                    }
+                    // The TLS handshake runs in the connection's task, bounded like a request
+                    // head (and by the idle limit below: its bytes count as activity), so a
+                    // silent client holds neither the accept loop nor its task.
+                    Some(tls) => {
+                        let stream =
+                            match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(io)).await {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(err)) => {
+                                    tracing::info!(%peer, %err, "API TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::info!(%peer, "API TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        watcher.watch(conn.into_owned()).await
+                    }
+                };
+                if let Err(err) = ended {
+                    tracing::debug!(%peer, %err, "API connection ended with an error");
                 }
             };
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(err) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, %err, "API connection ended with an error");
+            tokio::select! {
+                () = serve => {}
+                _ = slot.activity.expired(limits.idle_timeout) => {
+                    tracing::debug!(%peer, "API connection idle or pushed out; closing");
+                }
             }
+            drop(slot);
         });
     }
     graceful.shutdown().await;

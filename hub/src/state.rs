@@ -162,6 +162,8 @@ impl Hub {
                 config.tls_creds.as_deref(),
                 config.tls_verify_peer,
             )?,
+            payload_timeout: config.nbd_io_timeout,
+            reply_timeout: config.nbd_io_timeout,
             ..ServerConfig::default()
         });
         let nbd_host = match &config.nbd_host {

@@ -48,6 +48,10 @@ pub(crate) struct ConnCtx {
     pub pool: Arc<BufPool>,
     /// Server shutdown: stop reading requests, finish those in flight.
     pub stop_reading: CancellationToken,
+    /// From a request header to the last byte of its payload.
+    pub payload_timeout: Duration,
+    /// For one batch of replies to leave.
+    pub reply_timeout: Duration,
 }
 
 /// A reply ready to send, with the permits it releases once written.
@@ -72,6 +76,7 @@ enum End {
     WriterFailed,
     BadMagic(u32),
     Oversize(u64),
+    PayloadStalled,
     Io(io::Error),
 }
 
@@ -90,6 +95,7 @@ where
             rx,
             ctx.entry.hard_stop.clone(),
             writer_failed.clone(),
+            ctx.reply_timeout,
         )
         .in_current_span(),
     );
@@ -109,6 +115,10 @@ where
         End::WriterFailed => tracing::info!("connection lost while sending replies"),
         End::BadMagic(m) => tracing::info!(magic = m, "bad request magic, closing"),
         End::Oversize(len) => tracing::info!(len, "payload far over the limit, closing"),
+        End::PayloadStalled => tracing::info!(
+            timeout = ?ctx.payload_timeout,
+            "request payload did not arrive in time, closing"
+        ),
         End::Io(e) => tracing::info!(error = %e, "connection lost"),
     }
     requests.close();
@@ -182,8 +192,12 @@ where
             if payload_len > MAX_DISCARD {
                 return End::Oversize(payload_len);
             }
-            if let Err(e) = discard(reader, &mut buf, payload_len).await {
-                return End::Io(e);
+            match tokio::time::timeout(ctx.payload_timeout, discard(reader, &mut buf, payload_len))
+                .await
+            {
+                Err(_) => return End::PayloadStalled,
+                Ok(Err(e)) => return End::Io(e),
+                Ok(Ok(())) => {}
             }
             tracing::info!(length = payload_len, "payload over the limit refused");
             let segments = command::encode_reply(
@@ -217,10 +231,14 @@ where
         ) else {
             unreachable!("the semaphores are never closed");
         };
+        // The budget just taken is held until the payload is in: a client that stops sending
+        // mid-payload loses its connection rather than holding everyone's budget.
         let payload = if payload_len > 0 {
-            match read_payload(reader, &mut buf, payload_len as usize, align, pool).await {
-                Ok(p) => p,
-                Err(e) => return End::Io(e),
+            let read = read_payload(reader, &mut buf, payload_len as usize, align, pool);
+            match tokio::time::timeout(ctx.payload_timeout, read).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => return End::Io(e),
+                Err(_) => return End::PayloadStalled,
             }
         } else {
             Bytes::new()
@@ -331,6 +349,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     hard_stop: CancellationToken,
     failed: CancellationToken,
+    reply_timeout: Duration,
 ) {
     let mut batch: Vec<Outgoing> = Vec::with_capacity(MAX_BATCH);
     let mut queue: VecDeque<Bytes> = VecDeque::new();
@@ -354,13 +373,23 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 .flat_map(|m| m.segments.drain(..))
                 .filter(|b| !b.is_empty()),
         );
+        // A client that stops reading replies would pin the READ budget they hold.
         let r = tokio::select! {
-            r = write_all(&mut writer, &mut queue) => r,
+            r = tokio::time::timeout(reply_timeout, write_all(&mut writer, &mut queue)) => {
+                r.unwrap_or_else(|_| Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "client did not read its replies in time",
+                )))
+            }
             _ = &mut deadline => Err(io::ErrorKind::TimedOut.into()),
         };
         batch.clear();
         if let Err(e) = r {
-            tracing::debug!(error = %e, "writing replies failed");
+            if e.kind() == io::ErrorKind::TimedOut {
+                tracing::info!(error = %e, "closing the connection");
+            } else {
+                tracing::debug!(error = %e, "writing replies failed");
+            }
             failed.cancel();
             return;
         }

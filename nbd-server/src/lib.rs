@@ -12,6 +12,7 @@
 //! - `tls`: STARTTLS credentials (qemu's x509 directory layout), policy, and the plain-or-TLS stream.
 #![forbid(unsafe_code)]
 
+mod admission;
 mod bufpool;
 mod command;
 mod connection;
@@ -97,9 +98,22 @@ pub trait Export: Send + Sync + 'static {
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// Connections past the handshake, over all exports.
     pub max_connections: usize,
     pub max_connections_per_export: usize,
+    /// Handshakes in progress; when full, the oldest is dropped for a new one, so clients that
+    /// connect and stay silent cannot lock others out.
+    pub max_handshakes: usize,
+    /// Handshakes in progress from one IP address; past it that address's new connections are
+    /// refused (Unix sockets are not limited per address).
+    pub max_handshakes_per_address: usize,
     pub handshake_timeout: Duration,
+    /// Time a request's payload gets to arrive, from its header to its last byte. A client that
+    /// stalls mid-request is disconnected and the budget it held is released.
+    pub payload_timeout: Duration,
+    /// Time the client gets to take a batch of replies off the socket. A client that stops
+    /// reading is disconnected and the READ data it pinned is released.
+    pub reply_timeout: Duration,
     /// Largest WRITE payload / READ length accepted; advertised as the maximum block size.
     pub max_payload: u32,
     /// Bytes of request payloads a connection may hold in flight before it stops reading.
@@ -119,7 +133,11 @@ impl Default for ServerConfig {
         Self {
             max_connections: 256,
             max_connections_per_export: 16,
+            max_handshakes: 64,
+            max_handshakes_per_address: 16,
             handshake_timeout: Duration::from_secs(10),
+            payload_timeout: Duration::from_secs(60),
+            reply_timeout: Duration::from_secs(60),
             max_payload: 64 << 20,
             max_in_flight_bytes_per_connection: 128 << 20,
             max_in_flight_bytes_total: 128 << 20,

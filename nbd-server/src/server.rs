@@ -2,7 +2,6 @@
 //! and the flush when the last connection to a writable export ends.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -13,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::ServerConfig;
+use crate::admission::{self, Admission, Ticket};
 use crate::bufpool::BufPool;
 use crate::connection::{self, ConnCtx};
 use crate::handshake;
@@ -28,7 +28,8 @@ pub(crate) struct Shared {
     pub stop_reading: CancellationToken,
     /// Shutdown, second step (after the grace period): parent of every export's hard stop.
     pub hard_stop: CancellationToken,
-    connections: AtomicUsize,
+    /// Handshake and connection slots (`max_handshakes`, `max_connections`, per address).
+    admission: Arc<Admission>,
     /// Payload bytes in flight across all connections (`max_in_flight_bytes_total`).
     pub total_bytes: Arc<Semaphore>,
     /// Idle payload buffers, shared so their total stays bounded however many connections come.
@@ -58,15 +59,6 @@ impl Split for UnixStream {
     }
 }
 
-/// Releases the connection's place in the server-wide count.
-struct ConnSlot(Arc<Shared>);
-
-impl Drop for ConnSlot {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 impl Shared {
     pub fn new(config: ServerConfig) -> Self {
         Self {
@@ -74,7 +66,11 @@ impl Shared {
             tracker: TaskTracker::new(),
             stop_reading: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
-            connections: AtomicUsize::new(0),
+            admission: Arc::new(Admission::new(admission::Limits {
+                max_connections: config.max_connections,
+                max_handshakes: config.max_handshakes,
+                max_handshakes_per_address: config.max_handshakes_per_address,
+            })),
             total_bytes: Arc::new(Semaphore::new(total_budget(&config))),
             pool: Arc::new(BufPool::new(
                 total_budget(&config).min(connection::MAX_POOLED_BYTES),
@@ -89,29 +85,34 @@ impl Shared {
 
     /// Runs one accepted socket to its end, unless the server is full.
     pub fn spawn_connection<S: Split>(self: &Arc<Self>, stream: S, peer: String) {
-        let n = self.connections.fetch_add(1, Ordering::Relaxed);
-        let slot = ConnSlot(Arc::clone(self));
-        if n >= self.config.max_connections {
-            tracing::warn!(%peer, "connection refused: server has too many connections");
-            return;
-        }
+        let addr = peer.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
+        let ticket = match self.admission.admit(addr) {
+            Ok(ticket) => ticket,
+            Err(refusal) => {
+                self.admission.log_refusal(refusal, &peer);
+                return;
+            }
+        };
         let span = tracing::info_span!("nbd", %peer, export = tracing::field::Empty);
         let shared = Arc::clone(self);
         self.tracker.spawn(
             async move {
-                let _slot = slot;
-                run_connection(shared, stream).await;
+                run_connection(shared, stream, ticket).await;
             }
             .instrument(span),
         );
     }
 }
 
-async fn run_connection<S: Split>(shared: Arc<Shared>, stream: S) {
+async fn run_connection<S: Split>(shared: Arc<Shared>, stream: S, mut ticket: Ticket) {
     let mut stream = crate::tls::MaybeTls::Plain(stream);
     let limit = shared.config.handshake_timeout;
     let session = tokio::select! {
         _ = shared.stop_reading.cancelled() => return,
+        _ = ticket.evicted.cancelled() => {
+            tracing::debug!("handshake dropped to make room for a newer one");
+            return;
+        }
         r = tokio::time::timeout(limit, handshake::negotiate(&mut stream, &shared)) => match r {
             Err(_) => {
                 tracing::info!("handshake timed out");
@@ -128,6 +129,10 @@ async fn run_connection<S: Split>(shared: Arc<Shared>, stream: S) {
             Ok(Ok(Some(session))) => session,
         },
     };
+    if let Err(refusal) = ticket.establish() {
+        shared.admission.log_refusal(refusal, "after handshake");
+        return;
+    }
     let mut attachment = session.attachment;
     let entry = Arc::clone(attachment.entry());
     tracing::Span::current().record("export", entry.name.as_str());
@@ -142,6 +147,8 @@ async fn run_connection<S: Split>(shared: Arc<Shared>, stream: S) {
         total_budget: total_budget(&shared.config),
         pool: Arc::clone(&shared.pool),
         stop_reading: shared.stop_reading.clone(),
+        payload_timeout: shared.config.payload_timeout,
+        reply_timeout: shared.config.reply_timeout,
     });
     let (r, w) = stream.split();
     connection::serve(r, w, ctx).await;
@@ -152,6 +159,7 @@ async fn run_connection<S: Split>(shared: Arc<Shared>, stream: S) {
         }
     }
     drop(attachment);
+    drop(ticket);
 }
 
 /// The server-wide payload budget in semaphore permits (bytes), at least 1 so requests can run.

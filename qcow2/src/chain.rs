@@ -80,10 +80,16 @@ impl Backing {
     pub fn info(&self, out: &mut Vec<crate::ImageInfo>) {
         match self {
             Backing::Qcow2(img) => out.extend(img.info_chain()),
-            Backing::Raw { st, size, path, .. } => {
+            Backing::Raw {
+                st,
+                size,
+                path,
+                format,
+            } => {
                 let len = st.len().unwrap_or(0);
                 out.push(crate::ImageInfo {
                     path: path.clone(),
+                    format: format.clone(),
                     virtual_size: *size,
                     cluster_size: 0,
                     backing_file: None,
@@ -139,6 +145,28 @@ pub(crate) fn resolve_backing(image: &Path, name: &str) -> PathBuf {
     match image.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.join(p),
         _ => p.to_path_buf(),
+    }
+}
+
+/// Refuses a backing file outside `dir` (both with symlinks resolved): an untrusted image must
+/// not make us read files it names elsewhere (`/etc/passwd` as a raw backing file).
+pub(crate) fn check_within(backing: &Path, dir: &Path) -> Result<()> {
+    let resolve = |p: &Path| {
+        p.canonicalize()
+            .map_err(|e| Error::io(e, format!("backing file {}", p.display())))
+    };
+    let (file, dir) = (resolve(backing)?, resolve(dir)?);
+    if file.starts_with(&dir) {
+        Ok(())
+    } else {
+        Err(Error::new(
+            crate::ErrorKind::Unsupported,
+            format!(
+                "backing file {} is outside {}; open its chain only if you trust the image",
+                file.display(),
+                dir.display()
+            ),
+        ))
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::format::{self, Header, L2Entry};
-use crate::storage::{FileStorage, Storage};
+use crate::storage::{FileStorage, LockMode, Storage, open_regular};
 
 #[derive(Debug, Clone, Default)]
 pub struct CheckReport {
@@ -87,12 +87,14 @@ impl CheckReport {
 
 /// Checks the image file at `path`; with `repair`, fixes what can be fixed in place.
 pub fn check(path: &Path, repair: bool) -> Result<CheckReport> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(repair)
-        .open(path)
-        .map_err(|e| Error::io(e, format!("opening {}", path.display())))?;
-    check_storage(&FileStorage::new(file), repair)
+    let st = FileStorage::new(open_regular(path, repair)?);
+    st.lock(if repair {
+        LockMode::Write
+    } else {
+        LockMode::Read
+    })
+    .map_err(|e| Error::lock(e, path))?;
+    check_storage(&st, repair)
 }
 
 /// Largest file we check, in clusters (the reference counts live in memory).
@@ -148,6 +150,8 @@ impl Walk<'_> {
 pub fn check_storage(st: &dyn Storage, repair: bool) -> Result<CheckReport> {
     let (h, file_len) = crate::image::read_header(st)?;
     h.validate(file_len)?;
+    // What the image means is unknown, so its consistency cannot be judged (qemu-img: exit 1).
+    h.refuse_unknown_incompatible()?;
     let cs = h.cluster_size();
     if h.nb_snapshots != 0 {
         return Err(Error::unsupported(

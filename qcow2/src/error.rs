@@ -14,7 +14,7 @@ pub enum ErrorKind {
     NoSpace,
     ReadOnly,
     InvalidArgument,
-    /// The image is open for writing elsewhere.
+    /// Another process (qemu, or another opener of ours) holds a conflicting image lock.
     Busy,
 }
 
@@ -51,6 +51,16 @@ impl Error {
 
     pub(crate) fn invalid_argument(message: impl fmt::Display) -> Self {
         Self::new(ErrorKind::InvalidArgument, message)
+    }
+
+    /// Locking `path` failed: [`ErrorKind::Busy`] when someone else holds it.
+    pub(crate) fn lock(err: crate::storage::LockError, path: &std::path::Path) -> Self {
+        match err {
+            crate::storage::LockError::Conflict { .. } => {
+                Self::new(ErrorKind::Busy, format!("{}: {err}", path.display()))
+            }
+            crate::storage::LockError::Io(e) => Self::io(e, format!("locking {}", path.display())),
+        }
     }
 
     /// An I/O error with what we were doing; ENOSPC/EDQUOT become [`ErrorKind::NoSpace`].

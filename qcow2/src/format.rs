@@ -302,6 +302,17 @@ impl Header {
         }
     }
 
+    /// Refuses incompatible feature bits this crate does not know (qemu-img refuses them too).
+    pub fn refuse_unknown_incompatible(&self) -> Result<()> {
+        let unknown = self.incompatible_features & !INCOMPAT_KNOWN;
+        if unknown != 0 {
+            return Err(Error::unsupported(format!(
+                "unknown incompatible features {unknown:#x} (offset 72)"
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks the header against the file length: tables inside the file, aligned, not
     /// overlapping cluster 0 or each other, sizes within qemu's limits.
     pub fn validate(&self, file_len: u64) -> Result<()> {

@@ -11,7 +11,7 @@ use crate::compress::{self, CompressionType};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{self, Header, L2Entry};
 use crate::meta::{Geometry, Meta};
-use crate::storage::{self, FileStorage, Storage};
+use crate::storage::{self, FileStorage, LockMode, Storage, open_regular};
 use crate::{Extent, ExtentKind, ImageInfo, OpenOptions};
 
 pub struct Image {
@@ -89,20 +89,14 @@ impl Image {
             )));
         }
         seen.push(canon);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(opts.writable)
-            .open(path)
-            .map_err(|e| Error::io(e, format!("opening {}", path.display())))?;
+        let file = open_regular(path, opts.writable)?;
         let fst = FileStorage::new(file);
-        if opts.writable {
-            fst.try_lock_exclusive().map_err(|e| {
-                Error::new(
-                    ErrorKind::Busy,
-                    format!("{} is open for writing elsewhere: {e}", path.display()),
-                )
-            })?;
-        }
+        fst.lock(if opts.writable {
+            LockMode::Write
+        } else {
+            LockMode::Read
+        })
+        .map_err(|e| Error::lock(e, path))?;
         let st = storage::open_file_storage(fst, opts.storage_io, opts.writable)
             .map_err(|e| Error::io(e, format!("direct I/O on {}", path.display())))?;
         let mut img = Self::open_storage(st, opts)?;
@@ -128,13 +122,14 @@ impl Image {
         depth: u32,
         seen: &mut Vec<PathBuf>,
     ) -> Result<Backing> {
+        if let Some(dir) = &opts.backing_dir {
+            chain::check_within(path, dir)?;
+        }
         let fmt = match fmt {
             Some(f) => f.to_owned(),
             None => {
                 let mut magic = [0u8; 4];
-                let f = std::fs::File::open(path).map_err(|e| {
-                    Error::io(e, format!("opening backing file {}", path.display()))
-                })?;
+                let f = open_regular(path, false)?;
                 let is_qcow2 = std::os::unix::fs::FileExt::read_exact_at(&f, &mut magic, 0).is_ok()
                     && u32::from_be_bytes(magic) == format::MAGIC;
                 if is_qcow2 {
@@ -156,10 +151,9 @@ impl Image {
                 seen,
             )?))),
             "raw" => {
-                let f = std::fs::File::open(path).map_err(|e| {
-                    Error::io(e, format!("opening backing file {}", path.display()))
-                })?;
-                let st = storage::open_file_storage(FileStorage::new(f), opts.storage_io, false)
+                let fst = FileStorage::new(open_regular(path, false)?);
+                fst.lock(LockMode::Read).map_err(|e| Error::lock(e, path))?;
+                let st = storage::open_file_storage(fst, opts.storage_io, false)
                     .map_err(|e| Error::io(e, format!("direct I/O on {}", path.display())))?;
                 let size = st.len().map_err(|e| Error::io(e, "backing file size"))?;
                 Ok(Backing::Raw {
@@ -215,12 +209,7 @@ impl Image {
     }
 
     fn refuse(h: &Header, writable: bool) -> Result<()> {
-        let unknown = h.incompatible_features & !format::INCOMPAT_KNOWN;
-        if unknown != 0 {
-            return Err(Error::unsupported(format!(
-                "unknown incompatible features {unknown:#x} (offset 72)"
-            )));
-        }
+        h.refuse_unknown_incompatible()?;
         if h.crypt_method != 0 || h.extensions.contains(&format::EXT_CRYPTO) {
             return Err(Error::unsupported(
                 "encrypted images (crypt_method at offset 32)",
@@ -306,6 +295,7 @@ impl Image {
         let allocated_bytes = self.meta.lock().allocated_bytes().unwrap_or(file_size);
         let mut out = vec![ImageInfo {
             path: self.path.clone(),
+            format: "qcow2".to_owned(),
             virtual_size: self.geo.virtual_size,
             cluster_size: self.geo.cluster_size,
             backing_file: self.header.backing_file.clone(),

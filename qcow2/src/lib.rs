@@ -113,6 +113,9 @@ pub struct OpenOptions {
     pub writable: bool,
     /// Open the backing files named inside the image. Images are untrusted: off by default.
     pub open_backing: bool,
+    /// With `open_backing`: every file of the backing chain must lie inside this directory
+    /// (symlinks resolved); a chain reaching elsewhere is refused.
+    pub backing_dir: Option<PathBuf>,
     /// Deepest backing chain accepted.
     pub max_chain_depth: u32,
     /// Bytes of L2 tables kept in memory (a bound: tables are loaded lazily). The default covers
@@ -127,6 +130,7 @@ impl Default for OpenOptions {
         Self {
             writable: false,
             open_backing: false,
+            backing_dir: None,
             max_chain_depth: 64,
             l2_cache_bytes: 256 << 20,
             storage_io: StorageIo::Auto,
@@ -159,6 +163,8 @@ pub struct Extent {
 #[derive(Debug, Clone)]
 pub struct ImageInfo {
     pub path: PathBuf,
+    /// "qcow2", or the format of a backing file that is not a qcow2 ("raw").
+    pub format: String,
     pub virtual_size: u64,
     pub cluster_size: u64,
     pub backing_file: Option<String>,

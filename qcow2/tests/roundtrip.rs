@@ -399,8 +399,13 @@ fn open_refusals() {
         Image::open(&p, &rw()).err().unwrap().kind(),
         qcow2::ErrorKind::Busy
     );
-    assert!(Image::open(&p, &ro()).is_ok());
+    // So is a reader (qemu's locks: a reader does not share "write").
+    assert_eq!(
+        Image::open(&p, &ro()).err().unwrap().kind(),
+        qcow2::ErrorKind::Busy
+    );
     first.close().unwrap();
+    assert!(Image::open(&p, &ro()).is_ok());
     // A loop: a -> b -> a.
     let a = dir.path().join("a.qcow2");
     let b = dir.path().join("b.qcow2");

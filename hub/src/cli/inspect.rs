@@ -65,7 +65,17 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn info(args: &InfoArgs) -> anyhow::Result<()> {
-    let chain = open_chain(&args.image)?;
+    // An open stuck in the kernel must not hang `info`: the thread is abandoned at exit.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = args.image.clone();
+    std::thread::spawn(move || tx.send(open_chain(&path)));
+    let timeout = super::serve_image::OPEN_TIMEOUT;
+    let chain = rx.recv_timeout(timeout).map_err(|_| {
+        anyhow::anyhow!(
+            "opening {} took longer than {timeout:?}",
+            args.image.display()
+        )
+    })??;
     let mut out = String::new();
     if args.json {
         let items: Vec<_> = chain.iter().map(info_json).collect();
@@ -102,21 +112,26 @@ fn open_chain(path: &std::path::Path) -> anyhow::Result<Vec<ImageInfo>> {
 }
 
 fn info_json(info: &ImageInfo) -> serde_json::Value {
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "filename": info.path,
-        "format": "qcow2",
+        "format": info.format,
         "virtual-size": info.virtual_size,
         "cluster-size": info.cluster_size,
         "backing-filename": info.backing_file,
         "backing-filename-format": info.backing_format,
         "allocated-size": info.allocated_bytes,
         "actual-size": info.file_size,
-    })
+    });
+    // Like qemu-img, a raw file has no cluster size.
+    if info.format != "qcow2" {
+        v.as_object_mut().map(|o| o.remove("cluster-size"));
+    }
+    v
 }
 
 fn print_info(out: &mut String, info: &ImageInfo) {
     let _ = writeln!(out, "image: {}", info.path.display());
-    let _ = writeln!(out, "file format: qcow2");
+    let _ = writeln!(out, "file format: {}", info.format);
     let _ = writeln!(
         out,
         "virtual size: {} ({} bytes)",
@@ -135,7 +150,9 @@ fn print_info(out: &mut String, info: &ImageInfo) {
         human(info.file_size),
         info.file_size
     );
-    let _ = writeln!(out, "cluster_size: {}", info.cluster_size);
+    if info.format == "qcow2" {
+        let _ = writeln!(out, "cluster_size: {}", info.cluster_size);
+    }
     if let Some(backing) = &info.backing_file {
         let _ = writeln!(out, "backing file: {backing}");
         if let Some(format) = &info.backing_format {

@@ -64,9 +64,13 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => runtime()?
             .block_on(serve::run(args))
             .map(|()| ExitCode::SUCCESS),
-        Command::ServeImage(args) => runtime()?
-            .block_on(serve_image::run(args))
-            .map(|()| ExitCode::SUCCESS),
+        Command::ServeImage(args) => {
+            let rt = runtime()?;
+            let served = rt.block_on(serve_image::run(args));
+            // Do not wait for an image open still blocked in the kernel (see OPEN_TIMEOUT).
+            rt.shutdown_background();
+            served.map(|()| ExitCode::SUCCESS)
+        }
         Command::Check(args) => inspect::check(&args),
         Command::Info(args) => inspect::info(&args).map(|()| ExitCode::SUCCESS),
         Command::Tls(command) => tls::run(command).map(|()| ExitCode::SUCCESS),

@@ -12,6 +12,8 @@ use qcow2::{CreateOptions, Image, OpenOptions};
 
 /// How long open connections get to finish their requests after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Longest an image (with its backing chain) may take to open.
+pub(crate) const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, clap::Args)]
 pub struct ServeImageArgs {
@@ -35,6 +37,11 @@ pub struct ServeImageArgs {
     /// Backing file of the created image (a QCOW2).
     #[arg(long, value_name = "FILE", requires = "create")]
     backing: Option<PathBuf>,
+    /// Open the image's backing chain wherever its files are. Without it (and without
+    /// `--backing`) every file of the chain must be in the image's directory: a backing file
+    /// named by an untrusted image is not opened elsewhere.
+    #[arg(long)]
+    allow_backing: bool,
     /// Connections the export accepts at once.
     #[arg(long, value_name = "N", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..=4096))]
@@ -56,16 +63,26 @@ pub async fn run(args: ServeImageArgs) -> anyhow::Result<()> {
     if let Some(size) = args.create {
         create(&args, size)?;
     }
+    let trusted = args.allow_backing || args.backing.is_some();
     let opts = OpenOptions {
         writable: !args.read_only,
         open_backing: true,
         storage_io: args.storage_io,
+        backing_dir: (!trusted).then(|| image_dir(&args.image)),
         ..OpenOptions::default()
     };
     let path = args.image.clone();
-    let image = tokio::task::spawn_blocking(move || Image::open(&path, &opts))
-        .await?
-        .with_context(|| format!("opening {}", args.image.display()))?;
+    let opening = tokio::task::spawn_blocking(move || Image::open(&path, &opts));
+    // An open stuck in the kernel (a dead network filesystem) must not outlive SIGTERM or hang
+    // for ever; the blocked thread is abandoned when the process exits.
+    let image = tokio::select! {
+        _ = shutdown.cancelled() => bail!("stopped while opening {}", args.image.display()),
+        r = tokio::time::timeout(OPEN_TIMEOUT, opening) => match r {
+            Ok(joined) => joined?,
+            Err(_) => bail!("opening {} took longer than {OPEN_TIMEOUT:?}", args.image.display()),
+        },
+    }
+    .with_context(|| format!("opening {}", args.image.display()))?;
     let image = Arc::new(image);
 
     if args.max_in_flight == 0 {
@@ -133,6 +150,14 @@ pub async fn run(args: ServeImageArgs) -> anyhow::Result<()> {
     served?.context("NBD server")?;
     tracing::info!("image flushed, exiting");
     Ok(())
+}
+
+/// The directory holding `image`, where its backing chain must stay unless trusted.
+fn image_dir(image: &Path) -> PathBuf {
+    match image.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 fn create(args: &ServeImageArgs, size: u64) -> anyhow::Result<()> {

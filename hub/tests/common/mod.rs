@@ -245,3 +245,25 @@ pub fn ok(resp: (u16, Value)) -> Value {
     assert_eq!(resp.0, 200, "{}", resp.1);
     resp.1
 }
+
+/// Longest a command may run before the test calls it hung (a bound, not a timing).
+const HANG: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs `cmd`, killing it (and failing) if it runs past [`HANG`].
+pub fn bounded(cmd: &mut Command) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > HANG {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} hung");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}

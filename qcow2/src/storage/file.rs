@@ -2,12 +2,15 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
+use std::path::Path;
 
 use parking_lot::Mutex;
 
 use super::Storage;
+use super::lock::{LockError, LockMode};
+use crate::error::{Error, ErrorKind};
 
 #[derive(Debug)]
 pub struct FileStorage {
@@ -21,6 +24,52 @@ pub struct FileStorage {
     /// (nbdcopy, 4 GiB, tmpfs): server CPU 1.25-1.41 s/GiB against 1.46-1.71 without this lock
     /// with 1 connection, 1.14-1.25 against 1.52-1.99 with 4 connections.
     writing: Mutex<()>,
+}
+
+/// Opens `path` only if it is a regular file: a FIFO, device or socket named by an untrusted
+/// image could block the open for ever, or serve bytes that are not an image. The type is
+/// checked before opening (a device open can have effects) and again on the open file (the path
+/// may have changed in between); `O_NONBLOCK` keeps a FIFO swapped in meanwhile from blocking.
+pub(crate) fn open_regular(path: &Path, writable: bool) -> crate::Result<File> {
+    let not_regular = |what: &str| {
+        Error::new(
+            ErrorKind::Unsupported,
+            format!("{} is not a regular file ({what})", path.display()),
+        )
+    };
+    let opening = |e| Error::io(e, format!("opening {}", path.display()));
+    let meta = std::fs::metadata(path).map_err(opening)?;
+    if !meta.is_file() {
+        return Err(not_regular(file_kind(&meta)));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(opening)?;
+    let meta = file.metadata().map_err(opening)?;
+    if !meta.is_file() {
+        return Err(not_regular(file_kind(&meta)));
+    }
+    Ok(file)
+}
+
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    }
 }
 
 impl FileStorage {
@@ -41,16 +90,9 @@ impl FileStorage {
         self.on_tmpfs
     }
 
-    /// Takes an exclusive advisory lock (flock) without waiting; released when the file closes.
-    /// Keeps two writers of ours off one image (qemu uses separate OFD locks).
-    pub fn try_lock_exclusive(&self) -> io::Result<()> {
-        // SAFETY: flock only reads its integer arguments; the fd is owned by `self.file`.
-        let rc = unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+    /// Takes qemu's image locks for `mode` (see [`super::lock`]); released when the file closes.
+    pub fn lock(&self, mode: LockMode) -> Result<(), LockError> {
+        super::lock::lock(&self.file, mode)
     }
 }
 

@@ -4,12 +4,15 @@
 
 mod direct;
 mod file;
+mod lock;
 mod mem;
 mod select;
 mod uring;
 
 pub use direct::{AlignedBuf, DioAlign, DirectStorage};
 pub use file::FileStorage;
+pub(crate) use file::open_regular;
+pub use lock::{LockError, LockMode};
 pub use mem::MemStorage;
 pub use select::{StorageIo, open_file_storage};
 

@@ -1,0 +1,161 @@
+//! Clients that connect and then stall, or never speak, must not stop anyone else: a stalled
+//! payload or unread replies cost the staller its connection, and silent handshakes cannot fill
+//! the server.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nbd_server::ServerConfig;
+use nbd_server::proto::{CMD_READ, CMD_WRITE, IHAVEOPT, NBDMAGIC, OPT_EXPORT_NAME, REQUEST_MAGIC};
+use support::{MemExport, TestServer};
+
+const MIB: u64 = 1 << 20;
+/// Longest a peer may run before the test calls it hung (a bound against hangs, not a timing).
+const HANG: Duration = Duration::from_secs(120);
+
+/// A raw client past the handshake (old-style EXPORT_NAME, no zeroes), simple replies.
+fn raw_client(addr: SocketAddr, export: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut greeting = [0u8; 18];
+    s.read_exact(&mut greeting).unwrap();
+    assert_eq!(
+        u64::from_be_bytes(greeting[..8].try_into().unwrap()),
+        NBDMAGIC
+    );
+    let mut msg = 3u32.to_be_bytes().to_vec(); // FIXED_NEWSTYLE | NO_ZEROES
+    msg.extend_from_slice(&IHAVEOPT.to_be_bytes());
+    msg.extend_from_slice(&OPT_EXPORT_NAME.to_be_bytes());
+    msg.extend_from_slice(&(export.len() as u32).to_be_bytes());
+    msg.extend_from_slice(export.as_bytes());
+    s.write_all(&msg).unwrap();
+    let mut info = [0u8; 10];
+    s.read_exact(&mut info).unwrap();
+    s
+}
+
+fn request(cmd: u16, cookie: u64, offset: u64, length: u32) -> Vec<u8> {
+    let mut r = REQUEST_MAGIC.to_be_bytes().to_vec();
+    r.extend_from_slice(&0u16.to_be_bytes());
+    r.extend_from_slice(&cmd.to_be_bytes());
+    r.extend_from_slice(&cookie.to_be_bytes());
+    r.extend_from_slice(&offset.to_be_bytes());
+    r.extend_from_slice(&length.to_be_bytes());
+    r
+}
+
+/// Waits for `child` to exit, killing it (and failing) if it runs past [`HANG`].
+fn finish(mut child: Child, what: &str) {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{what} failed: {status}");
+            return;
+        }
+        if start.elapsed() > HANG {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish: starved by stalled clients");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Reads until the server closes `s`; fails if it is still open after [`HANG`].
+fn assert_closed_by_server(mut s: TcpStream, what: &str) {
+    s.set_read_timeout(Some(HANG)).unwrap();
+    let mut sink = vec![0u8; 1 << 20];
+    loop {
+        match s.read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("{what}: still open ({e})"),
+        }
+    }
+}
+
+#[test]
+fn stalled_payloads_and_unread_replies_do_not_starve_an_nbdcopy() {
+    let size = 64 * MIB;
+    let config = ServerConfig {
+        payload_timeout: Duration::from_secs(2),
+        reply_timeout: Duration::from_secs(2),
+        ..ServerConfig::default()
+    };
+    // The default server budget (128 MiB) is what the stallers try to pin.
+    assert_eq!(config.max_in_flight_bytes_total, 128 << 20);
+    let export = Arc::new(MemExport::new(size));
+    let t = TestServer::with_export(config, "d", export.clone());
+
+    // Two connections announce a 64 MiB WRITE each and send 1 KiB of it.
+    let writers: Vec<TcpStream> = (0..2)
+        .map(|i| {
+            let mut s = raw_client(t.addr, "d");
+            s.write_all(&request(CMD_WRITE, i, 0, 64 << 20)).unwrap();
+            s.write_all(&[0xee; 1024]).unwrap();
+            s
+        })
+        .collect();
+    // One connection asks for three 64 MiB READs and never reads a reply.
+    let mut reader = raw_client(t.addr, "d");
+    for i in 0..3 {
+        reader
+            .write_all(&request(CMD_READ, i, 0, 64 << 20))
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    let src = t.dir.path().join("src.img");
+    let data = support::pattern(size as usize, 7);
+    std::fs::write(&src, &data).unwrap();
+    let copy = Command::new("nbdcopy")
+        .arg(&src)
+        .arg(t.uri("d"))
+        .spawn()
+        .unwrap();
+    finish(copy, "nbdcopy into the export");
+    assert!(export.contents() == data, "nbdcopy's data did not arrive");
+    let restore = Command::new("nbdcopy")
+        .arg(t.uri("d"))
+        .arg("null:")
+        .spawn()
+        .unwrap();
+    finish(restore, "nbdcopy out of the export");
+
+    for (i, s) in writers.into_iter().enumerate() {
+        assert_closed_by_server(s, &format!("stalled writer {i}"));
+    }
+    assert_closed_by_server(reader, "client not reading its replies");
+    t.shutdown();
+}
+
+#[test]
+fn a_thousand_silent_connections_do_not_lock_out_a_client() {
+    // Default limits and handshake timeout: the silent ones stay for its whole 10 s.
+    let t = TestServer::with_export(ServerConfig::default(), "d", Arc::new(MemExport::new(MIB)));
+    let mut silent = Vec::new();
+    for i in 0..1000u32 {
+        // From 20 loopback addresses, 50 each, none of them the real client's 127.0.0.1.
+        let from: SocketAddr = format!("127.0.0.{}:0", 2 + i % 20).parse().unwrap();
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.bind(&from.into()).unwrap();
+        sock.connect(&t.addr.into()).unwrap();
+        silent.push(sock);
+    }
+    // Let the server accept them all before the real client comes.
+    std::thread::sleep(Duration::from_millis(500));
+    let client = Command::new("nbdinfo")
+        .arg(t.uri("d"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    finish(client, "nbdinfo beside 1,000 silent connections");
+    drop(silent);
+    t.shutdown();
+}
