@@ -213,6 +213,7 @@ fn serve_process_killed_mid_write_leaves_a_clean_image_and_a_failed_backup() {
     // Leaked clusters at worst (exit 3), never corruption, before anything repairs it.
     let busy_image =
         std::path::PathBuf::from(busy["disk_results"][0]["qcow2_path"].as_str().unwrap());
+    wait_unlocked(&busy_image);
     let check = run_expect(
         Command::new("qemu-img")
             .args(["check", "-f", "qcow2"])

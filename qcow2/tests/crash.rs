@@ -255,7 +255,18 @@ fn kill_at_many_moments(io: StorageIo) {
         // The child may have written up to one flush interval past the last recorded flush (and
         // the op it was in when killed).
         let written = flushed + FLUSH_EVERY;
-        let (code, text) = qemu_img(&["check", "-f", "qcow2", top.to_str().unwrap()]);
+        // With direct I/O the killed child's io_uring requests keep the image file (and its
+        // locks) open until the kernel has torn the rings down, a moment after the process is
+        // reaped: qemu-img then finds the image locked. Wait for that, boundedly.
+        let lock_deadline = Instant::now() + Duration::from_secs(5);
+        let (code, text) = loop {
+            let (code, text) = qemu_img(&["check", "-f", "qcow2", top.to_str().unwrap()]);
+            if code == 1 && text.contains("lock") && Instant::now() < lock_deadline {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            break (code, text);
+        };
         assert!(
             code == 0 || code == 3,
             "round {round}: qemu-img check {code}: {text}"

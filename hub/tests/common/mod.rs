@@ -41,6 +41,25 @@ pub fn qemu_img_check(image: &Path) {
     );
 }
 
+/// Waits (at most 5 s) until qemu-img can lock `image`. A process killed with io_uring requests
+/// in flight (direct I/O) keeps its image files, and their locks, open until the kernel has torn
+/// its rings down, a moment after the process is reaped.
+pub fn wait_unlocked(image: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let out = Command::new("qemu-img")
+            .args(["info", "-f", "qcow2"])
+            .arg(image)
+            .output()
+            .unwrap();
+        let locked = String::from_utf8_lossy(&out.stderr).contains("lock");
+        if !locked || std::time::Instant::now() > deadline {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// A new, empty qcow2 image made by qemu-img.
 pub fn qemu_img_create(image: &Path, size: u64) {
     run_ok(

@@ -57,9 +57,28 @@ pub enum LockError {
     Io(#[from] io::Error),
 }
 
+/// How long a conflicting lock may take to go away before the open is refused. A process killed
+/// while io_uring requests of its were in flight keeps its open file descriptions, and so its
+/// locks, until the kernel has torn its rings down, a few milliseconds after the process is gone:
+/// a restart right after `kill -9` must not take its predecessor's images for busy.
+const CONFLICT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Takes qemu's locks for `mode` on `file`, then checks that no other open file holds a
-/// conflicting one. On error the caller drops the file, which releases what was taken.
+/// conflicting one, waiting up to [`CONFLICT_PATIENCE`] for one to go away. On error the caller
+/// drops the file, which releases what was taken.
 pub fn lock(file: &File, mode: LockMode) -> Result<(), LockError> {
+    let start = std::time::Instant::now();
+    loop {
+        match try_lock(file, mode) {
+            Err(LockError::Conflict { .. }) if start.elapsed() < CONFLICT_PATIENCE => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn try_lock(file: &File, mode: LockMode) -> Result<(), LockError> {
     let (taken, unshared) = mode.perms();
     for &i in taken {
         ofd_lock(file, PERM_BASE + i64::from(i))?;
