@@ -559,14 +559,7 @@ impl Hub {
         }
         self.drain(&active).await?;
         for disk in &active.disks {
-            disk.refresh_stats(&self.nbd);
-            if let Err(err) = self
-                .nbd
-                .remove_export(&disk.export_name, Duration::ZERO)
-                .await
-            {
-                tracing::warn!(export = %disk.export_name, %err, "removing export");
-            }
+            disk.remove_export(&self.nbd).await;
         }
         if active.disks.iter().any(|d| d.tally.late() > 0) {
             return Err(Error::Conflict(KEPT_WRITING.into()));
@@ -629,14 +622,7 @@ impl Hub {
         let active = self.active.lock().remove(id);
         let Some(active) = active else { return };
         for disk in &active.disks {
-            disk.refresh_stats(&self.nbd);
-            if let Err(err) = self
-                .nbd
-                .remove_export(&disk.export_name, Duration::ZERO)
-                .await
-            {
-                tracing::warn!(export = %disk.export_name, %err, "removing export");
-            }
+            disk.remove_export(&self.nbd).await;
             if let Err(err) = disk.close_image().await {
                 tracing::warn!(export = %disk.export_name, %err, "closing image");
             }

@@ -91,6 +91,17 @@ impl ActiveDisk {
         Some(stats)
     }
 
+    /// Keep the export's last figures, then remove it, cutting its connections.
+    pub async fn remove_export(&self, nbd: &Server) {
+        self.refresh_stats(nbd);
+        if let Err(err) = nbd
+            .remove_export(&self.export_name, std::time::Duration::ZERO)
+            .await
+        {
+            tracing::warn!(export = %self.export_name, %err, "removing export");
+        }
+    }
+
     /// Take the image out and close it (flush only, when another holder keeps it open).
     pub async fn close_image(&self) -> Result<()> {
         let image = self.image.lock().take();
