@@ -569,6 +569,13 @@ async fn a_full_data_dir_answers_507_frees_space_on_cancel_and_delete_and_restar
         s == StatusCode::OK || s == StatusCode::INSUFFICIENT_STORAGE,
         "{s} {t}"
     );
+    let credential = serde_json::json!({"credential_name": "vc", "vcenter_host": "vc.example",
+        "username": "u", "password": "p", "datacenter": "dc"});
+    let (s, c) = h.post("/api/v1/vmware-credentials", &credential).await;
+    assert!(
+        s == StatusCode::OK || s == StatusCode::INSUFFICIENT_STORAGE,
+        "{s} {c}"
+    );
     // Cancel works and gives the space back.
     let (s, c) = h
         .call(

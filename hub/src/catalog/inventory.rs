@@ -138,18 +138,20 @@ impl Catalog {
         fields: &CredentialFields,
         seal: impl FnOnce(i64) -> Vec<u8>,
     ) -> Result<i64> {
-        let mut conn = self.conn.lock();
-        let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT INTO vmware_credentials (credential_name, vcenter_host, username, password_sealed, \
-             created_at, updated_at) VALUES (?1, '', '', x'', ?2, ?2)",
-            params![fields.credential_name, fmt_time(OffsetDateTime::now_utc())],
-        )
-        .map_err(|e| name_taken(e, &fields.credential_name))?;
-        let id = tx.last_insert_rowid();
-        write_credential(&tx, id, fields, Some(seal(id)))?;
-        tx.commit()?;
-        Ok(id)
+        self.written((|| {
+            let mut conn = self.conn.lock();
+            let tx = conn.transaction()?;
+            tx.execute(
+                "INSERT INTO vmware_credentials (credential_name, vcenter_host, username, password_sealed, \
+                 created_at, updated_at) VALUES (?1, '', '', x'', ?2, ?2)",
+                params![fields.credential_name, fmt_time(OffsetDateTime::now_utc())],
+            )
+            .map_err(|e| name_taken(e, &fields.credential_name))?;
+            let id = tx.last_insert_rowid();
+            write_credential(&tx, id, fields, Some(seal(id)))?;
+            tx.commit()?;
+            Ok(id)
+        })())
     }
 
     /// Update the fields, and the sealed password when one is given.
@@ -159,17 +161,21 @@ impl Catalog {
         fields: &CredentialFields,
         sealed: Option<Vec<u8>>,
     ) -> Result<()> {
-        let mut conn = self.conn.lock();
-        let tx = conn.transaction()?;
-        write_credential(&tx, id, fields, sealed)?;
-        tx.commit()?;
-        Ok(())
+        self.written((|| {
+            let mut conn = self.conn.lock();
+            let tx = conn.transaction()?;
+            write_credential(&tx, id, fields, sealed)?;
+            tx.commit()?;
+            Ok(())
+        })())
     }
 
     pub fn delete_credential(&self, id: i64) -> Result<()> {
-        let conn = self.conn.lock();
-        conn.execute("DELETE FROM vmware_credentials WHERE id = ?1", [id])?;
-        Ok(())
+        self.written((|| {
+            let conn = self.conn.lock();
+            conn.execute("DELETE FROM vmware_credentials WHERE id = ?1", [id])?;
+            Ok(())
+        })())
     }
 
     /// Re-seal every credential's password in one transaction; the first error rolls all back.
@@ -177,24 +183,26 @@ impl Catalog {
         &self,
         mut reseal: impl FnMut(&Credential) -> Result<Vec<u8>>,
     ) -> Result<usize> {
-        let mut conn = self.conn.lock();
-        let tx = conn.transaction()?;
-        let all: Vec<Credential> = {
-            let mut stmt = tx.prepare(&format!(
-                "SELECT {CREDENTIAL_COLUMNS} FROM vmware_credentials ORDER BY id"
-            ))?;
-            stmt.query_map([], credential_from_row)?
-                .collect::<rusqlite::Result<_>>()?
-        };
-        for credential in &all {
-            let sealed = reseal(credential)?;
-            tx.execute(
-                "UPDATE vmware_credentials SET password_sealed = ?2 WHERE id = ?1",
-                params![credential.id, sealed],
-            )?;
-        }
-        tx.commit()?;
-        Ok(all.len())
+        self.written((|| {
+            let mut conn = self.conn.lock();
+            let tx = conn.transaction()?;
+            let all: Vec<Credential> = {
+                let mut stmt = tx.prepare(&format!(
+                    "SELECT {CREDENTIAL_COLUMNS} FROM vmware_credentials ORDER BY id"
+                ))?;
+                stmt.query_map([], credential_from_row)?
+                    .collect::<rusqlite::Result<_>>()?
+            };
+            for credential in &all {
+                let sealed = reseal(credential)?;
+                tx.execute(
+                    "UPDATE vmware_credentials SET password_sealed = ?2 WHERE id = ?1",
+                    params![credential.id, sealed],
+                )?;
+            }
+            tx.commit()?;
+            Ok(all.len())
+        })())
     }
 }
 
@@ -315,82 +323,86 @@ impl Catalog {
         context: &VmContext,
         disks: &[VmDisk],
     ) -> Result<(String, bool)> {
-        let mut conn = self.conn.lock();
-        let tx = conn.transaction()?;
-        let existing: Option<String> = tx
-            .query_row(
-                "SELECT context_id FROM vm_contexts WHERE vm_name = ?1",
-                [&context.vm_name],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let id = existing
-            .clone()
-            .unwrap_or_else(|| context.context_id.clone());
-        let now = fmt_time(OffsetDateTime::now_utc());
-        tx.execute(
-            "INSERT INTO vm_contexts (context_id, vm_name, vmware_vm_id, vm_path, vcenter_host, datacenter, \
-             credential_id, power_state, guest_os, memory_mb, num_cpu, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12) \
-             ON CONFLICT (context_id) DO UPDATE SET vmware_vm_id = ?3, vm_path = ?4, vcenter_host = ?5, \
-             datacenter = ?6, credential_id = ?7, power_state = ?8, guest_os = ?9, memory_mb = ?10, \
-             num_cpu = ?11, updated_at = ?12",
-            params![
-                id,
-                context.vm_name,
-                context.vmware_vm_id,
-                context.vm_path,
-                context.vcenter_host,
-                context.datacenter,
-                context.credential_id,
-                context.power_state,
-                context.guest_os,
-                context.memory_mb,
-                context.num_cpu,
-                now
-            ],
-        )?;
-        let known = query_disks(&tx, &id)?;
-        let mut next = known.iter().map(|d| d.disk_id + 1).max().unwrap_or(0);
-        tx.execute("DELETE FROM vm_disks WHERE context_id = ?1", [&id])?;
-        for (position, disk) in disks.iter().enumerate() {
-            let disk_id = match known
-                .iter()
-                .find(|k| k.vmware_disk_key == disk.vmware_disk_key)
-            {
-                Some(k) => k.disk_id,
-                None if existing.is_none() => position as u32,
-                None => {
-                    next += 1;
-                    next - 1
-                }
-            };
+        self.written((|| {
+            let mut conn = self.conn.lock();
+            let tx = conn.transaction()?;
+            let existing: Option<String> = tx
+                .query_row(
+                    "SELECT context_id FROM vm_contexts WHERE vm_name = ?1",
+                    [&context.vm_name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let id = existing
+                .clone()
+                .unwrap_or_else(|| context.context_id.clone());
+            let now = fmt_time(OffsetDateTime::now_utc());
             tx.execute(
-                "INSERT INTO vm_disks (context_id, disk_id, position, vmware_disk_key, label, vmdk_path, \
-                 datastore, capacity_bytes, provisioning_type, unit_number) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO vm_contexts (context_id, vm_name, vmware_vm_id, vm_path, vcenter_host, datacenter, \
+                 credential_id, power_state, guest_os, memory_mb, num_cpu, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12) \
+                 ON CONFLICT (context_id) DO UPDATE SET vmware_vm_id = ?3, vm_path = ?4, vcenter_host = ?5, \
+                 datacenter = ?6, credential_id = ?7, power_state = ?8, guest_os = ?9, memory_mb = ?10, \
+                 num_cpu = ?11, updated_at = ?12",
                 params![
                     id,
-                    disk_id,
-                    position as i64,
-                    disk.vmware_disk_key,
-                    disk.label,
-                    disk.vmdk_path,
-                    disk.datastore,
-                    disk.capacity_bytes as i64,
-                    disk.provisioning_type,
-                    disk.unit_number
+                    context.vm_name,
+                    context.vmware_vm_id,
+                    context.vm_path,
+                    context.vcenter_host,
+                    context.datacenter,
+                    context.credential_id,
+                    context.power_state,
+                    context.guest_os,
+                    context.memory_mb,
+                    context.num_cpu,
+                    now
                 ],
             )?;
-        }
-        tx.commit()?;
-        Ok((id, existing.is_some()))
+            let known = query_disks(&tx, &id)?;
+            let mut next = known.iter().map(|d| d.disk_id + 1).max().unwrap_or(0);
+            tx.execute("DELETE FROM vm_disks WHERE context_id = ?1", [&id])?;
+            for (position, disk) in disks.iter().enumerate() {
+                let disk_id = match known
+                    .iter()
+                    .find(|k| k.vmware_disk_key == disk.vmware_disk_key)
+                {
+                    Some(k) => k.disk_id,
+                    None if existing.is_none() => position as u32,
+                    None => {
+                        next += 1;
+                        next - 1
+                    }
+                };
+                tx.execute(
+                    "INSERT INTO vm_disks (context_id, disk_id, position, vmware_disk_key, label, vmdk_path, \
+                     datastore, capacity_bytes, provisioning_type, unit_number) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    params![
+                        id,
+                        disk_id,
+                        position as i64,
+                        disk.vmware_disk_key,
+                        disk.label,
+                        disk.vmdk_path,
+                        disk.datastore,
+                        disk.capacity_bytes as i64,
+                        disk.provisioning_type,
+                        disk.unit_number
+                    ],
+                )?;
+            }
+            tx.commit()?;
+            Ok((id, existing.is_some()))
+        })())
     }
 
     /// Returns whether a context was removed (its disks go with it; backups keep theirs).
     pub fn delete_vm_context(&self, vm_name: &str) -> Result<bool> {
-        let conn = self.conn.lock();
-        Ok(conn.execute("DELETE FROM vm_contexts WHERE vm_name = ?1", [vm_name])? > 0)
+        self.written((|| {
+            let conn = self.conn.lock();
+            Ok(conn.execute("DELETE FROM vm_contexts WHERE vm_name = ?1", [vm_name])? > 0)
+        })())
     }
 
     /// VM names whose context uses this credential.

@@ -221,6 +221,15 @@ fn query_backups(
 }
 
 impl Catalog {
+    /// The result of a write made without [`Writer`] (the inventory's transactions), with a full
+    /// filesystem named as [`Writer`] names it.
+    fn written<T>(&self, result: Result<T>) -> Result<T> {
+        result.map_err(|err| match err {
+            Error::Catalog(e) => at_path(&self.path)(e),
+            other => other,
+        })
+    }
+
     fn writer(&self) -> Writer<'_> {
         Writer {
             conn: self.conn.lock(),
