@@ -113,17 +113,6 @@ impl Hub {
         Err(Error::Upstream(refusal))
     }
 
-    /// `vmware_disk_key:nbd://host:port/export,...` in the order of the backup's disks: the
-    /// client's `--nbd-targets`, matched by VMware key.
-    pub fn nbd_targets(&self, backup: &Backup) -> String {
-        backup
-            .disks
-            .iter()
-            .map(|d| format!("{}:{}", d.vmware_disk_key, self.nbd_uri(&d.export_name)))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
     /// The SNA refuses an incremental without a previous change id; the client then asks per
     /// disk (`GET /api/v1/backups/changeid`), so this is the first disk's.
     fn first_disk_parent_change_id(&self, backup: &Backup) -> Result<String> {

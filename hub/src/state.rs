@@ -283,6 +283,17 @@ impl Hub {
         format!("{scheme}://{host}:{}/{export}", self.nbd_port)
     }
 
+    /// `vmware_disk_key:nbd://host:port/export,...` in the order of the backup's disks: the
+    /// client's `--nbd-targets`, matched by VMware key.
+    pub fn nbd_targets(&self, backup: &crate::catalog::Backup) -> String {
+        backup
+            .disks
+            .iter()
+            .map(|d| format!("{}:{}", d.vmware_disk_key, self.nbd_uri(&d.export_name)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// Live figures of an export of an active backup, or the last ones seen.
     pub(crate) fn disk_stats(&self, backup_id: &str, disk_id: u32) -> Option<ExportStats> {
         let active = self.active.lock().get(backup_id).cloned()?;

@@ -299,12 +299,7 @@ impl Hub {
             created_at: fmt_time(b.created_at),
             started_at: b.started_at.map(fmt_time),
             completed_at: b.completed_at.map(fmt_time),
-            nbd_targets_string: b
-                .disks
-                .iter()
-                .map(|d| format!("{}:{}", d.vmware_disk_key, self.nbd_uri(&d.export_name)))
-                .collect::<Vec<_>>()
-                .join(","),
+            nbd_targets_string: self.nbd_targets(b),
             bytes_transferred: reported.or(live.bytes_transferred).unwrap_or(bytes_written),
             bytes_written,
             total_bytes,
