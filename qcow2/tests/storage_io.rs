@@ -54,6 +54,26 @@ fn auto_is_buffered_on_tmpfs_and_direct_on_disk() {
     assert!(open(&p, StorageIo::Direct, false).io_alignment() > 1);
 }
 
+/// Direct I/O asks for buffers aligned to the filesystem's block, not only to what `O_DIRECT`
+/// accepts (often 512 B): ext4 runs a write from a buffer below block alignment under its inode
+/// lock held exclusive, one at a time, and io_uring hands every such write to a kernel worker.
+#[test]
+fn direct_buffers_are_aligned_to_the_filesystem_block() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(dir) = scratch_dir(StorageIo::Direct) else {
+        return;
+    };
+    let p = dir.path().join("a.qcow2");
+    make(&p, 1 << 20);
+    let block = std::fs::metadata(&p).unwrap().blksize() as usize;
+    let align = open(&p, StorageIo::Direct, true).io_alignment();
+    assert!(
+        block.is_power_of_two() && block <= 64 << 10,
+        "st_blksize {block}"
+    );
+    assert!(align >= block, "alignment {align} below the block {block}");
+}
+
 /// Preallocation ahead of the frontier is given back at close: the file ends at the last
 /// allocated cluster and `qemu-img info` counts about the data written.
 #[test]
