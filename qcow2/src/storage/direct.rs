@@ -78,8 +78,7 @@ impl DioAlign {
         // flight on the file, and never inline from io_uring (it punts it to a kernel worker). With
         // 512-byte aligned payload buffers on ext4 every WRITE took that path: one write at a
         // time, 8198 of 8198 punted (issue 11). So we align to the block as well.
-        let block = u32::try_from(stx.stx_blksize)
-            .ok()
+        let block = Some(stx.stx_blksize)
             .filter(|b| b.is_power_of_two() && *b <= MAX_BLOCK_ALIGN)
             .unwrap_or(FALLBACK_ALIGN);
         Ok(Self {
