@@ -21,6 +21,8 @@ pub const INCOMPAT_DATA_FILE: u64 = 1 << 2;
 pub const INCOMPAT_COMPRESSION: u64 = 1 << 3;
 pub const INCOMPAT_EXTL2: u64 = 1 << 4;
 pub const INCOMPAT_KNOWN: u64 = 0x1f;
+/// Autoclear bit 0: the bitmaps extension is consistent with the image.
+pub const AUTOCLEAR_BITMAPS: u64 = 1 << 0;
 
 /// Byte offsets of the header fields (qcow2 spec, "Header"): version 2 ends at 72, version 3's
 /// fixed part at 104.
