@@ -93,6 +93,14 @@ pub fn preallocate(file: &std::fs::File, len: u64) -> io::Result<()> {
     }
 }
 
+/// Writes back dirty pages and drops the clean ones from the page cache, so the next read of any
+/// file comes from the disk. Needs root (`PermissionDenied` otherwise).
+pub fn drop_caches() -> io::Result<()> {
+    // SAFETY: sync(2) takes no arguments and touches no memory of ours.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3")
+}
+
 /// CPU time (user + system) used so far by this process, all threads.
 pub fn self_cpu() -> Duration {
     // SAFETY: rusage is plain old data; all-zero bytes are a valid value.

@@ -69,6 +69,10 @@ struct Args {
     /// nbdcopy would skip.
     #[arg(long)]
     read: bool,
+    /// With `--read` and `--dir`: write back and drop the page cache before every read run, so
+    /// reads come from the disk as a restore of an old backup does (root only).
+    #[arg(long)]
+    drop_caches: bool,
     /// Also write the report (Markdown) to this file.
     #[arg(long)]
     output: Option<PathBuf>,
@@ -532,6 +536,10 @@ fn one_run(
 ) -> Result<Measurement> {
     let reads = client == Client::NbdcopyRead;
     let server = start_server(kind, tools, args.size, work, reads.then_some(read_image))?;
+    if reads && args.drop_caches {
+        // After the server opened the image, so its first reads come from the disk too.
+        sys::drop_caches().context("dropping the page cache")?;
+    }
     let copied = run_client(
         client,
         tools,
@@ -778,6 +786,17 @@ fn main() -> Result<()> {
     if args.read {
         clients.push(Client::NbdcopyRead);
     }
+    if args.drop_caches {
+        if !args.read || args.dir.is_none() {
+            bail!("--drop-caches needs --read and --dir (tmpfs pages are not dropped)");
+        }
+        sys::drop_caches().map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => {
+                anyhow!("--drop-caches needs root (writing /proc/sys/vm/drop_caches: {e})")
+            }
+            _ => anyhow!("--drop-caches: writing /proc/sys/vm/drop_caches: {e}"),
+        })?;
+    }
     let base = args.dir.clone().unwrap_or_else(|| {
         let shm = PathBuf::from("/dev/shm");
         if shm.is_dir() {
@@ -922,11 +941,16 @@ fn main() -> Result<()> {
     }
 
     let report = format!(
-        "{}- load average (1/5/15 min) at start: {load_start}; at end: {}\n- {} per run, {} run(s) per row, servers in alternation; ratios are medians of per-round ratios; nbdcopy `-C N --flush` (reads: `-C N URI null:`); rust client {} in flight per connection\n\n{}",
+        "{}- load average (1/5/15 min) at start: {load_start}; at end: {}\n- {} per run, {} run(s) per row, servers in alternation; ratios are medians of per-round ratios; nbdcopy `-C N --flush` (reads: `-C N URI null:`{}); rust client {} in flight per connection\n\n{}",
         machine_summary(work.path(), &tools),
         load_average(),
         format_size(args.size),
         args.runs,
+        if args.drop_caches {
+            ", page cache dropped before each"
+        } else {
+            ""
+        },
         args.rust_in_flight,
         render(
             &rows,

@@ -244,7 +244,7 @@ impl Export for ImageExport {
 
     async fn read(&self, offset: u64, len: u32) -> Result<Bytes, ExportError> {
         self.blocking(move |image| {
-            let mut buf = readbuf::take(len as usize);
+            let mut buf = readbuf::take(len as usize, image.io_alignment());
             image.read_at(offset, &mut buf)?;
             Ok(readbuf::reply(buf))
         })

@@ -6,7 +6,13 @@
 //! image with nbdcopy). A buffer here goes back to the pool when the last `Bytes` of the reply is
 //! dropped, after the connection wrote it, and keeps its initialised length, so reads of one size
 //! neither fault nor zero once warm.
+//!
+//! The reply starts at the export's I/O alignment, so a direct-I/O image reads into it without a
+//! bounce copy. Hub has no unsafe code, so a buffer is over-allocated by the alignment and the
+//! reply starts at its first aligned byte; the allocation never moves while pooled, so that offset
+//! stays valid for every later read with the same alignment.
 
+use std::ops::{Deref, DerefMut};
 use std::sync::LazyLock;
 
 use bytes::Bytes;
@@ -21,37 +27,72 @@ const MIN_KEPT: usize = 64 << 10;
 
 static POOL: LazyLock<Mutex<Vec<Vec<u8>>>> = LazyLock::new(|| Mutex::new(Vec::new()));
 
-/// A buffer of exactly `len` initialised bytes (contents unspecified: the caller overwrites them).
-pub(crate) fn take(len: usize) -> Vec<u8> {
+/// A READ reply's buffer: `len` initialised bytes starting at an aligned address inside `vec`.
+pub(crate) struct ReadBuf {
+    vec: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Deref for ReadBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.vec[self.start..self.start + self.len]
+    }
+}
+
+impl DerefMut for ReadBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.vec[self.start..self.start + self.len]
+    }
+}
+
+/// Bytes to skip at the front of `vec` so what follows starts at a multiple of `align`.
+fn pad(vec: &[u8], align: usize) -> usize {
+    if align <= 1 {
+        0
+    } else {
+        vec.as_ptr().align_offset(align)
+    }
+}
+
+/// A buffer of exactly `len` initialised bytes whose first byte is at an address aligned to
+/// `align` (a power of two; 1 for none). Contents unspecified: the caller overwrites them.
+pub(crate) fn take(len: usize, align: usize) -> ReadBuf {
+    let align = align.max(1);
     let reused = if len >= MIN_KEPT {
         let mut pool = POOL.lock();
         // The smallest that fits, so large buffers stay for large reads.
         let best = pool
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.capacity() >= len)
+            .filter(|(_, b)| b.capacity() >= pad(b, align) + len)
             .min_by_key(|(_, b)| b.capacity())
             .map(|(i, _)| i);
         best.map(|i| pool.swap_remove(i))
     } else {
         None
     };
-    let mut buf = reused.unwrap_or_default();
+    let mut vec = reused.unwrap_or_else(|| Vec::with_capacity(len + align - 1));
+    let start = pad(&vec, align);
     // Only bytes never initialised before are zeroed (all of a new buffer, none of a reused one
-    // that served a read at least this long).
-    buf.resize(len, 0);
-    buf
+    // that served a read at least this long); a shorter read keeps the longer initialised length.
+    if vec.len() < start + len {
+        vec.resize(start + len, 0);
+    }
+    ReadBuf { vec, start, len }
 }
 
 /// Freezes `buf` into the reply's bytes; the buffer returns to the pool when they are dropped.
-pub(crate) fn reply(buf: Vec<u8>) -> Bytes {
-    if buf.capacity() < MIN_KEPT {
-        return Bytes::from(buf);
+pub(crate) fn reply(buf: ReadBuf) -> Bytes {
+    let range = buf.start..buf.start + buf.len;
+    if buf.vec.capacity() < MIN_KEPT {
+        return Bytes::from(buf.vec).slice(range);
     }
     Bytes::from_owner(Pooled(buf))
 }
 
-struct Pooled(Vec<u8>);
+struct Pooled(ReadBuf);
 
 impl AsRef<[u8]> for Pooled {
     fn as_ref(&self) -> &[u8] {
@@ -61,7 +102,7 @@ impl AsRef<[u8]> for Pooled {
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        let buf = std::mem::take(&mut self.0);
+        let buf = std::mem::take(&mut self.0.vec);
         let mut pool = POOL.lock();
         let idle: usize = pool.iter().map(Vec::capacity).sum();
         if idle + buf.capacity() <= MAX_IDLE_BYTES {
@@ -78,7 +119,7 @@ mod tests {
     fn a_dropped_reply_gives_its_buffer_to_the_next_read() {
         // Other tests may use the pool at the same time: only ask for a size nobody else does.
         let len = (256 << 10) + 4096 * 7;
-        let mut buf = take(len);
+        let mut buf = take(len, 1);
         assert_eq!(buf.len(), len);
         buf.fill(0xab);
         let ptr = buf.as_ptr();
@@ -87,7 +128,7 @@ mod tests {
         drop(bytes);
         assert_eq!(clone[len - 1], 0xab, "still referenced: not reused yet");
         drop(clone);
-        let again = take(len - 4096);
+        let again = take(len - 4096, 1);
         assert_eq!(again.as_ptr(), ptr);
         assert_eq!(again.len(), len - 4096);
         reply(again);
@@ -95,7 +136,34 @@ mod tests {
 
     #[test]
     fn small_buffers_are_not_kept() {
-        let b = reply(take(4096));
+        let b = reply(take(4096, 1));
         assert_eq!(b.len(), 4096);
+    }
+
+    #[test]
+    fn replies_start_at_the_alignment_asked_for_and_warm_buffers_stay_aligned() {
+        for (len, align) in [(4096, 4096), (512, 512), ((256 << 10) + 4096 * 5, 4096)] {
+            let mut buf = take(len, align);
+            assert_eq!(buf.len(), len);
+            assert_eq!(buf.as_ptr() as usize % align, 0, "{len} bytes at {align}");
+            buf.fill(0xcd);
+            let ptr = buf.as_ptr();
+            let bytes = reply(buf);
+            assert_eq!(bytes.as_ptr(), ptr, "the reply starts at the aligned byte");
+            assert_eq!(bytes.len(), len);
+            assert!(bytes.iter().all(|&b| b == 0xcd));
+            drop(bytes);
+            let again = take(len, align);
+            assert_eq!(again.as_ptr() as usize % align, 0);
+            if len >= MIN_KEPT {
+                assert_eq!(
+                    again.as_ptr(),
+                    ptr,
+                    "a warm buffer is reused at the same start"
+                );
+                assert_eq!(again[len - 1], 0xcd, "and not zeroed again");
+            }
+            reply(again);
+        }
     }
 }

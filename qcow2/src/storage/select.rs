@@ -54,7 +54,8 @@ impl FromStr for StorageIo {
 ///
 /// `Auto` stays buffered on tmpfs, where the page cache *is* the storage and `O_DIRECT` would only
 /// add copies, and for read-only opens: restores read sequentially and gain from the kernel's
-/// readahead, and direct reads have not been measured to be faster. Everywhere else it goes
+/// readahead; on ext4 cold direct reads measured no faster and warm ones 1.6× slower
+/// (`benches/RESULTS.md`, "Restores on ext4, buffered against direct"). Everywhere else it goes
 /// direct, because buffered writes to a real disk are held to a fraction of its speed by the page
 /// cache. Where the filesystem refuses `O_DIRECT` (EINVAL) or io_uring is unavailable, `Auto`
 /// stays buffered and says so in the log; `Direct` fails.
