@@ -15,11 +15,13 @@
 //! are installed in the cache, the old clusters queued for release, the in-flight marks cleared.
 //! Dirty tables reach the file at `flush`, when too many are dirty, or when the cache must evict.
 //!
-//! Modules: `format` (pure on-disk types), `storage` (positional I/O backends), `meta` (caches,
-//! allocator, ordered write-back), `image` (the request paths), `chain` (backing layers),
-//! `compress` (deflate/zstd clusters), `check` (the checker, one method per phase), `fuzzing` (the
-//! fuzz target's entry point).
+//! Modules: `format` (pure on-disk types), `storage` (positional I/O backends), `cache` (the
+//! table cache of L2 tables and refblocks), `meta` (L1, refcounts, allocator, ordered
+//! write-back), `image` (the request paths), `chain` (backing layers), `compress` (deflate/zstd
+//! clusters), `check` (the checker, one method per phase), `fuzzing` (the fuzz target's entry
+//! point).
 
+mod cache;
 mod chain;
 pub mod check;
 mod compress;

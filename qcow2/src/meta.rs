@@ -10,44 +10,14 @@
 //!   entries, syncs, writes L2 tables, syncs, writes L1 entries, syncs.
 //! - Freed clusters are never reused while the image is open (allocation only bumps `frontier`).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::cache::TableCache;
 use crate::error::{Error, Result};
 use crate::format::{self, MAX_REFTABLE_BYTES};
 use crate::storage::Storage;
-
-/// Table indexes are small dense integers chosen by the image, not by a network peer; a
-/// multiplicative hash is enough and much cheaper than SipHash on the read path.
-#[derive(Default, Clone, Copy)]
-pub struct IndexHash;
-
-impl std::hash::BuildHasher for IndexHash {
-    type Hasher = IndexHasher;
-    fn build_hasher(&self) -> IndexHasher {
-        IndexHasher(0)
-    }
-}
-
-pub struct IndexHasher(u64);
-
-impl std::hash::Hasher for IndexHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-    fn write_u64(&mut self, x: u64) {
-        self.0 = (self.0 ^ x).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-    fn write_usize(&mut self, x: usize) {
-        self.write_u64(x as u64);
-    }
-}
 
 /// Fixed facts about an image, derived from its header.
 #[derive(Debug, Clone, Copy)]
@@ -88,18 +58,6 @@ impl Geometry {
     }
 }
 
-struct L2Slot {
-    words: Box<[u64]>,
-    dirty: bool,
-    last_use: u64,
-}
-
-struct RbSlot {
-    data: Box<[u8]>,
-    dirty: bool,
-    last_use: u64,
-}
-
 pub struct Meta {
     pub geo: Geometry,
     st: Arc<dyn Storage>,
@@ -109,16 +67,13 @@ pub struct Meta {
     l1_offset: u64,
     /// Dirty 512-byte sectors of the L1 table.
     l1_dirty: BTreeSet<u64>,
-    l2: HashMap<usize, L2Slot, IndexHash>,
-    l2_cap: usize,
-    l2_dirty: usize,
-    tick: u64,
+    /// L2 tables by L1 index, as big-endian-decoded words.
+    l2: TableCache<Box<[u64]>>,
     reftable: Vec<u64>,
     reftable_offset: u64,
     reftable_dirty: BTreeSet<u64>,
-    rb: HashMap<u64, RbSlot, IndexHash>,
-    rb_cap: usize,
-    rb_dirty: usize,
+    /// Refblocks by refcount-table index, as on disk.
+    rb: TableCache<Box<[u8]>>,
     /// First cluster never handed out; everything from here on is free.
     pub frontier: u64,
     /// The file is reserved (fallocated) up to here.
@@ -195,16 +150,11 @@ impl Meta {
             l1,
             l1_offset: h.l1_table_offset,
             l1_dirty: BTreeSet::new(),
-            l2: HashMap::default(),
-            l2_cap,
-            l2_dirty: 0,
-            tick: 0,
+            l2: TableCache::new(l2_cap),
             reftable,
             reftable_offset: h.refcount_table_offset,
             reftable_dirty: BTreeSet::new(),
-            rb: HashMap::default(),
-            rb_cap,
-            rb_dirty: 0,
+            rb: TableCache::new(rb_cap),
             frontier: 0,
             prealloc_end: file_len,
             reserving: None,
@@ -258,7 +208,7 @@ impl Meta {
             return Ok(None);
         }
         let order = self.geo.refcount_order;
-        let data = &self.rb[&rbi].data;
+        let data = self.rb.peek(rbi).expect("loaded above");
         // Whole bytes first: entries of 8+ bits are byte-aligned; smaller ones share bytes.
         let Some(last_byte) = data.iter().rposition(|&b| b != 0) else {
             return Ok(None);
@@ -300,9 +250,7 @@ impl Meta {
 
     /// Loads the L2 table of L1 index `idx` into the cache. Returns false if there is none.
     fn load_l2(&mut self, idx: usize) -> Result<bool> {
-        self.tick += 1;
-        if let Some(slot) = self.l2.get_mut(&idx) {
-            slot.last_use = self.tick;
+        if self.l2.get(idx as u64).is_some() {
             return Ok(true);
         }
         let Some(off) = self.l2_offset(idx)? else {
@@ -328,33 +276,19 @@ impl Meta {
             .chunks_exact(8)
             .map(|c| u64::from_be_bytes(c.try_into().expect("8")))
             .collect();
-        self.l2.insert(
-            idx,
-            L2Slot {
-                words,
-                dirty: false,
-                last_use: self.tick,
-            },
-        );
+        self.l2.insert(idx as u64, words, false);
         Ok(true)
     }
 
+    /// A full cache of dirty tables is written back (in the safe order) before one is evicted.
     fn make_room_l2(&mut self) -> Result<()> {
-        if self.l2.len() < self.l2_cap {
+        if !self.l2.is_full() {
             return Ok(());
         }
-        if self.l2_dirty == self.l2.len() {
+        if self.l2.all_dirty() {
             self.writeback()?;
         }
-        let victim = self
-            .l2
-            .iter()
-            .filter(|(_, s)| !s.dirty)
-            .min_by_key(|(_, s)| s.last_use)
-            .map(|(k, _)| *k);
-        if let Some(k) = victim {
-            self.l2.remove(&k);
-        }
+        self.l2.evict_clean();
         Ok(())
     }
 
@@ -365,24 +299,14 @@ impl Meta {
         let w = self.geo.l2_words;
         let i = self.geo.l2_index(guest_cluster) * w;
         // Hot path (the table is cached): one lookup.
-        self.tick += 1;
-        if let Some(slot) = self.l2.get_mut(&idx) {
-            slot.last_use = self.tick;
-            return Ok(Some((
-                slot.words[i],
-                if w == 2 { slot.words[i + 1] } else { 0 },
-            )));
+        if let Some(words) = self.l2.get(idx as u64) {
+            return Ok(Some((words[i], if w == 2 { words[i + 1] } else { 0 })));
         }
         if !self.load_l2(idx)? {
             return Ok(None);
         }
-        let w = self.geo.l2_words;
-        let i = self.geo.l2_index(guest_cluster) * w;
-        let slot = &self.l2[&idx];
-        Ok(Some((
-            slot.words[i],
-            if w == 2 { slot.words[i + 1] } else { 0 },
-        )))
+        let words = self.l2.peek(idx as u64).expect("loaded above");
+        Ok(Some((words[i], if w == 2 { words[i + 1] } else { 0 })))
     }
 
     /// Makes sure an L2 table exists for `guest_cluster` (allocating a zeroed one).
@@ -399,17 +323,8 @@ impl Meta {
         let host = self.alloc(1)?;
         self.make_room_l2()?;
         let n = self.geo.l2_entries as usize * self.geo.l2_words;
-        let words = vec![0u64; n].into_boxed_slice();
-        self.tick += 1;
-        self.l2.insert(
-            idx,
-            L2Slot {
-                words,
-                dirty: true,
-                last_use: self.tick,
-            },
-        );
-        self.l2_dirty += 1;
+        self.l2
+            .insert(idx as u64, vec![0u64; n].into_boxed_slice(), true);
         self.l1[idx] = host | format::COPIED;
         self.l1_dirty.insert(idx as u64 * 8 / 512);
         Ok(())
@@ -420,15 +335,11 @@ impl Meta {
     pub fn set_l2(&mut self, guest_cluster: u64, raw: u64) {
         let idx = self.geo.l1_index(guest_cluster);
         let i = self.geo.l2_index(guest_cluster) * self.geo.l2_words;
-        let slot = self
+        let words = self
             .l2
-            .get_mut(&idx)
+            .get_dirty(idx as u64)
             .expect("L2 table loaded by the caller");
-        slot.words[i] = raw;
-        if !slot.dirty {
-            slot.dirty = true;
-            self.l2_dirty += 1;
-        }
+        words[i] = raw;
     }
 
     /// Queues the clusters an old entry held, to be released after the next L2/L1 write-back.
@@ -451,9 +362,7 @@ impl Meta {
     // ---- refcounts ----
 
     fn load_rb(&mut self, rbi: u64) -> Result<bool> {
-        self.tick += 1;
-        if let Some(slot) = self.rb.get_mut(&rbi) {
-            slot.last_use = self.tick;
+        if self.rb.get(rbi).is_some() {
             return Ok(true);
         }
         let Some(&raw) = self.reftable.get(rbi as usize) else {
@@ -474,33 +383,20 @@ impl Meta {
         self.st
             .read_at(&mut data, off)
             .map_err(|e| Error::io(e, format!("reading refcount block at {off}")))?;
-        self.rb.insert(
-            rbi,
-            RbSlot {
-                data,
-                dirty: false,
-                last_use: self.tick,
-            },
-        );
+        self.rb.insert(rbi, data, false);
         Ok(true)
     }
 
+    /// Refblocks may be written at any time (they never count less than the references), so a
+    /// full cache of dirty ones is written out alone before one is evicted.
     fn make_room_rb(&mut self) -> Result<()> {
-        if self.rb.len() < self.rb_cap {
+        if !self.rb.is_full() {
             return Ok(());
         }
-        if self.rb_dirty == self.rb.len() {
+        if self.rb.all_dirty() {
             self.write_refblocks()?;
         }
-        let victim = self
-            .rb
-            .iter()
-            .filter(|(_, s)| !s.dirty)
-            .min_by_key(|(_, s)| s.last_use)
-            .map(|(k, _)| *k);
-        if let Some(k) = victim {
-            self.rb.remove(&k);
-        }
+        self.rb.evict_clean();
         Ok(())
     }
 
@@ -510,11 +406,8 @@ impl Meta {
             return Ok(0);
         }
         let i = (cluster % self.geo.rb_entries) as usize;
-        Ok(format::refcount_get(
-            &self.rb[&rbi].data,
-            self.geo.refcount_order,
-            i,
-        ))
+        let data = self.rb.peek(rbi).expect("loaded above");
+        Ok(format::refcount_get(data, self.geo.refcount_order, i))
     }
 
     fn set_refcount(&mut self, cluster: u64, val: u64) -> Result<()> {
@@ -526,12 +419,8 @@ impl Meta {
         }
         let i = (cluster % self.geo.rb_entries) as usize;
         let order = self.geo.refcount_order;
-        let slot = self.rb.get_mut(&rbi).expect("loaded");
-        format::refcount_set(&mut slot.data, order, i, val);
-        if !slot.dirty {
-            slot.dirty = true;
-            self.rb_dirty += 1;
-        }
+        let data = self.rb.get_dirty(rbi).expect("loaded above");
+        format::refcount_set(data, order, i, val);
         Ok(())
     }
 
@@ -565,17 +454,8 @@ impl Meta {
         let c = self.frontier;
         let cs = self.geo.cluster_size;
         self.make_room_rb()?;
-        self.tick += 1;
-        let data = vec![0u8; cs as usize].into_boxed_slice();
-        self.rb.insert(
-            rbi,
-            RbSlot {
-                data,
-                dirty: true,
-                last_use: self.tick,
-            },
-        );
-        self.rb_dirty += 1;
+        self.rb
+            .insert(rbi, vec![0u8; cs as usize].into_boxed_slice(), true);
         self.reftable[rbi as usize] = c * cs;
         self.reftable_dirty.insert(rbi * 8 / 512);
         self.set_refcount(c, 1)?;
@@ -737,23 +617,15 @@ impl Meta {
     }
 
     fn write_refblocks(&mut self) -> Result<bool> {
-        if self.rb_dirty == 0 {
+        if self.rb.dirty_count() == 0 {
             return Ok(false);
         }
-        let mut dirty: Vec<u64> = self
-            .rb
-            .iter()
-            .filter(|(_, s)| s.dirty)
-            .map(|(k, _)| *k)
-            .collect();
-        dirty.sort_unstable();
-        for rbi in dirty {
+        for rbi in self.rb.dirty_keys() {
             let off = self.reftable[rbi as usize] & format::REFT_OFFSET_MASK;
-            let slot = &self.rb[&rbi];
-            self.write(&slot.data, off, "refcount block")?;
-            self.rb.get_mut(&rbi).expect("present").dirty = false;
+            let data = self.rb.peek(rbi).expect("dirty tables are cached");
+            self.write(data, off, "refcount block")?;
+            self.rb.mark_clean(rbi);
         }
-        self.rb_dirty = 0;
         Ok(true)
     }
 
@@ -793,24 +665,17 @@ impl Meta {
             )?;
             self.sync()?;
         }
-        if self.l2_dirty > 0 {
-            let mut dirty: Vec<usize> = self
-                .l2
-                .iter()
-                .filter(|(_, s)| s.dirty)
-                .map(|(k, _)| *k)
-                .collect();
-            dirty.sort_unstable();
+        if self.l2.dirty_count() > 0 {
             let mut buf = vec![0u8; self.geo.cluster_size as usize];
-            for idx in dirty {
-                let off = self.l1[idx] & format::OFFSET_MASK;
-                for (i, w) in self.l2[&idx].words.iter().enumerate() {
+            for idx in self.l2.dirty_keys() {
+                let off = self.l1[idx as usize] & format::OFFSET_MASK;
+                let words = self.l2.peek(idx).expect("dirty tables are cached");
+                for (i, w) in words.iter().enumerate() {
                     buf[i * 8..i * 8 + 8].copy_from_slice(&w.to_be_bytes());
                 }
                 self.write(&buf, off, "L2 table")?;
-                self.l2.get_mut(&idx).expect("present").dirty = false;
+                self.l2.mark_clean(idx);
             }
-            self.l2_dirty = 0;
             self.sync()?;
         }
         if !self.l1_dirty.is_empty() {
@@ -835,11 +700,11 @@ impl Meta {
 
     /// Writes back when too much metadata is dirty.
     pub fn maybe_writeback(&mut self) -> Result<()> {
-        if self.l2_dirty > MAX_DIRTY_L2.min(self.l2_cap / 2)
+        if self.l2.dirty_count() > MAX_DIRTY_L2.min(self.l2.cap() / 2)
             || self.pending_free.len() > MAX_PENDING_FREE
         {
             self.writeback()?;
-        } else if self.rb_dirty > MAX_DIRTY_RB {
+        } else if self.rb.dirty_count() > MAX_DIRTY_RB {
             // Refblocks never count less than the references, so they may go out alone, unsynced.
             self.check_failed()?;
             self.write_refblocks()?;
@@ -848,8 +713,8 @@ impl Meta {
     }
 
     pub fn has_pending(&self) -> bool {
-        self.rb_dirty > 0
-            || self.l2_dirty > 0
+        self.rb.dirty_count() > 0
+            || self.l2.dirty_count() > 0
             || !self.l1_dirty.is_empty()
             || !self.reftable_dirty.is_empty()
             || !self.pending_free.is_empty()
