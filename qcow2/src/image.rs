@@ -29,6 +29,27 @@ pub struct Image {
     closed: AtomicBool,
 }
 
+/// What one run of a write does, decided under the metadata lock and carried out outside it.
+enum WritePlan {
+    /// Clusters this layer owns, contiguous on the host: `len` bytes written in place at `host`.
+    InPlace { host: u64, len: usize },
+    /// Whole clusters of zeros over clusters this layer does not own, guest clusters
+    /// `[first, end)`: stored as zero clusters, no data allocated.
+    Zeros { first: u64, end: u64 },
+    /// Clusters that need fresh host clusters (allocated, and marked in flight).
+    Fresh(FreshRun),
+}
+
+/// `n` guest clusters from `first`, given the fresh host clusters from `host`; the entries they
+/// had at either end, for copy-on-write of a partial first or last cluster.
+struct FreshRun {
+    first: u64,
+    n: u64,
+    host: u64,
+    head_old: L2Entry,
+    tail_old: L2Entry,
+}
+
 /// Where the bytes of one guest range come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Map {
@@ -536,9 +557,33 @@ impl Image {
         Ok(())
     }
 
-    /// Writes the longest prefix of `buf` that is either one in-place run of owned clusters or
-    /// one run of clusters needing fresh allocation. Returns the bytes written.
+    /// Writes the longest prefix of `buf` that is either one in-place run of owned clusters, one
+    /// run of whole zero clusters, or one run of clusters needing fresh allocation: planned under
+    /// the metadata lock, carried out with the lock dropped. Returns the bytes written.
     fn write_run(&self, pos: u64, buf: &[u8]) -> Result<usize> {
+        let end = pos + buf.len() as u64;
+        let bits = self.geo.cluster_bits;
+        match self.plan_write(pos, buf)? {
+            WritePlan::InPlace { host, len } => {
+                self.st
+                    .write_at(&buf[..len], host)
+                    .map_err(|err| Error::io(err, format!("writing data at {host}")))?;
+                Ok(len)
+            }
+            WritePlan::Zeros { first, end: zend } => {
+                self.zero_span(first, zend, false)?;
+                Ok(((zend << bits).min(end) - pos) as usize)
+            }
+            WritePlan::Fresh(run) => {
+                let res = self.write_fresh(pos, buf, &run);
+                self.install_fresh(&run, res)
+            }
+        }
+    }
+
+    /// Decides, under the metadata lock, what the run starting at `pos` is (see [`WritePlan`]).
+    /// For a fresh run this allocates its host clusters and marks its guest clusters in flight.
+    fn plan_write(&self, pos: u64, buf: &[u8]) -> Result<WritePlan> {
         let bits = self.geo.cluster_bits;
         let cs = self.geo.cluster_size;
         let end = pos + buf.len() as u64;
@@ -551,13 +596,13 @@ impl Image {
             zero_run += 1;
         }
         let mut m = self.meta.lock();
-        let e = loop {
+        let head_old = loop {
             if self.wait_inflight(&mut m, first) {
                 continue;
             }
             break self.entry(&mut m, first)?;
         };
-        if let L2Entry::Normal { host, copied: true } = e {
+        if let L2Entry::Normal { host, copied: true } = head_old {
             let mut next = first + 1;
             let mut next_host = host + cs;
             while next <= last && !m.inflight.contains(&next) {
@@ -577,13 +622,10 @@ impl Image {
                     "guest offset {pos}: data cluster {host} not refcounted"
                 )));
             }
-            drop(m);
-            let len = ((next << bits).min(end) - pos) as usize;
-            let at = host + (pos & (cs - 1));
-            self.st
-                .write_at(&buf[..len], at)
-                .map_err(|err| Error::io(err, format!("writing data at {at}")))?;
-            return Ok(len);
+            return Ok(WritePlan::InPlace {
+                host: host + (pos & (cs - 1)),
+                len: ((next << bits).min(end) - pos) as usize,
+            });
         }
         if zero_run > 0 {
             // Zeros over clusters we do not own: store them as zero clusters (exactly what
@@ -595,9 +637,10 @@ impl Image {
                     _ => k += 1,
                 }
             }
-            drop(m);
-            self.zero_span(first, first + k, false)?;
-            return Ok((((first + k) << bits).min(end) - pos) as usize);
+            return Ok(WritePlan::Zeros {
+                first,
+                end: first + k,
+            });
         }
         // A run of clusters that need fresh host clusters; it stops before a whole zero cluster,
         // which the next call stores as zero.
@@ -622,15 +665,26 @@ impl Image {
             m.inflight.insert(c);
         }
         m.reserve_ahead();
-        drop(m);
-        let res = self.write_fresh(pos, buf, first, n, host, e, tail_old);
+        Ok(WritePlan::Fresh(FreshRun {
+            first,
+            n,
+            host,
+            head_old,
+            tail_old,
+        }))
+    }
+
+    /// After a fresh run's data went out (`written`): its L2 entries installed, the clusters they
+    /// replaced queued for release, its in-flight marks cleared whatever happened.
+    fn install_fresh(&self, run: &FreshRun, written: Result<usize>) -> Result<usize> {
+        let cs = self.geo.cluster_size;
         let mut m = self.meta.lock();
-        let mut out = res;
+        let mut out = written;
         if out.is_ok() {
-            for i in 0..n {
-                let c = first + i;
+            for i in 0..run.n {
+                let c = run.first + i;
                 let installed = self.entry(&mut m, c).map(|old| {
-                    m.set_l2(c, L2Entry::normal(host + i * cs));
+                    m.set_l2(c, L2Entry::normal(run.host + i * cs));
                     m.release(old);
                 });
                 if let Err(err) = installed {
@@ -639,7 +693,7 @@ impl Image {
                 }
             }
         }
-        for c in first..first + n {
+        for c in run.first..run.first + run.n {
             m.inflight.remove(&c);
         }
         self.done.notify_all();
@@ -659,17 +713,16 @@ impl Image {
         is_zero(&buf[(start - pos) as usize..(end - pos) as usize])
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn write_fresh(
-        &self,
-        pos: u64,
-        buf: &[u8],
-        first: u64,
-        n: u64,
-        host: u64,
-        head_old: L2Entry,
-        tail_old: L2Entry,
-    ) -> Result<usize> {
+    /// Writes a fresh run's data: the caller's bytes, completed from the chain into one bounce
+    /// buffer where the run starts or ends inside a cluster (copy-on-write in the same write).
+    fn write_fresh(&self, pos: u64, buf: &[u8], run: &FreshRun) -> Result<usize> {
+        let &FreshRun {
+            first,
+            n,
+            host,
+            head_old,
+            tail_old,
+        } = run;
         let bits = self.geo.cluster_bits;
         let cs = self.geo.cluster_size as usize;
         let run_start = first << bits;
