@@ -12,6 +12,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::{self, Header, L2Entry};
 use crate::meta::{Geometry, Meta};
 use crate::storage::{self, FileStorage, LockMode, Storage, open_regular};
+use crate::units::{GuestCluster, HostOffset};
 use crate::{Extent, ExtentKind, ImageInfo, OpenOptions};
 
 pub struct Image {
@@ -43,9 +44,9 @@ enum WritePlan {
 /// `n` guest clusters from `first`, given the fresh host clusters from `host`; the entries they
 /// had at either end, for copy-on-write of a partial first or last cluster.
 struct FreshRun {
-    first: u64,
+    first: GuestCluster,
     n: u64,
-    host: u64,
+    host: HostOffset,
     head_old: L2Entry,
     tail_old: L2Entry,
 }
@@ -356,12 +357,15 @@ impl Image {
     }
 
     /// The decoded entry of `gc` (Unallocated when it has no L2 table).
-    fn entry(&self, m: &mut Meta, gc: u64) -> Result<L2Entry> {
+    fn entry(&self, m: &mut Meta, gc: GuestCluster) -> Result<L2Entry> {
         match m.l2_entry(gc)? {
             None => Ok(L2Entry::Unallocated),
             Some((w0, _)) => L2Entry::decode(w0, self.geo.cluster_bits, self.header.extended_l2())
                 .map_err(|s| {
-                    Error::corrupt(format!("guest offset {}: {s}", gc << self.geo.cluster_bits))
+                    Error::corrupt(format!(
+                        "guest offset {}: {s}",
+                        gc.offset(self.geo.cluster_bits)
+                    ))
                 }),
         }
     }
@@ -371,7 +375,7 @@ impl Image {
         let cs = self.geo.cluster_size;
         let gc = pos >> self.geo.cluster_bits;
         let in_c = pos & (cs - 1);
-        let Some((w0, w1)) = m.l2_entry(gc)? else {
+        let Some((w0, w1)) = m.l2_entry(GuestCluster(gc))? else {
             // No L2 table: the whole range it would cover falls through.
             let table_end = (gc / self.geo.l2_entries + 1) * self.geo.l2_entries;
             return Ok((Map::Lower, (table_end << self.geo.cluster_bits) - pos));
@@ -600,13 +604,13 @@ impl Image {
             if self.wait_inflight(&mut m, first) {
                 continue;
             }
-            break self.entry(&mut m, first)?;
+            break self.entry(&mut m, GuestCluster(first))?;
         };
         if let L2Entry::Normal { host, copied: true } = head_old {
             let mut next = first + 1;
             let mut next_host = host + cs;
             while next <= last && !m.inflight.contains(&next) {
-                match self.entry(&mut m, next)? {
+                match self.entry(&mut m, GuestCluster(next))? {
                     L2Entry::Normal {
                         host: h,
                         copied: true,
@@ -632,7 +636,7 @@ impl Image {
             // WRITE_ZEROES without unmap stores) instead of allocating data, so images stay thin.
             let mut k = 1;
             while k < zero_run && !m.inflight.contains(&(first + k)) {
-                match self.entry(&mut m, first + k)? {
+                match self.entry(&mut m, GuestCluster(first + k))? {
                     L2Entry::Normal { copied: true, .. } => break,
                     _ => k += 1,
                 }
@@ -649,24 +653,24 @@ impl Image {
             && !m.inflight.contains(&(first + n))
             && !self.zero_cluster_in(pos, buf, first + n)
         {
-            match self.entry(&mut m, first + n)? {
+            match self.entry(&mut m, GuestCluster(first + n))? {
                 L2Entry::Normal { copied: true, .. } => break,
                 _ => n += 1,
             }
         }
         let mut gc = first;
         while gc < first + n {
-            m.ensure_l2(gc)?;
+            m.ensure_l2(GuestCluster(gc))?;
             gc = (gc / self.geo.l2_entries + 1) * self.geo.l2_entries;
         }
-        let tail_old = self.entry(&mut m, first + n - 1)?;
+        let tail_old = self.entry(&mut m, GuestCluster(first + n - 1))?;
         let host = m.alloc(n)?;
         for c in first..first + n {
             m.inflight.insert(c);
         }
         m.reserve_ahead();
         Ok(WritePlan::Fresh(FreshRun {
-            first,
+            first: GuestCluster(first),
             n,
             host,
             head_old,
@@ -678,13 +682,14 @@ impl Image {
     /// replaced queued for release, its in-flight marks cleared whatever happened.
     fn install_fresh(&self, run: &FreshRun, written: Result<usize>) -> Result<usize> {
         let cs = self.geo.cluster_size;
+        let (first, n) = (run.first.0, run.n);
         let mut m = self.meta.lock();
         let mut out = written;
         if out.is_ok() {
-            for i in 0..run.n {
-                let c = run.first + i;
+            for i in 0..n {
+                let c = GuestCluster(first + i);
                 let installed = self.entry(&mut m, c).map(|old| {
-                    m.set_l2(c, L2Entry::normal(run.host + i * cs));
+                    m.set_l2(c, L2Entry::normal(run.host.add(i * cs).0));
                     m.release(old);
                 });
                 if let Err(err) = installed {
@@ -693,7 +698,7 @@ impl Image {
                 }
             }
         }
-        for c in run.first..run.first + run.n {
+        for c in first..first + n {
             m.inflight.remove(&c);
         }
         self.done.notify_all();
@@ -717,9 +722,9 @@ impl Image {
     /// buffer where the run starts or ends inside a cluster (copy-on-write in the same write).
     fn write_fresh(&self, pos: u64, buf: &[u8], run: &FreshRun) -> Result<usize> {
         let &FreshRun {
-            first,
+            first: GuestCluster(first),
             n,
-            host,
+            host: HostOffset(host),
             head_old,
             tail_old,
         } = run;
@@ -807,7 +812,7 @@ impl Image {
         let reads_zero = {
             let mut m = self.meta.lock();
             while self.wait_inflight(&mut m, gc) {}
-            match self.entry(&mut m, gc)? {
+            match self.entry(&mut m, GuestCluster(gc))? {
                 L2Entry::Zero { .. } => true,
                 L2Entry::Unallocated => self.header.backing_file.is_none(),
                 _ => false,
@@ -835,12 +840,16 @@ impl Image {
     fn zero_clusters(&self, first: u64, last: u64, unmap: bool) -> Result<()> {
         let has_backing = self.header.backing_file.is_some();
         let mut m = self.meta.lock();
-        if !has_backing && unmap && m.l2_offset(self.geo.l1_index(first))?.is_none() {
+        if !has_backing
+            && unmap
+            && m.l2_offset(self.geo.l1_index(GuestCluster(first)))?
+                .is_none()
+        {
             return Ok(());
         }
         for c in first..last {
             while self.wait_inflight(&mut m, c) {}
-            let old = self.entry(&mut m, c)?;
+            let old = self.entry(&mut m, GuestCluster(c))?;
             let new = match old {
                 L2Entry::Normal { host, copied: true } if !unmap => {
                     host | format::ZERO | format::COPIED
@@ -856,10 +865,10 @@ impl Image {
                 }
                 _ => 0,
             };
-            m.ensure_l2(c)?;
+            m.ensure_l2(GuestCluster(c))?;
             // ensure_l2 may have loaded the table; refresh the entry in case it was evicted.
-            self.entry(&mut m, c)?;
-            m.set_l2(c, new);
+            self.entry(&mut m, GuestCluster(c))?;
+            m.set_l2(GuestCluster(c), new);
             if new & format::OFFSET_MASK == 0 {
                 m.release(old);
             }

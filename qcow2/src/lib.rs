@@ -19,7 +19,7 @@
 //! table cache of L2 tables and refblocks), `meta` (L1, refcounts, allocator, ordered
 //! write-back), `image` (the request paths), `chain` (backing layers), `compress` (deflate/zstd
 //! clusters), `check` (the checker, one method per phase), `fuzzing` (the fuzz target's entry
-//! point).
+//! point), `units` (`GuestCluster`, `HostOffset`).
 
 mod cache;
 mod chain;
@@ -33,6 +33,7 @@ pub mod fuzzing;
 mod image;
 mod meta;
 pub mod storage;
+mod units;
 
 use std::path::PathBuf;
 

@@ -18,6 +18,7 @@ use crate::cache::TableCache;
 use crate::error::{Error, Result};
 use crate::format::{self, MAX_REFTABLE_BYTES};
 use crate::storage::Storage;
+use crate::units::{GuestCluster, HostOffset};
 
 /// Fixed facts about an image, derived from its header.
 #[derive(Debug, Clone, Copy)]
@@ -49,12 +50,12 @@ impl Geometry {
         }
     }
 
-    pub fn l1_index(&self, guest_cluster: u64) -> usize {
-        (guest_cluster / self.l2_entries) as usize
+    pub fn l1_index(&self, guest_cluster: GuestCluster) -> usize {
+        (guest_cluster.0 / self.l2_entries) as usize
     }
 
-    pub fn l2_index(&self, guest_cluster: u64) -> usize {
-        (guest_cluster % self.l2_entries) as usize
+    pub fn l2_index(&self, guest_cluster: GuestCluster) -> usize {
+        (guest_cluster.0 % self.l2_entries) as usize
     }
 }
 
@@ -294,7 +295,7 @@ impl Meta {
 
     /// The raw words of the entry for `guest_cluster` (second word 0 for standard L2), or None
     /// if the cluster has no L2 table.
-    pub fn l2_entry(&mut self, guest_cluster: u64) -> Result<Option<(u64, u64)>> {
+    pub fn l2_entry(&mut self, guest_cluster: GuestCluster) -> Result<Option<(u64, u64)>> {
         let idx = self.geo.l1_index(guest_cluster);
         let w = self.geo.l2_words;
         let i = self.geo.l2_index(guest_cluster) * w;
@@ -310,7 +311,7 @@ impl Meta {
     }
 
     /// Makes sure an L2 table exists for `guest_cluster` (allocating a zeroed one).
-    pub fn ensure_l2(&mut self, guest_cluster: u64) -> Result<()> {
+    pub fn ensure_l2(&mut self, guest_cluster: GuestCluster) -> Result<()> {
         let idx = self.geo.l1_index(guest_cluster);
         if self.load_l2(idx)? {
             if !self.l2_owned(idx) {
@@ -325,14 +326,14 @@ impl Meta {
         let n = self.geo.l2_entries as usize * self.geo.l2_words;
         self.l2
             .insert(idx as u64, vec![0u64; n].into_boxed_slice(), true);
-        self.l1[idx] = host | format::COPIED;
+        self.l1[idx] = host.0 | format::COPIED;
         self.l1_dirty.insert(idx as u64 * 8 / 512);
         Ok(())
     }
 
     /// Sets a standard entry; the table must be loaded (by `ensure_l2` or `l2_entry` in the same
     /// critical section).
-    pub fn set_l2(&mut self, guest_cluster: u64, raw: u64) {
+    pub fn set_l2(&mut self, guest_cluster: GuestCluster, raw: u64) {
         let idx = self.geo.l1_index(guest_cluster);
         let i = self.geo.l2_index(guest_cluster) * self.geo.l2_words;
         let words = self
@@ -425,7 +426,7 @@ impl Meta {
     }
 
     /// Hands out `n` contiguous fresh clusters (refcount 1) and returns the host offset.
-    pub fn alloc(&mut self, n: u64) -> Result<u64> {
+    pub fn alloc(&mut self, n: u64) -> Result<HostOffset> {
         self.check_failed()?;
         let rbe = self.geo.rb_entries;
         loop {
@@ -445,7 +446,7 @@ impl Meta {
             self.set_refcount(c, 1)?;
         }
         self.frontier = end;
-        Ok(start << self.geo.cluster_bits)
+        Ok(HostOffset(start << self.geo.cluster_bits))
     }
 
     /// Places a new refblock for refcount-table index `rbi` at the frontier. The cluster there is
@@ -489,7 +490,7 @@ impl Meta {
         self.reftable.resize(new_len as usize, 0);
         let res = self.alloc(new_clusters);
         self.growing_reftable = false;
-        let host = res?;
+        let HostOffset(host) = res?;
         self.write_refblocks()?;
         let mut raw = Vec::with_capacity(new_len as usize * 8);
         for e in &self.reftable {
