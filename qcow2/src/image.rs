@@ -206,7 +206,7 @@ impl Image {
             opts.l2_cache_bytes,
             opts.writable,
         )?;
-        let file_len = meta.file_len.clone();
+        let file_len = meta.shared_file_len();
         let img = Image {
             path: PathBuf::new(),
             st,
@@ -621,7 +621,7 @@ impl Image {
                     _ => break,
                 }
             }
-            if next_host > m.frontier << bits {
+            if next_host > m.frontier() << bits {
                 return Err(Error::corrupt(format!(
                     "guest offset {pos}: data cluster {host} not refcounted"
                 )));
@@ -939,7 +939,7 @@ impl Image {
             // The first pass released clusters; their refcounts go out now.
             m.writeback()?;
         }
-        let keep = (m.frontier * self.geo.cluster_size).max(m.len_at_open);
+        let keep = (m.frontier() * self.geo.cluster_size).max(m.len_at_open());
         let len = self
             .st
             .len()

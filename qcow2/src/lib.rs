@@ -16,10 +16,10 @@
 //! Dirty tables reach the file at `flush`, when too many are dirty, or when the cache must evict.
 //!
 //! Modules: `format` (pure on-disk types), `storage` (positional I/O backends), `cache` (the
-//! table cache of L2 tables and refblocks), `meta` (L1, refcounts, allocator, ordered
-//! write-back), `image` (the request paths), `chain` (backing layers), `compress` (deflate/zstd
-//! clusters), `check` (the checker, one method per phase), `fuzzing` (the fuzz target's entry
-//! point), `units` (`GuestCluster`, `HostOffset`).
+//! table cache of L2 tables and refblocks), `meta` (L1, L2, ordered write-back), `refcount`
+//! (refcounts, allocator, preallocation), `image` (the request paths), `chain` (backing layers),
+//! `compress` (deflate/zstd clusters), `check` (the checker, one method per phase), `fuzzing` (the
+//! fuzz target's entry point), `units` (`GuestCluster`, `HostOffset`).
 
 mod cache;
 mod chain;
@@ -32,6 +32,7 @@ pub mod format;
 pub mod fuzzing;
 mod image;
 mod meta;
+mod refcount;
 pub mod storage;
 mod units;
 
