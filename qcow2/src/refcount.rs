@@ -19,6 +19,9 @@ use crate::format::{self, MAX_REFTABLE_BYTES};
 use crate::meta::{Geometry, MetaFile};
 use crate::units::HostOffset;
 
+/// Smallest stretch worth a reservation (and a thread).
+const MIN_RESERVE: u64 = 4 << 20;
+
 pub(crate) struct Refcounts {
     geo: Geometry,
     table: Vec<u64>,
@@ -364,7 +367,8 @@ impl Refcounts {
     /// Starts reserving (fallocate) the next stretch of the file on its own thread when the
     /// frontier came within half a step of the reserved end and no reservation is running, so
     /// no request waits for it (`fallocate` of 256 MiB takes ~55 ms on tmpfs). Steps grow with
-    /// the image up to [`Storage::reserve_step`] and stop at what the image can use. Reserving
+    /// the image up to [`crate::Storage::reserve_step`], stop at what the image can use and take
+    /// at most an eighth of the space still free ([`crate::Storage::free_bytes`]). Reserving
     /// is only an optimisation: data and metadata writes past the end grow the file themselves,
     /// and nothing references a cluster before its bytes were written.
     pub fn reserve_ahead(&mut self, io: &MetaFile) {
@@ -374,8 +378,15 @@ impl Refcounts {
         }
         let cs = self.geo.cluster_size;
         let need = self.frontier * cs;
-        let step = (need / 4).clamp(4 << 20, self.reserve_step.max(4 << 20));
+        let step = (need / 4).clamp(MIN_RESERVE, self.reserve_step.max(MIN_RESERVE));
         if need + step / 2 <= self.prealloc_end {
+            return;
+        }
+        // At most an eighth of what is still free: other images being written and the catalog
+        // share the disk, and reserved space only comes back at close. Near a full disk this
+        // stops reserving, and writes grow the file by what they need.
+        let step = io.st.free_bytes().map_or(step, |free| step.min(free / 8));
+        if step < MIN_RESERVE {
             return;
         }
         let start = self.prealloc_end.max(need);

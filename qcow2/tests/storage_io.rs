@@ -153,3 +153,57 @@ fn preallocation_runs_ahead_but_stays_within_the_image() {
         );
     }
 }
+
+/// Preallocation takes at most an eighth of the space still free: near a full disk it stops, and
+/// the image grows by what is written, so reserved space never crowds out the data of other
+/// backups. Checked on storage with 24 MiB free after the data (an eighth is 3 MiB, below the
+/// smallest reservation) against storage with room, where the same writes are reserved ahead.
+#[test]
+fn preallocation_leaves_a_nearly_full_disk_alone() {
+    use qcow2::{MemStorage, Storage};
+    use std::sync::Arc;
+
+    fn file_len_after_writes(max_len: u64) -> (u64, u64) {
+        let mem = Arc::new(MemStorage::with_max_len(Vec::new(), max_len));
+        Image::create_storage(&*mem, 8 << 30, 65536).unwrap();
+        let st: Arc<dyn Storage> = mem.clone();
+        let img = Image::open_storage(
+            st,
+            &OpenOptions {
+                writable: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let data = vec![0x42u8; 1 << 20];
+        for i in 0..8u64 {
+            img.write_at(i << 20, &data).unwrap();
+            // Reservations run on their own thread: give each a moment.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Wait (up to 2 s, for a loaded machine) for a reservation to show.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while mem.len().unwrap() < 10 << 20 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let len = mem.len().unwrap();
+        img.close().unwrap();
+        (len, mem.len().unwrap())
+    }
+    // 8 MiB of data and a little metadata: without reservation the storage ends just past it.
+    let (tight, tight_closed) = file_len_after_writes(32 << 20);
+    assert!(
+        tight < 9 << 20,
+        "reserved ahead on a nearly full disk: {tight} bytes"
+    );
+    assert!(tight_closed <= tight);
+    let (roomy, roomy_closed) = file_len_after_writes(4 << 30);
+    assert!(
+        roomy >= 10 << 20,
+        "no reservation ahead with room to spare: {roomy} bytes"
+    );
+    assert!(
+        roomy_closed < 9 << 20,
+        "the reserved tail stays after close: {roomy_closed}"
+    );
+}

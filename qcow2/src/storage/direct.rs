@@ -349,6 +349,10 @@ impl Storage for DirectStorage {
     /// worker; writes into fallocated space are neither (fio on ext4 here: 1.5 GiB/s with
     /// fallocate against 0.5-0.9 without, issue 11). `fallocate` on a disk filesystem only
     /// allocates extents, so 256 MiB is quick and runs on its own thread anyway.
+    fn free_bytes(&self) -> Option<u64> {
+        self.file.free_bytes()
+    }
+
     fn reserve_step(&self) -> u64 {
         256 << 20
     }

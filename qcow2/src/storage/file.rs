@@ -153,6 +153,12 @@ impl Storage for FileStorage {
         }
     }
 
+    /// Space available to us (not to root's reserve) on the file's filesystem.
+    fn free_bytes(&self) -> Option<u64> {
+        let st = rustix::fs::fstatvfs(&self.file).ok()?;
+        Some(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
     /// Not on tmpfs: there `fallocate` only moves the page allocation that the write would do
     /// anyway, and it takes the inode lock the writes need. Measured with the criterion bench
     /// `qcow2_alloc` (2 MiB writes into a fresh 256 MiB image, /dev/shm): without preallocation

@@ -84,6 +84,11 @@ impl Storage for MemStorage {
         Ok(())
     }
 
+    /// What is left below `max_len`.
+    fn free_bytes(&self) -> Option<u64> {
+        Some(self.max_len.saturating_sub(self.data.read().len() as u64))
+    }
+
     fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
         let mut data = self.data.write();
         let end = offset

@@ -41,6 +41,11 @@ pub trait Storage: Send + Sync {
     fn reserve_step(&self) -> u64 {
         64 << 20
     }
+    /// Bytes still free where the storage lives, if it can tell: preallocation takes only a
+    /// share of them, so images being written do not fill the disk with reserved space.
+    fn free_bytes(&self) -> Option<u64> {
+        None
+    }
     /// Buffer address alignment at which writes and reads go to the storage without a copy
     /// (1: any buffer).
     fn io_alignment(&self) -> usize {
