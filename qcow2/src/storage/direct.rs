@@ -344,15 +344,15 @@ impl Storage for DirectStorage {
         self.file.reserve_pays()
     }
 
+    fn free_bytes(&self) -> Option<u64> {
+        self.file.free_bytes()
+    }
+
     /// Bigger steps than buffered: a direct write past the end of the file (or into a hole) is an
     /// extending write, which ext4 and xfs complete synchronously and io_uring hands to a kernel
     /// worker; writes into fallocated space are neither (fio on ext4 here: 1.5 GiB/s with
     /// fallocate against 0.5-0.9 without, issue 11). `fallocate` on a disk filesystem only
     /// allocates extents, so 256 MiB is quick and runs on its own thread anyway.
-    fn free_bytes(&self) -> Option<u64> {
-        self.file.free_bytes()
-    }
-
     fn reserve_step(&self) -> u64 {
         256 << 20
     }
