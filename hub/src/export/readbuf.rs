@@ -12,11 +12,12 @@
 //! reply starts at its first aligned byte; the allocation never moves while pooled, so that offset
 //! stays valid for every later read with the same alignment.
 
-use std::ops::{Deref, DerefMut};
+use std::ops::Range;
 use std::sync::LazyLock;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use qcow2::storage::AlignedBuf;
 
 /// Idle bytes kept for reuse at most, over all exports. Replies in flight are bounded by the NBD
 /// server's payload budget, not by this; a steady stream of reads keeps few buffers idle, as each
@@ -27,38 +28,9 @@ const MIN_KEPT: usize = 64 << 10;
 
 static POOL: LazyLock<Mutex<Vec<Vec<u8>>>> = LazyLock::new(|| Mutex::new(Vec::new()));
 
-/// A READ reply's buffer: `len` initialised bytes starting at an aligned address inside `vec`.
-pub(crate) struct ReadBuf {
-    vec: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl Deref for ReadBuf {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.vec[self.start..self.start + self.len]
-    }
-}
-
-impl DerefMut for ReadBuf {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.vec[self.start..self.start + self.len]
-    }
-}
-
-/// Bytes to skip at the front of `vec` so what follows starts at a multiple of `align`.
-fn pad(vec: &[u8], align: usize) -> usize {
-    if align <= 1 {
-        0
-    } else {
-        vec.as_ptr().align_offset(align)
-    }
-}
-
 /// A buffer of exactly `len` initialised bytes whose first byte is at an address aligned to
 /// `align` (a power of two; 1 for none). Contents unspecified: the caller overwrites them.
-pub(crate) fn take(len: usize, align: usize) -> ReadBuf {
+pub(crate) fn take(len: usize, align: usize) -> AlignedBuf {
     let align = align.max(1);
     let reused = if len >= MIN_KEPT {
         let mut pool = POOL.lock();
@@ -66,43 +38,42 @@ pub(crate) fn take(len: usize, align: usize) -> ReadBuf {
         let best = pool
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.capacity() >= pad(b, align) + len)
+            .filter(|(_, b)| AlignedBuf::fits(b, len, align))
             .min_by_key(|(_, b)| b.capacity())
             .map(|(i, _)| i);
         best.map(|i| pool.swap_remove(i))
     } else {
         None
     };
-    let mut vec = reused.unwrap_or_else(|| Vec::with_capacity(len + align - 1));
-    let start = pad(&vec, align);
     // Only bytes never initialised before are zeroed (all of a new buffer, none of a reused one
     // that served a read at least this long); a shorter read keeps the longer initialised length.
-    if vec.len() < start + len {
-        vec.resize(start + len, 0);
-    }
-    ReadBuf { vec, start, len }
+    AlignedBuf::reuse(reused.unwrap_or_default(), len, align)
 }
 
 /// Freezes `buf` into the reply's bytes; the buffer returns to the pool when they are dropped.
-pub(crate) fn reply(buf: ReadBuf) -> Bytes {
-    let range = buf.start..buf.start + buf.len;
-    if buf.vec.capacity() < MIN_KEPT {
-        return Bytes::from(buf.vec).slice(range);
+pub(crate) fn reply(buf: AlignedBuf) -> Bytes {
+    let (vec, range) = buf.into_parts();
+    if vec.capacity() < MIN_KEPT {
+        return Bytes::from(vec).slice(range);
     }
-    Bytes::from_owner(Pooled(buf))
+    Bytes::from_owner(Pooled { vec, range })
 }
 
-struct Pooled(ReadBuf);
+/// A reply's bytes, `range` of `vec`; `vec` goes back to the pool when the reply is dropped.
+struct Pooled {
+    vec: Vec<u8>,
+    range: Range<usize>,
+}
 
 impl AsRef<[u8]> for Pooled {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        &self.vec[self.range.clone()]
     }
 }
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        let buf = std::mem::take(&mut self.0.vec);
+        let buf = std::mem::take(&mut self.vec);
         let mut pool = POOL.lock();
         let idle: usize = pool.iter().map(Vec::capacity).sum();
         if idle + buf.capacity() <= MAX_IDLE_BYTES {

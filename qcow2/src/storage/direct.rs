@@ -101,8 +101,9 @@ impl DioAlign {
     }
 }
 
-/// A zeroed buffer whose first byte sits at an address aligned to `align`: a `Vec` over-allocated
-/// by `align` and used from the first aligned byte on, so no unsafe allocation code is needed.
+/// A buffer whose first byte sits at an address aligned to `align`: a `Vec` over-allocated by up
+/// to `align - 1` bytes and used from the first aligned byte on, so no unsafe allocation code is
+/// needed.
 pub struct AlignedBuf {
     vec: Vec<u8>,
     start: usize,
@@ -110,14 +111,36 @@ pub struct AlignedBuf {
 }
 
 impl AlignedBuf {
+    /// `len` zeroed bytes.
     pub fn zeroed(len: usize, align: usize) -> Self {
-        let vec = vec![0u8; len + align];
+        Self::reuse(Vec::new(), len, align)
+    }
+
+    /// `len` bytes in `vec`'s allocation, from its first address aligned to `align` (a power of
+    /// two; 0 or 1 for none). Bytes `vec` already initialised keep their contents (the caller
+    /// overwrites them), the rest are zeroed. `vec` is reallocated only if it has no room, so a
+    /// pooled buffer keeps its aligned start from one use to the next.
+    pub fn reuse(mut vec: Vec<u8>, len: usize, align: usize) -> Self {
+        let align = align.max(1);
+        if !Self::fits(&vec, len, align) {
+            vec.reserve_exact((len + align - 1).saturating_sub(vec.len()));
+        }
         let start = vec.as_ptr().align_offset(align);
-        assert!(
-            start + len <= vec.len(),
-            "align_offset within one alignment"
-        );
+        if vec.len() < start + len {
+            vec.resize(start + len, 0);
+        }
         Self { vec, start, len }
+    }
+
+    /// Whether `vec`'s allocation holds `len` bytes from its first address aligned to `align`
+    /// (a power of two), so [`AlignedBuf::reuse`] would not reallocate it.
+    pub fn fits(vec: &Vec<u8>, len: usize, align: usize) -> bool {
+        vec.capacity() >= vec.as_ptr().align_offset(align.max(1)) + len
+    }
+
+    /// The allocation, and where in it this buffer's bytes are.
+    pub fn into_parts(self) -> (Vec<u8>, std::ops::Range<usize>) {
+        (self.vec, self.start..self.start + self.len)
     }
 }
 
