@@ -431,17 +431,15 @@ impl Refcounts {
         }
     }
 
-    pub fn write_blocks(&mut self, io: &MetaFile) -> Result<bool> {
-        if self.blocks.dirty_count() == 0 {
-            return Ok(false);
-        }
+    /// Writes every dirty refblock (unsynced: refblocks may reach the file at any time).
+    pub fn write_blocks(&mut self, io: &MetaFile) -> Result<()> {
         for rbi in self.blocks.dirty_keys() {
             let off = self.table[rbi as usize] & format::REFT_OFFSET_MASK;
             let data = self.blocks.peek(rbi).expect("dirty tables are cached");
             io.write(data, off, "refcount block")?;
             self.blocks.mark_clean(rbi);
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Host bytes of clusters with a nonzero refcount.
