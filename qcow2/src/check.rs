@@ -225,12 +225,6 @@ impl<'a> Walk<'a> {
         true
     }
 
-    fn words(raw: &[u8]) -> Vec<u64> {
-        raw.chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().expect("8")))
-            .collect()
-    }
-
     /// The header cluster, the L1 table and the refcount table.
     fn reference_fixed_structures(&mut self) {
         self.reference(0, self.cs, "header");
@@ -248,7 +242,11 @@ impl<'a> Walk<'a> {
     /// L1 -> L2: every valid L2 table referenced, and remembered (with the L1 entry carrying its
     /// COPIED bit) for the walk of its entries and the flag check.
     fn walk_l1(&mut self) -> Result<L1Walk> {
-        let l1 = Self::words(&self.read(self.h.l1_table_offset, self.l1_bytes(), "L1 table")?);
+        let l1 = format::decode_table(&self.read(
+            self.h.l1_table_offset,
+            self.l1_bytes(),
+            "L1 table",
+        )?);
         let mut l2_tables: Vec<(usize, u64)> = Vec::new();
         for (i, &raw) in l1.iter().enumerate() {
             if raw == 0 {
@@ -295,7 +293,7 @@ impl<'a> Walk<'a> {
                 .iter()
                 .find(|t| t.1 == off)
                 .map_or(0, |t| t.0);
-            let table = Self::words(&self.read(off, cs, "L2 table")?);
+            let table = format::decode_table(&self.read(off, cs, "L2 table")?);
             for (j, e) in table.chunks_exact(step).enumerate() {
                 let guest = ((i as u64 * (cs / 8 / step as u64)) + j as u64) << bits;
                 match L2Entry::decode(e[0], bits, ext) {
@@ -337,7 +335,7 @@ impl<'a> Walk<'a> {
 
     /// The refcount table and its blocks: referenced, and returned by refcount-table index.
     fn walk_reftable(&mut self) -> Result<BTreeMap<u64, u64>> {
-        let reftable = Self::words(&self.read(
+        let reftable = format::decode_table(&self.read(
             self.h.refcount_table_offset,
             self.reftable_bytes(),
             "refcount table",
@@ -459,7 +457,7 @@ impl<'a> Walk<'a> {
             }
         }
         for &off in walk.distinct.keys() {
-            let mut table = Self::words(&self.read(off, cs, "L2 table")?);
+            let mut table = format::decode_table(&self.read(off, cs, "L2 table")?);
             let mut dirty = false;
             for j in (0..table.len()).step_by(step) {
                 let e = table[j];
@@ -487,14 +485,16 @@ impl<'a> Walk<'a> {
                 }
             }
             if dirty {
-                let bytes: Vec<u8> = table.iter().flat_map(|x| x.to_be_bytes()).collect();
-                self.write(&bytes, off, "L2 table")?;
+                self.write(&format::encode_table(&table), off, "L2 table")?;
             }
         }
         if repair && l1_fixed != *l1 {
             self.sync()?;
-            let bytes: Vec<u8> = l1_fixed.iter().flat_map(|x| x.to_be_bytes()).collect();
-            self.write(&bytes, self.h.l1_table_offset, "L1 table")?;
+            self.write(
+                &format::encode_table(&l1_fixed),
+                self.h.l1_table_offset,
+                "L1 table",
+            )?;
         }
         Ok(())
     }

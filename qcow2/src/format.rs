@@ -588,6 +588,18 @@ pub fn decode_reftable(raw: u64, idx: u64) -> Result<Option<u64>> {
     })
 }
 
+/// A table of big-endian 64-bit entries (L1, L2, refcount table) as read from the file.
+pub fn decode_table(raw: &[u8]) -> Vec<u64> {
+    raw.chunks_exact(8)
+        .map(|c| u64::from_be_bytes(c.try_into().expect("chunks of 8")))
+        .collect()
+}
+
+/// The bytes of `table` as the file holds them: 8 big-endian bytes per entry.
+pub fn encode_table(table: &[u64]) -> Vec<u8> {
+    table.iter().flat_map(|e| e.to_be_bytes()).collect()
+}
+
 /// Reads refcount `idx` from a refblock whose entries are `1 << order` bits wide.
 pub fn refcount_get(block: &[u8], order: u32, idx: usize) -> u64 {
     match order {

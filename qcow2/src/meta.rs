@@ -107,10 +107,7 @@ impl Meta {
         let mut raw = vec![0u8; h.l1_size as usize * 8];
         st.read_at(&mut raw, h.l1_table_offset)
             .map_err(|e| Error::io(e, format!("reading L1 table at {}", h.l1_table_offset)))?;
-        let l1: Vec<u64> = raw
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().expect("8")))
-            .collect();
+        let l1 = format::decode_table(&raw);
         let io = MetaFile {
             st,
             file_len: Arc::new(AtomicU64::new(file_len)),
@@ -213,10 +210,7 @@ impl Meta {
             .st
             .read_at(&mut raw, off)
             .map_err(|e| Error::io(e, format!("reading L2 table at {off}")))?;
-        let words: Box<[u64]> = raw
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().expect("8")))
-            .collect();
+        let words = format::decode_table(&raw).into_boxed_slice();
         self.l2.insert(idx as u64, words, false);
         Ok(true)
     }
@@ -299,14 +293,10 @@ impl Meta {
         io.sync()?;
         self.refs.write_table(io)?;
         if self.l2.dirty_count() > 0 {
-            let mut buf = vec![0u8; self.geo.cluster_size as usize];
             for idx in self.l2.dirty_keys() {
                 let off = self.l1[idx as usize] & format::OFFSET_MASK;
                 let words = self.l2.peek(idx).expect("dirty tables are cached");
-                for (i, w) in words.iter().enumerate() {
-                    buf[i * 8..i * 8 + 8].copy_from_slice(&w.to_be_bytes());
-                }
-                io.write(&buf, off, "L2 table")?;
+                io.write(&format::encode_table(words), off, "L2 table")?;
                 self.l2.mark_clean(idx);
             }
             io.sync()?;
@@ -393,15 +383,14 @@ impl MetaFile {
         sectors: &BTreeSet<u64>,
         what: &str,
     ) -> Result<()> {
-        let mut buf = [0u8; 512];
         for &s in sectors {
             let first = (s * 64) as usize;
             let last = (first + 64).min(table.len());
-            let n = (last - first) * 8;
-            for (i, e) in table[first..last].iter().enumerate() {
-                buf[i * 8..i * 8 + 8].copy_from_slice(&e.to_be_bytes());
-            }
-            self.write(&buf[..n], base + s * 512, what)?;
+            self.write(
+                &format::encode_table(&table[first..last]),
+                base + s * 512,
+                what,
+            )?;
         }
         Ok(())
     }

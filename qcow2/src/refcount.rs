@@ -72,10 +72,7 @@ impl Refcounts {
                     format!("reading refcount table at {}", h.refcount_table_offset),
                 )
             })?;
-        let table: Vec<u64> = raw
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().expect("8")))
-            .collect();
+        let table = format::decode_table(&raw);
         let file_len = io.len();
         let mut r = Refcounts {
             geo,
@@ -339,11 +336,7 @@ impl Refcounts {
         self.growing = false;
         let HostOffset(host) = res?;
         self.write_blocks(io)?;
-        let mut raw = Vec::with_capacity(new_len as usize * 8);
-        for e in &self.table {
-            raw.extend_from_slice(&e.to_be_bytes());
-        }
-        io.write(&raw, host, "refcount table")?;
+        io.write(&format::encode_table(&self.table), host, "refcount table")?;
         io.sync()?;
         let mut hdr = [0u8; 12];
         hdr[..8].copy_from_slice(&host.to_be_bytes());
