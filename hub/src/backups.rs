@@ -283,7 +283,7 @@ impl Hub {
         let dir = layout::backup_dir(&repo.path, &req.vm_name, &id);
         std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
         for made in [dir.parent().unwrap_or(&dir), &dir] {
-            crate::datadir::private_dir(made)?;
+            crate::sys::datadir::private_dir(made)?;
         }
         // Marks the directory as an unfinished creation until the row below exists.
         let created_at = now();

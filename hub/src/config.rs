@@ -21,7 +21,7 @@ pub struct Config {
     pub api_token: Option<String>,
     /// The key sealing vCenter passwords (base64 of 32 bytes, from `SENDENSE_HUB_CREDENTIAL_KEY`
     /// only); when unset, `<data_dir>/credential-key`, created at first start.
-    pub credential_key: Option<crate::secrets::Secret>,
+    pub credential_key: Option<crate::sys::secrets::Secret>,
     /// The SNA's API, reached through the SSH tunnel's reverse forward (discovery, backup start).
     pub sna_url: String,
     /// How long a call to the SNA may take before it counts as failed.
@@ -138,7 +138,7 @@ pub struct Overrides {
     pub nbd_listen: Option<String>,
     pub nbd_host: Option<String>,
     pub api_token: Option<String>,
-    pub credential_key: Option<crate::secrets::Secret>,
+    pub credential_key: Option<crate::sys::secrets::Secret>,
     pub sna_url: Option<String>,
     pub stale_after_secs: Option<u64>,
     pub tls: Option<String>,
@@ -235,7 +235,7 @@ impl Config {
         if self.sna_timeout.is_zero() {
             return Err(Error::Config("sna_timeout_secs must be positive".into()));
         }
-        crate::sna::check_url(&self.sna_url)?;
+        crate::sys::sna::check_url(&self.sna_url)?;
         if self.monitor_interval.is_zero() {
             return Err(Error::Config("monitor_interval must be positive".into()));
         }
@@ -268,7 +268,7 @@ impl Config {
             ));
         }
         if let Some(token) = &self.api_token {
-            crate::token::check_length(token.trim(), crate::token::CONFIGURED)?;
+            crate::sys::token::check_length(token.trim(), crate::sys::token::CONFIGURED)?;
         }
         Ok(())
     }

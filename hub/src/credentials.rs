@@ -1,6 +1,6 @@
 //! vCenter credentials: create, read, update, delete, the default one, the decrypted login the SNA
 //! calls need, and the key rotation. The password is write-only: no view, log line or error
-//! carries it, and the catalog holds it only sealed ([`crate::secrets`]).
+//! carries it, and the catalog holds it only sealed ([`crate::sys::secrets`]).
 
 use std::path::Path;
 
@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Catalog, Credential, CredentialFields, fmt_time};
 use crate::error::{Error, Result};
-use crate::secrets::{self, CredentialKey, Secret};
 use crate::state::Hub;
+use crate::sys::secrets::{self, CredentialKey, Secret};
 
 const MAX_FIELD: usize = 255;
 

@@ -52,7 +52,9 @@ pub async fn serve(
 ) -> Result<()> {
     let grace = config.shutdown_grace;
     let api_tls = match (config.api_tls, &config.api_tls_creds, &config.tls_creds) {
-        (true, Some(creds), _) | (true, None, Some(creds)) => Some(crate::tls::api_tls(creds)?),
+        (true, Some(creds), _) | (true, None, Some(creds)) => {
+            Some(crate::sys::tls::api_tls(creds)?)
+        }
         _ => None,
     };
     let connections = Connections::new(crate::http_conn::Limits {
@@ -68,7 +70,7 @@ pub async fn serve(
     let https = api_tls.is_some();
     let mut http = tokio::spawn(serve_http(api, app, api_tls, connections, shutdown.clone()));
     tracing::info!(api = %api_addr, https, "API listening");
-    crate::notify::ready();
+    crate::sys::notify::ready();
 
     let finished = tokio::select! {
         res = &mut http => Some(res),

@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::catalog::{Catalog, Repository, Status};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::reserve::SpaceReserve;
+use crate::sys::reserve::SpaceReserve;
 
 pub const DEFAULT_REPOSITORY: &str = "default";
 pub const CATALOG_FILE: &str = "catalog.sqlite";
@@ -43,9 +43,9 @@ pub struct Inner {
     pub nbd_port: u16,
     pub(crate) token: String,
     /// The key sealing vCenter passwords; when it cannot be loaded, only credential use fails.
-    pub(crate) credential_key: std::result::Result<crate::secrets::CredentialKey, String>,
+    pub(crate) credential_key: std::result::Result<crate::sys::secrets::CredentialKey, String>,
     /// The SNA's API (discovery, backup start).
-    pub(crate) sna: crate::sna::SnaClient,
+    pub(crate) sna: crate::sys::sna::SnaClient,
     /// Backups in ready / running / finalizing, by id.
     pub(crate) active: Mutex<HashMap<String, Arc<ActiveBackup>>>,
     /// Images behind restore exports, by restore id.
@@ -129,7 +129,7 @@ impl Hub {
         config.validate()?;
         let started = now();
         let data = config.data_dir.clone();
-        crate::datadir::prepare(&data)?;
+        crate::sys::datadir::prepare(&data)?;
         let catalog_path = data.join(CATALOG_FILE);
         let reserve = SpaceReserve::new(&data);
         let catalog = match Catalog::open(&catalog_path) {
@@ -141,9 +141,9 @@ impl Hub {
             }
             opened => opened?,
         };
-        let token = crate::token::load_or_create(&data, config.api_token.as_deref())?;
+        let token = crate::sys::token::load_or_create(&data, config.api_token.as_deref())?;
         ensure_default_repository(&catalog, &data)?;
-        let credential_key = crate::secrets::load_or_create_key(
+        let credential_key = crate::sys::secrets::load_or_create_key(
             &data,
             config.credential_key.as_ref(),
         )
@@ -163,12 +163,12 @@ impl Hub {
         let stale_manifests =
             crate::reconcile::check_catalog(&catalog, &catalog_path, &data, started)?;
 
-        let sna = crate::sna::SnaClient::new(&config.sna_url, config.sna_timeout)?;
+        let sna = crate::sys::sna::SnaClient::new(&config.sna_url, config.sna_timeout)?;
         let nbd = Server::new(ServerConfig {
             list_exports: false,
             max_connections_per_export: config.max_connections_per_export,
             max_in_flight_bytes_total: config.max_in_flight_bytes,
-            tls: crate::tls::nbd_tls(
+            tls: crate::sys::tls::nbd_tls(
                 config.tls,
                 config.tls_creds.as_deref(),
                 config.tls_verify_peer,
@@ -265,7 +265,7 @@ impl Hub {
     }
 
     pub fn token_matches(&self, given: &str) -> bool {
-        crate::token::matches(&self.token, given)
+        crate::sys::token::matches(&self.token, given)
     }
 
     pub fn nbd_uri(&self, export: &str) -> String {
@@ -339,6 +339,17 @@ impl Hub {
     }
 }
 
+impl Hub {
+    /// A catalog write that makes room (cancel, delete): on a full filesystem the reserve is
+    /// released and the write tried once more.
+    pub(crate) fn freeing<T>(&self, mut write: impl FnMut() -> Result<T>) -> Result<T> {
+        match write() {
+            Err(err) if err.is_catalog_full() && self.reserve.release() => write(),
+            other => other,
+        }
+    }
+}
+
 /// `<data dir>/repository`, absolute.
 pub fn default_repository_path(data: &Path) -> Result<std::path::PathBuf> {
     std::path::absolute(data.join("repository"))
@@ -351,7 +362,7 @@ fn ensure_default_repository(catalog: &Catalog, data: &Path) -> Result<()> {
     }
     let path = default_repository_path(data)?;
     std::fs::create_dir_all(&path).map_err(Error::io(format!("creating {}", path.display())))?;
-    crate::datadir::private_dir(&path)?;
+    crate::sys::datadir::private_dir(&path)?;
     catalog.insert_repository(&Repository {
         id: DEFAULT_REPOSITORY.into(),
         name: DEFAULT_REPOSITORY.into(),

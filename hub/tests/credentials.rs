@@ -196,7 +196,7 @@ async fn credentials_are_write_only_sealed_and_rotated() {
 /// nothing changes when it is missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_with_the_key_in_the_environment() {
-    use ::hub::secrets::{CredentialKey, Secret};
+    use ::hub::sys::secrets::{CredentialKey, Secret};
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let (k1, k2) = (

@@ -626,7 +626,7 @@ impl Catalog {
 /// check that it can be opened, so a wrong owner or mode is reported with the path and the errno
 /// instead of SQLite's "unable to open database file".
 fn prepare_file(path: &Path) -> Result<()> {
-    crate::datadir::open_private(path)
+    crate::sys::datadir::open_private(path)
         .map(drop)
         .map_err(Error::io(format!("opening the catalog {}", path.display())))
 }

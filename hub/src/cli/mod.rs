@@ -55,7 +55,7 @@ pub fn init_logging(json: bool) {
     if json {
         builder.json().init();
     } else {
-        builder.fmt_fields(hub::logfmt::EscapedFields).init();
+        builder.fmt_fields(hub::sys::logfmt::EscapedFields).init();
     }
 }
 

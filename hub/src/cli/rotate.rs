@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use hub::config::{Config, FileConfig, Overrides};
 use hub::credentials::{KeySource, rotate_key};
-use hub::secrets::{KEY_ENV, NEW_KEY_ENV, Secret};
+use hub::sys::secrets::{KEY_ENV, NEW_KEY_ENV, Secret};
 
 #[derive(Debug, clap::Args)]
 pub struct RotateArgs {

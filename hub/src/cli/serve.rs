@@ -55,9 +55,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         // The token is never a flag: flags show up in `ps`.
         api_token: std::env::var("SENDENSE_HUB_API_TOKEN").ok(),
         // Likewise the credential key: environment or key file only.
-        credential_key: std::env::var(hub::secrets::KEY_ENV)
+        credential_key: std::env::var(hub::sys::secrets::KEY_ENV)
             .ok()
-            .map(hub::secrets::Secret::new),
+            .map(hub::sys::secrets::Secret::new),
         sna_url: args.sna_url,
         stale_after_secs: args.stale_after,
         tls: args.tls,
@@ -66,9 +66,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         storage_io: args.storage_io,
     };
     let config = Config::resolve(file, overrides)?;
-    hub::datadir::prepare(&config.data_dir)?;
+    hub::sys::datadir::prepare(&config.data_dir)?;
     // Held until exit: `catalog rebuild` must not run under a live hub, nor two hubs share a dir.
-    let _lock = hub::datadir::lock(&config.data_dir)?;
+    let _lock = hub::sys::datadir::lock(&config.data_dir)?;
     let shutdown = super::shutdown_on_signal()?;
     let api = tokio::net::TcpListener::bind(&config.api_listen)
         .await

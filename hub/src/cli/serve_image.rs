@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use hub::export::ImageExport;
-use hub::size::parse_size;
+use hub::sys::size::parse_size;
 use nbd_server::{Server, ServerConfig};
 use qcow2::{CreateOptions, Image, OpenOptions};
 

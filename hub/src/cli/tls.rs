@@ -29,7 +29,7 @@ impl NbdTlsArgs {
             (None, Some(_)) => TlsMode::Require,
             (None, None) => TlsMode::Off,
         };
-        Ok(hub::tls::nbd_tls(
+        Ok(hub::sys::tls::nbd_tls(
             mode,
             self.tls_creds.as_deref(),
             self.tls_verify_peer,
@@ -57,11 +57,11 @@ pub fn run(command: TlsCommand) -> anyhow::Result<()> {
     match command {
         TlsCommand::Init(args) => {
             let hosts = if args.hosts.is_empty() {
-                hub::tls::DEFAULT_HOSTS.map(String::from).to_vec()
+                hub::sys::tls::DEFAULT_HOSTS.map(String::from).to_vec()
             } else {
                 args.hosts
             };
-            hub::tls::init(&args.dir, &hosts)?;
+            hub::sys::tls::init(&args.dir, &hosts)?;
             println!(
                 "wrote a CA and a server certificate for {} to {}",
                 hosts.join(", "),

@@ -6,9 +6,6 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::error::Result;
-use crate::state::Hub;
-
 pub const RESERVE_FILE: &str = "space-reserve";
 /// Enough for SQLite to append the pages of a few transactions to its WAL.
 const RESERVE_BYTES: usize = 8 << 20;
@@ -62,17 +59,6 @@ impl SpaceReserve {
                 true
             }
             Err(_) => false,
-        }
-    }
-}
-
-impl Hub {
-    /// A catalog write that makes room (cancel, delete): on a full filesystem the reserve is
-    /// released and the write tried once more.
-    pub(crate) fn freeing<T>(&self, mut write: impl FnMut() -> Result<T>) -> Result<T> {
-        match write() {
-            Err(err) if err.is_catalog_full() && self.reserve.release() => write(),
-            other => other,
         }
     }
 }
