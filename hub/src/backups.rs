@@ -12,11 +12,12 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{Backup, BackupFilter, BackupType, Disk, Status};
 use crate::error::{Error, Result};
 use crate::export::ImageExport;
-use crate::images::{create_image, open_image};
-use crate::layout;
-use crate::manifest::{self, Manifest};
-use crate::removal;
-use crate::state::{ActiveBackup, ActiveDisk, DEFAULT_REPOSITORY, Hub, now};
+use crate::repo::DEFAULT_REPOSITORY;
+use crate::repo::images::{create_image, open_image};
+use crate::repo::layout;
+use crate::repo::manifest::{self, Manifest};
+use crate::repo::removal;
+use crate::state::{ActiveBackup, ActiveDisk, Hub, now};
 
 /// Largest virtual size accepted for one disk (QCOW2 with 64 KiB clusters handles far more; this
 /// only bounds what a request can ask for).
@@ -715,10 +716,10 @@ impl Hub {
         }
         let mut doomed = Vec::with_capacity(riders.len() + 1);
         for (child, _) in &riders {
-            let dir = self.backup(child)?.dir();
+            let dir = layout::backup_dir_of(&self.backup(child)?);
             doomed.push((child.clone(), dir));
         }
-        doomed.push((id.to_owned(), backup.dir()));
+        doomed.push((id.to_owned(), layout::backup_dir_of(&backup)));
         self.freeing(|| self.catalog.delete_backups(&doomed))?;
         for (gone, dir) in &doomed {
             removal::finish_deletion(&self.catalog, gone, dir);

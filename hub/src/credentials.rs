@@ -286,7 +286,7 @@ pub enum KeySource {
 /// catalog is committed, then the file is renamed over `credential-key`. A crash before the commit
 /// leaves the old key valid; after it, `credential-key.new` holds the key (the hub warns at start).
 pub fn rotate_key(data_dir: &Path, source: KeySource) -> Result<usize> {
-    let catalog = Catalog::open(&data_dir.join(crate::state::CATALOG_FILE))?;
+    let catalog = Catalog::open(&data_dir.join(crate::catalog::CATALOG_FILE))?;
     let (old, new) = match &source {
         KeySource::Env { current, new } => (
             CredentialKey::from_base64(current.expose(), secrets::KEY_ENV)?,

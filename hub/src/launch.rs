@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::backups::{CreateBackup, DiskRequest};
 use crate::catalog::{Backup, BackupType, Status};
 use crate::error::{Error, Result};
-use crate::removal::remove_backup_dir;
+use crate::repo::removal::remove_backup_dir;
 use crate::state::Hub;
 
 /// The SNA's `POST /api/v1/backup/start` body (the old hub's, field for field).

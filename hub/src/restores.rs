@@ -8,8 +8,8 @@ use serde::Deserialize;
 use crate::catalog::{Restore, Status};
 use crate::error::{Error, Result};
 use crate::export::ImageExport;
-use crate::images::open_image;
-use crate::layout;
+use crate::repo::images::open_image;
+use crate::repo::layout;
 use crate::state::{Hub, now};
 
 const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);

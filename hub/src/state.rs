@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -13,13 +12,10 @@ use qcow2::Image;
 use time::OffsetDateTime;
 use tokio_util::task::TaskTracker;
 
-use crate::catalog::{Catalog, Repository, Status};
+use crate::catalog::{Catalog, Status};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::sys::reserve::SpaceReserve;
-
-pub const DEFAULT_REPOSITORY: &str = "default";
-pub const CATALOG_FILE: &str = "catalog.sqlite";
 
 /// Cheap to clone; every clone is the same hub.
 #[derive(Clone)]
@@ -106,7 +102,7 @@ impl ActiveDisk {
     pub async fn close_image(&self) -> Result<()> {
         let image = self.image.lock().take();
         match image {
-            Some(image) => crate::images::close_image(image).await,
+            Some(image) => crate::repo::images::close_image(image).await,
             None => Ok(()),
         }
     }
@@ -130,7 +126,7 @@ impl Hub {
         let started = now();
         let data = config.data_dir.clone();
         crate::sys::datadir::prepare(&data)?;
-        let catalog_path = data.join(CATALOG_FILE);
+        let catalog_path = data.join(crate::catalog::CATALOG_FILE);
         let reserve = SpaceReserve::new(&data);
         let catalog = match Catalog::open(&catalog_path) {
             // SQLite may need a few pages (its WAL index) just to open: on a full filesystem the
@@ -142,7 +138,7 @@ impl Hub {
             opened => opened?,
         };
         let token = crate::sys::token::load_or_create(&data, config.api_token.as_deref())?;
-        ensure_default_repository(&catalog, &data)?;
+        crate::repo::ensure_default_repository(&catalog, &data)?;
         let credential_key = crate::sys::secrets::load_or_create_key(
             &data,
             config.credential_key.as_ref(),
@@ -158,10 +154,10 @@ impl Hub {
         // before the repository is compared with the catalog.
         for (id, dir) in catalog.pending_deletions()? {
             tracing::info!(backup_id = %id, dir = %dir.display(), "finishing an interrupted delete");
-            crate::removal::finish_deletion(&catalog, &id, &dir);
+            crate::repo::removal::finish_deletion(&catalog, &id, &dir);
         }
         let stale_manifests =
-            crate::reconcile::check_catalog(&catalog, &catalog_path, &data, started)?;
+            crate::repo::reconcile::check_catalog(&catalog, &catalog_path, &data, started)?;
 
         let sna = crate::sys::sna::SnaClient::new(&config.sna_url, config.sna_timeout)?;
         let nbd = Server::new(ServerConfig {
@@ -222,7 +218,7 @@ impl Hub {
     /// Backups a previous process left unfinished cannot be resumed (their exports and the
     /// client's connections are gone): mark them failed and check their images. Restores were
     /// exports of that process and are gone too. (Interrupted creations went in
-    /// [`crate::reconcile::check_catalog`].)
+    /// [`crate::repo::reconcile::check_catalog`].)
     async fn recover(&self) -> Result<()> {
         for backup in self.catalog.active_backups()? {
             let mut reason = "interrupted by restart".to_owned();
@@ -258,7 +254,7 @@ impl Hub {
         for backup in self.catalog.backups(&cancelled)? {
             if backup.disks.iter().any(|d| d.qcow2_path.exists()) {
                 tracing::info!(backup_id = %backup.id, "removing images of a cancelled backup");
-                crate::removal::remove_backup_dir(&backup);
+                crate::repo::removal::remove_backup_dir(&backup);
             }
         }
         Ok(())
@@ -348,27 +344,6 @@ impl Hub {
             other => other,
         }
     }
-}
-
-/// `<data dir>/repository`, absolute.
-pub fn default_repository_path(data: &Path) -> Result<std::path::PathBuf> {
-    std::path::absolute(data.join("repository"))
-        .map_err(Error::io("resolving the default repository path"))
-}
-
-fn ensure_default_repository(catalog: &Catalog, data: &Path) -> Result<()> {
-    if catalog.repository(DEFAULT_REPOSITORY)?.is_some() {
-        return Ok(());
-    }
-    let path = default_repository_path(data)?;
-    std::fs::create_dir_all(&path).map_err(Error::io(format!("creating {}", path.display())))?;
-    crate::sys::datadir::private_dir(&path)?;
-    catalog.insert_repository(&Repository {
-        id: DEFAULT_REPOSITORY.into(),
-        name: DEFAULT_REPOSITORY.into(),
-        path,
-        created_at: OffsetDateTime::now_utc(),
-    })
 }
 
 pub(crate) fn now() -> OffsetDateTime {

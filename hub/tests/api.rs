@@ -813,7 +813,7 @@ async fn restart_keeps_the_catalog_and_fails_unfinished_backups() {
         std::fs::create_dir_all(dir).unwrap();
         qemu_img_create(&dir.join("disk0.qcow2"), MIB);
     }
-    let creating = ::hub::manifest::Manifest::creating(
+    let creating = ::hub::repo::manifest::Manifest::creating(
         "0b7ad0c2-35a1-4c41-9a43-1d1e6f0c7a11",
         "other",
         "default",
@@ -821,7 +821,7 @@ async fn restart_keeps_the_catalog_and_fails_unfinished_backups() {
         None,
         time::OffsetDateTime::now_utc() - time::Duration::seconds(5),
     );
-    ::hub::manifest::write(&orphan, &creating).unwrap();
+    ::hub::repo::manifest::write(&orphan, &creating).unwrap();
     let open_image =
         std::path::PathBuf::from(open["disk_results"][0]["qcow2_path"].as_str().unwrap());
 

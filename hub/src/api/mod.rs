@@ -147,7 +147,7 @@ async fn openapi_json() -> Response {
 
 #[utoipa::path(get, path = "/health", operation_id = "health", tag = "service",
     security(()),
-    responses((status = 200, description = "Every check passed", body = crate::health::Health),
+    responses((status = 200, description = "Every check passed", body = crate::repo::health::Health),
         (status = 503, description = "A check failed: the report and the error body", body = UnhealthyBody)))]
 /// `{status: "healthy", service, version, database, repositories}`; when a check fails, 503 with
 /// the same fields and the error body's (`error` names the failing checks).
@@ -164,7 +164,7 @@ async fn health(State(hub): State<Hub>) -> Response {
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct UnhealthyBody {
     #[serde(flatten)]
-    health: crate::health::Health,
+    health: crate::repo::health::Health,
     #[serde(flatten)]
     error: error::ErrorBody,
 }

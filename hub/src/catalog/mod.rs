@@ -19,6 +19,9 @@ pub use model::*;
 use crate::error::{Error, Result};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+/// The catalog's file in the data dir.
+pub const CATALOG_FILE: &str = "catalog.sqlite";
+
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
     include_str!("../../migrations/0002_sendense_flow.sql"),

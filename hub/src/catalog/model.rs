@@ -109,17 +109,10 @@ impl Backup {
     pub fn disk(&self, disk_id: u32) -> Option<&Disk> {
         self.disks.iter().find(|d| d.disk_id == disk_id)
     }
-
-    /// The directory holding the backup's images (and manifest).
-    pub fn dir(&self) -> PathBuf {
-        crate::layout::dir_of_backup(self)
-            .map(PathBuf::from)
-            .unwrap_or_default()
-    }
 }
 
 /// Serialised into the backup's manifest without the two facts of the place and the process: the
-/// image path (the manifest's directory and [`crate::layout::disk_path`] give it) and the export name.
+/// image path (the manifest's directory and `repo::layout::disk_path` give it) and the export name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Disk {
     pub disk_id: u32,

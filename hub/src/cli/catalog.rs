@@ -58,7 +58,7 @@ fn rebuild(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     let data_dir = Config::resolve(file, overrides)?.data_dir;
     hub::sys::datadir::prepare(&data_dir)?;
     let _lock = hub::sys::datadir::lock(&data_dir)?;
-    let report = hub::rebuild::rebuild_catalog(&data_dir, &args.repository)?;
+    let report = hub::repo::rebuild::rebuild_catalog(&data_dir, &args.repository)?;
     if let Some(old) = &report.old_catalog {
         println!("previous catalog kept as {}", old.display());
     }

@@ -9,11 +9,13 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use crate::catalog::CATALOG_FILE;
 use crate::catalog::{Catalog, Repository};
 use crate::error::{Error, Result};
-use crate::manifest::{self, Manifest, Phase};
-use crate::reconcile::backup_dirs;
-use crate::state::{CATALOG_FILE, DEFAULT_REPOSITORY, default_repository_path, now};
+use crate::repo::manifest::{self, Manifest, Phase};
+use crate::repo::reconcile::backup_dirs;
+use crate::repo::{DEFAULT_REPOSITORY, default_repository_path};
+use crate::state::now;
 
 #[derive(Debug, Default)]
 pub struct RebuildReport {

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::images::blocking;
-use crate::layout::random_hex;
+use crate::repo::images::blocking;
+use crate::repo::layout::random_hex;
 use crate::state::Hub;
 
 pub const SERVICE: &str = "sendense-hub";

@@ -4,10 +4,10 @@
 use std::path::Path;
 
 use crate::catalog::{Backup, Catalog};
-use crate::layout;
+use crate::repo::layout;
 
 pub(crate) fn remove_backup_dir(backup: &Backup) {
-    let dir = backup.dir();
+    let dir = layout::backup_dir_of(backup);
     if let Err(err) = remove_dir_files(&dir) {
         tracing::warn!(dir = %dir.display(), %err, "removing backup images");
     }

@@ -14,8 +14,8 @@ use time::OffsetDateTime;
 
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
-use crate::layout;
-use crate::manifest::{self, Manifest, Phase};
+use crate::repo::layout;
+use crate::repo::manifest::{self, Manifest, Phase};
 use crate::state::Hub;
 
 /// Serialises manifest writes (read the row, write the file), so an older state never

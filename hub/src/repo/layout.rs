@@ -64,7 +64,7 @@ pub fn is_backup_id(name: &str) -> bool {
     uuid::Uuid::parse_str(name.strip_prefix("backup-").unwrap_or(name)).is_ok()
 }
 
-/// The manifest of a backup directory (see [`crate::manifest`]).
+/// The manifest of a backup directory (see [`crate::repo::manifest`]).
 pub const MANIFEST_FILE: &str = "manifest.json";
 
 pub fn manifest_path(backup_dir: &Path) -> PathBuf {
@@ -97,6 +97,11 @@ pub fn dir_of_backup(backup: &crate::catalog::Backup) -> Option<&Path> {
         .disks
         .first()
         .and_then(|d| dir_of_disk(&d.qcow2_path))
+}
+
+/// [`dir_of_backup`], or an empty path for a record without disks (nothing to remove).
+pub fn backup_dir_of(backup: &crate::catalog::Backup) -> PathBuf {
+    dir_of_backup(backup).map(PathBuf::from).unwrap_or_default()
 }
 
 #[cfg(test)]

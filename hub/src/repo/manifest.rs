@@ -4,7 +4,7 @@
 //! Written atomically (temp file, fsync, rename, fsync the directory) at creation and after every
 //! change of the backup's catalog row; the catalog is written first, so a manifest is at most one
 //! change behind the catalog, never ahead of it. A manifest ahead of the catalog means the catalog
-//! is older than the repository (see [`crate::reconcile`]). Export names are left out: they are
+//! is older than the repository (see [`crate::repo::reconcile`]). Export names are left out: they are
 //! capabilities of one process, not facts of the backup.
 
 use std::io::Write;
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::catalog::{Backup, BackupType, Disk, Status};
-use crate::layout;
+use crate::repo::layout;
 
 /// Bumped when a reader of an older version could misread a newer file.
 pub const FORMAT: u32 = 1;
