@@ -148,7 +148,7 @@ impl Hub {
             err.to_string()
         });
         if let Ok(key) = &credential_key {
-            crate::credentials::check_key(&catalog, key);
+            crate::inventory::credentials::check_key(&catalog, key);
         }
         // Deletes a crash interrupted: their rows are gone, their directories must follow
         // before the repository is compared with the catalog.

@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use serde::Serialize;
 
 use super::{ApiError, ApiJson, ErrorBody};
-use crate::credentials::{CredentialRequest, CredentialView};
+use crate::inventory::credentials::{CredentialRequest, CredentialView};
 use crate::state::Hub;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::{ApiError, ApiJson, ErrorBody};
 use crate::catalog::{VmContext, VmDisk};
-use crate::discovery::{DiscoverRequest, DiscoverResponse};
+use crate::inventory::discovery::{DiscoverRequest, DiscoverResponse};
 use crate::state::Hub;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

@@ -567,8 +567,8 @@ mod tests {
         use crate::api::credentials::{CredentialChanged, CredentialDeleted, CredentialList};
         use crate::api::inventory::{ContextDeleted, ContextDetails, ContextList, DiskList};
         use crate::catalog::{Credential, VmContext, VmDisk};
-        use crate::credentials::CredentialView;
-        use crate::discovery::{DiscoverResponse, DiscoveredVm, SnaDisk, SnaVm};
+        use crate::inventory::credentials::CredentialView;
+        use crate::inventory::discovery::{DiscoverResponse, DiscoveredVm, SnaDisk, SnaVm};
 
         let doc: serde_json::Value = serde_json::from_str(&super::DOCUMENT).unwrap();
         let now = time::OffsetDateTime::now_utc();

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use hub::config::{Config, FileConfig, Overrides};
-use hub::credentials::{KeySource, rotate_key};
+use hub::inventory::credentials::{KeySource, rotate_key};
 use hub::sys::secrets::{KEY_ENV, NEW_KEY_ENV, Secret};
 
 #[derive(Debug, clap::Args)]
