@@ -13,7 +13,7 @@ pub mod inventory;
 pub mod launch;
 mod monitor;
 pub mod repo;
-pub mod restores;
+pub mod restore;
 pub mod serve;
 pub mod state;
 pub mod sys;

@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 
 use super::{ApiError, ApiJson, ErrorBody};
-use crate::restores::CreateRestore;
+use crate::restore::disk::CreateRestore;
 use crate::state::Hub;
 use crate::views::RestoreView;
 
