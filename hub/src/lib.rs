@@ -3,15 +3,13 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod backups;
+pub mod backup;
 pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod export;
 mod http_conn;
 pub mod inventory;
-pub mod launch;
-mod monitor;
 pub mod repo;
 pub mod restore;
 pub mod serve;

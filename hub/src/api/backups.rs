@@ -5,7 +5,9 @@ use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiJson, ApiQuery, ErrorBody};
-use crate::backups::{ChangeIdAnswer, CompleteRequest, CreateBackup};
+use crate::backup::create::ChangeIdAnswer;
+use crate::backup::create::CompleteRequest;
+use crate::backup::create::CreateBackup;
 use crate::catalog::{BackupFilter, Status, fmt_time};
 use crate::state::Hub;
 use crate::views::{BackupList, BackupStats, BackupView, ChainView};

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::backups::{CreateBackup, DiskRequest};
+use crate::backup::create::{CreateBackup, DiskRequest};
 use crate::catalog::{Backup, BackupType, Status};
 use crate::error::{Error, Result};
 use crate::repo::removal::remove_backup_dir;

@@ -1,0 +1,5 @@
+//! The backup lifecycle.
+
+pub mod create;
+pub mod launch;
+mod monitor;
