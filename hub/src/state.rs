@@ -97,15 +97,6 @@ impl ActiveDisk {
             tracing::warn!(export = %self.export_name, %err, "removing export");
         }
     }
-
-    /// Take the image out and close it (flush only, when another holder keeps it open).
-    pub async fn close_image(&self) -> Result<()> {
-        let image = self.image.lock().take();
-        match image {
-            Some(image) => crate::repo::images::close_image(image).await,
-            None => Ok(()),
-        }
-    }
 }
 
 impl ActiveBackup {

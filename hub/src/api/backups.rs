@@ -5,8 +5,8 @@ use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiJson, ApiQuery, ErrorBody};
-use crate::backup::create::ChangeIdAnswer;
-use crate::backup::create::CompleteRequest;
+use crate::backup::chain::ChangeIdAnswer;
+use crate::backup::complete::CompleteRequest;
 use crate::backup::create::CreateBackup;
 use crate::catalog::{BackupFilter, Status, fmt_time};
 use crate::state::Hub;
