@@ -160,6 +160,27 @@ impl Header {
     /// need the file length happen here; [`Header::validate`] does the rest.
     pub fn decode(c0: &[u8]) -> Result<Self> {
         let cs = Self::peek_cluster_size(c0)?;
+        let mut h = Self::decode_fixed(c0)?;
+        if h.version == 3 {
+            h.decode_v3_fields(c0, cs)?;
+        }
+        if h.refcount_order > 6 {
+            return Err(Error::corrupt(format!(
+                "refcount_order {} at offset 96",
+                h.refcount_order
+            )));
+        }
+        // Extensions follow the header in v2 images too; they end before the backing name.
+        h.decode_extensions(c0, cs)?;
+        if h.backing_file_offset != 0 {
+            h.backing_file = Some(h.decode_backing_name(c0, cs)?);
+        }
+        Ok(h)
+    }
+
+    /// The fields versions 2 and 3 share (the first 72 bytes); the version-3 fields get their
+    /// version-2 meaning (no features, 16-bit refcounts, 72-byte header).
+    fn decode_fixed(c0: &[u8]) -> Result<Self> {
         let version = be32(c0, hdr::VERSION);
         if version != 2 && version != 3 {
             return Err(Error::unsupported(format!(
@@ -173,7 +194,7 @@ impl Header {
                 c0.len()
             )));
         }
-        let mut h = Header {
+        Ok(Header {
             version,
             backing_file_offset: be64(c0, hdr::BACKING_FILE_OFFSET),
             backing_file_size: be32(c0, hdr::BACKING_FILE_SIZE),
@@ -195,69 +216,67 @@ impl Header {
             backing_file: None,
             backing_format: None,
             extensions: Vec::new(),
-        };
-        if version == 3 {
-            h.incompatible_features = be64(c0, hdr::INCOMPATIBLE_FEATURES);
-            h.compatible_features = be64(c0, hdr::COMPATIBLE_FEATURES);
-            h.autoclear_features = be64(c0, hdr::AUTOCLEAR_FEATURES);
-            h.refcount_order = be32(c0, hdr::REFCOUNT_ORDER);
-            h.header_length = be32(c0, hdr::HEADER_LENGTH);
-            if h.header_length < 104 || h.header_length % 8 != 0 {
-                return Err(Error::corrupt(format!(
-                    "header_length {} at offset 100 (must be >= 104, a multiple of 8)",
-                    h.header_length
-                )));
-            }
-            if u64::from(h.header_length) > cs || h.header_length as usize > c0.len() {
-                return Err(Error::corrupt(format!(
-                    "header_length {} at offset 100 exceeds cluster 0",
-                    h.header_length
-                )));
-            }
-            if h.header_length > 104 {
-                h.compression_type = c0[hdr::COMPRESSION_TYPE];
-            }
-        }
-        if h.refcount_order > 6 {
+        })
+    }
+
+    /// The version-3 fields (bytes 72..104, and the compression type if the header is longer).
+    /// `c0` holds at least 104 bytes ([`Header::decode_fixed`] checked).
+    fn decode_v3_fields(&mut self, c0: &[u8], cs: u64) -> Result<()> {
+        self.incompatible_features = be64(c0, hdr::INCOMPATIBLE_FEATURES);
+        self.compatible_features = be64(c0, hdr::COMPATIBLE_FEATURES);
+        self.autoclear_features = be64(c0, hdr::AUTOCLEAR_FEATURES);
+        self.refcount_order = be32(c0, hdr::REFCOUNT_ORDER);
+        self.header_length = be32(c0, hdr::HEADER_LENGTH);
+        if self.header_length < 104 || self.header_length % 8 != 0 {
             return Err(Error::corrupt(format!(
-                "refcount_order {} at offset 96",
-                h.refcount_order
+                "header_length {} at offset 100 (must be >= 104, a multiple of 8)",
+                self.header_length
             )));
         }
-        // Extensions follow the header in v2 images too; they end before the backing name.
-        h.decode_extensions(c0, cs)?;
-        if h.backing_file_offset != 0 {
-            if h.backing_file_size > MAX_BACKING_NAME || h.backing_file_size == 0 {
-                return Err(Error::corrupt(format!(
-                    "backing file name length {} at offset 16",
-                    h.backing_file_size
-                )));
-            }
-            let end = h
-                .backing_file_offset
-                .checked_add(u64::from(h.backing_file_size));
-            match end {
-                Some(end) if end <= cs && end <= c0.len() as u64 => {}
-                _ => {
-                    return Err(Error::corrupt(format!(
-                        "backing file name at offset {} (length {}) outside cluster 0",
-                        h.backing_file_offset, h.backing_file_size
-                    )));
-                }
-            }
-            let start = h.backing_file_offset as usize;
-            let raw = &c0[start..start + h.backing_file_size as usize];
-            let name = std::str::from_utf8(raw).map_err(|_| {
-                Error::unsupported(format!("backing file name at offset {start} is not UTF-8"))
-            })?;
-            if name.contains('\0') {
-                return Err(Error::corrupt(format!(
-                    "backing file name at offset {start} holds NUL"
-                )));
-            }
-            h.backing_file = Some(name.to_owned());
+        if u64::from(self.header_length) > cs || self.header_length as usize > c0.len() {
+            return Err(Error::corrupt(format!(
+                "header_length {} at offset 100 exceeds cluster 0",
+                self.header_length
+            )));
         }
-        Ok(h)
+        if self.header_length > 104 {
+            self.compression_type = c0[hdr::COMPRESSION_TYPE];
+        }
+        Ok(())
+    }
+
+    /// The backing file name `backing_file_offset`/`size` point at (the offset is not 0): inside
+    /// cluster 0, at most [`MAX_BACKING_NAME`] bytes of UTF-8 without NUL.
+    fn decode_backing_name(&self, c0: &[u8], cs: u64) -> Result<String> {
+        if self.backing_file_size > MAX_BACKING_NAME || self.backing_file_size == 0 {
+            return Err(Error::corrupt(format!(
+                "backing file name length {} at offset 16",
+                self.backing_file_size
+            )));
+        }
+        let end = self
+            .backing_file_offset
+            .checked_add(u64::from(self.backing_file_size));
+        match end {
+            Some(end) if end <= cs && end <= c0.len() as u64 => {}
+            _ => {
+                return Err(Error::corrupt(format!(
+                    "backing file name at offset {} (length {}) outside cluster 0",
+                    self.backing_file_offset, self.backing_file_size
+                )));
+            }
+        }
+        let start = self.backing_file_offset as usize;
+        let raw = &c0[start..start + self.backing_file_size as usize];
+        let name = std::str::from_utf8(raw).map_err(|_| {
+            Error::unsupported(format!("backing file name at offset {start} is not UTF-8"))
+        })?;
+        if name.contains('\0') {
+            return Err(Error::corrupt(format!(
+                "backing file name at offset {start} holds NUL"
+            )));
+        }
+        Ok(name.to_owned())
     }
 
     fn decode_extensions(&mut self, c0: &[u8], cs: u64) -> Result<()> {

@@ -589,10 +589,8 @@ impl Image {
     /// For a fresh run this allocates its host clusters and marks its guest clusters in flight.
     fn plan_write(&self, pos: u64, buf: &[u8]) -> Result<WritePlan> {
         let bits = self.geo.cluster_bits;
-        let cs = self.geo.cluster_size;
-        let end = pos + buf.len() as u64;
         let first = pos >> bits;
-        let last = (end - 1) >> bits;
+        let last = (pos + buf.len() as u64 - 1) >> bits;
         // Leading whole clusters of zeros, counted before taking the lock (the check reads every
         // byte of an all-zero payload; data exits within the first bytes).
         let mut zero_run = 0;
@@ -607,53 +605,81 @@ impl Image {
             break self.entry(&mut m, GuestCluster(first))?;
         };
         if let L2Entry::Normal { host, copied: true } = head_old {
-            let mut next = first + 1;
-            let mut next_host = host + cs;
-            while next <= last && !m.inflight.contains(&next) {
-                match self.entry(&mut m, GuestCluster(next))? {
-                    L2Entry::Normal {
-                        host: h,
-                        copied: true,
-                    } if h == next_host => {
-                        next += 1;
-                        next_host += cs;
-                    }
-                    _ => break,
-                }
-            }
-            if next_host > m.frontier() << bits {
-                return Err(Error::corrupt(format!(
-                    "guest offset {pos}: data cluster {host} not refcounted"
-                )));
-            }
-            return Ok(WritePlan::InPlace {
-                host: host + (pos & (cs - 1)),
-                len: ((next << bits).min(end) - pos) as usize,
-            });
+            return self.plan_in_place(&mut m, pos, buf.len(), host);
         }
         if zero_run > 0 {
-            // Zeros over clusters we do not own: store them as zero clusters (exactly what
-            // WRITE_ZEROES without unmap stores) instead of allocating data, so images stay thin.
-            let mut k = 1;
-            while k < zero_run && !m.inflight.contains(&(first + k)) {
-                match self.entry(&mut m, GuestCluster(first + k))? {
-                    L2Entry::Normal { copied: true, .. } => break,
-                    _ => k += 1,
-                }
-            }
-            return Ok(WritePlan::Zeros {
-                first,
-                end: first + k,
-            });
+            return self.plan_zeros(&mut m, first, zero_run);
         }
-        // A run of clusters that need fresh host clusters; it stops before a whole zero cluster,
-        // which the next call stores as zero.
+        self.plan_fresh(&mut m, pos, buf, head_old)
+    }
+
+    /// The run of owned clusters from `pos`, whose first cluster is at `host`: as far as the
+    /// following clusters are owned too, contiguous on the host and not in flight.
+    fn plan_in_place(&self, m: &mut Meta, pos: u64, len: usize, host: u64) -> Result<WritePlan> {
+        let bits = self.geo.cluster_bits;
+        let cs = self.geo.cluster_size;
+        let end = pos + len as u64;
+        let last = (end - 1) >> bits;
+        let mut next = (pos >> bits) + 1;
+        let mut next_host = host + cs;
+        while next <= last && !m.inflight.contains(&next) {
+            match self.entry(m, GuestCluster(next))? {
+                L2Entry::Normal {
+                    host: h,
+                    copied: true,
+                } if h == next_host => {
+                    next += 1;
+                    next_host += cs;
+                }
+                _ => break,
+            }
+        }
+        if next_host > m.frontier() << bits {
+            return Err(Error::corrupt(format!(
+                "guest offset {pos}: data cluster {host} not refcounted"
+            )));
+        }
+        Ok(WritePlan::InPlace {
+            host: host + (pos & (cs - 1)),
+            len: ((next << bits).min(end) - pos) as usize,
+        })
+    }
+
+    /// Up to `zero_run` whole zero clusters from `first`, over clusters we do not own: stored as
+    /// zero clusters (exactly what WRITE_ZEROES without unmap stores) instead of allocating data,
+    /// so images stay thin. The run stops before an owned cluster or one in flight.
+    fn plan_zeros(&self, m: &mut Meta, first: u64, zero_run: u64) -> Result<WritePlan> {
+        let mut k = 1;
+        while k < zero_run && !m.inflight.contains(&(first + k)) {
+            match self.entry(m, GuestCluster(first + k))? {
+                L2Entry::Normal { copied: true, .. } => break,
+                _ => k += 1,
+            }
+        }
+        Ok(WritePlan::Zeros {
+            first,
+            end: first + k,
+        })
+    }
+
+    /// A run of clusters that need fresh host clusters, from the one `pos` is in (which held
+    /// `head_old`); it stops before a whole zero cluster, which the next call stores as zero.
+    fn plan_fresh(
+        &self,
+        m: &mut Meta,
+        pos: u64,
+        buf: &[u8],
+        head_old: L2Entry,
+    ) -> Result<WritePlan> {
+        let bits = self.geo.cluster_bits;
+        let first = pos >> bits;
+        let last = (pos + buf.len() as u64 - 1) >> bits;
         let mut n = 1;
         while first + n <= last
             && !m.inflight.contains(&(first + n))
             && !self.zero_cluster_in(pos, buf, first + n)
         {
-            match self.entry(&mut m, GuestCluster(first + n))? {
+            match self.entry(m, GuestCluster(first + n))? {
                 L2Entry::Normal { copied: true, .. } => break,
                 _ => n += 1,
             }
@@ -663,7 +689,7 @@ impl Image {
             m.ensure_l2(GuestCluster(gc))?;
             gc = (gc / self.geo.l2_entries + 1) * self.geo.l2_entries;
         }
-        let tail_old = self.entry(&mut m, GuestCluster(first + n - 1))?;
+        let tail_old = self.entry(m, GuestCluster(first + n - 1))?;
         let host = m.alloc(n)?;
         for c in first..first + n {
             m.inflight.insert(c);

@@ -21,6 +21,9 @@
 //! `compress` (deflate/zstd clusters), `check` (the checker, one method per phase), `fuzzing` (the
 //! fuzz target's entry point), `units` (`GuestCluster`, `HostOffset`).
 
+// Every function short enough to read at once; the threshold is in the workspace's clippy.toml.
+#![deny(clippy::too_many_lines)]
+
 mod cache;
 mod chain;
 pub mod check;

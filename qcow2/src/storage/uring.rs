@@ -19,7 +19,7 @@ use std::cell::RefCell;
 use std::io;
 use std::os::unix::io::RawFd;
 
-use io_uring::{IoUring, opcode, types};
+use io_uring::{IoUring, opcode, squeue, types};
 
 /// Entries of each thread's ring: more than any one call puts in flight.
 const RING_ENTRIES: u32 = 8;
@@ -72,90 +72,134 @@ pub(super) fn run(fd: RawFd, ops: &mut [Op<'_>]) -> io::Result<Vec<usize>> {
         "more ops than ring entries"
     );
     with_ring(|ring| {
-        let mut done = vec![0usize; ops.len()];
-        // Ops that need (another) SQE: not finished, not failed, not at the end of the file.
-        let mut want: Vec<bool> = ops.iter().map(|op| op.len() > 0).collect();
-        let mut error: Option<io::Error> = None;
+        let mut progress = Progress::new(ops);
         loop {
-            let mut in_flight = 0usize;
-            for (i, op) in ops.iter_mut().enumerate() {
-                if !want[i] || error.is_some() {
-                    continue;
-                }
-                let at = done[i];
-                let n = (op.len() - at).min(MAX_SQE_BYTES) as u32;
-                let entry = match op {
-                    Op::Read { buf, offset } => {
-                        opcode::Read::new(types::Fd(fd), buf[at..].as_mut_ptr(), n)
-                            .offset(*offset + at as u64)
-                            .build()
-                    }
-                    Op::Write { buf, offset } => {
-                        opcode::Write::new(types::Fd(fd), buf[at..].as_ptr(), n)
-                            .offset(*offset + at as u64)
-                            .build()
-                    }
-                }
-                .user_data(i as u64);
-                // SAFETY: the SQE points into `ops[i]`'s buffer, which is borrowed (mutably for
-                // reads) for the whole of `run`; `run` does not return before the completion of
-                // this SQE has been reaped below (or the process aborts), so the buffer outlives
-                // the kernel's use of it. The ring has room: at most `ops.len()` SQEs are pushed
-                // per round and every earlier one was consumed by `submit_and_wait`.
-                let pushed = unsafe { ring.submission().push(&entry) };
-                if pushed.is_err() {
-                    abort_in_flight("io_uring submission queue full");
-                }
-                want[i] = false;
-                in_flight += 1;
-            }
+            let in_flight = submit(ring, fd, ops, &mut progress);
             if in_flight == 0 {
                 break;
             }
-            let mut reaped = 0usize;
-            while reaped < in_flight {
-                match ring.submit_and_wait(in_flight - reaped) {
-                    Ok(_) => {}
-                    Err(e)
-                        if matches!(
-                            e.raw_os_error(),
-                            Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
-                        ) => {}
-                    Err(_) => abort_in_flight("waiting for io_uring completions failed"),
-                }
-                for cqe in ring.completion() {
-                    reaped += 1;
-                    let i = cqe.user_data() as usize;
-                    let res = cqe.result();
-                    if res < 0 {
-                        let e = io::Error::from_raw_os_error(-res);
-                        if matches!(-res, libc::EINTR | libc::EAGAIN) {
-                            want[i] = true;
-                        } else if error.is_none() {
-                            error = Some(e);
-                        }
-                        continue;
-                    }
-                    let n = res as usize;
-                    done[i] += n;
-                    match &ops[i] {
-                        Op::Write { .. } if n == 0 => {
-                            if error.is_none() {
-                                error = Some(io::Error::from(io::ErrorKind::WriteZero));
-                            }
-                        }
-                        // End of file: the read stops short.
-                        Op::Read { .. } if n == 0 => {}
-                        op => want[i] = done[i] < op.len(),
-                    }
-                }
-            }
+            reap(ring, in_flight, ops, &mut progress);
         }
-        match error {
-            Some(e) => Err(e),
-            None => Ok(done),
-        }
+        progress.finish()
     })
+}
+
+/// Where [`run`]'s ops stand between rounds of submissions.
+struct Progress {
+    /// Bytes each op has transferred so far.
+    done: Vec<usize>,
+    /// Ops that need (another) SQE: not finished, not failed, not at the end of the file.
+    want: Vec<bool>,
+    /// The error `run` returns; once set, nothing more is submitted.
+    error: Option<io::Error>,
+}
+
+impl Progress {
+    fn new(ops: &[Op<'_>]) -> Self {
+        Self {
+            done: vec![0; ops.len()],
+            want: ops.iter().map(|op| op.len() > 0).collect(),
+            error: None,
+        }
+    }
+
+    /// Records the completion of op `i`'s SQE: `res` is the bytes transferred or `-errno`.
+    fn complete(&mut self, i: usize, op: &Op<'_>, res: i32) {
+        if res < 0 {
+            if matches!(-res, libc::EINTR | libc::EAGAIN) {
+                self.want[i] = true;
+            } else {
+                self.fail(io::Error::from_raw_os_error(-res));
+            }
+            return;
+        }
+        let n = res as usize;
+        self.done[i] += n;
+        match op {
+            Op::Write { .. } if n == 0 => self.fail(io::Error::from(io::ErrorKind::WriteZero)),
+            // End of file: the read stops short.
+            Op::Read { .. } if n == 0 => {}
+            op => self.want[i] = self.done[i] < op.len(),
+        }
+    }
+
+    /// Later errors are dropped: `run` reports the first.
+    fn fail(&mut self, e: io::Error) {
+        if self.error.is_none() {
+            self.error = Some(e);
+        }
+    }
+
+    fn finish(self) -> io::Result<Vec<usize>> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(self.done),
+        }
+    }
+}
+
+/// Pushes one SQE for every op that wants one, none once an error is recorded, and returns how
+/// many it pushed. Only for [`run`], which reaps every one of them before it pushes more or
+/// returns.
+fn submit(ring: &mut IoUring, fd: RawFd, ops: &mut [Op<'_>], progress: &mut Progress) -> usize {
+    if progress.error.is_some() {
+        return 0;
+    }
+    let mut in_flight = 0usize;
+    for (i, op) in ops.iter_mut().enumerate() {
+        if !progress.want[i] {
+            continue;
+        }
+        let entry = sqe(fd, op, progress.done[i]).user_data(i as u64);
+        // SAFETY: the SQE points into `ops[i]`'s buffer, which `run` borrows (mutably for reads)
+        // for the whole of its call; `run` does not return before the completion of this SQE has
+        // been reaped by `reap` (or the process aborts), so the buffer outlives the kernel's use
+        // of it. The ring has room: at most `ops.len()` SQEs are pushed per round and every
+        // earlier one was consumed by `submit_and_wait` in `reap`.
+        let pushed = unsafe { ring.submission().push(&entry) };
+        if pushed.is_err() {
+            abort_in_flight("io_uring submission queue full");
+        }
+        progress.want[i] = false;
+        in_flight += 1;
+    }
+    in_flight
+}
+
+/// The SQE that continues `op` from its byte `at`, for at most [`MAX_SQE_BYTES`].
+fn sqe(fd: RawFd, op: &mut Op<'_>, at: usize) -> squeue::Entry {
+    let n = (op.len() - at).min(MAX_SQE_BYTES) as u32;
+    match op {
+        Op::Read { buf, offset } => opcode::Read::new(types::Fd(fd), buf[at..].as_mut_ptr(), n)
+            .offset(*offset + at as u64)
+            .build(),
+        Op::Write { buf, offset } => opcode::Write::new(types::Fd(fd), buf[at..].as_ptr(), n)
+            .offset(*offset + at as u64)
+            .build(),
+    }
+}
+
+/// Submits what [`submit`] pushed and waits until all `in_flight` SQEs have completed, recording
+/// each completion in `progress`. Aborts if waiting fails for good rather than return with SQEs
+/// in flight.
+fn reap(ring: &mut IoUring, in_flight: usize, ops: &[Op<'_>], progress: &mut Progress) {
+    let mut reaped = 0usize;
+    while reaped < in_flight {
+        match ring.submit_and_wait(in_flight - reaped) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                ) => {}
+            Err(_) => abort_in_flight("waiting for io_uring completions failed"),
+        }
+        for cqe in ring.completion() {
+            reaped += 1;
+            let i = cqe.user_data() as usize;
+            progress.complete(i, &ops[i], cqe.result());
+        }
+    }
 }
 
 /// Called only while SQEs may be in flight: returning would hand their buffers back to the caller
