@@ -13,6 +13,7 @@ pub mod inventory;
 pub mod repo;
 pub mod restore;
 pub mod serve;
+pub mod startup;
 pub mod state;
 pub mod sys;
 pub mod views;
