@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use crate::command::{self, Limits, MetaContext, Outcome, ReadPiece};
-use crate::handshake;
+use crate::negotiate;
 use crate::proto::handshake::{
     ClientOption, ExportNameReply, Greeting, OptionHeader, OptionReply, decode_client_flags,
 };
@@ -101,7 +101,7 @@ pub fn handshake_session(data: &[u8], tls: &Arc<rustls::ServerConfig>) {
         let (mut from_server, mut to_server) = tokio::io::split(client);
         let serve = async {
             let mut stream = MaybeTls::Plain(server);
-            let session = handshake::negotiate(&mut stream, &shared).await;
+            let session = negotiate::negotiate(&mut stream, &shared).await;
             // Dropping the stream ends the client's reads.
             (matches!(session, Ok(Some(_))), stream.is_tls())
         };

@@ -1,11 +1,11 @@
 //! What one request means: validation (pure), running it against the export (`execute`), and the
-//! bytes of its reply (`reply`, pure).
+//! bytes of its reply (`encode`, pure).
 
+mod encode;
 mod execute;
-mod reply;
 
+pub(crate) use encode::encode_reply;
 pub(crate) use execute::{Outcome, ReadPiece, execute};
-pub(crate) use reply::encode_reply;
 
 use crate::Extent;
 use crate::proto::request::{Command, HeaderStyle, Request};
