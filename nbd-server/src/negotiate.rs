@@ -68,6 +68,31 @@ struct State {
     meta: Option<(String, Vec<MetaContext>)>,
 }
 
+impl State {
+    /// The session on `name`, with the contexts SET_META_CONTEXT selected if it named that export.
+    fn session(&self, attachment: Attachment, name: &str) -> Session {
+        let contexts = match &self.meta {
+            Some((export, ctxs)) if export == name && self.style.structured() => ctxs.clone(),
+            _ => Vec::new(),
+        };
+        Session {
+            attachment,
+            style: self.style,
+            contexts,
+        }
+    }
+}
+
+/// What answering one option leads to.
+enum Next {
+    /// These replies, then the next option.
+    Reply(Vec<OptionReply>),
+    /// The option answered itself (STARTTLS acks before the TLS handshake); the next option.
+    Answered,
+    /// The handshake is over: transmission with this session, or `None` if the client ended it.
+    End(Option<Session>),
+}
+
 /// Runs the handshake. `Ok(None)`: the client ended it (ABORT, or EOF between options).
 pub(crate) async fn negotiate<S>(
     stream: &mut MaybeTls<S>,
@@ -76,181 +101,258 @@ pub(crate) async fn negotiate<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut st = greet(stream).await?;
+    loop {
+        let Some((header, data)) = read_option(stream).await? else {
+            return Ok(None);
+        };
+        let next = match admit(stream, shared, header, &data)? {
+            Ok(option) => answer(stream, shared, &mut st, option).await?,
+            Err(refusal) => Next::Reply(vec![refusal]),
+        };
+        match next {
+            Next::Reply(replies) => send(stream, &replies).await?,
+            Next::Answered => {}
+            Next::End(session) => return Ok(session),
+        }
+    }
+}
+
+/// Sends the greeting and takes the client's flags.
+async fn greet<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> io::Result<State> {
     let offered = FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES;
     let mut out = BytesMut::with_capacity(256);
     Greeting { flags: offered }.encode(&mut out);
     stream.write_all(&out).await?;
     let raw = stream.read_u32().await?;
     let client_flags = decode_client_flags(raw, offered).map_err(invalid)?;
-    let mut st = State {
+    Ok(State {
         style: HeaderStyle::Simple,
         no_zeroes: client_flags & CLIENT_FLAG_NO_ZEROES != 0,
         meta: None,
-    };
+    })
+}
 
-    loop {
-        let mut head = [0u8; OptionHeader::LEN];
-        match stream.read_exact(&mut head).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(e),
+/// The next option's header and data; `None` at EOF between options.
+async fn read_option<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> io::Result<Option<(OptionHeader, Vec<u8>)>> {
+    let mut head = [0u8; OptionHeader::LEN];
+    match stream.read_exact(&mut head).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let (header, _) = OptionHeader::decode(&head)
+        .map_err(invalid)?
+        .ok_or_else(|| invalid("short option header"))?;
+    // Refused before anything is sized by it.
+    header.check_length().map_err(invalid)?;
+    let mut data = vec![0u8; header.length as usize];
+    stream.read_exact(&mut data).await?;
+    Ok(Some((header, data)))
+}
+
+/// The option, if TLS policy lets it through and it decodes; otherwise the error reply to send
+/// instead, or (for EXPORT_NAME, which has no error reply) the end of the connection.
+fn admit<S>(
+    stream: &MaybeTls<S>,
+    shared: &Shared,
+    header: OptionHeader,
+    data: &[u8],
+) -> io::Result<Result<ClientOption, OptionReply>> {
+    match tls_gate(tls_state(shared, stream), header.option) {
+        TlsGate::Pass => {}
+        TlsGate::Close => {
+            return Err(invalid("EXPORT_NAME in clear on a server requiring TLS"));
         }
-        let (header, _) = OptionHeader::decode(&head)
-            .map_err(invalid)?
-            .ok_or_else(|| invalid("short option header"))?;
-        // Refused before anything is sized by it.
-        header.check_length().map_err(invalid)?;
-        let mut data = vec![0u8; header.length as usize];
-        stream.read_exact(&mut data).await?;
-        match tls_gate(tls_state(shared, stream), header.option) {
-            TlsGate::Pass => {}
-            TlsGate::Close => {
-                return Err(invalid("EXPORT_NAME in clear on a server requiring TLS"));
-            }
-            TlsGate::TlsRequired => {
-                tracing::debug!(option = header.option, "refused in clear: TLS required");
-                let r = OptionReply::error(
-                    header.option,
-                    REP_ERR_TLS_REQD,
-                    "this server requires TLS: send NBD_OPT_STARTTLS first",
-                );
-                send(stream, &[r]).await?;
-                continue;
-            }
+        TlsGate::TlsRequired => {
+            tracing::debug!(option = header.option, "refused in clear: TLS required");
+            return Ok(Err(OptionReply::error(
+                header.option,
+                REP_ERR_TLS_REQD,
+                "this server requires TLS: send NBD_OPT_STARTTLS first",
+            )));
         }
-        let option = match ClientOption::decode(header.option, &data) {
-            Ok(o) => o,
-            Err(e) if header.option == OPT_EXPORT_NAME => return Err(invalid(e)),
-            Err(e) => {
-                tracing::debug!(option = header.option, error = %e, "malformed option");
-                let r = OptionReply::error(header.option, REP_ERR_INVALID, e.to_string());
-                send(stream, &[r]).await?;
-                continue;
-            }
-        };
-        tracing::trace!(?option, "option");
-        let code = option.code();
-        let mut replies = Vec::new();
-        match option {
-            ClientOption::ExportName(name) => {
-                if st.style == HeaderStyle::Extended {
-                    return Err(invalid("EXPORT_NAME after extended headers"));
-                }
-                let attachment = lookup_and_attach(shared, &name).map_err(|(_, m)| invalid(m))?;
-                let entry = attachment.entry();
-                let mut out = BytesMut::with_capacity(134);
-                ExportNameReply {
-                    size: entry.export.size(),
-                    flags: transmission_flags(entry, st.style),
-                }
-                .encode(st.no_zeroes, &mut out);
-                stream.write_all(&out).await?;
-                stream.flush().await?;
-                let contexts = contexts_for(&st, &name);
-                return Ok(Some(Session {
-                    attachment,
-                    style: st.style,
-                    contexts,
-                }));
-            }
-            ClientOption::Abort => {
-                // The client may already be gone; the ACK is a courtesy.
-                let _ = send(stream, &[OptionReply::new(code, OptionReplyBody::Ack)]).await;
-                return Ok(None);
-            }
-            ClientOption::List => {
-                if shared.config.list_exports {
-                    for name in shared.registry.names() {
-                        replies.push(OptionReply::new(
-                            code,
-                            OptionReplyBody::Server {
-                                name,
-                                details: String::new(),
-                            },
-                        ));
-                    }
-                    replies.push(OptionReply::new(code, OptionReplyBody::Ack));
-                } else {
-                    replies.push(OptionReply::error(
-                        code,
-                        REP_ERR_POLICY,
-                        "this server does not list its exports",
-                    ));
-                }
-            }
-            ClientOption::StartTls => match &shared.config.tls {
-                None => replies.push(OptionReply::error(
-                    code,
-                    REP_ERR_POLICY,
-                    "TLS is not configured on this server",
-                )),
-                Some(_) if stream.is_tls() => replies.push(OptionReply::error(
-                    code,
-                    REP_ERR_INVALID,
-                    "TLS is already in use",
-                )),
-                Some(tls) => {
-                    send(stream, &[OptionReply::new(code, OptionReplyBody::Ack)]).await?;
-                    stream.start_tls(&tls.config).await?;
-                    tracing::debug!("TLS established");
-                    // STARTTLS resets everything negotiated before it (the client flags stay).
-                    st.style = HeaderStyle::Simple;
-                    st.meta = None;
-                    continue;
-                }
-            },
-            ClientOption::StructuredReply => replies.push(match st.style {
-                HeaderStyle::Extended => OptionReply::error(
-                    code,
-                    REP_ERR_EXT_HEADER_REQD,
-                    "extended headers already negotiated",
-                ),
-                HeaderStyle::Structured => OptionReply::error(
-                    code,
-                    REP_ERR_INVALID,
-                    "structured replies already negotiated",
-                ),
-                HeaderStyle::Simple => {
-                    st.style = HeaderStyle::Structured;
-                    OptionReply::new(code, OptionReplyBody::Ack)
-                }
-            }),
-            ClientOption::ExtendedHeaders => replies.push(if st.style == HeaderStyle::Extended {
-                OptionReply::error(code, REP_ERR_INVALID, "extended headers already negotiated")
-            } else {
-                st.style = HeaderStyle::Extended;
-                OptionReply::new(code, OptionReplyBody::Ack)
-            }),
-            ClientOption::ListMetaContext(req) => {
-                meta_context(shared, &mut st, code, req, false, &mut replies)
-            }
-            ClientOption::SetMetaContext(req) => {
-                meta_context(shared, &mut st, code, req, true, &mut replies)
-            }
-            ClientOption::Info(req) => {
-                match info(shared, &st, code, &req, false) {
-                    Ok((r, _)) => replies.extend(r),
-                    Err(r) => replies.push(r),
-                };
-            }
-            ClientOption::Go(req) => match info(shared, &st, code, &req, true) {
-                Ok((r, Some(attachment))) => {
-                    send(stream, &r).await?;
-                    let contexts = contexts_for(&st, &req.name);
-                    return Ok(Some(Session {
-                        attachment,
-                        style: st.style,
-                        contexts,
-                    }));
-                }
-                Ok((r, None)) => replies.extend(r),
-                Err(r) => replies.push(r),
-            },
-            ClientOption::Unknown(_) => {
-                replies.push(OptionReply::error(code, REP_ERR_UNSUP, "unknown option"));
-            }
+    }
+    match ClientOption::decode(header.option, data) {
+        Ok(o) => Ok(Ok(o)),
+        Err(e) if header.option == OPT_EXPORT_NAME => Err(invalid(e)),
+        Err(e) => {
+            tracing::debug!(option = header.option, error = %e, "malformed option");
+            Ok(Err(OptionReply::error(
+                header.option,
+                REP_ERR_INVALID,
+                e.to_string(),
+            )))
         }
-        send(stream, &replies).await?;
+    }
+}
+
+/// Answers one option. EXPORT_NAME, GO and ABORT end the handshake; STARTTLS sends its own ACK,
+/// because the TLS handshake must follow it at once.
+async fn answer<S>(
+    stream: &mut MaybeTls<S>,
+    shared: &Shared,
+    st: &mut State,
+    option: ClientOption,
+) -> io::Result<Next>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    tracing::trace!(?option, "option");
+    let code = option.code();
+    Ok(match option {
+        ClientOption::ExportName(name) => {
+            Next::End(Some(export_name(stream, shared, st, &name).await?))
+        }
+        ClientOption::Abort => {
+            // The client may already be gone; the ACK is a courtesy.
+            let _ = send(stream, &[OptionReply::new(code, OptionReplyBody::Ack)]).await;
+            Next::End(None)
+        }
+        ClientOption::List => Next::Reply(list(shared, code)),
+        ClientOption::StartTls => start_tls(stream, shared, st, code).await?,
+        ClientOption::StructuredReply => Next::Reply(vec![structured_reply(st, code)]),
+        ClientOption::ExtendedHeaders => Next::Reply(vec![extended_headers(st, code)]),
+        ClientOption::ListMetaContext(req) => {
+            Next::Reply(meta_context(shared, st, code, req, false))
+        }
+        ClientOption::SetMetaContext(req) => Next::Reply(meta_context(shared, st, code, req, true)),
+        ClientOption::Info(req) => match info(shared, st, code, &req, false) {
+            Ok((r, _)) => Next::Reply(r),
+            Err(r) => Next::Reply(vec![r]),
+        },
+        ClientOption::Go(req) => match info(shared, st, code, &req, true) {
+            Ok((r, Some(attachment))) => {
+                send(stream, &r).await?;
+                Next::End(Some(st.session(attachment, &req.name)))
+            }
+            Ok((r, None)) => Next::Reply(r),
+            Err(r) => Next::Reply(vec![r]),
+        },
+        ClientOption::Unknown(_) => Next::Reply(vec![OptionReply::error(
+            code,
+            REP_ERR_UNSUP,
+            "unknown option",
+        )]),
+    })
+}
+
+/// EXPORT_NAME: attaches and answers with the export's size and flags. It has no error reply, so
+/// any refusal closes the connection.
+async fn export_name<S>(
+    stream: &mut MaybeTls<S>,
+    shared: &Shared,
+    st: &State,
+    name: &str,
+) -> io::Result<Session>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if st.style == HeaderStyle::Extended {
+        return Err(invalid("EXPORT_NAME after extended headers"));
+    }
+    let attachment = lookup_and_attach(shared, name).map_err(|(_, m)| invalid(m))?;
+    let entry = attachment.entry();
+    let mut out = BytesMut::with_capacity(134);
+    ExportNameReply {
+        size: entry.export.size(),
+        flags: transmission_flags(entry, st.style),
+    }
+    .encode(st.no_zeroes, &mut out);
+    stream.write_all(&out).await?;
+    stream.flush().await?;
+    Ok(st.session(attachment, name))
+}
+
+fn list(shared: &Shared, code: u32) -> Vec<OptionReply> {
+    if !shared.config.list_exports {
+        return vec![OptionReply::error(
+            code,
+            REP_ERR_POLICY,
+            "this server does not list its exports",
+        )];
+    }
+    let mut replies: Vec<OptionReply> = shared
+        .registry
+        .names()
+        .into_iter()
+        .map(|name| {
+            OptionReply::new(
+                code,
+                OptionReplyBody::Server {
+                    name,
+                    details: String::new(),
+                },
+            )
+        })
+        .collect();
+    replies.push(OptionReply::new(code, OptionReplyBody::Ack));
+    replies
+}
+
+/// STARTTLS: the ACK in clear, then the TLS handshake on the same socket.
+async fn start_tls<S>(
+    stream: &mut MaybeTls<S>,
+    shared: &Shared,
+    st: &mut State,
+    code: u32,
+) -> io::Result<Next>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let tls = match &shared.config.tls {
+        None => {
+            return Ok(Next::Reply(vec![OptionReply::error(
+                code,
+                REP_ERR_POLICY,
+                "TLS is not configured on this server",
+            )]));
+        }
+        Some(_) if stream.is_tls() => {
+            return Ok(Next::Reply(vec![OptionReply::error(
+                code,
+                REP_ERR_INVALID,
+                "TLS is already in use",
+            )]));
+        }
+        Some(tls) => tls,
+    };
+    send(stream, &[OptionReply::new(code, OptionReplyBody::Ack)]).await?;
+    stream.start_tls(&tls.config).await?;
+    tracing::debug!("TLS established");
+    // STARTTLS resets everything negotiated before it (the client flags stay).
+    st.style = HeaderStyle::Simple;
+    st.meta = None;
+    Ok(Next::Answered)
+}
+
+fn structured_reply(st: &mut State, code: u32) -> OptionReply {
+    match st.style {
+        HeaderStyle::Extended => OptionReply::error(
+            code,
+            REP_ERR_EXT_HEADER_REQD,
+            "extended headers already negotiated",
+        ),
+        HeaderStyle::Structured => OptionReply::error(
+            code,
+            REP_ERR_INVALID,
+            "structured replies already negotiated",
+        ),
+        HeaderStyle::Simple => {
+            st.style = HeaderStyle::Structured;
+            OptionReply::new(code, OptionReplyBody::Ack)
+        }
+    }
+}
+
+fn extended_headers(st: &mut State, code: u32) -> OptionReply {
+    if st.style == HeaderStyle::Extended {
+        OptionReply::error(code, REP_ERR_INVALID, "extended headers already negotiated")
+    } else {
+        st.style = HeaderStyle::Extended;
+        OptionReply::new(code, OptionReplyBody::Ack)
     }
 }
 
@@ -270,14 +372,6 @@ fn tls_state<S>(shared: &Shared, stream: &MaybeTls<S>) -> TlsState {
         (None, _) => TlsState::Unavailable,
         (Some(tls), _) if tls.require => TlsState::Required,
         (Some(_), _) => TlsState::Offered,
-    }
-}
-
-/// The contexts selected by SET_META_CONTEXT, if it named the export now chosen.
-fn contexts_for(st: &State, name: &str) -> Vec<MetaContext> {
-    match &st.meta {
-        Some((export, ctxs)) if export == name && st.style.structured() => ctxs.clone(),
-        _ => Vec::new(),
     }
 }
 
@@ -354,23 +448,20 @@ fn meta_context(
     code: u32,
     req: MetaContextRequest,
     set: bool,
-    replies: &mut Vec<OptionReply>,
-) {
+) -> Vec<OptionReply> {
     if !st.style.structured() {
-        replies.push(OptionReply::error(
+        return vec![OptionReply::error(
             code,
             REP_ERR_INVALID,
             "structured replies must be negotiated first",
-        ));
-        return;
+        )];
     }
     if shared.registry.get(&req.export).is_none() {
-        replies.push(OptionReply::error(
+        return vec![OptionReply::error(
             code,
             REP_ERR_UNKNOWN,
             format!("unknown export {:?}", req.export),
-        ));
-        return;
+        )];
     }
     let mut selected: Vec<MetaContext> = Vec::new();
     if !set && req.queries.is_empty() {
@@ -383,6 +474,7 @@ fn meta_context(
             }
         }
     }
+    let mut replies = Vec::with_capacity(selected.len() + 1);
     for c in &selected {
         replies.push(OptionReply::new(
             code,
@@ -397,4 +489,5 @@ fn meta_context(
     if set {
         st.meta = Some((req.export, selected));
     }
+    replies
 }
