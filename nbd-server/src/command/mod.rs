@@ -113,21 +113,25 @@ fn in_range(offset: u64, len: u64, size: u64) -> bool {
     offset.checked_add(len).is_some_and(|end| end <= size)
 }
 
+/// The flags `cmd` may carry on a connection of `style`.
+fn allowed_flags(cmd: Command, style: HeaderStyle) -> u16 {
+    // FUA is valid on every command once advertised; servers ignore it where meaningless.
+    CMD_FLAG_FUA
+        | match cmd {
+            Command::Read if style.structured() => CMD_FLAG_DF,
+            Command::Write if style == HeaderStyle::Extended => CMD_FLAG_PAYLOAD_LEN,
+            Command::WriteZeroes => CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
+            Command::BlockStatus => CMD_FLAG_REQ_ONE,
+            _ => 0,
+        }
+}
+
 /// Checks flags, permissions and ranges. DISC never gets here (the reader handles it).
 pub(crate) fn validate(req: &Request, lim: &Limits) -> Result<Op, Refusal> {
     let Some(cmd) = Command::from_code(req.command) else {
         return Err((EINVAL, "unknown command"));
     };
-    // FUA is valid on every command once advertised; servers ignore it where meaningless.
-    let allowed = CMD_FLAG_FUA
-        | match cmd {
-            Command::Read if lim.style.structured() => CMD_FLAG_DF,
-            Command::Write if lim.style == HeaderStyle::Extended => CMD_FLAG_PAYLOAD_LEN,
-            Command::WriteZeroes => CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
-            Command::BlockStatus => CMD_FLAG_REQ_ONE,
-            _ => 0,
-        };
-    if req.flags & !allowed != 0 {
+    if req.flags & !allowed_flags(cmd, lim.style) != 0 {
         return Err((EINVAL, "unsupported flags for this command"));
     }
     let fua = req.flags & CMD_FLAG_FUA != 0;
