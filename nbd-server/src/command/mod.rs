@@ -106,6 +106,33 @@ pub(crate) enum Op {
     },
 }
 
+/// A DISC without payload ends the connection at the reader; one with a payload is refused like
+/// any other command the server does not run.
+pub(crate) fn is_disconnect(req: &Request, payload_len: u64) -> bool {
+    req.command == CMD_DISC && payload_len == 0
+}
+
+/// Bytes a request weighs on the payload budgets: a READ's reply data (at most what a READ may
+/// ask for), anything else's payload.
+pub(crate) fn in_flight_bytes(req: &Request, payload_len: u64, max_payload: u32) -> u64 {
+    if req.command == CMD_READ {
+        req.length.min(u64::from(max_payload))
+    } else {
+        payload_len
+    }
+}
+
+/// Whether the reply carries the request's bytes (READ data), so that its budget is held until
+/// the reply is written rather than released once the request has run.
+pub(crate) fn reply_carries_data(req: &Request) -> bool {
+    req.command == CMD_READ
+}
+
+/// Whether a successful request wrote its payload to the export (for the export's figures).
+pub(crate) fn writes_payload(req: &Request) -> bool {
+    req.command == CMD_WRITE
+}
+
 /// An error to send: NBD errno and a short message for the client's log.
 pub(crate) type Refusal = (u32, &'static str);
 
