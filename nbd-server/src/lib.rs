@@ -11,6 +11,7 @@
 //! - `registry`: named exports, their figures, and the connections attached to each.
 //! - `tls`: STARTTLS credentials (qemu's x509 directory layout), policy, and the plain-or-TLS stream.
 #![forbid(unsafe_code)]
+#![deny(clippy::too_many_lines)]
 
 mod admission;
 mod bufpool;
