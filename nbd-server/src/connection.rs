@@ -234,7 +234,7 @@ impl<'a> RequestReader<'a> {
         let (count, bytes) = self.take_permits(&req, payload_len).await;
         // The budget just taken is held until the payload is in: a client that stops sending
         // mid-payload loses its connection rather than holding everyone's budget.
-        let payload = self.read_payload(reader, payload_len, pool).await?;
+        let payload = self.receive_payload(reader, payload_len, pool).await?;
         Ok(Incoming::Run(Ready {
             req,
             payload,
@@ -320,7 +320,8 @@ impl<'a> RequestReader<'a> {
         (count, (bytes, total))
     }
 
-    async fn read_payload<R: AsyncRead + Unpin>(
+    /// [`read_payload`] under the payload timeout.
+    async fn receive_payload<R: AsyncRead + Unpin>(
         &mut self,
         reader: &mut R,
         len: u64,
