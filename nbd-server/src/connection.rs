@@ -17,7 +17,7 @@ use tracing::Instrument;
 use crate::bufpool::BufPool;
 use crate::command::{self, Limits, MetaContext, Outcome};
 use crate::proto::request::{HeaderStyle, Request};
-use crate::proto::{CMD_DISC, CMD_READ, CMD_WRITE, EINVAL, ESHUTDOWN};
+use crate::proto::{EINVAL, ESHUTDOWN};
 use crate::registry::ExportEntry;
 
 /// Requests one connection may have in flight; the reader stops reading beyond this.
@@ -64,8 +64,11 @@ struct Outgoing {
 /// and, for a READ, its data's share of the connection's payload budget and of the server's.
 struct Permits {
     _count: OwnedSemaphorePermit,
-    _bytes: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+    _bytes: Option<BytePermits>,
 }
+
+/// A request's share of the connection's payload budget and of the server's.
+type BytePermits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
 /// Why the reader stopped.
 #[derive(Debug)]
@@ -127,6 +130,24 @@ where
     let _ = writer_task.await;
 }
 
+/// A request off the socket, as the reader hands it on.
+enum Incoming {
+    /// Read whole, with its payload and permits: to run.
+    Run(Ready),
+    /// Its payload was over the limit and has been read and dropped: to refuse.
+    Oversize(Request),
+}
+
+/// A request ready to run: its payload, and the permits it took before the payload was read.
+struct Ready {
+    req: Request,
+    payload: Bytes,
+    count: OwnedSemaphorePermit,
+    bytes: BytePermits,
+}
+
+/// Reads requests and spawns a task for each until reading has to stop; over-limit payloads are
+/// refused from here, since no task holds anything for them.
 async fn read_loop<R>(
     reader: &mut R,
     ctx: &Arc<ConnCtx>,
@@ -137,150 +158,239 @@ async fn read_loop<R>(
 where
     R: AsyncRead + Unpin,
 {
-    let style = ctx.style;
-    let hdr_len = style.request_len();
     let export = &ctx.entry.export;
     let limits = Limits {
         size: export.size(),
         read_only: export.read_only(),
         max_payload: ctx.max_payload,
-        style,
+        style: ctx.style,
         has_contexts: !ctx.contexts.is_empty(),
     };
-    let align = export.buffer_alignment();
-    let byte_budget = ctx.max_in_flight_bytes.clamp(1, Semaphore::MAX_PERMITS) as u64;
-    let total_budget = ctx.total_budget as u64;
-    let count_sem = Arc::new(Semaphore::new(MAX_REQUESTS_IN_FLIGHT));
-    let bytes_sem = Arc::new(Semaphore::new(byte_budget as usize));
-    let mut buf = BytesMut::with_capacity(READ_BUF);
-    // After a large payload the next header is read alone, so the payload after it lands in its
-    // own buffer instead of being read ahead into `buf` and copied out.
-    let mut exact = false;
+    let mut incoming = RequestReader::new(ctx);
     loop {
+        match incoming.next_request(reader, pool).await {
+            Ok(Incoming::Run(ready)) => spawn_request(ctx, tx, requests, pool, limits, ready),
+            Ok(Incoming::Oversize(req)) => {
+                let segments = command::encode_reply(
+                    ctx.style,
+                    &req,
+                    &ctx.contexts,
+                    Outcome::Failed(EINVAL, "payload larger than the maximum block size".into()),
+                );
+                let _ = tx.send(Outgoing {
+                    segments,
+                    _permits: None,
+                });
+            }
+            Err(end) => return end,
+        }
+    }
+}
+
+/// The reader's side of the connection: its header buffer and the budgets requests take from.
+struct RequestReader<'a> {
+    ctx: &'a ConnCtx,
+    buf: BytesMut,
+    /// After a large payload the next header is read alone, so the payload after it lands in its
+    /// own buffer instead of being read ahead into `buf` and copied out.
+    exact: bool,
+    align: usize,
+    byte_budget: u64,
+    count_sem: Arc<Semaphore>,
+    bytes_sem: Arc<Semaphore>,
+}
+
+impl<'a> RequestReader<'a> {
+    fn new(ctx: &'a ConnCtx) -> Self {
+        let byte_budget = ctx.max_in_flight_bytes.clamp(1, Semaphore::MAX_PERMITS) as u64;
+        Self {
+            ctx,
+            buf: BytesMut::with_capacity(READ_BUF),
+            exact: false,
+            align: ctx.entry.export.buffer_alignment(),
+            byte_budget,
+            count_sem: Arc::new(Semaphore::new(MAX_REQUESTS_IN_FLIGHT)),
+            bytes_sem: Arc::new(Semaphore::new(byte_budget as usize)),
+        }
+    }
+
+    /// The next request: header, then permits, then payload. `Err` says why reading stops.
+    async fn next_request<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+        pool: &BufPool,
+    ) -> Result<Incoming, End> {
+        let req = self.read_header(reader).await?;
+        self.ctx.entry.touch();
+        let payload_len = req.payload_len(self.ctx.style);
+        if command::is_disconnect(&req, payload_len) {
+            return Err(End::Disc);
+        }
+        if payload_len > u64::from(self.ctx.max_payload) {
+            self.drop_payload(reader, payload_len).await?;
+            return Ok(Incoming::Oversize(req));
+        }
+        self.exact = payload_len >= 4096;
+        let (count, bytes) = self.take_permits(&req, payload_len).await;
+        // The budget just taken is held until the payload is in: a client that stops sending
+        // mid-payload loses its connection rather than holding everyone's budget.
+        let payload = self.receive_payload(reader, payload_len, pool).await?;
+        Ok(Incoming::Run(Ready {
+            req,
+            payload,
+            count,
+            bytes,
+        }))
+    }
+
+    /// Buffers a whole header and decodes it.
+    async fn read_header<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> Result<Request, End> {
+        let style = self.ctx.style;
+        let hdr_len = style.request_len();
+        let buf = &mut self.buf;
         while buf.len() < hdr_len {
-            let want = if exact {
+            let want = if self.exact {
                 hdr_len - buf.len()
             } else {
                 READ_BUF - buf.len().min(READ_BUF)
             }
             .max(hdr_len - buf.len());
             buf.reserve(want);
-            match reader.read_buf(&mut (&mut buf).limit(want)).await {
-                Ok(0) if buf.is_empty() => return End::Eof,
-                Ok(0) => return End::Io(io::ErrorKind::UnexpectedEof.into()),
+            match reader.read_buf(&mut (&mut *buf).limit(want)).await {
+                Ok(0) if buf.is_empty() => return Err(End::Eof),
+                Ok(0) => return Err(End::Io(io::ErrorKind::UnexpectedEof.into())),
                 Ok(_) => {}
-                Err(e) => return End::Io(e),
+                Err(e) => return Err(End::Io(e)),
             }
         }
-        let req = match Request::decode(&buf, style) {
+        match Request::decode(buf, style) {
             Ok(Some((req, n))) => {
                 buf.advance(n);
-                req
+                Ok(req)
             }
             Ok(None) => unreachable!("a whole header is buffered"),
-            Err(_) => {
-                let magic = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
-                return End::BadMagic(magic);
-            }
-        };
-        ctx.entry.touch();
-        let payload_len = req.payload_len(style);
-        if req.command == CMD_DISC && payload_len == 0 {
-            return End::Disc;
+            Err(_) => Err(End::BadMagic(u32::from_be_bytes([
+                buf[0], buf[1], buf[2], buf[3],
+            ]))),
         }
-        if payload_len > u64::from(ctx.max_payload) {
-            if payload_len > MAX_DISCARD {
-                return End::Oversize(payload_len);
-            }
-            match tokio::time::timeout(ctx.payload_timeout, discard(reader, &mut buf, payload_len))
-                .await
-            {
-                Err(_) => return End::PayloadStalled,
-                Ok(Err(e)) => return End::Io(e),
-                Ok(Ok(())) => {}
-            }
-            tracing::info!(length = payload_len, "payload over the limit refused");
-            let segments = command::encode_reply(
-                style,
-                &req,
-                &ctx.contexts,
-                Outcome::Failed(EINVAL, "payload larger than the maximum block size".into()),
-            );
-            let _ = tx.send(Outgoing {
-                segments,
-                _permits: None,
-            });
-            continue;
+    }
+
+    /// Reads and drops a payload over the limit, unless it is too long to be worth reading.
+    async fn drop_payload<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+        len: u64,
+    ) -> Result<(), End> {
+        if len > MAX_DISCARD {
+            return Err(End::Oversize(len));
         }
-        exact = payload_len >= 4096;
-        let cost = if req.command == CMD_READ {
-            req.length.min(u64::from(ctx.max_payload))
-        } else {
-            payload_len
+        let dropped = discard(reader, &mut self.buf, len);
+        match tokio::time::timeout(self.ctx.payload_timeout, dropped).await {
+            Err(_) => return Err(End::PayloadStalled),
+            Ok(Err(e)) => return Err(End::Io(e)),
+            Ok(Ok(())) => {}
         }
-        .min(byte_budget)
-        .min(u64::from(u32::MAX)) as u32;
-        // Backpressure: no more reading until earlier requests have been answered.
+        tracing::info!(length = len, "payload over the limit refused");
+        Ok(())
+    }
+
+    /// Backpressure: no more reading until earlier requests have been answered.
+    async fn take_permits(
+        &self,
+        req: &Request,
+        payload_len: u64,
+    ) -> (OwnedSemaphorePermit, BytePermits) {
+        let cost = command::in_flight_bytes(req, payload_len, self.ctx.max_payload)
+            .min(self.byte_budget)
+            .min(u64::from(u32::MAX)) as u32;
         // Both budgets are only held by requests already running, which finish without waiting
         // for either: no cycle. A request larger than a budget takes all of it and runs alone.
-        let total_cost = u64::from(cost).min(total_budget) as u32;
-        let (Ok(count_permit), Ok(byte_permit), Ok(total_permit)) = (
-            count_sem.clone().acquire_owned().await,
-            bytes_sem.clone().acquire_many_owned(cost).await,
-            ctx.total_bytes.clone().acquire_many_owned(total_cost).await,
+        let total_cost = u64::from(cost).min(self.ctx.total_budget as u64) as u32;
+        let (Ok(count), Ok(bytes), Ok(total)) = (
+            self.count_sem.clone().acquire_owned().await,
+            self.bytes_sem.clone().acquire_many_owned(cost).await,
+            self.ctx
+                .total_bytes
+                .clone()
+                .acquire_many_owned(total_cost)
+                .await,
         ) else {
             unreachable!("the semaphores are never closed");
         };
-        // The budget just taken is held until the payload is in: a client that stops sending
-        // mid-payload loses its connection rather than holding everyone's budget.
-        let payload = if payload_len > 0 {
-            let read = read_payload(reader, &mut buf, payload_len as usize, align, pool);
-            match tokio::time::timeout(ctx.payload_timeout, read).await {
-                Ok(Ok(p)) => p,
-                Ok(Err(e)) => return End::Io(e),
-                Err(_) => return End::PayloadStalled,
-            }
-        } else {
-            Bytes::new()
-        };
-        let ctx = Arc::clone(ctx);
-        let tx = tx.clone();
-        let pool = Arc::clone(pool);
-        let span = tracing::debug_span!(
-            "request",
-            cookie = req.cookie,
-            command = req.command,
-            offset = req.offset,
-            length = req.length
-        );
-        requests.spawn(
-            async move {
-                let reclaim = payload.clone();
-                let outcome = tokio::select! {
-                    biased;
-                    o = run(&ctx, &req, limits, payload) => o,
-                    _ = ctx.entry.hard_stop.cancelled() => {
-                        Outcome::Failed(ESHUTDOWN, "export is going away".into())
-                    }
-                };
-                pool.give(reclaim);
-                // Only a READ's reply carries payload bytes. A WRITE's payload is back in the pool
-                // or freed by now, so its budget is released before the reply waits for a client
-                // that may be slow to read: such a client then pins only its READ data.
-                let bytes = (req.command == CMD_READ).then_some((byte_permit, total_permit));
-                let segments = command::encode_reply(ctx.style, &req, &ctx.contexts, outcome);
-                // A closed channel means the writer is gone; the reply has nowhere to go.
-                let _ = tx.send(Outgoing {
-                    segments,
-                    _permits: Some(Permits {
-                        _count: count_permit,
-                        _bytes: bytes,
-                    }),
-                });
-            }
-            .instrument(span),
-        );
+        (count, (bytes, total))
     }
+
+    /// [`read_payload`] under the payload timeout.
+    async fn receive_payload<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+        len: u64,
+        pool: &BufPool,
+    ) -> Result<Bytes, End> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let read = read_payload(reader, &mut self.buf, len as usize, self.align, pool);
+        match tokio::time::timeout(self.ctx.payload_timeout, read).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(e)) => Err(End::Io(e)),
+            Err(_) => Err(End::PayloadStalled),
+        }
+    }
+}
+
+/// Runs one request in a task of its own; its reply goes to the writer.
+fn spawn_request(
+    ctx: &Arc<ConnCtx>,
+    tx: &mpsc::UnboundedSender<Outgoing>,
+    requests: &TaskTracker,
+    pool: &Arc<BufPool>,
+    limits: Limits,
+    ready: Ready,
+) {
+    let Ready {
+        req,
+        payload,
+        count,
+        bytes,
+    } = ready;
+    let ctx = Arc::clone(ctx);
+    let tx = tx.clone();
+    let pool = Arc::clone(pool);
+    let span = tracing::debug_span!(
+        "request",
+        cookie = req.cookie,
+        command = req.command,
+        offset = req.offset,
+        length = req.length
+    );
+    requests.spawn(
+        async move {
+            let reclaim = payload.clone();
+            let outcome = tokio::select! {
+                biased;
+                o = run(&ctx, &req, limits, payload) => o,
+                _ = ctx.entry.hard_stop.cancelled() => {
+                    Outcome::Failed(ESHUTDOWN, "export is going away".into())
+                }
+            };
+            pool.give(reclaim);
+            // Only a READ's reply carries payload bytes. A WRITE's payload is back in the pool
+            // or freed by now, so its budget is released before the reply waits for a client
+            // that may be slow to read: such a client then pins only its READ data.
+            let bytes = command::reply_carries_data(&req).then_some(bytes);
+            let segments = command::encode_reply(ctx.style, &req, &ctx.contexts, outcome);
+            // A closed channel means the writer is gone; the reply has nowhere to go.
+            let _ = tx.send(Outgoing {
+                segments,
+                _permits: Some(Permits {
+                    _count: count,
+                    _bytes: bytes,
+                }),
+            });
+        }
+        .instrument(span),
+    );
 }
 
 async fn run(ctx: &ConnCtx, req: &Request, limits: Limits, payload: Bytes) -> Outcome {
@@ -294,7 +404,7 @@ async fn run(ctx: &ConnCtx, req: &Request, limits: Limits, payload: Bytes) -> Ou
     let len = payload.len() as u64;
     let outcome = command::execute(&*ctx.entry.export, op, payload, ctx.style).await;
     match &outcome {
-        Outcome::Done if req.command == CMD_WRITE => ctx.entry.add_written(len),
+        Outcome::Done if command::writes_payload(req) => ctx.entry.add_written(len),
         Outcome::Read(_) => ctx.entry.add_read(req.length),
         Outcome::Failed(errno, msg) => {
             tracing::debug!(cookie = req.cookie, errno, msg, "request failed")

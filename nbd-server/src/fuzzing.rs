@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use crate::command::{self, Limits, MetaContext, Outcome, ReadPiece};
-use crate::handshake;
+use crate::negotiate;
 use crate::proto::handshake::{
     ClientOption, ExportNameReply, Greeting, OptionHeader, OptionReply, decode_client_flags,
 };
@@ -101,7 +101,7 @@ pub fn handshake_session(data: &[u8], tls: &Arc<rustls::ServerConfig>) {
         let (mut from_server, mut to_server) = tokio::io::split(client);
         let serve = async {
             let mut stream = MaybeTls::Plain(server);
-            let session = handshake::negotiate(&mut stream, &shared).await;
+            let session = negotiate::negotiate(&mut stream, &shared).await;
             // Dropping the stream ends the client's reads.
             (matches!(session, Ok(Some(_))), stream.is_tls())
         };
@@ -191,52 +191,61 @@ pub fn requests(data: &[u8]) {
     };
     let (reqs, _) = decode_stream(data, style, 1 << 16);
     for (req, payload) in reqs {
-        assert_eq!(payload.len() as u64, req.payload_len(style));
-        let mut b = BytesMut::new();
-        req.encode(style, &mut b)
-            .expect("a decoded request encodes");
-        assert_eq!(Request::decode(&b, style), Ok(Some((req, b.len()))));
-        let op = command::validate(&req, &limits);
-        if let Ok(op) = op {
-            // Whatever validation lets through is inside the export.
-            let (off, len) = match op {
-                command::Op::Read { offset, len, .. } => (offset, u64::from(len)),
-                command::Op::Write { offset, .. } => (offset, req.length),
-                command::Op::Trim { offset, len, .. }
-                | command::Op::Cache { offset, len }
-                | command::Op::WriteZeroes { offset, len, .. }
-                | command::Op::BlockStatus { offset, len, .. } => (offset, len),
-                command::Op::Flush => (0, 0),
-            };
-            assert!(off.checked_add(len).is_some_and(|e| e <= limits.size));
-        }
-        let outcomes = [
-            Outcome::Done,
-            Outcome::Failed(22, "x".repeat(payload.len() % 300)),
-            Outcome::Read(vec![
-                ReadPiece::Data {
-                    offset: req.offset,
-                    data: bytes::Bytes::copy_from_slice(payload),
-                },
-                ReadPiece::Hole {
-                    offset: req.offset,
-                    len: req.length as u32,
-                },
-            ]),
-            Outcome::Status(vec![Extent {
-                length: req.length.max(1),
-                hole: req.flags & 1 != 0,
-                zero: req.flags & 2 != 0,
-                depth: u32::from(req.flags),
-            }]),
-        ];
-        for o in outcomes {
-            let segs = command::encode_reply(style, &req, contexts, o);
-            assert!(!segs.is_empty());
-            check_reply_stream(style, &segs, req.cookie);
-        }
+        check_request(&req, payload, &limits, contexts);
     }
-    // The same bytes read as replies.
+    check_reply_bytes(style, data);
+}
+
+/// One decoded request: it re-encodes to itself, what validation lets through lies inside the
+/// export, and every outcome's reply is well formed.
+fn check_request(req: &Request, payload: &[u8], limits: &Limits, contexts: &[MetaContext]) {
+    let style = limits.style;
+    assert_eq!(payload.len() as u64, req.payload_len(style));
+    let mut b = BytesMut::new();
+    req.encode(style, &mut b)
+        .expect("a decoded request encodes");
+    assert_eq!(Request::decode(&b, style), Ok(Some((*req, b.len()))));
+    if let Ok(op) = command::validate(req, limits) {
+        let (off, len) = match op {
+            command::Op::Read { offset, len, .. } => (offset, u64::from(len)),
+            command::Op::Write { offset, .. } => (offset, req.length),
+            command::Op::Trim { offset, len, .. }
+            | command::Op::Cache { offset, len }
+            | command::Op::WriteZeroes { offset, len, .. }
+            | command::Op::BlockStatus { offset, len, .. } => (offset, len),
+            command::Op::Flush => (0, 0),
+        };
+        assert!(off.checked_add(len).is_some_and(|e| e <= limits.size));
+    }
+    let outcomes = [
+        Outcome::Done,
+        Outcome::Failed(22, "x".repeat(payload.len() % 300)),
+        Outcome::Read(vec![
+            ReadPiece::Data {
+                offset: req.offset,
+                data: bytes::Bytes::copy_from_slice(payload),
+            },
+            ReadPiece::Hole {
+                offset: req.offset,
+                len: req.length as u32,
+            },
+        ]),
+        Outcome::Status(vec![Extent {
+            length: req.length.max(1),
+            hole: req.flags & 1 != 0,
+            zero: req.flags & 2 != 0,
+            depth: u32::from(req.flags),
+        }]),
+    ];
+    for o in outcomes {
+        let segs = command::encode_reply(style, req, contexts, o);
+        assert!(!segs.is_empty());
+        check_reply_stream(style, &segs, req.cookie);
+    }
+}
+
+/// Bytes read as a client reads replies: whatever decodes encodes back to the same bytes.
+fn check_reply_bytes(style: HeaderStyle, data: &[u8]) {
     let mut rest = data;
     if style == HeaderStyle::Simple {
         while let Ok(Some((r, n))) = SimpleReply::decode(rest) {

@@ -4,13 +4,14 @@
 //! This file is the public contract the hub builds against. Behind it:
 //! - `proto`: the wire format as data (handshake, requests, replies); no I/O, lengths checked
 //!   before anything is sized by them.
-//! - `server`: listeners' connections from accept to close; `handshake`: option haggling on a
+//! - `server`: listeners' connections from accept to close; `negotiate`: option haggling on a
 //!   socket; `connection`: the transmission phase (one reader, a task per request, one writer).
 //! - `command`: what a request means (validation), running it against the export, and the bytes
 //!   of its reply; `errno`: export errors to NBD errors, in one place.
 //! - `registry`: named exports, their figures, and the connections attached to each.
 //! - `tls`: STARTTLS credentials (qemu's x509 directory layout), policy, and the plain-or-TLS stream.
 #![forbid(unsafe_code)]
+#![deny(clippy::too_many_lines)]
 
 mod admission;
 mod bufpool;
@@ -19,7 +20,7 @@ mod connection;
 mod errno;
 #[doc(hidden)]
 pub mod fuzzing;
-mod handshake;
+mod negotiate;
 pub mod proto;
 mod registry;
 mod server;

@@ -15,7 +15,7 @@ use crate::ServerConfig;
 use crate::admission::{self, Admission, Ticket};
 use crate::bufpool::BufPool;
 use crate::connection::{self, ConnCtx};
-use crate::handshake;
+use crate::negotiate;
 use crate::registry::{ExportEntry, Registry};
 
 /// State shared by the listeners and connections of one server.
@@ -113,7 +113,7 @@ async fn run_connection<S: Split>(shared: Arc<Shared>, stream: S, mut ticket: Ti
             tracing::debug!("handshake dropped to make room for a newer one");
             return;
         }
-        r = tokio::time::timeout(limit, handshake::negotiate(&mut stream, &shared)) => match r {
+        r = tokio::time::timeout(limit, negotiate::negotiate(&mut stream, &shared)) => match r {
             Err(_) => {
                 tracing::info!("handshake timed out");
                 return;

@@ -1,11 +1,11 @@
 //! What one request means: validation (pure), running it against the export (`execute`), and the
-//! bytes of its reply (`reply`, pure).
+//! bytes of its reply (`encode`, pure).
 
+mod encode;
 mod execute;
-mod reply;
 
+pub(crate) use encode::encode_reply;
 pub(crate) use execute::{Outcome, ReadPiece, execute};
-pub(crate) use reply::encode_reply;
 
 use crate::Extent;
 use crate::proto::request::{Command, HeaderStyle, Request};
@@ -106,6 +106,33 @@ pub(crate) enum Op {
     },
 }
 
+/// A DISC without payload ends the connection at the reader; one with a payload is refused like
+/// any other command the server does not run.
+pub(crate) fn is_disconnect(req: &Request, payload_len: u64) -> bool {
+    req.command == CMD_DISC && payload_len == 0
+}
+
+/// Bytes a request weighs on the payload budgets: a READ's reply data (at most what a READ may
+/// ask for), anything else's payload.
+pub(crate) fn in_flight_bytes(req: &Request, payload_len: u64, max_payload: u32) -> u64 {
+    if req.command == CMD_READ {
+        req.length.min(u64::from(max_payload))
+    } else {
+        payload_len
+    }
+}
+
+/// Whether the reply carries the request's bytes (READ data), so that its budget is held until
+/// the reply is written rather than released once the request has run.
+pub(crate) fn reply_carries_data(req: &Request) -> bool {
+    req.command == CMD_READ
+}
+
+/// Whether a successful request wrote its payload to the export (for the export's figures).
+pub(crate) fn writes_payload(req: &Request) -> bool {
+    req.command == CMD_WRITE
+}
+
 /// An error to send: NBD errno and a short message for the client's log.
 pub(crate) type Refusal = (u32, &'static str);
 
@@ -113,21 +140,25 @@ fn in_range(offset: u64, len: u64, size: u64) -> bool {
     offset.checked_add(len).is_some_and(|end| end <= size)
 }
 
+/// The flags `cmd` may carry on a connection of `style`.
+fn allowed_flags(cmd: Command, style: HeaderStyle) -> u16 {
+    // FUA is valid on every command once advertised; servers ignore it where meaningless.
+    CMD_FLAG_FUA
+        | match cmd {
+            Command::Read if style.structured() => CMD_FLAG_DF,
+            Command::Write if style == HeaderStyle::Extended => CMD_FLAG_PAYLOAD_LEN,
+            Command::WriteZeroes => CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
+            Command::BlockStatus => CMD_FLAG_REQ_ONE,
+            _ => 0,
+        }
+}
+
 /// Checks flags, permissions and ranges. DISC never gets here (the reader handles it).
 pub(crate) fn validate(req: &Request, lim: &Limits) -> Result<Op, Refusal> {
     let Some(cmd) = Command::from_code(req.command) else {
         return Err((EINVAL, "unknown command"));
     };
-    // FUA is valid on every command once advertised; servers ignore it where meaningless.
-    let allowed = CMD_FLAG_FUA
-        | match cmd {
-            Command::Read if lim.style.structured() => CMD_FLAG_DF,
-            Command::Write if lim.style == HeaderStyle::Extended => CMD_FLAG_PAYLOAD_LEN,
-            Command::WriteZeroes => CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
-            Command::BlockStatus => CMD_FLAG_REQ_ONE,
-            _ => 0,
-        };
-    if req.flags & !allowed != 0 {
+    if req.flags & !allowed_flags(cmd, lim.style) != 0 {
         return Err((EINVAL, "unsupported flags for this command"));
     }
     let fua = req.flags & CMD_FLAG_FUA != 0;

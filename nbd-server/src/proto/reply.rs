@@ -200,115 +200,160 @@ impl Chunk {
         style: HeaderStyle,
         max_len: u64,
     ) -> Result<Option<(Self, usize)>, ProtoError> {
-        let (flags, kind, cookie, offset, len, head) = match style {
-            HeaderStyle::Simple => return Err(ProtoError::Unrepresentable("structured chunk")),
-            HeaderStyle::Structured => {
-                if buf.len() < Self::STRUCTURED_HEADER_LEN {
-                    return Ok(None);
-                }
-                let mut r = Reader::new(&buf[..Self::STRUCTURED_HEADER_LEN]);
-                let magic = r.u32("chunk")?;
-                if magic != STRUCTURED_REPLY_MAGIC {
-                    return Err(ProtoError::BadMagic(magic.into()));
-                }
-                let flags = r.u16("chunk")?;
-                let kind = r.u16("chunk")?;
-                let cookie = r.u64("chunk")?;
-                let len = u64::from(r.u32("chunk")?);
-                (flags, kind, cookie, 0, len, Self::STRUCTURED_HEADER_LEN)
-            }
-            HeaderStyle::Extended => {
-                if buf.len() < Self::EXTENDED_HEADER_LEN {
-                    return Ok(None);
-                }
-                let mut r = Reader::new(&buf[..Self::EXTENDED_HEADER_LEN]);
-                let magic = r.u32("chunk")?;
-                if magic != EXTENDED_REPLY_MAGIC {
-                    return Err(ProtoError::BadMagic(magic.into()));
-                }
-                let flags = r.u16("chunk")?;
-                let kind = r.u16("chunk")?;
-                let cookie = r.u64("chunk")?;
-                let offset = r.u64("chunk")?;
-                let len = r.u64("chunk")?;
-                (flags, kind, cookie, offset, len, Self::EXTENDED_HEADER_LEN)
-            }
+        let Some(h) = ChunkHeader::decode(buf, style)? else {
+            return Ok(None);
         };
-        if len > max_len {
+        if h.len > max_len {
             return Err(ProtoError::TooLong {
                 what: "chunk",
-                len,
+                len: h.len,
                 max: max_len,
             });
         }
-        let total = head as u64 + len;
+        let total = h.head as u64 + h.len;
         if (buf.len() as u64) < total {
             return Ok(None);
         }
-        let mut r = Reader::new(&buf[head..total as usize]);
-        let payload = match kind {
-            REPLY_TYPE_NONE => ChunkPayload::None,
-            REPLY_TYPE_OFFSET_DATA => ChunkPayload::OffsetData {
-                offset: r.u64("offset data")?,
-                data: Bytes::copy_from_slice(r.rest()),
-            },
-            REPLY_TYPE_OFFSET_HOLE => ChunkPayload::OffsetHole {
-                offset: r.u64("offset hole")?,
-                length: r.u32("offset hole")?,
-            },
-            REPLY_TYPE_BLOCK_STATUS => {
-                let context_id = r.u32("block status")?;
-                if r.remaining() % 8 != 0 {
-                    return Err(ProtoError::Malformed("block status"));
-                }
-                let extents = (0..r.remaining() / 8)
-                    .map(|_| Ok((r.u32("block status")?, r.u32("block status")?)))
-                    .collect::<Result<Vec<_>, ProtoError>>()?;
-                ChunkPayload::BlockStatus {
-                    context_id,
-                    extents,
-                }
-            }
-            REPLY_TYPE_BLOCK_STATUS_EXT => {
-                let context_id = r.u32("block status")?;
-                let count = r.u32("block status")? as usize;
-                if r.remaining() % 16 != 0 || r.remaining() / 16 != count {
-                    return Err(ProtoError::Malformed("block status"));
-                }
-                let extents = (0..count)
-                    .map(|_| Ok((r.u64("block status")?, r.u64("block status")?)))
-                    .collect::<Result<Vec<_>, ProtoError>>()?;
-                ChunkPayload::BlockStatusExt {
-                    context_id,
-                    extents,
-                }
-            }
-            REPLY_TYPE_ERROR | REPLY_TYPE_ERROR_OFFSET => {
-                let error = r.u32("error chunk")?;
-                let mlen = r.u16("error chunk")?;
-                let message = r.string(mlen.into(), "error message")?;
-                if kind == REPLY_TYPE_ERROR {
-                    ChunkPayload::Error { error, message }
-                } else {
-                    ChunkPayload::ErrorOffset {
-                        error,
-                        message,
-                        offset: r.u64("error chunk")?,
-                    }
-                }
-            }
-            _ => return Err(ProtoError::Malformed("chunk type")),
-        };
+        let mut r = Reader::new(&buf[h.head..total as usize]);
+        let payload = ChunkPayload::decode(h.kind, &mut r)?;
         r.finish("chunk")?;
         Ok(Some((
             Self {
-                flags,
-                cookie,
-                offset,
+                flags: h.flags,
+                cookie: h.cookie,
+                offset: h.offset,
                 payload,
             },
             total as usize,
         )))
+    }
+}
+
+/// A chunk header's fields; `head` is its length on the wire, `len` the payload's.
+struct ChunkHeader {
+    flags: u16,
+    kind: u16,
+    cookie: u64,
+    offset: u64,
+    len: u64,
+    head: usize,
+}
+
+impl ChunkHeader {
+    /// `None` until the whole header is in `buf`.
+    fn decode(buf: &[u8], style: HeaderStyle) -> Result<Option<Self>, ProtoError> {
+        match style {
+            HeaderStyle::Simple => Err(ProtoError::Unrepresentable("structured chunk")),
+            HeaderStyle::Structured => Self::structured(buf),
+            HeaderStyle::Extended => Self::extended(buf),
+        }
+    }
+
+    fn structured(buf: &[u8]) -> Result<Option<Self>, ProtoError> {
+        let head = Chunk::STRUCTURED_HEADER_LEN;
+        if buf.len() < head {
+            return Ok(None);
+        }
+        let mut r = Reader::new(&buf[..head]);
+        let magic = r.u32("chunk")?;
+        if magic != STRUCTURED_REPLY_MAGIC {
+            return Err(ProtoError::BadMagic(magic.into()));
+        }
+        Ok(Some(Self {
+            flags: r.u16("chunk")?,
+            kind: r.u16("chunk")?,
+            cookie: r.u64("chunk")?,
+            // Compact chunks do not echo the request's offset.
+            offset: 0,
+            len: u64::from(r.u32("chunk")?),
+            head,
+        }))
+    }
+
+    fn extended(buf: &[u8]) -> Result<Option<Self>, ProtoError> {
+        let head = Chunk::EXTENDED_HEADER_LEN;
+        if buf.len() < head {
+            return Ok(None);
+        }
+        let mut r = Reader::new(&buf[..head]);
+        let magic = r.u32("chunk")?;
+        if magic != EXTENDED_REPLY_MAGIC {
+            return Err(ProtoError::BadMagic(magic.into()));
+        }
+        Ok(Some(Self {
+            flags: r.u16("chunk")?,
+            kind: r.u16("chunk")?,
+            cookie: r.u64("chunk")?,
+            offset: r.u64("chunk")?,
+            len: r.u64("chunk")?,
+            head,
+        }))
+    }
+}
+
+impl ChunkPayload {
+    /// The payload of a chunk of type `kind`; the caller checks that nothing is left over.
+    fn decode(kind: u16, r: &mut Reader<'_>) -> Result<Self, ProtoError> {
+        Ok(match kind {
+            REPLY_TYPE_NONE => Self::None,
+            REPLY_TYPE_OFFSET_DATA => Self::OffsetData {
+                offset: r.u64("offset data")?,
+                data: Bytes::copy_from_slice(r.rest()),
+            },
+            REPLY_TYPE_OFFSET_HOLE => Self::OffsetHole {
+                offset: r.u64("offset hole")?,
+                length: r.u32("offset hole")?,
+            },
+            REPLY_TYPE_BLOCK_STATUS => Self::decode_block_status(r)?,
+            REPLY_TYPE_BLOCK_STATUS_EXT => Self::decode_block_status_ext(r)?,
+            REPLY_TYPE_ERROR | REPLY_TYPE_ERROR_OFFSET => Self::decode_error(kind, r)?,
+            _ => return Err(ProtoError::Malformed("chunk type")),
+        })
+    }
+
+    fn decode_block_status(r: &mut Reader<'_>) -> Result<Self, ProtoError> {
+        let context_id = r.u32("block status")?;
+        if r.remaining() % 8 != 0 {
+            return Err(ProtoError::Malformed("block status"));
+        }
+        let extents = (0..r.remaining() / 8)
+            .map(|_| Ok((r.u32("block status")?, r.u32("block status")?)))
+            .collect::<Result<Vec<_>, ProtoError>>()?;
+        Ok(Self::BlockStatus {
+            context_id,
+            extents,
+        })
+    }
+
+    fn decode_block_status_ext(r: &mut Reader<'_>) -> Result<Self, ProtoError> {
+        let context_id = r.u32("block status")?;
+        let count = r.u32("block status")? as usize;
+        if r.remaining() % 16 != 0 || r.remaining() / 16 != count {
+            return Err(ProtoError::Malformed("block status"));
+        }
+        let extents = (0..count)
+            .map(|_| Ok((r.u64("block status")?, r.u64("block status")?)))
+            .collect::<Result<Vec<_>, ProtoError>>()?;
+        Ok(Self::BlockStatusExt {
+            context_id,
+            extents,
+        })
+    }
+
+    /// ERROR and ERROR_OFFSET: the same fields, the offset after the message.
+    fn decode_error(kind: u16, r: &mut Reader<'_>) -> Result<Self, ProtoError> {
+        let error = r.u32("error chunk")?;
+        let mlen = r.u16("error chunk")?;
+        let message = r.string(mlen.into(), "error message")?;
+        Ok(if kind == REPLY_TYPE_ERROR {
+            Self::Error { error, message }
+        } else {
+            Self::ErrorOffset {
+                error,
+                message,
+                offset: r.u64("error chunk")?,
+            }
+        })
     }
 }
 

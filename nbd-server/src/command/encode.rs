@@ -48,111 +48,19 @@ pub(crate) fn encode_reply(
     contexts: &[MetaContext],
     outcome: Outcome,
 ) -> Vec<Bytes> {
-    let mut head = BytesMut::with_capacity(64);
-    let mut segments = Vec::new();
-    let is_read = req.command == CMD_READ;
     let chunked = style == HeaderStyle::Extended
-        || (style == HeaderStyle::Structured && (is_read || req.command == CMD_BLOCK_STATUS));
-    let chunk = |flags: u16, payload: ChunkPayload| Chunk {
-        flags,
-        cookie: req.cookie,
-        offset: req.offset,
-        payload,
-    };
-    // Chunk encoding only fails for lengths our own limits rule out; such a reply becomes EIO.
-    let put = |c: Chunk, head: &mut BytesMut, segments: &mut Vec<Bytes>| -> bool {
-        match c.encode_head(style, head) {
-            Ok(data) => {
-                if let Some(d) = data {
-                    segments.push(head.split().freeze());
-                    segments.push(d);
-                }
-                true
-            }
-            Err(_) => false,
-        }
+        || (style == HeaderStyle::Structured
+            && (req.command == CMD_READ || req.command == CMD_BLOCK_STATUS));
+    let mut enc = Encoder {
+        style,
+        req,
+        head: BytesMut::with_capacity(64),
+        segments: Vec::new(),
     };
     let ok = match outcome {
-        Outcome::Failed(errno, message) => {
-            if chunked {
-                let mut message = message;
-                message.truncate(MAX_STRING_LEN.min(200));
-                while !message.is_char_boundary(message.len()) {
-                    message.pop();
-                }
-                put(
-                    chunk(
-                        REPLY_FLAG_DONE,
-                        ChunkPayload::Error {
-                            error: errno,
-                            message,
-                        },
-                    ),
-                    &mut head,
-                    &mut segments,
-                )
-            } else {
-                SimpleReply {
-                    error: errno,
-                    cookie: req.cookie,
-                }
-                .encode(&mut head);
-                true
-            }
-        }
-        Outcome::Done => {
-            if chunked {
-                put(
-                    chunk(REPLY_FLAG_DONE, ChunkPayload::None),
-                    &mut head,
-                    &mut segments,
-                )
-            } else {
-                SimpleReply {
-                    error: 0,
-                    cookie: req.cookie,
-                }
-                .encode(&mut head);
-                true
-            }
-        }
-        Outcome::Read(pieces) => {
-            if !chunked {
-                SimpleReply {
-                    error: 0,
-                    cookie: req.cookie,
-                }
-                .encode(&mut head);
-                for p in pieces {
-                    if let ReadPiece::Data { data, .. } = p {
-                        segments.push(head.split().freeze());
-                        segments.push(data);
-                    }
-                }
-                true
-            } else if pieces.is_empty() {
-                put(
-                    chunk(REPLY_FLAG_DONE, ChunkPayload::None),
-                    &mut head,
-                    &mut segments,
-                )
-            } else {
-                let n = pieces.len();
-                pieces.into_iter().enumerate().all(|(i, p)| {
-                    let flags = if i + 1 == n { REPLY_FLAG_DONE } else { 0 };
-                    let payload = match p {
-                        ReadPiece::Data { offset, data } => {
-                            ChunkPayload::OffsetData { offset, data }
-                        }
-                        ReadPiece::Hole { offset, len } => ChunkPayload::OffsetHole {
-                            offset,
-                            length: len,
-                        },
-                    };
-                    put(chunk(flags, payload), &mut head, &mut segments)
-                })
-            }
-        }
+        Outcome::Failed(errno, message) => enc.failed(chunked, errno, message),
+        Outcome::Done => enc.done(chunked),
+        Outcome::Read(pieces) => enc.read(chunked, pieces),
         Outcome::Status(_) if contexts.is_empty() => {
             // Validation refuses BLOCK_STATUS without contexts; an empty reply would hang the
             // client, so this stays an error even if that ever changes.
@@ -163,38 +71,138 @@ pub(crate) fn encode_reply(
                 Outcome::Failed(EINVAL, "no metadata context was negotiated".into()),
             );
         }
-        Outcome::Status(extents) => {
-            let n = contexts.len();
-            contexts.iter().enumerate().all(|(i, ctx)| {
-                let flags = if i + 1 == n { REPLY_FLAG_DONE } else { 0 };
-                let req_one = req.flags & CMD_FLAG_REQ_ONE != 0;
-                let d = descriptors(*ctx, &extents, req.length, req_one);
-                let payload = if style == HeaderStyle::Extended {
-                    ChunkPayload::BlockStatusExt {
-                        context_id: ctx.id(),
-                        extents: d.into_iter().map(|(l, f)| (l, u64::from(f))).collect(),
-                    }
-                } else {
-                    ChunkPayload::BlockStatus {
-                        context_id: ctx.id(),
-                        // Compact requests are at most u32::MAX long, and so are the clipped extents.
-                        extents: d.into_iter().map(|(l, f)| (l as u32, f)).collect(),
-                    }
-                };
-                put(chunk(flags, payload), &mut head, &mut segments)
-            })
-        }
+        Outcome::Status(extents) => enc.status(contexts, &extents),
     };
     if !ok {
-        head.clear();
-        segments.clear();
         let fallback = Outcome::Failed(EIO, "reply cannot be encoded".into());
         return encode_reply(style, req, contexts, fallback);
     }
-    if !head.is_empty() {
-        segments.push(head.freeze());
+    enc.finish()
+}
+
+/// One reply being encoded: headers gather in `head`, which is cut into `segments` wherever READ
+/// data has to go between two headers.
+struct Encoder<'a> {
+    style: HeaderStyle,
+    req: &'a Request,
+    head: BytesMut,
+    segments: Vec<Bytes>,
+}
+
+impl Encoder<'_> {
+    fn simple(&mut self, error: u32) {
+        SimpleReply {
+            error,
+            cookie: self.req.cookie,
+        }
+        .encode(&mut self.head);
     }
-    segments
+
+    /// `false` if the chunk cannot be encoded: only for lengths our own limits rule out, and the
+    /// caller then answers EIO instead.
+    fn chunk(&mut self, flags: u16, payload: ChunkPayload) -> bool {
+        let c = Chunk {
+            flags,
+            cookie: self.req.cookie,
+            offset: self.req.offset,
+            payload,
+        };
+        match c.encode_head(self.style, &mut self.head) {
+            Ok(data) => {
+                if let Some(d) = data {
+                    self.segments.push(self.head.split().freeze());
+                    self.segments.push(d);
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn failed(&mut self, chunked: bool, errno: u32, mut message: String) -> bool {
+        if !chunked {
+            self.simple(errno);
+            return true;
+        }
+        message.truncate(MAX_STRING_LEN.min(200));
+        while !message.is_char_boundary(message.len()) {
+            message.pop();
+        }
+        self.chunk(
+            REPLY_FLAG_DONE,
+            ChunkPayload::Error {
+                error: errno,
+                message,
+            },
+        )
+    }
+
+    fn done(&mut self, chunked: bool) -> bool {
+        if !chunked {
+            self.simple(0);
+            return true;
+        }
+        self.chunk(REPLY_FLAG_DONE, ChunkPayload::None)
+    }
+
+    fn read(&mut self, chunked: bool, pieces: Vec<ReadPiece>) -> bool {
+        if !chunked {
+            // No holes to drop: `execute` only looks for them when replies are structured.
+            self.simple(0);
+            for p in pieces {
+                if let ReadPiece::Data { data, .. } = p {
+                    self.segments.push(self.head.split().freeze());
+                    self.segments.push(data);
+                }
+            }
+            return true;
+        }
+        if pieces.is_empty() {
+            return self.chunk(REPLY_FLAG_DONE, ChunkPayload::None);
+        }
+        let n = pieces.len();
+        pieces.into_iter().enumerate().all(|(i, p)| {
+            let flags = if i + 1 == n { REPLY_FLAG_DONE } else { 0 };
+            let payload = match p {
+                ReadPiece::Data { offset, data } => ChunkPayload::OffsetData { offset, data },
+                ReadPiece::Hole { offset, len } => ChunkPayload::OffsetHole {
+                    offset,
+                    length: len,
+                },
+            };
+            self.chunk(flags, payload)
+        })
+    }
+
+    /// One chunk per context, the last one DONE.
+    fn status(&mut self, contexts: &[MetaContext], extents: &[Extent]) -> bool {
+        let n = contexts.len();
+        let req_one = self.req.flags & CMD_FLAG_REQ_ONE != 0;
+        contexts.iter().enumerate().all(|(i, ctx)| {
+            let flags = if i + 1 == n { REPLY_FLAG_DONE } else { 0 };
+            let d = descriptors(*ctx, extents, self.req.length, req_one);
+            let payload = if self.style == HeaderStyle::Extended {
+                ChunkPayload::BlockStatusExt {
+                    context_id: ctx.id(),
+                    extents: d.into_iter().map(|(l, f)| (l, u64::from(f))).collect(),
+                }
+            } else {
+                ChunkPayload::BlockStatus {
+                    context_id: ctx.id(),
+                    // Compact requests are at most u32::MAX long, and so are the clipped extents.
+                    extents: d.into_iter().map(|(l, f)| (l as u32, f)).collect(),
+                }
+            };
+            self.chunk(flags, payload)
+        })
+    }
+
+    fn finish(mut self) -> Vec<Bytes> {
+        if !self.head.is_empty() {
+            self.segments.push(self.head.freeze());
+        }
+        self.segments
+    }
 }
 
 #[cfg(test)]
