@@ -8,7 +8,6 @@ pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod export;
-mod http_conn;
 pub mod inventory;
 pub mod repo;
 pub mod restore;
@@ -16,7 +15,6 @@ pub mod serve;
 pub mod startup;
 pub mod state;
 pub mod sys;
-pub mod views;
 
 pub use config::Config;
 pub use error::{Error, Result};

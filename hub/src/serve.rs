@@ -16,9 +16,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use crate::api::http_conn::{Connections, DeadlineBody, Tracked};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::http_conn::{Connections, DeadlineBody, Tracked};
 use crate::state::Hub;
 
 /// Open the hub and start its NBD server and lifecycle clock on the NBD listener. The API is
@@ -57,7 +57,7 @@ pub async fn serve(
         }
         _ => None,
     };
-    let connections = Connections::new(crate::http_conn::Limits {
+    let connections = Connections::new(crate::api::http_conn::Limits {
         max_connections: config.api_max_connections,
         idle_timeout: config.api_idle_timeout,
         body_timeout: config.api_body_timeout,
@@ -102,7 +102,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after a failed accept (out of file descriptors, usually) before the next try.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// `axum::serve` with a header read timeout and the limits of [`crate::http_conn`]: accept until
+/// `axum::serve` with a header read timeout and the limits of [`crate::api::http_conn`]: accept until
 /// `stop`, serve each connection with hyper, then wait for the open ones to finish their requests.
 async fn serve_http(
     listener: TcpListener,

@@ -5,12 +5,12 @@ use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiJson, ApiQuery, ErrorBody};
+use crate::api::views::{BackupList, BackupStats, BackupView, ChainView};
 use crate::backup::chain::ChangeIdAnswer;
 use crate::backup::complete::CompleteRequest;
 use crate::backup::create::CreateBackup;
 use crate::catalog::{BackupFilter, Status, fmt_time};
 use crate::state::Hub;
-use crate::views::{BackupList, BackupStats, BackupView, ChainView};
 
 #[utoipa::path(post, path = "/api/v1/backups", operation_id = "create_backup", tag = "backups",
     request_body = CreateBackup,

@@ -7,9 +7,9 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 
 use super::ApiError;
+use crate::api::views::repository_view;
 use crate::catalog::Status;
 use crate::state::Hub;
-use crate::views::repository_view;
 
 #[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "service",
     security(()),

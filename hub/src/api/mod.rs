@@ -1,13 +1,20 @@
-//! The REST API: `fn app(hub) -> Router`, authentication, and the JSON extractor.
+//! The REST API, HTTP only: `fn app(hub) -> Router`, authentication, the JSON extractor, one
+//! handler file per resource, the error type (`error`), the JSON views (`views`), the OpenAPI
+//! document (`openapi`) and the limits on API connections (`http_conn`).
+//!
+//! Handlers call `Hub` operations; nothing outside `api` imports it (but `serve`, which mounts
+//! it).
 
 mod backups;
 mod credentials;
 mod error;
+pub(crate) mod http_conn;
 mod inventory;
 mod metrics;
 pub mod openapi;
 mod repositories;
 mod restores;
+pub mod views;
 
 use std::net::SocketAddr;
 

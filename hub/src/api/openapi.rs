@@ -262,12 +262,12 @@ pub struct RestoreDeleted {
 
 #[derive(Serialize, ToSchema)]
 pub struct RestoreList {
-    pub restores: Vec<crate::views::RestoreView>,
+    pub restores: Vec<crate::api::views::RestoreView>,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct RepositoryList {
-    pub repositories: Vec<crate::views::RepositoryView>,
+    pub repositories: Vec<crate::api::views::RepositoryView>,
 }
 
 #[cfg(test)]

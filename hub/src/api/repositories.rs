@@ -7,9 +7,9 @@ use axum::extract::State;
 use serde::Deserialize;
 
 use super::{ApiError, ApiJson, ErrorBody};
+use crate::api::views::{RepositoryView, repository_view};
 use crate::catalog::Repository;
 use crate::state::{Hub, now};
-use crate::views::{RepositoryView, repository_view};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateRepository {

@@ -4,9 +4,9 @@ use axum::Json;
 use axum::extract::{Path, State};
 
 use super::{ApiError, ApiJson, ErrorBody};
+use crate::api::views::RestoreView;
 use crate::restore::disk::CreateRestore;
 use crate::state::Hub;
-use crate::views::RestoreView;
 
 #[utoipa::path(post, path = "/api/v1/restores", operation_id = "create_restore", tag = "restores",
     request_body = CreateRestore,
