@@ -4,7 +4,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiJson, ApiQuery, ErrorBody};
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiJson, ApiQuery};
 use crate::api::views::{BackupList, BackupStats, BackupView, ChainView};
 use crate::backup::chain::ChangeIdAnswer;
 use crate::backup::complete::CompleteRequest;
@@ -89,7 +90,7 @@ pub async fn cancel(
 
 #[utoipa::path(delete, path = "/api/v1/backups/{id}", operation_id = "delete_backup", tag = "backups",
     params(("id" = String, Path, description = "Backup id")),
-    responses((status = 200, description = "Deleted with its images", body = crate::api::openapi::BackupDeleted),
+    responses((status = 200, description = "Deleted with its images", body = crate::api::views::BackupDeleted),
         (status = 404, description = "No such backup", body = ErrorBody),
         (status = 409, description = "Active, a parent, or restoring", body = ErrorBody)))]
 pub async fn delete(

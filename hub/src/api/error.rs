@@ -147,7 +147,7 @@ impl From<Error> for ApiError {
 
 impl ApiError {
     /// The error for a plain-text refusal axum made itself (a path segment that is not UTF-8,
-    /// a body limit hit outside [`super::ApiJson`]): same status, our shape.
+    /// a body limit hit outside [`super::extract::ApiJson`]): same status, our shape.
     pub fn from_plain(status: StatusCode, text: &str) -> ApiError {
         let text = text.trim().to_owned();
         let err = match status {

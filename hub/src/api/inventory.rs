@@ -4,7 +4,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde::Serialize;
 
-use super::{ApiError, ApiJson, ErrorBody};
+use super::error::{ApiError, ErrorBody};
+use super::extract::ApiJson;
 use crate::catalog::{VmContext, VmDisk};
 use crate::inventory::discovery::{DiscoverRequest, DiscoverResponse};
 use crate::state::Hub;

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 
-use super::ApiError;
+use super::error::ApiError;
 use crate::api::views::repository_view;
 use crate::catalog::Status;
 use crate::state::Hub;

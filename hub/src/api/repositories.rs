@@ -6,7 +6,8 @@ use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;
 
-use super::{ApiError, ApiJson, ErrorBody};
+use super::error::{ApiError, ErrorBody};
+use super::extract::ApiJson;
 use crate::api::views::{RepositoryView, repository_view};
 use crate::catalog::Repository;
 use crate::state::{Hub, now};
@@ -23,7 +24,7 @@ pub struct CreateRepository {
 }
 
 #[utoipa::path(get, path = "/api/v1/repositories", operation_id = "list_repositories", tag = "repositories",
-    responses((status = 200, description = "Repositories with capacity and free bytes", body = crate::api::openapi::RepositoryList)))]
+    responses((status = 200, description = "Repositories with capacity and free bytes", body = crate::api::views::RepositoryList)))]
 pub async fn list(State(hub): State<Hub>) -> Result<Json<serde_json::Value>, ApiError> {
     let repos: Vec<RepositoryView> = hub
         .catalog

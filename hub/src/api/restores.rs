@@ -3,7 +3,8 @@
 use axum::Json;
 use axum::extract::{Path, State};
 
-use super::{ApiError, ApiJson, ErrorBody};
+use super::error::{ApiError, ErrorBody};
+use super::extract::ApiJson;
 use crate::api::views::RestoreView;
 use crate::restore::disk::CreateRestore;
 use crate::state::Hub;
@@ -22,7 +23,7 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/api/v1/restores", operation_id = "list_restores", tag = "restores",
-    responses((status = 200, description = "Open restores", body = crate::api::openapi::RestoreList)))]
+    responses((status = 200, description = "Open restores", body = crate::api::views::RestoreList)))]
 pub async fn list(State(hub): State<Hub>) -> Result<Json<serde_json::Value>, ApiError> {
     let restores: Vec<RestoreView> = hub
         .restores()?
@@ -34,7 +35,7 @@ pub async fn list(State(hub): State<Hub>) -> Result<Json<serde_json::Value>, Api
 
 #[utoipa::path(delete, path = "/api/v1/restores/{id}", operation_id = "delete_restore", tag = "restores",
     params(("id" = String, Path, description = "Restore id")),
-    responses((status = 200, description = "Export closed", body = crate::api::openapi::RestoreDeleted),
+    responses((status = 200, description = "Export closed", body = crate::api::views::RestoreDeleted),
         (status = 404, description = "No such restore", body = ErrorBody)))]
 pub async fn delete(
     State(hub): State<Hub>,

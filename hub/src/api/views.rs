@@ -490,6 +490,30 @@ pub fn repository_view(r: &Repository) -> RepositoryView {
     }
 }
 
+// Shapes the handlers build with `json!`, written out for the document.
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct BackupDeleted {
+    pub backup_id: String,
+    pub deleted: bool,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RestoreDeleted {
+    pub restore_id: String,
+    pub deleted: bool,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RestoreList {
+    pub restores: Vec<RestoreView>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RepositoryList {
+    pub repositories: Vec<RepositoryView>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::TelemetryProgress;
