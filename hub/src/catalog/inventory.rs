@@ -4,7 +4,8 @@ use rusqlite::{OptionalExtension, Row, params};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use super::{Catalog, fmt_time, parse_time};
+use super::conn::Catalog;
+use super::rows::{fmt_time, parse_time};
 use crate::error::{Error, Result};
 
 /// A vCenter credential as stored; the password only sealed.
