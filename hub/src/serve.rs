@@ -1,18 +1,22 @@
 //! `sendense-hub serve` as a library function: tests call it with bound listeners and a token.
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
+use axum::http::Request;
+use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use nbd_server::tls::rustls;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -121,18 +125,7 @@ async fn serve_http(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     let graceful = GracefulShutdown::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    tracing::warn!(%err, "API accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer)) = accept(&listener, &stop).await {
         let Some(slot) = connections.admit() else {
             // Every connection is running a request; logged once per power of two refused.
             refused += 1;
@@ -163,40 +156,8 @@ async fn serve_http(
         let service = TowerToHyperService::new(service);
         let (tls, builder, watcher) = (tls.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            let serve = async move {
-                let ended = match tls {
-                    None => {
-                        let conn =
-                            builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-                        watcher.watch(conn.into_owned()).await
-                    }
-                    // The TLS handshake runs in the connection's task, bounded like a request
-                    // head (and by the idle limit below: its bytes count as activity), so a
-                    // silent client holds neither the accept loop nor its task.
-                    Some(tls) => {
-                        let stream =
-                            match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(io)).await {
-                                Ok(Ok(stream)) => stream,
-                                Ok(Err(err)) => {
-                                    tracing::info!(%peer, %err, "API TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::info!(%peer, "API TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                        let conn =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        watcher.watch(conn.into_owned()).await
-                    }
-                };
-                if let Err(err) = ended {
-                    tracing::debug!(%peer, %err, "API connection ended with an error");
-                }
-            };
             tokio::select! {
-                () = serve => {}
+                () = serve_connection(io, service, tls, builder, watcher, peer) => {}
                 _ = slot.activity.expired(limits.idle_timeout) => {
                     tracing::debug!(%peer, "API connection idle or pushed out; closing");
                 }
@@ -206,4 +167,67 @@ async fn serve_http(
     }
     graceful.shutdown().await;
     Ok(())
+}
+
+/// The next connection, or `None` once `stop` is cancelled.
+async fn accept(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => return Some(accepted),
+                Err(err) => {
+                    tracing::warn!(%err, "API accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+        }
+    }
+}
+
+/// One connection's requests, over TLS when `tls` is set, until the client or `watcher` ends it.
+async fn serve_connection<S>(
+    io: Tracked<TcpStream>,
+    service: TowerToHyperService<S>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    builder: Builder<TokioExecutor>,
+    watcher: Watcher,
+    peer: SocketAddr,
+) where
+    S: tower::Service<Request<Incoming>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let ended = match tls {
+        None => {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            watcher.watch(conn.into_owned()).await
+        }
+        // The TLS handshake runs in the connection's task, bounded like a request head (and by
+        // the idle limit `serve_http` puts on that task: its bytes count as activity), so a
+        // silent client holds neither the accept loop nor its task.
+        Some(tls) => {
+            let stream = match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(io)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(err)) => {
+                    tracing::info!(%peer, %err, "API TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%peer, "API TLS handshake timed out");
+                    return;
+                }
+            };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            watcher.watch(conn.into_owned()).await
+        }
+    };
+    if let Err(err) = ended {
+        tracing::debug!(%peer, %err, "API connection ended with an error");
+    }
 }

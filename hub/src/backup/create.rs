@@ -2,12 +2,13 @@
 //! images (overlays of the parent's) and their exports.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 use serde::Deserialize;
+use time::OffsetDateTime;
 
 use crate::catalog::{Backup, BackupFilter, BackupType, Disk, Status};
 use crate::error::{Error, Result};
@@ -118,6 +119,58 @@ fn validate(req: &CreateBackup) -> Result<()> {
     Ok(())
 }
 
+/// `<repository>/<vm>/<id>`, the VM's directory and the backup's both private.
+fn make_backup_dir(repository: &Path, vm_name: &str, id: &str) -> Result<PathBuf> {
+    let dir = layout::backup_dir(repository, vm_name, id);
+    std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+    for made in [dir.parent().unwrap_or(&dir), &dir] {
+        crate::sys::datadir::private_dir(made)?;
+    }
+    Ok(dir)
+}
+
+/// Write the `creating` manifest. On failure the directory goes: without a manifest, it is one
+/// the next start could not account for.
+fn mark_creating(dir: &Path, creating: &Manifest) -> Result<()> {
+    if let Err(e) = manifest::write(dir, creating) {
+        let _ = std::fs::remove_dir_all(dir);
+        return Err(Error::io(format!(
+            "writing {}",
+            layout::manifest_path(dir).display()
+        ))(e));
+    }
+    Ok(())
+}
+
+/// The catalog row of a backup whose images and exports are made.
+fn ready_backup(
+    id: String,
+    req: CreateBackup,
+    repository_id: String,
+    parent: Option<Backup>,
+    created_at: OffsetDateTime,
+    disks: Vec<Disk>,
+) -> Backup {
+    Backup {
+        id,
+        vm_name: req.vm_name,
+        repository_id,
+        backup_type: req.backup_type,
+        parent_backup_id: parent.map(|p| p.id),
+        policy_id: req.policy_id,
+        status: Status::Ready,
+        error: None,
+        tags: req.tags,
+        telemetry: None,
+        created_at,
+        started_at: None,
+        completed_at: None,
+        last_telemetry_at: None,
+        vm_context_id: req.vm_context_id,
+        disks,
+    }
+}
+
 impl Hub {
     pub async fn create_backup(&self, req: CreateBackup) -> Result<Backup> {
         validate(&req)?;
@@ -130,8 +183,47 @@ impl Hub {
             .catalog
             .repository(&repository_id)?
             .ok_or_else(|| Error::NotFound(format!("no repository {repository_id:?}")))?;
+        self.refuse_second_backup(&req.vm_name)?;
+        let parent = match req.backup_type {
+            BackupType::Full => None,
+            BackupType::Incremental => Some(self.find_parent(&req, &repository_id)?),
+        };
+
+        let id = new_backup_id();
+        let dir = make_backup_dir(&repo.path, &req.vm_name, &id)?;
+        // Marks the directory as an unfinished creation until the row below exists.
+        let created_at = now();
+        let creating = Manifest::creating(
+            &id,
+            &req.vm_name,
+            &repository_id,
+            req.backup_type,
+            parent.as_ref().map(|p| p.id.as_str()),
+            created_at,
+        );
+        mark_creating(&dir, &creating)?;
+
+        let mut disks = Vec::with_capacity(req.disks().len());
+        let mut active = Vec::with_capacity(req.disks().len());
+        let made = self
+            .make_disks(&req, parent.as_ref(), &dir, &mut disks, &mut active)
+            .await;
+        let backup = ready_backup(id.clone(), req, repository_id, parent, created_at, disks);
+        if let Err(err) = made.and_then(|()| self.catalog.insert_backup(&backup)) {
+            self.undo_creation(active, &dir).await;
+            return Err(err);
+        }
+        self.activate(&id, active);
+        self.sync_manifest(&id).await;
+        tracing::info!(backup_id = %id, vm = %backup.vm_name, disks = backup.disks.len(),
+            backup_type = backup.backup_type.as_str(), "backup ready");
+        Ok(backup)
+    }
+
+    /// One backup of a VM at a time.
+    fn refuse_second_backup(&self, vm_name: &str) -> Result<()> {
         let same_vm = BackupFilter {
-            vm_name: Some(req.vm_name.clone()),
+            vm_name: Some(vm_name.to_owned()),
             ..BackupFilter::default()
         };
         if let Some(running) = self
@@ -143,86 +235,11 @@ impl Hub {
             return Err(Error::Conflict(format!(
                 "backup {} of VM {:?} is {}",
                 running.id,
-                req.vm_name,
+                vm_name,
                 running.status.as_str()
             )));
         }
-        let parent = match req.backup_type {
-            BackupType::Full => None,
-            BackupType::Incremental => Some(self.find_parent(&req, &repository_id)?),
-        };
-
-        let id = new_backup_id();
-        let dir = layout::backup_dir(&repo.path, &req.vm_name, &id);
-        std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
-        for made in [dir.parent().unwrap_or(&dir), &dir] {
-            crate::sys::datadir::private_dir(made)?;
-        }
-        // Marks the directory as an unfinished creation until the row below exists.
-        let created_at = now();
-        let creating = Manifest::creating(
-            &id,
-            &req.vm_name,
-            &repository_id,
-            req.backup_type,
-            parent.as_ref().map(|p| p.id.as_str()),
-            created_at,
-        );
-        if let Err(e) = manifest::write(&dir, &creating) {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(Error::io(format!(
-                "writing {}",
-                layout::manifest_path(&dir).display()
-            ))(e));
-        }
-
-        let mut disks = Vec::with_capacity(req.disks().len());
-        let mut active = Vec::with_capacity(req.disks().len());
-        let made = self
-            .make_disks(&req, parent.as_ref(), &dir, &mut disks, &mut active)
-            .await;
-        let backup = Backup {
-            id: id.clone(),
-            vm_name: req.vm_name.clone(),
-            repository_id,
-            backup_type: req.backup_type,
-            parent_backup_id: parent.map(|p| p.id),
-            policy_id: req.policy_id.clone(),
-            status: Status::Ready,
-            error: None,
-            tags: req.tags,
-            telemetry: None,
-            created_at,
-            started_at: None,
-            completed_at: None,
-            last_telemetry_at: None,
-            vm_context_id: req.vm_context_id.clone(),
-            disks,
-        };
-        if let Err(err) = made.and_then(|()| self.catalog.insert_backup(&backup)) {
-            for disk in &active {
-                let _ = self
-                    .nbd
-                    .remove_export(&disk.export_name, Duration::ZERO)
-                    .await;
-            }
-            drop(active);
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(err);
-        }
-        self.active.lock().insert(
-            id.clone(),
-            Arc::new(ActiveBackup {
-                id: id.clone(),
-                disks: active,
-                last_touch: Mutex::new(SystemTime::now()),
-                connected: Default::default(),
-            }),
-        );
-        self.sync_manifest(&id).await;
-        tracing::info!(backup_id = %id, vm = %backup.vm_name, disks = backup.disks.len(),
-            backup_type = backup.backup_type.as_str(), "backup ready");
-        Ok(backup)
+        Ok(())
     }
 
     fn find_parent(&self, req: &CreateBackup, repository_id: &str) -> Result<Backup> {
@@ -259,7 +276,7 @@ impl Hub {
         &self,
         req: &CreateBackup,
         parent: Option<&Backup>,
-        dir: &std::path::Path,
+        dir: &Path,
         disks: &mut Vec<Disk>,
         active: &mut Vec<ActiveDisk>,
     ) -> Result<()> {
@@ -297,6 +314,31 @@ impl Hub {
             });
         }
         Ok(())
+    }
+
+    /// Take back what a failed creation made. The exports go first and the images are closed
+    /// (`active` dropped) before their directory is removed.
+    async fn undo_creation(&self, active: Vec<ActiveDisk>, dir: &Path) {
+        for disk in &active {
+            let _ = self
+                .nbd
+                .remove_export(&disk.export_name, Duration::ZERO)
+                .await;
+        }
+        drop(active);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn activate(&self, id: &str, active: Vec<ActiveDisk>) {
+        self.active.lock().insert(
+            id.to_owned(),
+            Arc::new(ActiveBackup {
+                id: id.to_owned(),
+                disks: active,
+                last_touch: Mutex::new(SystemTime::now()),
+                connected: Default::default(),
+            }),
+        );
     }
 }
 

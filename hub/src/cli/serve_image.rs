@@ -7,8 +7,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use hub::export::ImageExport;
 use hub::sys::size::parse_size;
-use nbd_server::{Server, ServerConfig};
+use nbd_server::{Server, ServerConfig, ServerError};
 use qcow2::{CreateOptions, Image, OpenOptions};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// How long open connections get to finish their requests after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -63,6 +65,28 @@ pub async fn run(args: ServeImageArgs) -> anyhow::Result<()> {
     if let Some(size) = args.create {
         create(&args, size)?;
     }
+    let image = Arc::new(open(&args, &shutdown).await?);
+    let (server, scheme) = export_server(&args, &image)?;
+    let serving = listen(&args, &server, scheme, &shutdown).await?;
+
+    let served = serving.await;
+    shutdown.cancel();
+    server.shutdown(SHUTDOWN_GRACE).await;
+    if let Err(err) = server.remove_export(&args.name, Duration::ZERO).await {
+        tracing::debug!(%err, "export already gone after shutdown");
+    }
+    drop(server);
+    if let Some(socket) = &args.socket {
+        let _ = std::fs::remove_file(socket);
+    }
+    close(image).await?;
+    served?.context("NBD server")?;
+    tracing::info!("image flushed, exiting");
+    Ok(())
+}
+
+/// Open the image with its backing chain, confined to the image's directory unless trusted.
+async fn open(args: &ServeImageArgs, shutdown: &CancellationToken) -> anyhow::Result<Image> {
     let trusted = args.allow_backing || args.backing.is_some();
     let opts = OpenOptions {
         writable: !args.read_only,
@@ -75,16 +99,21 @@ pub async fn run(args: ServeImageArgs) -> anyhow::Result<()> {
     let opening = tokio::task::spawn_blocking(move || Image::open(&path, &opts));
     // An open stuck in the kernel (a dead network filesystem) must not outlive SIGTERM or hang
     // for ever; the blocked thread is abandoned when the process exits.
-    let image = tokio::select! {
+    tokio::select! {
         _ = shutdown.cancelled() => bail!("stopped while opening {}", args.image.display()),
         r = tokio::time::timeout(OPEN_TIMEOUT, opening) => match r {
             Ok(joined) => joined?,
             Err(_) => bail!("opening {} took longer than {OPEN_TIMEOUT:?}", args.image.display()),
         },
     }
-    .with_context(|| format!("opening {}", args.image.display()))?;
-    let image = Arc::new(image);
+    .with_context(|| format!("opening {}", args.image.display()))
+}
 
+/// The NBD server with the image's export, and the URI scheme it is reached by.
+fn export_server(
+    args: &ServeImageArgs,
+    image: &Arc<Image>,
+) -> anyhow::Result<(Server, &'static str)> {
     if args.max_in_flight == 0 {
         bail!("--max-in-flight must be positive");
     }
@@ -103,53 +132,49 @@ pub async fn run(args: ServeImageArgs) -> anyhow::Result<()> {
         tls,
         ..defaults
     });
-    let mut export = ImageExport::new(Arc::clone(&image));
+    let mut export = ImageExport::new(Arc::clone(image));
     if args.read_only {
         export = export.read_only();
     }
     server.add_export(&args.name, Arc::new(export))?;
+    Ok((server, scheme))
+}
 
-    let serving = {
-        let server = server.clone();
-        let shutdown = shutdown.clone();
-        if let Some(socket) = &args.socket {
-            remove_stale_socket(socket)?;
-            let listener = tokio::net::UnixListener::bind(socket)
-                .with_context(|| format!("binding {}", socket.display()))?;
-            announce(&format!(
-                "{scheme}+unix:///{}?socket={}",
-                args.name,
-                socket.display()
-            ));
-            tokio::spawn(async move { server.serve_unix(listener, shutdown).await })
-        } else {
-            let addr = args.listen.as_deref().unwrap_or("127.0.0.1:10809");
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {addr}"))?;
-            announce(&format!(
-                "{scheme}://{}/{}",
-                listener.local_addr()?,
-                args.name
-            ));
-            tokio::spawn(async move { server.serve_tcp(listener, shutdown).await })
-        }
-    };
-
-    let served = serving.await;
-    shutdown.cancel();
-    server.shutdown(SHUTDOWN_GRACE).await;
-    if let Err(err) = server.remove_export(&args.name, Duration::ZERO).await {
-        tracing::debug!(%err, "export already gone after shutdown");
-    }
-    drop(server);
+/// Bind the Unix socket or TCP address, say where the export is, and serve until `shutdown`.
+async fn listen(
+    args: &ServeImageArgs,
+    server: &Server,
+    scheme: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<JoinHandle<Result<(), ServerError>>> {
+    let server = server.clone();
+    let shutdown = shutdown.clone();
     if let Some(socket) = &args.socket {
-        let _ = std::fs::remove_file(socket);
+        remove_stale_socket(socket)?;
+        let listener = tokio::net::UnixListener::bind(socket)
+            .with_context(|| format!("binding {}", socket.display()))?;
+        announce(&format!(
+            "{scheme}+unix:///{}?socket={}",
+            args.name,
+            socket.display()
+        ));
+        Ok(tokio::spawn(async move {
+            server.serve_unix(listener, shutdown).await
+        }))
+    } else {
+        let addr = args.listen.as_deref().unwrap_or("127.0.0.1:10809");
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        announce(&format!(
+            "{scheme}://{}/{}",
+            listener.local_addr()?,
+            args.name
+        ));
+        Ok(tokio::spawn(async move {
+            server.serve_tcp(listener, shutdown).await
+        }))
     }
-    close(image).await?;
-    served?.context("NBD server")?;
-    tracing::info!("image flushed, exiting");
-    Ok(())
 }
 
 /// The directory holding `image`, where its backing chain must stay unless trusted.

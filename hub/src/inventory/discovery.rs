@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{VmContext, VmDisk};
 use crate::error::{Error, Result};
+use crate::inventory::credentials::VcenterLogin;
 use crate::state::{Hub, now};
 
 /// `POST /api/v1/discovery/discover-vms`.
@@ -169,16 +170,8 @@ fn context_disks(vm: &SnaVm) -> Result<Vec<VmDisk>> {
 impl Hub {
     pub async fn discover(&self, req: DiscoverRequest) -> Result<DiscoverResponse> {
         let login = self.vcenter_login(req.credential_id)?;
-        let body = SnaDiscover {
-            vcenter: &login.vcenter_host,
-            username: &login.username,
-            password: login.password.expose(),
-            datacenter: &login.datacenter,
-            filter: req.filter.as_deref().unwrap_or(""),
-        };
-        let inventory: Inventory = self
-            .sna
-            .post("/api/v1/discover", &body, &[login.password.expose()])
+        let inventory = self
+            .sna_inventory(&login, req.filter.as_deref().unwrap_or(""))
             .await?;
         let selected = |name: &str| match &req.selected_vms {
             Some(names) if !names.is_empty() => names.iter().any(|n| n == name),
@@ -193,42 +186,12 @@ impl Hub {
                 .map(|(c, _)| c.context_id);
             let mut context_id = before.clone();
             if req.create_context && selected(&vm.name) {
-                let disks = context_disks(&vm)?;
-                let context = VmContext {
-                    context_id: format!("ctx-{}", uuid::Uuid::new_v4()),
-                    vm_name: vm.name.clone(),
-                    vmware_vm_id: vm.id.clone(),
-                    vm_path: vm.path.clone(),
-                    vcenter_host: if inventory.vcenter.host.is_empty() {
-                        login.vcenter_host.clone()
-                    } else {
-                        inventory.vcenter.host.clone()
-                    },
-                    datacenter: [
-                        &vm.datacenter,
-                        &inventory.vcenter.datacenter,
-                        &login.datacenter,
-                    ]
-                    .into_iter()
-                    .find(|d| !d.is_empty())
-                    .cloned()
-                    .unwrap_or_default(),
-                    credential_id: Some(login.credential_id),
-                    power_state: vm.power_state.clone(),
-                    guest_os: vm.guest_os.clone(),
-                    memory_mb: vm.memory_mb,
-                    num_cpu: vm.num_cpu,
-                    created_at: now(),
-                    updated_at: now(),
-                };
-                let (id, existed) = self.catalog.upsert_vm_context(&context, &disks)?;
+                let (id, existed) = self.save_context(&vm, &inventory.vcenter, &login)?;
                 if existed {
                     updated += 1;
                 } else {
                     created += 1;
                 }
-                tracing::info!(vm = %vm.name, context_id = %id, disks = disks.len(), existed,
-                    "VM context from discovery");
                 context_id = Some(id);
             }
             discovered.push(DiscoveredVm {
@@ -249,6 +212,57 @@ impl Hub {
             status: "success",
             message,
         })
+    }
+
+    /// The SNA's inventory of the vCenter `login` opens.
+    async fn sna_inventory(&self, login: &VcenterLogin, filter: &str) -> Result<Inventory> {
+        let body = SnaDiscover {
+            vcenter: &login.vcenter_host,
+            username: &login.username,
+            password: login.password.expose(),
+            datacenter: &login.datacenter,
+            filter,
+        };
+        self.sna
+            .post("/api/v1/discover", &body, &[login.password.expose()])
+            .await
+    }
+
+    /// Create or update `vm`'s context; its id, and whether it existed.
+    fn save_context(
+        &self,
+        vm: &SnaVm,
+        vcenter: &InventoryVcenter,
+        login: &VcenterLogin,
+    ) -> Result<(String, bool)> {
+        let disks = context_disks(vm)?;
+        let context = VmContext {
+            context_id: format!("ctx-{}", uuid::Uuid::new_v4()),
+            vm_name: vm.name.clone(),
+            vmware_vm_id: vm.id.clone(),
+            vm_path: vm.path.clone(),
+            vcenter_host: if vcenter.host.is_empty() {
+                login.vcenter_host.clone()
+            } else {
+                vcenter.host.clone()
+            },
+            datacenter: [&vm.datacenter, &vcenter.datacenter, &login.datacenter]
+                .into_iter()
+                .find(|d| !d.is_empty())
+                .cloned()
+                .unwrap_or_default(),
+            credential_id: Some(login.credential_id),
+            power_state: vm.power_state.clone(),
+            guest_os: vm.guest_os.clone(),
+            memory_mb: vm.memory_mb,
+            num_cpu: vm.num_cpu,
+            created_at: now(),
+            updated_at: now(),
+        };
+        let (id, existed) = self.catalog.upsert_vm_context(&context, &disks)?;
+        tracing::info!(vm = %vm.name, context_id = %id, disks = disks.len(), existed,
+            "VM context from discovery");
+        Ok((id, existed))
     }
 
     pub fn vm_contexts(&self) -> Result<Vec<VmContext>> {

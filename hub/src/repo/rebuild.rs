@@ -34,7 +34,28 @@ pub struct RebuildReport {
 pub fn rebuild_catalog(data_dir: &Path, extra: &[(String, PathBuf)]) -> Result<RebuildReport> {
     let catalog_path = data_dir.join(CATALOG_FILE);
     let mut report = RebuildReport::default();
-    let mut repos = old_repositories(&catalog_path);
+    let repos = repositories(data_dir, &catalog_path, extra)?;
+    report.old_catalog = move_aside(data_dir, &catalog_path)?;
+    let catalog = Catalog::open(&catalog_path)?;
+
+    let mut found: Vec<(PathBuf, Manifest)> = Vec::new();
+    for repo in &repos {
+        catalog.insert_repository(repo)?;
+        report.repositories += 1;
+        found.extend(manifests(repo, &mut report)?);
+    }
+    insert_backups(&catalog, found, &mut report);
+    Ok(report)
+}
+
+/// The repositories to search: the old catalog's, then `extra` (replacing any of the same id),
+/// and the default repository first if neither names it.
+fn repositories(
+    data_dir: &Path,
+    catalog_path: &Path,
+    extra: &[(String, PathBuf)],
+) -> Result<Vec<Repository>> {
+    let mut repos = old_repositories(catalog_path);
     for (id, path) in extra {
         let path = std::path::absolute(path)
             .map_err(Error::io(format!("resolving {}", path.display())))?;
@@ -58,56 +79,69 @@ pub fn rebuild_catalog(data_dir: &Path, extra: &[(String, PathBuf)]) -> Result<R
             },
         );
     }
+    Ok(repos)
+}
 
-    if catalog_path.exists() {
-        let stamp = now().unix_timestamp();
-        let moved = data_dir.join(format!("{CATALOG_FILE}.before-rebuild-{stamp}"));
-        for suffix in ["", "-wal", "-shm"] {
-            let from = PathBuf::from(format!("{}{suffix}", catalog_path.display()));
-            let to = PathBuf::from(format!("{}{suffix}", moved.display()));
-            match std::fs::rename(&from, &to) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(Error::io(format!(
-                        "moving {} to {}",
-                        from.display(),
-                        to.display()
-                    ))(e));
-                }
-            }
-        }
-        report.old_catalog = Some(moved);
+/// Rename the old catalog (with its WAL files) beside the new one; where it went, if it existed.
+fn move_aside(data_dir: &Path, catalog_path: &Path) -> Result<Option<PathBuf>> {
+    if !catalog_path.exists() {
+        return Ok(None);
     }
-    let catalog = Catalog::open(&catalog_path)?;
-
-    let mut found: Vec<(PathBuf, Manifest)> = Vec::new();
-    for repo in &repos {
-        catalog.insert_repository(repo)?;
-        report.repositories += 1;
-        let dirs = backup_dirs(&repo.path).map_err(Error::io(format!(
-            "reading repository {}",
-            repo.path.display()
-        )))?;
-        for dir in dirs {
-            match manifest::read(&dir.path) {
-                Ok(Some(m)) if m.status == Phase::Creating => report.interrupted.push(dir.path),
-                Ok(Some(mut m)) => {
-                    // The directory says which repository it is in, whatever the file claims.
-                    m.repository_id = repo.id.clone();
-                    found.push((dir.path, m));
-                }
-                Ok(None) => report.skipped.push((
-                    dir.path,
-                    "no manifest (move it out of the repository)".into(),
-                )),
-                Err(e) => report
-                    .skipped
-                    .push((dir.path, format!("unreadable manifest: {e}"))),
+    let stamp = now().unix_timestamp();
+    let moved = data_dir.join(format!("{CATALOG_FILE}.before-rebuild-{stamp}"));
+    for suffix in ["", "-wal", "-shm"] {
+        let from = PathBuf::from(format!("{}{suffix}", catalog_path.display()));
+        let to = PathBuf::from(format!("{}{suffix}", moved.display()));
+        match std::fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::io(format!(
+                    "moving {} to {}",
+                    from.display(),
+                    to.display()
+                ))(e));
             }
         }
     }
+    Ok(Some(moved))
+}
 
+/// The manifests of `repo`'s backup directories; interrupted creations and directories that
+/// cannot be rebuilt go to `report`.
+fn manifests(repo: &Repository, report: &mut RebuildReport) -> Result<Vec<(PathBuf, Manifest)>> {
+    let dirs = backup_dirs(&repo.path).map_err(Error::io(format!(
+        "reading repository {}",
+        repo.path.display()
+    )))?;
+    let mut found = Vec::new();
+    for dir in dirs {
+        match manifest::read(&dir.path) {
+            Ok(Some(m)) if m.status == Phase::Creating => report.interrupted.push(dir.path),
+            Ok(Some(mut m)) => {
+                // The directory says which repository it is in, whatever the file claims.
+                m.repository_id = repo.id.clone();
+                found.push((dir.path, m));
+            }
+            Ok(None) => report.skipped.push((
+                dir.path,
+                "no manifest (move it out of the repository)".into(),
+            )),
+            Err(e) => report
+                .skipped
+                .push((dir.path, format!("unreadable manifest: {e}"))),
+        }
+    }
+    Ok(found)
+}
+
+/// Insert the backups of `found` into the catalog; what fails, or whose parent never got in, is
+/// reported as skipped.
+fn insert_backups(
+    catalog: &Catalog,
+    mut found: Vec<(PathBuf, Manifest)>,
+    report: &mut RebuildReport,
+) {
     // Parents first: each pass inserts the backups whose parent is in (or none).
     let mut inserted: HashSet<String> = HashSet::new();
     found.sort_by_key(|(_, m)| m.created_at);
@@ -146,7 +180,6 @@ pub fn rebuild_catalog(data_dir: &Path, extra: &[(String, PathBuf)]) -> Result<R
             format!("its parent backup {parent} could not be rebuilt"),
         ));
     }
-    Ok(report)
 }
 
 /// The repositories the previous catalog lists, if it can still be read.

@@ -97,67 +97,94 @@ pub(crate) fn check_catalog(
             }
         };
         for dir in dirs.into_iter().filter(|d| !deleting.contains(&d.id)) {
-            let known = catalog.backup_status(&dir.id)?;
-            let shown = dir.path.display();
-            match (manifest::read(&dir.path), known) {
-                (Ok(Some(m)), None) if m.status == Phase::Creating && m.created_at < started => {
-                    actions.push(Action::Remove(dir.path, "interrupted creation"));
-                }
-                (Ok(Some(m)), None) => problems.push(format!(
-                    "{shown}: backup {} of VM {:?} ({}) is not in the catalog",
-                    m.backup_id,
-                    m.vm_name,
-                    m.status.as_str()
-                )),
-                (Ok(Some(m)), Some(Ok(_))) => match catalog.backup(&dir.id) {
-                    Ok(Some(b)) if m.ahead_of(&b) => problems.push(format!(
-                        "{shown}: the catalog says backup {} is {}, its manifest says {}",
-                        b.id,
-                        b.status.as_str(),
-                        m.status.as_str()
-                    )),
-                    Ok(Some(b)) if m != Manifest::of(&b) => actions.push(Action::Rewrite(b.id)),
-                    _ => {}
-                },
-                (Ok(Some(_)), Some(Err(_))) => {} // an unreadable row: reported by the catalog
-                (Ok(None), Some(_)) => actions.push(Action::Rewrite(dir.id)),
-                (Ok(None), None) if holds_only_temp_files(&dir.path) => {
-                    actions.push(Action::Remove(
-                        dir.path,
-                        "creation interrupted before its manifest",
-                    ));
-                }
-                (Ok(None), None) => {
-                    problems.push(format!("{shown}: not in the catalog and holds no manifest"))
-                }
-                (Err(e), Some(_)) => {
-                    tracing::warn!(path = %shown, error = %e, "unreadable manifest; rewritten from the catalog");
-                    actions.push(Action::Rewrite(dir.id));
-                }
-                (Err(e), None) => problems.push(format!(
-                    "{shown}: not in the catalog, and its manifest is unreadable: {e}"
-                )),
-            }
+            compare(catalog, dir, started, &mut problems, &mut actions)?;
         }
     }
     if !problems.is_empty() {
-        let shown = problems.len().min(5);
-        let mut msg = format!(
-            "the catalog {} is empty, missing or older than the repository ({} backup director{} it does not account for):\n  {}",
-            catalog_path.display(),
-            problems.len(),
-            if problems.len() == 1 { "y" } else { "ies" },
-            problems[..shown].join("\n  ")
-        );
-        if problems.len() > shown {
-            msg.push_str(&format!("\n  and {} more", problems.len() - shown));
-        }
-        msg.push_str(&format!(
-            "\nNothing was changed. Stop every hub using this data dir and run `sendense-hub catalog rebuild --data-dir {}` to rebuild the catalog from the backups' manifests.",
-            data_dir.display()
-        ));
-        return Err(Error::CatalogBehind(msg));
+        return Err(Error::CatalogBehind(behind(
+            &problems,
+            catalog_path,
+            data_dir,
+        )));
     }
+    Ok(carry_out(actions))
+}
+
+/// Compare one directory with its catalog row: a problem if the catalog is behind it, else what
+/// (if anything) to do to it.
+fn compare(
+    catalog: &Catalog,
+    dir: BackupDir,
+    started: OffsetDateTime,
+    problems: &mut Vec<String>,
+    actions: &mut Vec<Action>,
+) -> Result<()> {
+    let known = catalog.backup_status(&dir.id)?;
+    let shown = dir.path.display();
+    match (manifest::read(&dir.path), known) {
+        (Ok(Some(m)), None) if m.status == Phase::Creating && m.created_at < started => {
+            actions.push(Action::Remove(dir.path, "interrupted creation"));
+        }
+        (Ok(Some(m)), None) => problems.push(format!(
+            "{shown}: backup {} of VM {:?} ({}) is not in the catalog",
+            m.backup_id,
+            m.vm_name,
+            m.status.as_str()
+        )),
+        (Ok(Some(m)), Some(Ok(_))) => match catalog.backup(&dir.id) {
+            Ok(Some(b)) if m.ahead_of(&b) => problems.push(format!(
+                "{shown}: the catalog says backup {} is {}, its manifest says {}",
+                b.id,
+                b.status.as_str(),
+                m.status.as_str()
+            )),
+            Ok(Some(b)) if m != Manifest::of(&b) => actions.push(Action::Rewrite(b.id)),
+            _ => {}
+        },
+        (Ok(Some(_)), Some(Err(_))) => {} // an unreadable row: reported by the catalog
+        (Ok(None), Some(_)) => actions.push(Action::Rewrite(dir.id)),
+        (Ok(None), None) if holds_only_temp_files(&dir.path) => {
+            actions.push(Action::Remove(
+                dir.path,
+                "creation interrupted before its manifest",
+            ));
+        }
+        (Ok(None), None) => {
+            problems.push(format!("{shown}: not in the catalog and holds no manifest"))
+        }
+        (Err(e), Some(_)) => {
+            tracing::warn!(path = %shown, error = %e, "unreadable manifest; rewritten from the catalog");
+            actions.push(Action::Rewrite(dir.id));
+        }
+        (Err(e), None) => problems.push(format!(
+            "{shown}: not in the catalog, and its manifest is unreadable: {e}"
+        )),
+    }
+    Ok(())
+}
+
+/// Why the hub refuses to start: the first few `problems`, and how to rebuild the catalog.
+fn behind(problems: &[String], catalog_path: &Path, data_dir: &Path) -> String {
+    let shown = problems.len().min(5);
+    let mut msg = format!(
+        "the catalog {} is empty, missing or older than the repository ({} backup director{} it does not account for):\n  {}",
+        catalog_path.display(),
+        problems.len(),
+        if problems.len() == 1 { "y" } else { "ies" },
+        problems[..shown].join("\n  ")
+    );
+    if problems.len() > shown {
+        msg.push_str(&format!("\n  and {} more", problems.len() - shown));
+    }
+    msg.push_str(&format!(
+        "\nNothing was changed. Stop every hub using this data dir and run `sendense-hub catalog rebuild --data-dir {}` to rebuild the catalog from the backups' manifests.",
+        data_dir.display()
+    ));
+    msg
+}
+
+/// Remove the interrupted creations; the ids whose manifests are to be rewritten.
+fn carry_out(actions: Vec<Action>) -> Vec<String> {
     let mut rewrite = Vec::new();
     for action in actions {
         match action {
@@ -175,7 +202,7 @@ pub(crate) fn check_catalog(
             Action::Rewrite(id) => rewrite.push(id),
         }
     }
-    Ok(rewrite)
+    rewrite
 }
 
 /// Whether `dir` holds nothing, or only a manifest's temp file.
