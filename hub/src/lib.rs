@@ -1,6 +1,7 @@
 //! The Sendense hub: REST API, catalog and backup lifecycle over the embedded NBD server, and the
 //! adapter that serves QCOW2 images as NBD exports.
 #![forbid(unsafe_code)]
+#![deny(clippy::too_many_lines)]
 
 pub mod api;
 pub mod backup;

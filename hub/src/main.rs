@@ -1,5 +1,6 @@
 //! `sendense-hub`: the binary's edge (CLI parsing, logging setup, exit codes).
 #![forbid(unsafe_code)]
+#![deny(clippy::too_many_lines)]
 
 mod cli;
 
