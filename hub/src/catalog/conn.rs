@@ -16,6 +16,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
     include_str!("../../migrations/0002_sendense_flow.sql"),
     include_str!("../../migrations/0003_deletions.sql"),
+    include_str!("../../migrations/0004_jobs.sql"),
+    include_str!("../../migrations/0005_protection.sql"),
 ];
 
 pub struct Catalog {
