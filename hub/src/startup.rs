@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use nbd_server::{Server, ServerConfig};
 use parking_lot::Mutex;
@@ -44,9 +45,13 @@ impl Hub {
             None if nbd_addr.ip().is_unspecified() => "127.0.0.1".to_owned(),
             None => nbd_addr.ip().to_string(),
         };
+        let catalog = Arc::new(catalog);
+        let jobs = crate::jobs::Jobs::new(catalog.clone());
+        jobs.recover()?;
         let hub = Hub::from_inner(Inner {
             config,
             catalog,
+            jobs,
             nbd,
             nbd_host,
             nbd_port: nbd_addr.port(),
@@ -132,7 +137,8 @@ impl Hub {
     /// the grace period, then every image is flushed and released.
     pub async fn shutdown(&self) {
         let grace = self.config.shutdown_grace;
-        self.nbd.shutdown(grace).await;
+        // Jobs are cancelled (a flow run starts no more backups) while the NBD server drains.
+        tokio::join!(self.jobs.shutdown(grace), self.nbd.shutdown(grace));
         self.tasks.close();
         if tokio::time::timeout(grace, self.tasks.wait())
             .await

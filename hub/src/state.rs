@@ -39,7 +39,9 @@ impl std::ops::Deref for Hub {
 
 pub struct Inner {
     pub config: Config,
-    pub catalog: Catalog,
+    pub catalog: Arc<Catalog>,
+    /// Background work: queued, running, recorded.
+    pub jobs: crate::jobs::Jobs,
     pub nbd: Server,
     /// Host and port written into NBD URIs.
     pub nbd_host: String,

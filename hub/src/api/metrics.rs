@@ -8,7 +8,8 @@ use axum::response::IntoResponse;
 
 use super::error::ApiError;
 use crate::api::views::repository_view;
-use crate::catalog::Status;
+use crate::catalog::{JobStatus, Status};
+use crate::jobs::JobKind;
 use crate::state::Hub;
 
 #[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "service",
@@ -29,6 +30,8 @@ pub async fn metrics(State(hub): State<Hub>) -> Result<impl IntoResponse, ApiErr
             status.as_str()
         );
     }
+
+    jobs(&hub, &mut out)?;
 
     let actives: Vec<_> = hub.active.lock().values().cloned().collect();
     let (mut exports, mut connections, mut live_bytes) = (0u64, 0u64, 0u64);
@@ -73,4 +76,26 @@ pub async fn metrics(State(hub): State<Hub>) -> Result<impl IntoResponse, ApiErr
         }
     }
     Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+}
+
+/// `sendense_jobs{type, status}`: every kind and status, zero included, so an alert rule on
+/// failed jobs has a series from the start.
+fn jobs(hub: &Hub, out: &mut String) -> Result<(), ApiError> {
+    let counts = hub.catalog.count_jobs()?;
+    out.push_str("# HELP sendense_jobs Jobs in the catalog by type and status.\n# TYPE sendense_jobs gauge\n");
+    for kind in JobKind::ALL {
+        for status in JobStatus::ALL {
+            let n = counts
+                .iter()
+                .find(|(k, s, _)| k == kind.as_str() && s == status.as_str())
+                .map_or(0, |(_, _, n)| *n);
+            let _ = writeln!(
+                out,
+                "sendense_jobs{{type=\"{}\",status=\"{}\"}} {n}",
+                kind.as_str(),
+                status.as_str()
+            );
+        }
+    }
+    Ok(())
 }

@@ -12,6 +12,7 @@ mod error;
 pub mod extract;
 pub(crate) mod http_conn;
 mod inventory;
+pub mod jobs;
 mod metrics;
 pub mod openapi;
 mod repositories;
@@ -83,6 +84,10 @@ pub fn app(hub: Hub) -> Router {
         )
         .route("/api/v1/vm-contexts/{id}/disks", get(inventory::disks))
         .route("/api/v1/vm-contexts/by-id/{id}", get(inventory::get_by_id))
+        .route("/api/v1/jobs", get(jobs::list))
+        .route("/api/v1/jobs/{id}", get(jobs::get))
+        .route("/api/v1/jobs/{id}/log", get(jobs::log))
+        .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route(
             "/api/v1/repositories",
             get(repositories::list).post(repositories::create),

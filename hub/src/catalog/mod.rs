@@ -1,4 +1,5 @@
-//! The SQLite catalog: repositories, backups with their disks, restores.
+//! The SQLite catalog: repositories, backups with their disks, restores, the VMware inventory,
+//! jobs.
 //!
 //! One connection behind a mutex; every call is a short statement or transaction, so callers use
 //! it directly from async code. WAL mode keeps readers from waiting on the writer's fsync.
@@ -6,6 +7,7 @@
 mod backups;
 mod conn;
 pub mod inventory;
+pub mod jobs;
 pub mod model;
 mod repositories;
 mod restores;
@@ -13,5 +15,6 @@ mod rows;
 
 pub use conn::{CATALOG_FILE, Catalog, is_disk_full};
 pub use inventory::{Credential, CredentialFields, VmContext, VmDisk};
+pub use jobs::{Job, JobEnd, JobFilter, JobLogLine, JobStatus};
 pub use model::*;
 pub use rows::fmt_time;

@@ -1,0 +1,39 @@
+//! The kinds of job and how many of each may run at once.
+
+/// What a job does. The string is the job's `type` in the API and the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobKind {
+    /// One run of a protection flow: a backup of each VM of its target.
+    ProtectionFlow,
+}
+
+impl JobKind {
+    pub const ALL: [JobKind; 1] = [JobKind::ProtectionFlow];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::ProtectionFlow => "protection_flow",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobKind> {
+        JobKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Jobs of this kind running at once; the rest wait, `queued`. A flow run mostly waits on the
+    /// SNA and its backups (those have their own limit), so many may run side by side.
+    pub fn concurrency(self) -> usize {
+        match self {
+            JobKind::ProtectionFlow => 32,
+        }
+    }
+
+    /// Whether a job of this kind interrupted by a stop is started again at the next start
+    /// (otherwise it is failed, "hub stopped"). None can yet: a flow run's backups were failed by
+    /// the stop too, and the next scheduled run takes them again.
+    pub fn resumes(self) -> bool {
+        match self {
+            JobKind::ProtectionFlow => false,
+        }
+    }
+}
