@@ -5,8 +5,10 @@
 //! Crates. `croner` parses and searches: it takes 5 fields or 6 with seconds first (as the old Go
 //! hub's robfig/cron did), the `@` names, and searches backwards as well as forwards, so the last
 //! tick before now costs a few steps whatever the interval. It also handles daylight saving time
-//! the Vixie way, which is the behaviour we want (below). `cron` needs 6 or 7 fields, has no
-//! backward search and leaves the DST rules to chrono's resolution; `saffron` has no seconds,
+//! the Vixie way, which is the behaviour we want (below). `cron` (0.17) searches backwards too,
+//! but wants the seconds field (6 or 7 fields, so `30 2 * * *` is refused), numbers weekdays 1–7
+//! from Sunday where robfig/cron and Vixie say 0–6, and skips a wall-clock time the clock jumps
+//! over, so a daily 02:30 would not run on the spring-forward night; `saffron` has no seconds,
 //! no time zones and no `@` names. `jiff` resolves the zone: `croner` has a backend for it (so
 //! no chrono beside our `time`), its tz lookups refuse unknown names, and it reads the system's
 //! zoneinfo with a bundled copy of the tzdb for images that have none. The public API speaks
