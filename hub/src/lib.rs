@@ -11,6 +11,7 @@ pub mod error;
 pub mod export;
 pub mod inventory;
 pub mod jobs;
+pub mod protect;
 pub mod repo;
 pub mod restore;
 pub mod serve;
