@@ -47,7 +47,8 @@ impl Hub {
         };
         let catalog = Arc::new(catalog);
         let jobs = crate::jobs::Jobs::new(catalog.clone());
-        jobs.recover()?;
+        let stopped: Vec<String> = jobs.recover()?.into_iter().map(|j| j.id).collect();
+        catalog.fail_executions_of(&stopped, "hub stopped")?;
         let hub = Hub::from_inner(Inner {
             config,
             catalog,

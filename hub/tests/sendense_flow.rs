@@ -7,11 +7,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use common::hub::*;
+use common::standin::StandIn;
 use common::*;
 use serde_json::{Value, json};
 
@@ -19,82 +20,6 @@ const MIB: u64 = 1 << 20;
 const KIB: u64 = 1 << 10;
 const PASSWORD: &str = "Vc-pa55-7d1e-in-clear?";
 const VM: &str = "pg-01";
-
-struct StandIn {
-    _child: ChildGuard,
-    config_path: PathBuf,
-    config: Value,
-}
-
-impl StandIn {
-    fn start(dir: &Path, config: Value) -> StandIn {
-        let config_path = dir.join("sna.json");
-        std::fs::write(&config_path, config.to_string()).unwrap();
-        let port_file = dir.join("sna.port");
-        let child = Command::new("/usr/bin/python3")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sna_standin.py"))
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--port-file")
-            .arg(&port_file)
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("/usr/bin/python3 runs the stand-in SNA");
-        let mut child = ChildGuard(Some(child));
-        for _ in 0..200 {
-            if port_file.exists() {
-                break;
-            }
-            if let Some(status) = child.child().try_wait().unwrap() {
-                panic!("stand-in SNA exited: {status}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert!(port_file.exists(), "stand-in SNA did not start");
-        StandIn {
-            _child: child,
-            config_path,
-            config,
-        }
-    }
-
-    fn port(dir: &Path) -> u16 {
-        std::fs::read_to_string(dir.join("sna.port"))
-            .unwrap()
-            .parse()
-            .unwrap()
-    }
-
-    fn set(&mut self, key: &str, value: Value) {
-        self.config[key] = value;
-        std::fs::write(&self.config_path, self.config.to_string()).unwrap();
-    }
-
-    fn lines(&self, key: &str) -> Vec<Value> {
-        let path = self.config[key].as_str().unwrap();
-        std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    fn assert_no_errors(&self) {
-        let errors = self.lines("errors");
-        assert!(errors.is_empty(), "stand-in SNA: {errors:#?}");
-    }
-
-    /// The last `POST /api/v1/backup/start` body (password replaced by `password_ok`).
-    fn last_start(&self) -> Value {
-        self.lines("log")
-            .into_iter()
-            .rev()
-            .find(|r| r["path"] == "/api/v1/backup/start")
-            .expect("backup/start was called")["body"]
-            .clone()
-    }
-}
 
 fn disk(id: &str, label: &str, capacity: u64) -> Value {
     json!({"id": id, "label": label, "path": format!("[ds1] {VM}/{label}.vmdk"),

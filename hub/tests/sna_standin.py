@@ -14,7 +14,8 @@ hub's NBD targets the way the Sendense backup client does:
 The test writes a JSON config file and may rewrite it between backups; it is read per request:
   hub_url, password, inventory, sources {key: path}, changed {key: [[offset, length], ...]},
   expect_change_id {key: id}, new_change_ids {key: id}, mode (ok | status500 | hang | client_fail),
-  hang_secs, log (JSON lines of what was asked), errors (what went wrong, for the test to show).
+  hang_secs, refuse_vms [names whose start is refused as status500 refuses every start],
+  log (JSON lines of what was asked), errors (what went wrong, for the test to show).
 Run with /usr/bin/python3 (libnbd's module is installed for it): --config FILE --port-file FILE.
 """
 
@@ -205,7 +206,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.path != "/api/v1/backup/start":
             return self.answer(404, b"404 page not found")
         mode = cfg.get("mode", "ok")
-        if mode == "status500":
+        if mode == "status500" or body.get("vm_name") in cfg.get("refuse_vms", []):
             return self.answer(500, b"Process start failed: sendense-backup-client binary not found")
         if mode == "hang":
             time.sleep(cfg.get("hang_secs", 5))

@@ -32,6 +32,17 @@ pub async fn metrics(State(hub): State<Hub>) -> Result<impl IntoResponse, ApiErr
     }
 
     jobs(&hub, &mut out)?;
+    out.push_str(
+        "# HELP sendense_flow_last_success_timestamp_seconds When each protection flow's newest successful run ended.\n\
+         # TYPE sendense_flow_last_success_timestamp_seconds gauge\n",
+    );
+    for (flow, at) in hub.catalog.last_successes()? {
+        let _ = writeln!(
+            out,
+            "sendense_flow_last_success_timestamp_seconds{{flow=\"{flow}\"}} {}",
+            at.unix_timestamp()
+        );
+    }
 
     let actives: Vec<_> = hub.active.lock().values().cloned().collect();
     let (mut exports, mut connections, mut live_bytes) = (0u64, 0u64, 0u64);

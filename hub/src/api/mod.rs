@@ -10,6 +10,7 @@ mod backups;
 mod credentials;
 mod error;
 pub mod extract;
+mod flows;
 pub(crate) mod http_conn;
 mod inventory;
 pub mod jobs;
@@ -24,7 +25,7 @@ use axum::Router;
 use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{delete, get, patch, post, put};
 
 pub use error::{ApiError, ErrorBody};
 pub use extract::{ApiJson, ApiQuery};
@@ -45,6 +46,27 @@ pub fn app(hub: Hub) -> Router {
             require_token_or_loopback,
         ));
     let operator = Router::new()
+        .merge(backup_routes())
+        .merge(inventory_routes())
+        .merge(protection_routes())
+        .merge(job_routes())
+        .route_layer(middleware::from_fn_with_state(hub.clone(), require_token));
+    Router::new()
+        .route("/health", get(service::health))
+        .route("/api/v1/openapi.json", get(openapi::openapi_json))
+        .route("/metrics", get(metrics::metrics))
+        .merge(sna)
+        .merge(operator)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn(log_request))
+        .with_state(hub)
+}
+
+/// Backups, restores and repositories.
+fn backup_routes() -> Router<Hub> {
+    Router::new()
         .route("/api/v1/backups", post(backups::create).get(backups::list))
         .route("/api/v1/backups/stats", get(backups::stats))
         .route(
@@ -58,6 +80,15 @@ pub fn app(hub: Hub) -> Router {
             post(restores::create).get(restores::list),
         )
         .route("/api/v1/restores/{id}", delete(restores::delete))
+        .route(
+            "/api/v1/repositories",
+            get(repositories::list).post(repositories::create),
+        )
+}
+
+/// vCenter credentials, discovery and VM contexts.
+fn inventory_routes() -> Router<Hub> {
+    Router::new()
         .route(
             "/api/v1/vmware-credentials",
             get(credentials::list).post(credentials::create),
@@ -84,26 +115,56 @@ pub fn app(hub: Hub) -> Router {
         )
         .route("/api/v1/vm-contexts/{id}/disks", get(inventory::disks))
         .route("/api/v1/vm-contexts/by-id/{id}", get(inventory::get_by_id))
+}
+
+/// Protection flows, their runs and what they run on.
+fn protection_routes() -> Router<Hub> {
+    Router::new()
+        .route(
+            "/api/v1/protection-flows",
+            post(flows::create).get(flows::list),
+        )
+        .route("/api/v1/protection-flows/summary", get(flows::summary))
+        .route(
+            "/api/v1/protection-flows/bulk-enable",
+            post(flows::bulk_enable),
+        )
+        .route(
+            "/api/v1/protection-flows/bulk-disable",
+            post(flows::bulk_disable),
+        )
+        .route(
+            "/api/v1/protection-flows/bulk-delete",
+            post(flows::bulk_delete),
+        )
+        .route(
+            "/api/v1/protection-flows/{id}",
+            get(flows::get).put(flows::update).delete(flows::delete),
+        )
+        .route("/api/v1/protection-flows/{id}/enable", patch(flows::enable))
+        .route(
+            "/api/v1/protection-flows/{id}/disable",
+            patch(flows::disable),
+        )
+        .route(
+            "/api/v1/protection-flows/{id}/execute",
+            post(flows::execute),
+        )
+        .route(
+            "/api/v1/protection-flows/{id}/executions",
+            get(flows::executions),
+        )
+        .route("/api/v1/protection-flows/{id}/status", get(flows::status))
+        .route("/api/v1/protection-flows/{id}/test", post(flows::test))
+}
+
+/// Background work.
+fn job_routes() -> Router<Hub> {
+    Router::new()
         .route("/api/v1/jobs", get(jobs::list))
         .route("/api/v1/jobs/{id}", get(jobs::get))
         .route("/api/v1/jobs/{id}/log", get(jobs::log))
         .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
-        .route(
-            "/api/v1/repositories",
-            get(repositories::list).post(repositories::create),
-        )
-        .route_layer(middleware::from_fn_with_state(hub.clone(), require_token));
-    Router::new()
-        .route("/health", get(service::health))
-        .route("/api/v1/openapi.json", get(openapi::openapi_json))
-        .route("/metrics", get(metrics::metrics))
-        .merge(sna)
-        .merge(operator)
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(json_errors))
-        .layer(middleware::from_fn(log_request))
-        .with_state(hub)
 }
 
 /// One log line per request: state changes at info, reads and the periodic telemetry at debug,

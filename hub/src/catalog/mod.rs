@@ -6,6 +6,7 @@
 
 mod backups;
 mod conn;
+pub mod flows;
 pub mod inventory;
 pub mod jobs;
 pub mod model;
@@ -14,6 +15,7 @@ mod restores;
 mod rows;
 
 pub use conn::{CATALOG_FILE, Catalog, is_disk_full};
+pub use flows::{Flow, FlowExecution, GroupVm, ScheduleTiming};
 pub use inventory::{Credential, CredentialFields, VmContext, VmDisk};
 pub use jobs::{Job, JobEnd, JobFilter, JobLogLine, JobStatus};
 pub use model::*;

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -50,6 +50,8 @@ struct Inner {
     live: Mutex<HashMap<String, Arc<Live>>>,
     limits: HashMap<JobKind, Arc<Semaphore>>,
     tasks: TaskTracker,
+    /// Set when the hub stops: the cancels that follow are the stop's, not an operator's.
+    stopping: Arc<AtomicBool>,
 }
 
 struct Live {
@@ -66,6 +68,7 @@ pub struct JobContext {
     id: String,
     live: Arc<Live>,
     catalog: Arc<Catalog>,
+    stopping: Arc<AtomicBool>,
 }
 
 impl JobContext {
@@ -121,6 +124,12 @@ impl JobContext {
     pub fn is_cancelled(&self) -> bool {
         self.live.cancel.is_cancelled()
     }
+
+    /// Whether the cancel is the hub stopping (work should leave what it started to the stop,
+    /// which records it), not an operator's.
+    pub fn hub_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -146,6 +155,7 @@ impl Jobs {
                 live: Mutex::new(HashMap::new()),
                 limits,
                 tasks: TaskTracker::new(),
+                stopping: Arc::new(AtomicBool::new(false)),
             }),
         }
     }
@@ -206,6 +216,7 @@ impl Jobs {
             id: job.id.clone(),
             live,
             catalog: self.inner.catalog.clone(),
+            stopping: self.inner.stopping.clone(),
         };
         let slot = self.inner.limits[&kind].clone();
         let inner = self.inner.clone();
@@ -264,6 +275,7 @@ impl Jobs {
     /// Cancel every job and give them `grace` to stop; what is still running then is recorded
     /// failed ("hub stopped"), as the next start would.
     pub async fn shutdown(&self, grace: Duration) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
         let live: Vec<_> = self.inner.live.lock().values().cloned().collect();
         for job in &live {
             job.cancel.cancel();

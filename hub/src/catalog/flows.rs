@@ -1,0 +1,420 @@
+//! Protection flows, their executions, and what a run reads of its target and schedule.
+
+use rusqlite::{OptionalExtension, Row, params};
+use time::OffsetDateTime;
+
+use super::conn::Catalog;
+use super::rows::{fmt_time, parse_opt_time, parse_time};
+use crate::error::Result;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Flow {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub flow_type: String,
+    /// `vm` or `group`.
+    pub target_type: String,
+    pub target_id: String,
+    pub repository_id: String,
+    pub policy_id: Option<String>,
+    pub schedule_id: Option<String>,
+    pub enabled: bool,
+    pub created_by: String,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+    /// The newest schedule tick a run was started (or skipped) for.
+    pub last_tick_at: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowExecution {
+    pub id: String,
+    pub flow_id: String,
+    pub job_id: String,
+    /// `running`, `success`, `failed` (also a partial result: see `jobs_failed`) or `cancelled`.
+    pub status: String,
+    /// `manual`, `scheduled` or `api`.
+    pub execution_type: String,
+    pub triggered_by: String,
+    pub scheduled_at: Option<OffsetDateTime>,
+    pub started_at: Option<OffsetDateTime>,
+    pub completed_at: Option<OffsetDateTime>,
+    pub jobs_created: u64,
+    pub jobs_completed: u64,
+    pub jobs_failed: u64,
+    pub jobs_skipped: u64,
+    pub vms_processed: u64,
+    pub bytes_transferred: u64,
+    pub error_message: Option<String>,
+    pub backup_ids: Vec<String>,
+    pub created_at: OffsetDateTime,
+}
+
+/// What a run needs of a schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleTiming {
+    pub id: String,
+    pub name: String,
+    pub cron_expression: String,
+    pub timezone: String,
+    pub enabled: bool,
+    pub skip_if_running: bool,
+    pub max_concurrent_jobs: u32,
+    /// `full`, `incremental` or `auto`.
+    pub replication_type: String,
+    pub retry_attempts: u32,
+    pub retry_delay_minutes: u32,
+}
+
+/// A VM a group run backs up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupVm {
+    pub context_id: String,
+    pub vm_name: String,
+}
+
+const FLOW_COLUMNS: &str = "id, name, description, flow_type, target_type, target_id, \
+    repository_id, policy_id, schedule_id, enabled, created_by, created_at, updated_at, last_tick_at";
+
+fn flow_from_row(row: &Row<'_>) -> rusqlite::Result<Flow> {
+    Ok(Flow {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        description: row.get(2)?,
+        flow_type: row.get(3)?,
+        target_type: row.get(4)?,
+        target_id: row.get(5)?,
+        repository_id: row.get(6)?,
+        policy_id: row.get(7)?,
+        schedule_id: row.get(8)?,
+        enabled: row.get(9)?,
+        created_by: row.get(10)?,
+        created_at: parse_time(&row.get::<_, String>(11)?)?,
+        updated_at: parse_time(&row.get::<_, String>(12)?)?,
+        last_tick_at: parse_opt_time(row.get(13)?)?,
+    })
+}
+
+const EXECUTION_COLUMNS: &str = "id, flow_id, job_id, status, execution_type, triggered_by, \
+    scheduled_at, started_at, completed_at, jobs_created, jobs_completed, jobs_failed, \
+    jobs_skipped, vms_processed, bytes_transferred, error_message, backup_ids, created_at";
+
+fn execution_from_row(row: &Row<'_>) -> rusqlite::Result<FlowExecution> {
+    let count = |i: usize| row.get::<_, i64>(i).map(|n| n as u64);
+    let backup_ids: Option<String> = row.get(16)?;
+    Ok(FlowExecution {
+        id: row.get(0)?,
+        flow_id: row.get(1)?,
+        job_id: row.get(2)?,
+        status: row.get(3)?,
+        execution_type: row.get(4)?,
+        triggered_by: row.get(5)?,
+        scheduled_at: parse_opt_time(row.get(6)?)?,
+        started_at: parse_opt_time(row.get(7)?)?,
+        completed_at: parse_opt_time(row.get(8)?)?,
+        jobs_created: count(9)?,
+        jobs_completed: count(10)?,
+        jobs_failed: count(11)?,
+        jobs_skipped: count(12)?,
+        vms_processed: count(13)?,
+        bytes_transferred: count(14)?,
+        error_message: row.get(15)?,
+        backup_ids: backup_ids
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default(),
+        created_at: parse_time(&row.get::<_, String>(17)?)?,
+    })
+}
+
+impl Catalog {
+    pub fn insert_flow(&self, f: &Flow) -> Result<()> {
+        self.writer().execute(
+            &format!(
+                "INSERT INTO protection_flows ({FLOW_COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+            ),
+            params![
+                f.id,
+                f.name,
+                f.description,
+                f.flow_type,
+                f.target_type,
+                f.target_id,
+                f.repository_id,
+                f.policy_id,
+                f.schedule_id,
+                f.enabled,
+                f.created_by,
+                fmt_time(f.created_at),
+                fmt_time(f.updated_at),
+                f.last_tick_at.map(fmt_time)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Every field but the id, the creation and the tick.
+    pub fn update_flow(&self, f: &Flow) -> Result<()> {
+        self.writer().execute(
+            "UPDATE protection_flows SET name = ?2, description = ?3, flow_type = ?4, \
+             target_type = ?5, target_id = ?6, repository_id = ?7, policy_id = ?8, \
+             schedule_id = ?9, enabled = ?10, updated_at = ?11 WHERE id = ?1",
+            params![
+                f.id,
+                f.name,
+                f.description,
+                f.flow_type,
+                f.target_type,
+                f.target_id,
+                f.repository_id,
+                f.policy_id,
+                f.schedule_id,
+                f.enabled,
+                fmt_time(f.updated_at)
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_flow_tick(&self, id: &str, tick: OffsetDateTime) -> Result<()> {
+        self.writer().execute(
+            "UPDATE protection_flows SET last_tick_at = ?2 WHERE id = ?1",
+            params![id, fmt_time(tick)],
+        )?;
+        Ok(())
+    }
+
+    pub fn flow(&self, id: &str) -> Result<Option<Flow>> {
+        let conn = self.conn.lock();
+        Ok(conn
+            .query_row(
+                &format!("SELECT {FLOW_COLUMNS} FROM protection_flows WHERE id = ?1"),
+                [id],
+                flow_from_row,
+            )
+            .optional()?)
+    }
+
+    pub fn flow_named(&self, name: &str) -> Result<Option<Flow>> {
+        let conn = self.conn.lock();
+        Ok(conn
+            .query_row(
+                &format!("SELECT {FLOW_COLUMNS} FROM protection_flows WHERE name = ?1"),
+                [name],
+                flow_from_row,
+            )
+            .optional()?)
+    }
+
+    pub fn flows(&self) -> Result<Vec<Flow>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {FLOW_COLUMNS} FROM protection_flows ORDER BY created_at, id"
+        ))?;
+        let flows = stmt
+            .query_map([], flow_from_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(flows)
+    }
+
+    /// The flow and its executions go; the executions' jobs stay (the jobs' history).
+    pub fn delete_flow(&self, id: &str) -> Result<bool> {
+        let n = self
+            .writer()
+            .execute("DELETE FROM protection_flows WHERE id = ?1", [id])?;
+        Ok(n > 0)
+    }
+
+    pub fn insert_execution(&self, e: &FlowExecution) -> Result<()> {
+        self.writer().execute(
+            &format!(
+                "INSERT INTO flow_executions ({EXECUTION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, \
+                 ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+            ),
+            params![
+                e.id,
+                e.flow_id,
+                e.job_id,
+                e.status,
+                e.execution_type,
+                e.triggered_by,
+                e.scheduled_at.map(fmt_time),
+                e.started_at.map(fmt_time),
+                e.completed_at.map(fmt_time),
+                e.jobs_created as i64,
+                e.jobs_completed as i64,
+                e.jobs_failed as i64,
+                e.jobs_skipped as i64,
+                e.vms_processed as i64,
+                e.bytes_transferred as i64,
+                e.error_message,
+                serde_json::to_string(&e.backup_ids).ok(),
+                fmt_time(e.created_at)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The counters, the status, the end and the backups of a run.
+    pub fn update_execution(&self, e: &FlowExecution) -> Result<()> {
+        self.writer().execute(
+            "UPDATE flow_executions SET status = ?2, completed_at = ?3, jobs_completed = ?4, \
+             jobs_failed = ?5, jobs_skipped = ?6, vms_processed = ?7, bytes_transferred = ?8, \
+             error_message = ?9, backup_ids = ?10 WHERE id = ?1",
+            params![
+                e.id,
+                e.status,
+                e.completed_at.map(fmt_time),
+                e.jobs_completed as i64,
+                e.jobs_failed as i64,
+                e.jobs_skipped as i64,
+                e.vms_processed as i64,
+                e.bytes_transferred as i64,
+                e.error_message,
+                serde_json::to_string(&e.backup_ids).ok()
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn execution(&self, id: &str) -> Result<Option<FlowExecution>> {
+        let conn = self.conn.lock();
+        Ok(conn
+            .query_row(
+                &format!("SELECT {EXECUTION_COLUMNS} FROM flow_executions WHERE id = ?1"),
+                [id],
+                execution_from_row,
+            )
+            .optional()?)
+    }
+
+    /// Newest first, at most `limit`, and the flow's total.
+    pub fn executions(&self, flow_id: &str, limit: u32) -> Result<(Vec<FlowExecution>, u64)> {
+        let conn = self.conn.lock();
+        let total: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM flow_executions WHERE flow_id = ?1",
+            [flow_id],
+            |row| row.get(0),
+        )?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {EXECUTION_COLUMNS} FROM flow_executions WHERE flow_id = ?1 \
+             ORDER BY created_at DESC, id DESC LIMIT ?2"
+        ))?;
+        let list = stmt
+            .query_map(params![flow_id, i64::from(limit)], execution_from_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok((list, total as u64))
+    }
+
+    /// `(total, success, failed)` executions of a flow.
+    pub fn execution_counts(&self, flow_id: &str) -> Result<(u64, u64, u64)> {
+        let conn = self.conn.lock();
+        Ok(conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(status = 'success'), 0), \
+             COALESCE(SUM(status = 'failed'), 0) FROM flow_executions WHERE flow_id = ?1",
+            [flow_id],
+            |row| {
+                Ok((
+                    row.get::<_, i64>(0)? as u64,
+                    row.get::<_, i64>(1)? as u64,
+                    row.get::<_, i64>(2)? as u64,
+                ))
+            },
+        )?)
+    }
+
+    /// The end of the newest successful run of each flow (what an alert rule reads).
+    pub fn last_successes(&self) -> Result<Vec<(String, OffsetDateTime)>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare(
+            "SELECT flow_id, MAX(completed_at) FROM flow_executions \
+             WHERE status = 'success' AND completed_at IS NOT NULL GROUP BY flow_id",
+        )?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok((row.get(0)?, parse_time(&row.get::<_, String>(1)?)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// At start: runs whose job the previous process left unfinished end failed with it.
+    pub fn fail_executions_of(&self, job_ids: &[String], reason: &str) -> Result<()> {
+        let at = fmt_time(OffsetDateTime::now_utc());
+        for job in job_ids {
+            self.writer().execute(
+                "UPDATE flow_executions SET status = 'failed', completed_at = ?2, \
+                 error_message = ?3 WHERE job_id = ?1 AND status = 'running'",
+                params![job, at, reason],
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn schedule_timing(&self, id: &str) -> Result<Option<ScheduleTiming>> {
+        let conn = self.conn.lock();
+        Ok(conn
+            .query_row(
+                "SELECT id, name, cron_expression, timezone, enabled, skip_if_running, \
+                 max_concurrent_jobs, replication_type, retry_attempts, retry_delay_minutes \
+                 FROM schedules WHERE id = ?1",
+                [id],
+                |row| {
+                    Ok(ScheduleTiming {
+                        id: row.get(0)?,
+                        name: row.get(1)?,
+                        cron_expression: row.get(2)?,
+                        timezone: row.get(3)?,
+                        enabled: row.get(4)?,
+                        skip_if_running: row.get(5)?,
+                        max_concurrent_jobs: row.get(6)?,
+                        replication_type: row.get(7)?,
+                        retry_attempts: row.get(8)?,
+                        retry_delay_minutes: row.get(9)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// The name and `max_concurrent_vms` of a machine group.
+    pub fn group_limits(&self, id: &str) -> Result<Option<(String, u32)>> {
+        let conn = self.conn.lock();
+        Ok(conn
+            .query_row(
+                "SELECT name, max_concurrent_vms FROM machine_groups WHERE id = ?1",
+                [id],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// The enabled members of a group, by priority (lower first), then name.
+    pub fn group_vms(&self, group_id: &str) -> Result<Vec<GroupVm>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare(
+            "SELECT m.context_id, c.vm_name FROM group_members m \
+             JOIN vm_contexts c ON c.context_id = m.context_id \
+             WHERE m.group_id = ?1 AND m.enabled ORDER BY m.priority, c.vm_name",
+        )?;
+        let vms = stmt
+            .query_map([group_id], |row| {
+                Ok(GroupVm {
+                    context_id: row.get(0)?,
+                    vm_name: row.get(1)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(vms)
+    }
+
+    pub fn policy_name(&self, id: &str) -> Result<Option<String>> {
+        let conn = self.conn.lock();
+        Ok(conn
+            .query_row("SELECT name FROM policies WHERE id = ?1", [id], |row| {
+                row.get(0)
+            })
+            .optional()?)
+    }
+}

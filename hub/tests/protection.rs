@@ -1,0 +1,329 @@
+//! Protection flows that run themselves, against the stand-in SNA at the hub's defaults: runs as
+//! jobs, executions counted from every backup, refusals retried, and the shapes the Sendense GUI
+//! reads (`protectionFlowsApi.ts`, `useFlowProgress.ts`).
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use common::hub::*;
+use common::standin::StandIn;
+use common::*;
+use serde_json::{Value, json};
+
+const MIB: u64 = 1 << 20;
+const PASSWORD: &str = "flow-pa55";
+const VMS: [&str; 3] = ["vm-a", "vm-b", "vm-c"];
+
+fn vm(name: &str, capacity: u64) -> Value {
+    json!({"id": format!("id-{name}"), "name": name, "path": format!("/DC1/vm/{name}"),
+        "datacenter": "DC1", "power_state": "poweredOn", "guest_os": "ubuntu64Guest",
+        "memory_mb": 1024, "num_cpu": 1,
+        "disks": [{"id": "disk-2000", "label": "Hard disk 1", "path": format!("[ds1] {name}/d.vmdk"),
+            "vmdk_path": format!("[ds1] {name}/d.vmdk"), "size_gb": 0, "capacity_bytes": capacity,
+            "datastore": "ds1", "provisioning_type": "thin", "unit_number": 0}],
+        "networks": []})
+}
+
+/// A hub whose SNA is the stand-in with `VMS` discovered (contexts made), at the defaults.
+async fn hub_with_vms(dir: &Path) -> (TestHub, StandIn) {
+    let src = dir.join("disk2000.raw");
+    make_raw(&src, (2 * MIB) as usize, 7);
+    let inventory = json!({"vcenter": {"host": "vc.example", "datacenter": "DC1"},
+        "vms": VMS.iter().map(|n| vm(n, 2 * MIB)).collect::<Vec<_>>()});
+    let mut sna = StandIn::start(
+        dir,
+        json!({"hub_url": "", "password": PASSWORD, "inventory": inventory,
+            "sources": {"2000": src}, "changed": {"2000": [[0, 65536]]}, "expect_change_id": {},
+            "new_change_ids": {"2000": "cid-2000"}, "mode": "ok", "refuse_vms": [],
+            "log": dir.join("sna-log.jsonl"), "errors": dir.join("sna-errors.jsonl")}),
+    );
+    let mut config = test_config(dir.join("data"));
+    config.sna_url = format!("http://127.0.0.1:{}", StandIn::port(dir));
+    let h = TestHub::start(config).await;
+    sna.set("hub_url", json!(h.serve_api().await));
+    let (s, c) = h
+        .post(
+            "/api/v1/vmware-credentials",
+            &json!({"credential_name": "vc", "vcenter_host": "vc.example", "username": "u",
+                "password": PASSWORD, "datacenter": "DC1", "is_default": true}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    let (s, d) = h
+        .post(
+            "/api/v1/discovery/discover-vms",
+            &json!({"credential_id": c["credential"]["id"], "create_context": true}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    (h, sna)
+}
+
+/// Poll the flow's newest execution until it is no longer running.
+async fn finished_execution(h: &TestHub, flow_id: &str) -> Value {
+    for _ in 0..600 {
+        let (s, list) = h
+            .get(&format!(
+                "/api/v1/protection-flows/{flow_id}/executions?limit=1"
+            ))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{list}");
+        let newest = &list["executions"][0];
+        if newest.is_object() && newest["status"] != "running" {
+            return newest.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the flow's run did not end");
+}
+
+async fn job_of(h: &TestHub, execution: &Value) -> Value {
+    let (s, job) = h
+        .get(&format!(
+            "/api/v1/jobs/{}",
+            execution["job_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{job}");
+    job
+}
+
+/// Fields the GUI reads of a flow, with their JSON types.
+fn assert_flow_shape(flow: &Value) {
+    for key in [
+        "id",
+        "name",
+        "flow_type",
+        "target_type",
+        "target_id",
+        "repository_id",
+        "created_at",
+    ] {
+        assert!(flow[key].is_string(), "{key}: {flow}");
+    }
+    assert!(flow["enabled"].is_boolean(), "{flow}");
+    let status = &flow["status"];
+    assert!(status["last_execution_status"].is_string(), "{flow}");
+    for key in [
+        "total_executions",
+        "successful_executions",
+        "failed_executions",
+    ] {
+        assert!(status[key].is_u64(), "{key}: {flow}");
+    }
+}
+
+/// Fields the GUI reads of an execution (`useFlowProgress.ts`, the flow details panel).
+fn assert_execution_shape(e: &Value) {
+    for key in [
+        "id",
+        "status",
+        "flow_id",
+        "execution_type",
+        "created_at",
+        "job_id",
+    ] {
+        assert!(e[key].is_string(), "{key}: {e}");
+    }
+    for key in [
+        "jobs_created",
+        "jobs_completed",
+        "jobs_failed",
+        "jobs_skipped",
+        "vms_processed",
+        "bytes_transferred",
+        "duration_seconds",
+        "execution_time_seconds",
+    ] {
+        assert!(e[key].is_u64(), "{key}: {e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_vm_flow_runs_as_a_job_full_then_incremental_and_refusals_are_retried_then_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h, mut sna) = hub_with_vms(dir.path()).await;
+
+    // What the GUI's Create Flow sends.
+    let (s, flow) = h
+        .post(
+            "/api/v1/protection-flows",
+            &json!({"name": "nightly a", "flow_type": "backup", "target_type": "vm",
+                "target_id": "vm-a", "repository_id": "default", "enabled": true}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{flow}");
+    assert_flow_shape(&flow);
+    assert_eq!(flow["target_name"], "vm-a");
+    assert_eq!(flow["repository_name"], "default");
+    assert_eq!(flow["status"]["last_execution_status"], "pending");
+    let id = flow["id"].as_str().unwrap().to_owned();
+
+    // Run it: a full, then an incremental on the full.
+    let mut kinds = Vec::new();
+    for round in 0..2 {
+        let (s, started) = h
+            .post(
+                &format!("/api/v1/protection-flows/{id}/execute"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{started}");
+        assert_execution_shape(&started);
+        assert_eq!(
+            (&started["status"], &started["jobs_created"]),
+            (&json!("running"), &json!(1))
+        );
+        let e = finished_execution(&h, &id).await;
+        assert_execution_shape(&e);
+        assert_eq!(e["status"], "success", "round {round}: {e}");
+        assert_eq!(
+            (&e["jobs_completed"], &e["jobs_failed"]),
+            (&json!(1), &json!(0)),
+            "{e}"
+        );
+        assert!(e["bytes_transferred"].as_u64().unwrap() > 0, "{e}");
+        let job = job_of(&h, &e).await;
+        assert_eq!(
+            (&job["type"], &job["status"], &job["target"]),
+            (&json!("protection_flow"), &json!("succeeded"), &json!(id))
+        );
+        assert_eq!(job["progress_percent"], 100.0);
+        let backup = e["created_job_ids"][0].as_str().unwrap();
+        let (_, b) = h.get(&format!("/api/v1/backups/{backup}")).await;
+        assert_eq!(b["status"], "completed", "{b}");
+        kinds.push(b["backup_type"].as_str().unwrap().to_owned());
+        let record = h.hub.backup(backup).unwrap();
+        qemu_img_check(&record.disks[0].qcow2_path);
+    }
+    assert_eq!(kinds, ["full", "incremental"]);
+    sna.assert_no_errors();
+
+    let (_, flow) = h.get(&format!("/api/v1/protection-flows/{id}")).await;
+    assert_eq!(flow["status"]["last_execution_status"], "success");
+    assert_eq!(flow["status"]["total_executions"], 2);
+    assert_eq!(flow["status"]["successful_executions"], 2);
+    let (_, list) = h.get("/api/v1/protection-flows").await;
+    assert_eq!(list["total"], 1);
+    let (_, jobs) = h
+        .get("/api/v1/jobs?type=protection_flow&status=succeeded")
+        .await;
+    assert_eq!(jobs["total"], 2, "{jobs}");
+    let (_, log) = h
+        .get(&format!(
+            "/api/v1/jobs/{}/log",
+            jobs["jobs"][0]["id"].as_str().unwrap()
+        ))
+        .await;
+    let lines: Vec<&str> = log["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("vm-a: backup") && l.ends_with("completed")),
+        "{lines:?}"
+    );
+
+    // The SNA refuses this VM: the run fails (nothing completed), its job too, with the reason.
+    sna.set("refuse_vms", json!(["vm-a"]));
+    h.post(
+        &format!("/api/v1/protection-flows/{id}/execute"),
+        &json!({}),
+    )
+    .await;
+    let e = finished_execution(&h, &id).await;
+    assert_eq!(
+        (&e["status"], &e["jobs_failed"], &e["partial"]),
+        (&json!("failed"), &json!(1), &json!(false)),
+        "{e}"
+    );
+    assert_eq!(e["error_message"], "1 of 1 backups failed");
+    let job = job_of(&h, &e).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    let (_, log) = h
+        .get(&format!("/api/v1/jobs/{}/log", job["id"].as_str().unwrap()))
+        .await;
+    assert!(log.to_string().contains("backup not started"), "{log}");
+
+    let (_, metrics) = h
+        .call(Method::GET, "/metrics", None, Caller::Operator)
+        .await;
+    let metrics = metrics.as_str().unwrap();
+    assert!(
+        metrics.contains("sendense_jobs{type=\"protection_flow\",status=\"succeeded\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "sendense_flow_last_success_timestamp_seconds{{flow=\"{id}\"}}"
+        )),
+        "{metrics}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn bad_flows_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = TestHub::start(test_config(dir.path().join("data"))).await;
+    let base = json!({"name": "f", "target_type": "vm", "target_id": "nobody", "repository_id": "default"});
+    let cases = [
+        (json!({"target_type": "vm"}), StatusCode::BAD_REQUEST),
+        (base.clone(), StatusCode::NOT_FOUND),
+        (
+            json!({"name": "f", "target_type": "cluster", "target_id": "x", "repository_id": "default"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"name": "f", "target_type": "group", "target_id": "g-none", "repository_id": "default"}),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            json!({"name": "x".repeat(256), "target_type": "vm", "target_id": "nobody", "repository_id": "default"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"name": "f", "flow_type": "replication", "target_type": "vm", "target_id": "nobody", "repository_id": "default"}),
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (body, want) in cases {
+        let (s, answer) = h.post("/api/v1/protection-flows", &body).await;
+        assert_eq!(s, want, "{body}: {answer}");
+    }
+    let (_, list) = h.get("/api/v1/protection-flows").await;
+    assert_eq!(list, json!({"flows": [], "total": 0}));
+    for (method, uri) in [
+        (Method::GET, "/api/v1/protection-flows/flow-none"),
+        (Method::POST, "/api/v1/protection-flows/flow-none/execute"),
+        (Method::DELETE, "/api/v1/protection-flows/flow-none"),
+        (Method::GET, "/api/v1/protection-flows/flow-none/executions"),
+    ] {
+        let (s, _) = h
+            .call(method.clone(), uri, Some("{}"), Caller::Operator)
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{method} {uri}");
+    }
+    let (s, bulk) = h
+        .post(
+            "/api/v1/protection-flows/bulk-disable",
+            &json!({"flow_ids": ["flow-none"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (&bulk["requested"], &bulk["failed"]),
+        (&json!(1), &json!(1)),
+        "{bulk}"
+    );
+    let (_, summary) = h.get("/api/v1/protection-flows/summary").await;
+    assert_eq!(summary["total_flows"], 0, "{summary}");
+    h.stop().await;
+}
