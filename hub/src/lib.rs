@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod export;
 pub mod inventory;
+pub mod protect;
 pub mod repo;
 pub mod restore;
 pub mod serve;

@@ -1,5 +1,6 @@
 //! The REST API, HTTP only: `fn app(hub) -> Router`, authentication, the JSON extractor, one
-//! handler file per resource, the error type (`error`), the JSON views (`views`), the OpenAPI
+//! handler file per resource, the error type (`error`), the JSON views (`views`, and
+//! `protect_views` for schedules, machine groups and policies), the OpenAPI
 //! document (`openapi`) and the limits on API connections (`http_conn`).
 //!
 //! Handlers call `Hub` operations; nothing outside `api` imports it (but `serve`, which mounts
@@ -14,8 +15,10 @@ pub(crate) mod http_conn;
 mod inventory;
 mod metrics;
 pub mod openapi;
+pub mod protect_views;
 mod repositories;
 mod restores;
+mod schedules;
 mod service;
 pub mod views;
 
@@ -86,6 +89,21 @@ pub fn app(hub: Hub) -> Router {
         .route(
             "/api/v1/repositories",
             get(repositories::list).post(repositories::create),
+        )
+        .route(
+            "/api/v1/schedules",
+            post(schedules::create).get(schedules::list),
+        )
+        .route(
+            "/api/v1/schedules/{id}",
+            get(schedules::get)
+                .put(schedules::update)
+                .delete(schedules::delete),
+        )
+        .route("/api/v1/schedules/{id}/enable", post(schedules::enable))
+        .route(
+            "/api/v1/schedules/{id}/executions",
+            get(schedules::executions),
         )
         .route_layer(middleware::from_fn_with_state(hub.clone(), require_token));
     Router::new()
