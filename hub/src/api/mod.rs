@@ -11,6 +11,7 @@ mod backups;
 mod credentials;
 mod error;
 pub mod extract;
+mod groups;
 pub(crate) mod http_conn;
 mod inventory;
 mod metrics;
@@ -105,6 +106,24 @@ pub fn app(hub: Hub) -> Router {
             "/api/v1/schedules/{id}/executions",
             get(schedules::executions),
         )
+        .route(
+            "/api/v1/machine-groups",
+            post(groups::create).get(groups::list),
+        )
+        .route(
+            "/api/v1/machine-groups/{id}",
+            get(groups::get).put(groups::update).delete(groups::delete),
+        )
+        .route(
+            "/api/v1/machine-groups/{id}/vms",
+            post(groups::add_vms).get(groups::vms),
+        )
+        .route(
+            "/api/v1/machine-groups/{id}/vms/{vm}",
+            delete(groups::remove_vm),
+        )
+        .route("/api/v1/vm-groups/{id}/members", get(groups::members))
+        .route("/api/v1/vm-contexts/{id}/group", put(groups::set_group))
         .route_layer(middleware::from_fn_with_state(hub.clone(), require_token));
     Router::new()
         .route("/health", get(service::health))

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::catalog::{ReplicationType, Schedule, fmt_time};
+use crate::catalog::{GroupSummary, Member, Membership, ReplicationType, Schedule, fmt_time};
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ScheduleView {
@@ -108,4 +108,206 @@ pub struct ScheduleExecutionList {
     pub has_more: bool,
     #[schema(format = DateTime)]
     pub retrieved_at: String,
+}
+
+/// A machine group with its schedule's name and member counts.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct GroupView {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub schedule_id: Option<String>,
+    pub schedule_name: Option<String>,
+    pub max_concurrent_vms: u32,
+    pub priority: u32,
+    pub total_vms: u32,
+    pub enabled_vms: u32,
+    pub disabled_vms: u32,
+    /// Backups of its VMs running now (counted by the flow runner; 0 until it does).
+    pub active_jobs: u32,
+    #[schema(format = DateTime)]
+    pub last_execution: Option<String>,
+    pub created_by: String,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+}
+
+impl From<&GroupSummary> for GroupView {
+    fn from(s: &GroupSummary) -> Self {
+        let g = &s.group;
+        GroupView {
+            id: g.id.clone(),
+            name: g.name.clone(),
+            description: g.description.clone(),
+            schedule_id: g.schedule_id.clone(),
+            schedule_name: s.schedule_name.clone(),
+            max_concurrent_vms: g.max_concurrent_vms,
+            priority: g.priority,
+            total_vms: s.total_vms,
+            enabled_vms: s.enabled_vms,
+            disabled_vms: s.total_vms - s.enabled_vms,
+            active_jobs: 0,
+            last_execution: None,
+            created_by: g.created_by.clone(),
+            created_at: fmt_time(g.created_at),
+            updated_at: fmt_time(g.updated_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct GroupList {
+    pub groups: Vec<GroupView>,
+    pub total_count: usize,
+    /// The `schedule_id` the list was filtered by.
+    pub filtered_by: Option<String>,
+    #[schema(format = DateTime)]
+    pub retrieved_at: String,
+}
+
+/// `DELETE /machine-groups/{id}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct GroupDeleted {
+    pub success: bool,
+    pub message: String,
+    pub group_id: String,
+    #[schema(format = DateTime)]
+    pub timestamp: String,
+}
+
+/// `POST /machine-groups/{id}/vms`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MembersAdded {
+    pub success: bool,
+    pub message: String,
+    pub group_id: String,
+    /// The VMs added by this request (not those already in the group).
+    pub added_vm_context_ids: Vec<String>,
+    pub total_vms: u32,
+}
+
+/// `DELETE /machine-groups/{id}/vms/{vm}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MemberRemoved {
+    pub success: bool,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct GroupVm {
+    pub vm_context_id: String,
+    pub vm_name: String,
+    pub vmware_vm_id: String,
+    pub priority: u32,
+    pub enabled: bool,
+    #[schema(format = DateTime)]
+    pub added_at: String,
+    pub added_by: String,
+}
+
+/// `GET /machine-groups/{id}/vms`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct GroupVmList {
+    pub group_id: String,
+    pub group_name: String,
+    pub total_vms: usize,
+    pub vms: Vec<GroupVm>,
+    #[schema(format = DateTime)]
+    pub retrieved_at: String,
+}
+
+impl GroupVmList {
+    pub fn new(group: &GroupSummary, members: &[Member]) -> Self {
+        GroupVmList {
+            group_id: group.group.id.clone(),
+            group_name: group.group.name.clone(),
+            total_vms: members.len(),
+            vms: members
+                .iter()
+                .map(|m| GroupVm {
+                    vm_context_id: m.context.context_id.clone(),
+                    vm_name: m.context.vm_name.clone(),
+                    vmware_vm_id: m.context.vmware_vm_id.clone(),
+                    priority: m.membership.priority,
+                    enabled: m.membership.enabled,
+                    added_at: fmt_time(m.membership.added_at),
+                    added_by: m.membership.added_by.clone(),
+                })
+                .collect(),
+            retrieved_at: fmt_time(crate::state::now()),
+        }
+    }
+}
+
+/// A member as the GUI's protection groups page reads it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct GroupMemberView {
+    pub context_id: String,
+    pub vm_name: String,
+    pub cpu_count: i64,
+    pub memory_mb: i64,
+    pub os_type: String,
+    pub power_state: String,
+    pub enabled: bool,
+}
+
+/// `GET /vm-groups/{id}/members`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct GroupMembers {
+    pub members: Vec<GroupMemberView>,
+    pub count: usize,
+}
+
+impl From<&[Member]> for GroupMembers {
+    fn from(members: &[Member]) -> Self {
+        GroupMembers {
+            count: members.len(),
+            members: members
+                .iter()
+                .map(|m| GroupMemberView {
+                    context_id: m.context.context_id.clone(),
+                    vm_name: m.context.vm_name.clone(),
+                    cpu_count: m.context.num_cpu,
+                    memory_mb: m.context.memory_mb,
+                    os_type: m.context.guest_os.clone(),
+                    power_state: m.context.power_state.clone(),
+                    enabled: m.membership.enabled,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `PUT /vm-contexts/{id}/group`: the VM's membership now (`group_id` null: in no group).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct GroupAssigned {
+    pub success: bool,
+    pub message: String,
+    pub vm_context_id: String,
+    pub group_id: Option<String>,
+    pub priority: Option<u32>,
+    pub enabled: Option<bool>,
+    #[schema(format = DateTime)]
+    pub added_at: Option<String>,
+    pub added_by: Option<String>,
+}
+
+impl GroupAssigned {
+    pub fn new(context_id: String, membership: Option<&Membership>) -> Self {
+        GroupAssigned {
+            success: true,
+            message: match membership {
+                Some(m) => format!("VM context {context_id} is in machine group {}", m.group_id),
+                None => format!("VM context {context_id} is in no machine group"),
+            },
+            vm_context_id: context_id,
+            group_id: membership.map(|m| m.group_id.clone()),
+            priority: membership.map(|m| m.priority),
+            enabled: membership.map(|m| m.enabled),
+            added_at: membership.map(|m| fmt_time(m.added_at)),
+            added_by: membership.map(|m| m.added_by.clone()),
+        }
+    }
 }

@@ -6,4 +6,5 @@
 //! start backups itself: the flows and the scheduler that fires schedules call the backup room.
 
 mod fields;
+pub mod groups;
 pub mod schedules;
