@@ -16,6 +16,7 @@ pub(crate) mod http_conn;
 mod inventory;
 mod metrics;
 pub mod openapi;
+mod policies;
 pub mod protect_views;
 mod repositories;
 mod restores;
@@ -124,6 +125,16 @@ pub fn app(hub: Hub) -> Router {
         )
         .route("/api/v1/vm-groups/{id}/members", get(groups::members))
         .route("/api/v1/vm-contexts/{id}/group", put(groups::set_group))
+        .route(
+            "/api/v1/policies",
+            post(policies::create).get(policies::list),
+        )
+        .route(
+            "/api/v1/policies/{id}",
+            get(policies::get)
+                .put(policies::update)
+                .delete(policies::delete),
+        )
         .route_layer(middleware::from_fn_with_state(hub.clone(), require_token));
     Router::new()
         .route("/health", get(service::health))

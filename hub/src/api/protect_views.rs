@@ -3,7 +3,10 @@
 
 use serde::Serialize;
 
-use crate::catalog::{GroupSummary, Member, Membership, ReplicationType, Schedule, fmt_time};
+use crate::catalog::{
+    CopyMode, CopyRule, GroupSummary, Member, Membership, Policy, ReplicationType, Schedule,
+    fmt_time,
+};
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ScheduleView {
@@ -310,4 +313,84 @@ impl GroupAssigned {
             added_by: membership.map(|m| m.added_by.clone()),
         }
     }
+}
+
+/// A copy rule (the old hub's `BackupCopyRule`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CopyRuleView {
+    pub id: String,
+    pub policy_id: String,
+    pub destination_repository_id: String,
+    pub copy_mode: CopyMode,
+    pub priority: u32,
+    pub enabled: bool,
+    pub verify_after_copy: bool,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+}
+
+impl From<&CopyRule> for CopyRuleView {
+    fn from(r: &CopyRule) -> Self {
+        CopyRuleView {
+            id: r.id.clone(),
+            policy_id: r.policy_id.clone(),
+            destination_repository_id: r.destination_repository_id.clone(),
+            copy_mode: r.copy_mode,
+            priority: r.priority,
+            enabled: r.enabled,
+            verify_after_copy: r.verify_after_copy,
+            created_at: fmt_time(r.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PolicyView {
+    pub id: String,
+    pub name: String,
+    pub enabled: bool,
+    pub primary_repository_id: String,
+    pub retention_days: Option<u32>,
+    /// `null` when the policy has none (as the old hub answered).
+    pub copy_rules: Option<Vec<CopyRuleView>>,
+    pub keep_last: Option<u32>,
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub keep_yearly: Option<u32>,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+}
+
+impl From<&Policy> for PolicyView {
+    fn from(p: &Policy) -> Self {
+        let r = &p.retention;
+        PolicyView {
+            id: p.id.clone(),
+            name: p.name.clone(),
+            enabled: p.enabled,
+            primary_repository_id: p.primary_repository_id.clone(),
+            retention_days: p.retention_days,
+            copy_rules: (!p.copy_rules.is_empty())
+                .then(|| p.copy_rules.iter().map(Into::into).collect()),
+            keep_last: r.keep_last,
+            keep_hourly: r.keep_hourly,
+            keep_daily: r.keep_daily,
+            keep_weekly: r.keep_weekly,
+            keep_monthly: r.keep_monthly,
+            keep_yearly: r.keep_yearly,
+            created_at: fmt_time(p.created_at),
+            updated_at: fmt_time(p.updated_at),
+        }
+    }
+}
+
+/// `DELETE /policies/{id}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PolicyDeleted {
+    pub message: String,
+    pub id: String,
 }

@@ -7,4 +7,5 @@
 
 mod fields;
 pub mod groups;
+pub mod policies;
 pub mod schedules;
