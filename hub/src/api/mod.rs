@@ -92,6 +92,24 @@ pub fn app(hub: Hub) -> Router {
             "/api/v1/repositories",
             get(repositories::list).post(repositories::create),
         )
+        .merge(protect_routes())
+        .route_layer(middleware::from_fn_with_state(hub.clone(), require_token));
+    Router::new()
+        .route("/health", get(service::health))
+        .route("/api/v1/openapi.json", get(openapi::openapi_json))
+        .route("/metrics", get(metrics::metrics))
+        .merge(sna)
+        .merge(operator)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn(log_request))
+        .with_state(hub)
+}
+
+/// Schedules, machine groups and policies (`crate::protect`), behind the operator's token.
+fn protect_routes() -> Router<Hub> {
+    Router::new()
         .route(
             "/api/v1/schedules",
             post(schedules::create).get(schedules::list),
@@ -135,18 +153,6 @@ pub fn app(hub: Hub) -> Router {
                 .put(policies::update)
                 .delete(policies::delete),
         )
-        .route_layer(middleware::from_fn_with_state(hub.clone(), require_token));
-    Router::new()
-        .route("/health", get(service::health))
-        .route("/api/v1/openapi.json", get(openapi::openapi_json))
-        .route("/metrics", get(metrics::metrics))
-        .merge(sna)
-        .merge(operator)
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(json_errors))
-        .layer(middleware::from_fn(log_request))
-        .with_state(hub)
 }
 
 /// One log line per request: state changes at info, reads and the periodic telemetry at debug,
