@@ -126,9 +126,9 @@ pub async fn add_vms(
     }))
 }
 
-#[utoipa::path(delete, path = "/api/v1/machine-groups/{id}/vms/{vm}", operation_id = "remove_machine_group_vm", tag = "machine-groups",
+#[utoipa::path(delete, path = "/api/v1/machine-groups/{id}/vms/{context_id}", operation_id = "remove_machine_group_vm", tag = "machine-groups",
     params(("id" = String, Path, description = "Group id"),
-        ("vm" = String, Path, description = "VM context id or VM name")),
+        ("context_id" = String, Path, description = "VM context id or VM name")),
     responses((status = 200, description = "Removed", body = MemberRemoved),
         (status = 404, description = "No such group or VM context, or the VM is not in this group", body = ErrorBody)))]
 pub async fn remove_vm(

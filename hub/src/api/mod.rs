@@ -138,7 +138,7 @@ fn protect_routes() -> Router<Hub> {
             post(groups::add_vms).get(groups::vms),
         )
         .route(
-            "/api/v1/machine-groups/{id}/vms/{vm}",
+            "/api/v1/machine-groups/{id}/vms/{context_id}",
             delete(groups::remove_vm),
         )
         .route("/api/v1/vm-groups/{id}/members", get(groups::members))
