@@ -1,5 +1,6 @@
 //! The REST API, HTTP only: `fn app(hub) -> Router`, authentication, the JSON extractor, one
-//! handler file per resource, the error type (`error`), the JSON views (`views`), the OpenAPI
+//! handler file per resource, the error type (`error`), the JSON views (`views`, and
+//! `protect_views` for schedules, machine groups and policies), the OpenAPI
 //! document (`openapi`) and the limits on API connections (`http_conn`).
 //!
 //! Handlers call `Hub` operations; nothing outside `api` imports it (but `serve`, which mounts
@@ -11,13 +12,17 @@ mod credentials;
 mod error;
 pub mod extract;
 mod flows;
+mod groups;
 pub(crate) mod http_conn;
 mod inventory;
 pub mod jobs;
 mod metrics;
 pub mod openapi;
+mod policies;
+pub mod protect_views;
 mod repositories;
 mod restores;
+mod schedules;
 mod service;
 pub mod views;
 
@@ -48,7 +53,8 @@ pub fn app(hub: Hub) -> Router {
     let operator = Router::new()
         .merge(backup_routes())
         .merge(inventory_routes())
-        .merge(protection_routes())
+        .merge(flow_routes())
+        .merge(schedule_group_policy_routes())
         .merge(job_routes())
         .route_layer(middleware::from_fn_with_state(hub.clone(), require_token));
     Router::new()
@@ -117,8 +123,8 @@ fn inventory_routes() -> Router<Hub> {
         .route("/api/v1/vm-contexts/by-id/{id}", get(inventory::get_by_id))
 }
 
-/// Protection flows, their runs and what they run on.
-fn protection_routes() -> Router<Hub> {
+/// Protection flows and their runs.
+fn flow_routes() -> Router<Hub> {
     Router::new()
         .route(
             "/api/v1/protection-flows",
@@ -165,6 +171,54 @@ fn job_routes() -> Router<Hub> {
         .route("/api/v1/jobs/{id}", get(jobs::get))
         .route("/api/v1/jobs/{id}/log", get(jobs::log))
         .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
+}
+
+/// Schedules, machine groups and policies (`crate::protect`), behind the operator's token.
+fn schedule_group_policy_routes() -> Router<Hub> {
+    Router::new()
+        .route(
+            "/api/v1/schedules",
+            post(schedules::create).get(schedules::list),
+        )
+        .route(
+            "/api/v1/schedules/{id}",
+            get(schedules::get)
+                .put(schedules::update)
+                .delete(schedules::delete),
+        )
+        .route("/api/v1/schedules/{id}/enable", post(schedules::enable))
+        .route(
+            "/api/v1/schedules/{id}/executions",
+            get(schedules::executions),
+        )
+        .route(
+            "/api/v1/machine-groups",
+            post(groups::create).get(groups::list),
+        )
+        .route(
+            "/api/v1/machine-groups/{id}",
+            get(groups::get).put(groups::update).delete(groups::delete),
+        )
+        .route(
+            "/api/v1/machine-groups/{id}/vms",
+            post(groups::add_vms).get(groups::vms),
+        )
+        .route(
+            "/api/v1/machine-groups/{id}/vms/{context_id}",
+            delete(groups::remove_vm),
+        )
+        .route("/api/v1/vm-groups/{id}/members", get(groups::members))
+        .route("/api/v1/vm-contexts/{id}/group", put(groups::set_group))
+        .route(
+            "/api/v1/policies",
+            post(policies::create).get(policies::list),
+        )
+        .route(
+            "/api/v1/policies/{id}",
+            get(policies::get)
+                .put(policies::update)
+                .delete(policies::delete),
+        )
 }
 
 /// One log line per request: state changes at info, reads and the periodic telemetry at debug,

@@ -71,6 +71,12 @@ impl WriterTx<'_> {
         self.tx.execute(sql, params).map_err(at_path(self.path))
     }
 
+    /// The transaction for reading: the checks a change depends on (who uses a row, which group
+    /// holds a VM) then see exactly what the change will be applied to.
+    pub(super) fn read(&self) -> &Connection {
+        &self.tx
+    }
+
     pub(super) fn commit(self) -> Result<()> {
         self.tx.commit().map_err(at_path(self.path))
     }

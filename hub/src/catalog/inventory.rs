@@ -243,10 +243,10 @@ pub struct VmDisk {
     pub unit_number: i64,
 }
 
-const CONTEXT_COLUMNS: &str = "context_id, vm_name, vmware_vm_id, vm_path, vcenter_host, datacenter, \
+pub(super) const CONTEXT_COLUMNS: &str = "context_id, vm_name, vmware_vm_id, vm_path, vcenter_host, datacenter, \
      credential_id, power_state, guest_os, memory_mb, num_cpu, created_at, updated_at";
 
-fn context_from_row(row: &Row<'_>) -> rusqlite::Result<VmContext> {
+pub(super) fn context_from_row(row: &Row<'_>) -> rusqlite::Result<VmContext> {
     Ok(VmContext {
         context_id: row.get(0)?,
         vm_name: row.get(1)?,

@@ -1,5 +1,5 @@
 //! The SQLite catalog: repositories, backups with their disks, restores, the VMware inventory,
-//! jobs.
+//! jobs, and the protection objects (schedules, machine groups, policies, flows).
 //!
 //! One connection behind a mutex; every call is a short statement or transaction, so callers use
 //! it directly from async code. WAL mode keeps readers from waiting on the writer's fsync.
@@ -7,16 +7,21 @@
 mod backups;
 mod conn;
 pub mod flows;
+mod groups;
 pub mod inventory;
 pub mod jobs;
 pub mod model;
+mod policies;
+pub mod protection_model;
 mod repositories;
 mod restores;
 mod rows;
+mod schedules;
 
 pub use conn::{CATALOG_FILE, Catalog, is_disk_full};
 pub use flows::{Flow, FlowExecution, GroupVm, ScheduleTiming};
 pub use inventory::{Credential, CredentialFields, VmContext, VmDisk};
 pub use jobs::{Job, JobEnd, JobFilter, JobLogLine, JobStatus};
 pub use model::*;
+pub use protection_model::*;
 pub use rows::fmt_time;

@@ -37,6 +37,22 @@ pub(super) fn bad_value(what: &str, value: &str) -> rusqlite::Error {
     )
 }
 
+/// A write refused by a UNIQUE constraint (a name taken) as a conflict saying `what`; other
+/// errors unchanged (a foreign key refused is not a name taken).
+pub(super) fn unique_taken(
+    err: crate::error::Error,
+    what: impl FnOnce() -> String,
+) -> crate::error::Error {
+    match err {
+        crate::error::Error::Catalog(rusqlite::Error::SqliteFailure(e, _))
+            if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
+        {
+            crate::error::Error::Conflict(what())
+        }
+        other => other,
+    }
+}
+
 pub(super) fn parse_json(s: Option<String>) -> Option<serde_json::Value> {
     s.and_then(|s| serde_json::from_str(&s).ok())
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod hub;
+pub mod sna;
 pub mod standin;
 
 use std::io::{BufRead, BufReader, Read, Write};
