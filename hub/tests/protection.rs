@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 const MIB: u64 = 1 << 20;
 const PASSWORD: &str = "flow-pa55";
-const VMS: [&str; 3] = ["vm-a", "vm-b", "vm-c"];
+const VMS: [&str; 4] = ["vm-a", "vm-b", "vm-c", "vm-d"];
 
 fn vm(name: &str, capacity: u64) -> Value {
     json!({"id": format!("id-{name}"), "name": name, "path": format!("/DC1/vm/{name}"),
@@ -60,6 +60,50 @@ async fn hub_with_vms(dir: &Path) -> (TestHub, StandIn) {
         .await;
     assert_eq!(s, StatusCode::OK, "{d}");
     (h, sna)
+}
+
+/// The flow's executions, oldest first, once at least `n` have ended.
+async fn ended_executions(h: &TestHub, flow_id: &str, n: usize) -> Vec<Value> {
+    for _ in 0..900 {
+        let (s, list) = h
+            .get(&format!(
+                "/api/v1/protection-flows/{flow_id}/executions?limit=100"
+            ))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{list}");
+        let mut ended: Vec<Value> = list["executions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["status"] != "running")
+            .cloned()
+            .collect();
+        if ended.len() >= n {
+            ended.reverse();
+            return ended;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("flow {flow_id}: fewer than {n} runs ended in 90 s");
+}
+
+/// Context ids of `names`, from the VM context list.
+async fn context_ids(h: &TestHub, names: &[&str]) -> Vec<String> {
+    let (_, list) = h.get("/api/v1/vm-contexts").await;
+    names
+        .iter()
+        .map(|n| {
+            list["vm_contexts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["vm_name"] == *n)
+                .unwrap_or_else(|| panic!("no context for {n}: {list}"))["context_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
 }
 
 /// Poll the flow's newest execution until it is no longer running.
@@ -325,5 +369,172 @@ async fn bad_flows_are_refused_and_change_nothing() {
     );
     let (_, summary) = h.get("/api/v1/protection-flows/summary").await;
     assert_eq!(summary["total_flows"], 0, "{summary}");
+    h.stop().await;
+}
+
+/// The case: a group of three VMs on a 6-field schedule firing every 5 s. One VM the SNA
+/// refuses (retried once, then failed): the run is partial. Then every VM completes, later runs
+/// are incrementals, a restart keeps the schedule with no tick run twice, and a 5-field schedule
+/// fires too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_flow_runs_on_its_schedule_through_a_refusal_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h, mut sna) = hub_with_vms(dir.path()).await;
+    let (s, every5) = h
+        .post(
+            "/api/v1/schedules",
+            &json!({"name": "every 5 s", "cron_expression": "*/5 * * * * *", "timezone": "Europe/Berlin",
+                "retry_attempts": 1, "retry_delay_minutes": 0}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{every5}");
+    let (_, minutely) = h
+        .post(
+            "/api/v1/schedules",
+            &json!({"name": "minutely", "cron_expression": "* * * * *"}),
+        )
+        .await;
+    let (s, group) = h
+        .post(
+            "/api/v1/machine-groups",
+            &json!({"name": "web", "max_concurrent_vms": 2}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{group}");
+    let group_id = group["id"].as_str().unwrap().to_owned();
+    let members = context_ids(&h, &VMS[..3]).await;
+    let (s, added) = h
+        .post(
+            &format!("/api/v1/machine-groups/{group_id}/vms"),
+            &json!({"vm_context_ids": members}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{added}");
+    sna.set("refuse_vms", json!(["vm-c"]));
+
+    let (s, flow) = h
+        .post(
+            "/api/v1/protection-flows",
+            &json!({"name": "web every 5 s", "flow_type": "backup", "target_type": "group",
+                "target_id": group_id, "repository_id": "default",
+                "schedule_id": every5["id"], "enabled": true}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{flow}");
+    assert_eq!(flow["schedule_cron"], "*/5 * * * * *");
+    assert_eq!(flow["target_name"], "web");
+    assert!(flow["status"]["next_execution_time"].is_string(), "{flow}");
+    let flow_id = flow["id"].as_str().unwrap().to_owned();
+    let (_, minute_flow) = h
+        .post(
+            "/api/v1/protection-flows",
+            &json!({"name": "d every minute", "target_type": "vm", "target_id": "vm-d",
+                "repository_id": "default", "schedule_id": minutely["id"]}),
+        )
+        .await;
+    let minute_flow = minute_flow["id"].as_str().unwrap().to_owned();
+
+    // The first scheduled run: two complete, the refused VM is tried twice and fails.
+    let first = ended_executions(&h, &flow_id, 1).await.remove(0);
+    assert_execution_shape(&first);
+    assert_eq!(first["execution_type"], "scheduled");
+    assert_eq!(
+        (
+            &first["status"],
+            &first["partial"],
+            &first["jobs_created"],
+            &first["jobs_completed"],
+            &first["jobs_failed"]
+        ),
+        (
+            &json!("failed"),
+            &json!(true),
+            &json!(3),
+            &json!(2),
+            &json!(1)
+        ),
+        "{first}"
+    );
+    assert_eq!(first["error_message"], "1 of 3 backups failed");
+    assert_eq!(job_of(&h, &first).await["status"], "warning");
+    let starts = |sna: &StandIn, vm: &str| {
+        sna.lines("log")
+            .iter()
+            .filter(|r| r["path"] == "/api/v1/backup/start" && r["body"]["vm_name"] == vm)
+            .count()
+    };
+    assert_eq!(starts(&sna, "vm-c"), 2, "one retry of the refused VM");
+
+    // The SNA takes vm-c again: a later run completes all three, the others as incrementals.
+    sna.set("refuse_vms", json!([]));
+    let runs = loop {
+        let runs = ended_executions(&h, &flow_id, 1).await;
+        if runs.iter().any(|e| e["status"] == "success") {
+            break runs;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let ok = runs.iter().find(|e| e["status"] == "success").unwrap();
+    assert_eq!(
+        (&ok["jobs_created"], &ok["jobs_completed"]),
+        (&json!(3), &json!(3)),
+        "{ok}"
+    );
+    let mut types = Vec::new();
+    for backup in ok["created_job_ids"].as_array().unwrap() {
+        let (_, b) = h
+            .get(&format!("/api/v1/backups/{}", backup.as_str().unwrap()))
+            .await;
+        assert_eq!(b["status"], "completed", "{b}");
+        types.push((
+            b["vm_name"].as_str().unwrap().to_owned(),
+            b["backup_type"].as_str().unwrap().to_owned(),
+        ));
+    }
+    types.sort();
+    assert_eq!(
+        types[0],
+        ("vm-a".to_owned(), "incremental".to_owned()),
+        "{types:?}"
+    );
+    assert_eq!(
+        types[1],
+        ("vm-b".to_owned(), "incremental".to_owned()),
+        "{types:?}"
+    );
+    assert_eq!(types[2].0, "vm-c");
+
+    sna.assert_no_errors();
+
+    // A restart between ticks: the schedule goes on, and no tick runs twice. (A copy the stop
+    // cut may leave the stand-in's client an error: not checked after this.)
+    let before = ended_executions(&h, &flow_id, 1).await.len();
+    let hub_config = h.hub.config.clone();
+    h.stop().await;
+    let h = TestHub::start(hub_config).await;
+    sna.set("hub_url", json!(h.serve_api().await));
+    let after = ended_executions(&h, &flow_id, before + 2).await;
+    let mut ticks: Vec<&str> = after
+        .iter()
+        .filter_map(|e| e["scheduled_at"].as_str())
+        .collect();
+    let all = ticks.len();
+    ticks.sort();
+    ticks.dedup();
+    assert_eq!(ticks.len(), all, "a tick ran twice: {after:#?}");
+    assert!(
+        after[before..].iter().any(|e| e["status"] == "success"),
+        "{after:#?}"
+    );
+
+    // The 5-field schedule fired (within its minute) for vm-d.
+    let minute_runs = ended_executions(&h, &minute_flow, 1).await;
+    assert_eq!(minute_runs[0]["status"], "success", "{minute_runs:#?}");
+    let (_, flow) = h.get(&format!("/api/v1/protection-flows/{flow_id}")).await;
+    assert_flow_shape(&flow);
+    assert!(
+        flow["status"]["successful_executions"].as_u64().unwrap() >= 1,
+        "{flow}"
+    );
     h.stop().await;
 }
