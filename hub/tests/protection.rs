@@ -275,6 +275,54 @@ async fn a_vm_flow_runs_as_a_job_full_then_incremental_and_refusals_are_retried_
         "{lines:?}"
     );
 
+    // A nightly schedule on the flow, triggered now: one more run, listed as the schedule's.
+    let (s, nightly) = h
+        .post(
+            "/api/v1/schedules",
+            &json!({"name": "nightly", "cron_expression": "30 2 * * *",
+            "timezone": "America/New_York"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{nightly}");
+    let schedule_id = nightly["id"].as_str().unwrap().to_owned();
+    let (s, changed) = h
+        .call(
+            Method::PUT,
+            &format!("/api/v1/protection-flows/{id}"),
+            Some(&json!({"schedule_id": schedule_id}).to_string()),
+            Caller::Operator,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{changed}");
+    assert_eq!(changed["schedule_name"], "nightly");
+    assert!(
+        changed["status"]["next_execution_time"].is_string(),
+        "{changed}"
+    );
+    let (s, fired) = h
+        .post(
+            &format!("/api/v1/schedules/{schedule_id}/trigger"),
+            &json!({"reason": "test"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{fired}");
+    assert_eq!(
+        (
+            &fired["jobs_created"],
+            &fired["job_ids"].as_array().unwrap().len()
+        ),
+        (&json!(1), &1),
+        "{fired}"
+    );
+    let e = finished_execution(&h, &id).await;
+    assert_eq!(e["status"], "success", "{e}");
+    let (_, runs) = h
+        .get(&format!("/api/v1/schedules/{schedule_id}/executions"))
+        .await;
+    assert_eq!(runs["total_count"], 1, "{runs}");
+    assert_eq!(runs["executions"][0]["status"], "completed", "{runs}");
+    assert_eq!(runs["executions"][0]["jobs_successful"], 1, "{runs}");
+
     // The SNA refuses this VM: the run fails (nothing completed), its job too, with the reason.
     sna.set("refuse_vms", json!(["vm-a"]));
     h.post(
@@ -301,7 +349,7 @@ async fn a_vm_flow_runs_as_a_job_full_then_incremental_and_refusals_are_retried_
         .await;
     let metrics = metrics.as_str().unwrap();
     assert!(
-        metrics.contains("sendense_jobs{type=\"protection_flow\",status=\"succeeded\"} 2"),
+        metrics.contains("sendense_jobs{type=\"protection_flow\",status=\"succeeded\"} 3"),
         "{metrics}"
     );
     assert!(

@@ -275,6 +275,7 @@ pub async fn execute(
         execution_type: "manual",
         triggered_by: "api".into(),
         scheduled_at: None,
+        schedule_id: None,
     };
     let (execution, _job) = hub.execute_flow(&id, trigger).await?;
     let flow = hub.flow(&id)?;

@@ -187,6 +187,7 @@ fn schedule_group_policy_routes() -> Router<Hub> {
                 .delete(schedules::delete),
         )
         .route("/api/v1/schedules/{id}/enable", post(schedules::enable))
+        .route("/api/v1/schedules/{id}/trigger", post(schedules::trigger))
         .route(
             "/api/v1/schedules/{id}/executions",
             get(schedules::executions),

@@ -99,6 +99,41 @@ pub struct ScheduleExecutionView {
     pub updated_at: String,
 }
 
+impl ScheduleExecutionView {
+    /// A flow's run for the schedule, in the old item's words (`success` is `completed`).
+    pub fn of(e: &crate::catalog::FlowExecution, schedule_name: &str) -> ScheduleExecutionView {
+        let status = match e.status.as_str() {
+            "success" => "completed",
+            other => other,
+        };
+        let ended = e.completed_at.unwrap_or(e.created_at);
+        ScheduleExecutionView {
+            execution_id: e.id.clone(),
+            schedule_id: e.schedule_id.clone().unwrap_or_default(),
+            schedule_name: schedule_name.to_owned(),
+            status: status.to_owned(),
+            scheduled_at: fmt_time(e.scheduled_at.unwrap_or(e.created_at)),
+            started_at: e.started_at.map(fmt_time),
+            completed_at: e.completed_at.map(fmt_time),
+            duration_seconds: e
+                .completed_at
+                .zip(e.started_at)
+                .map(|(end, start)| (end - start).whole_seconds().max(0) as u64),
+            jobs_created: e.jobs_created as u32,
+            jobs_successful: e.jobs_completed as u32,
+            jobs_failed: e.jobs_failed as u32,
+            vms_processed: e.vms_processed as u32,
+            error_message: e.error_message.clone(),
+            execution_type: e.execution_type.clone(),
+            triggered_by: Some(e.triggered_by.clone()),
+            summary: Some(serde_json::json!({"flow_id": e.flow_id, "job_id": e.job_id,
+                "backup_ids": e.backup_ids})),
+            created_at: fmt_time(e.created_at),
+            updated_at: fmt_time(ended),
+        }
+    }
+}
+
 /// A page of a schedule's runs, newest first; `total_count` counts them all.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ScheduleExecutionList {

@@ -3,14 +3,15 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery};
 use crate::api::protect_views::{
-    ScheduleDeleted, ScheduleExecutionList, ScheduleList, ScheduleView,
+    ScheduleDeleted, ScheduleExecutionList, ScheduleExecutionView, ScheduleList, ScheduleView,
 };
 use crate::catalog::fmt_time;
+use crate::protect::run::Trigger;
 use crate::protect::schedules::ScheduleRequest;
 use crate::state::{Hub, now};
 
@@ -131,8 +132,7 @@ pub async fn enable(
     Ok(Json((&hub.enable_schedule(&id, req.enabled)?).into()))
 }
 
-/// The runs are recorded by the scheduler, which fires the schedules through protection flows;
-/// until it does there are none, and `total_count` is 0.
+/// The runs of the schedule's flows made for it (its ticks and its triggers).
 #[utoipa::path(get, path = "/api/v1/schedules/{id}/executions", operation_id = "schedule_executions", tag = "schedules",
     params(("id" = String, Path, description = "Schedule id"), ExecutionsQuery),
     responses((status = 200, description = "A page of the schedule's runs, newest first", body = ScheduleExecutionList),
@@ -145,19 +145,120 @@ pub async fn executions(
 ) -> Result<Json<ScheduleExecutionList>, ApiError> {
     let limit = q.limit.unwrap_or(20);
     let page = q.page.unwrap_or(1);
-    if !(1..=100).contains(&limit) || page == 0 {
+    if !(1..=100).contains(&limit) || page == 0 || page > 1_000_000 {
         return Err(ApiError::BadRequest(
-            "limit must be 1 to 100 and page at least 1".into(),
+            "limit must be 1 to 100 and page 1 to 1000000".into(),
         ));
     }
-    hub.schedule(&id)?;
+    let schedule = hub.schedule(&id)?;
+    let offset = u64::from(page - 1) * u64::from(limit);
+    let (runs, total) = hub.catalog.schedule_executions(&id, limit, offset)?;
     Ok(Json(ScheduleExecutionList {
-        executions: Vec::new(),
-        total_count: 0,
+        executions: runs
+            .iter()
+            .map(|e| ScheduleExecutionView::of(e, &schedule.name))
+            .collect(),
+        total_count: total,
         limit,
         page,
         page_size: limit,
-        has_more: false,
+        has_more: offset + (runs.len() as u64) < total,
         retrieved_at: fmt_time(now()),
     }))
+}
+
+/// What `trigger` answers: the runs it started, one per enabled flow on the schedule.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TriggerAnswer {
+    /// The first run's id (the old hub had one execution per trigger).
+    pub execution_id: Option<String>,
+    pub schedule_id: String,
+    pub schedule_name: String,
+    pub status: &'static str,
+    #[schema(format = DateTime)]
+    pub triggered_at: String,
+    pub triggered_by: String,
+    pub reason: Option<String>,
+    /// Backups to make, over all the runs.
+    pub jobs_created: u64,
+    pub vms_processed: u64,
+    pub summary: String,
+    pub execution_ids: Vec<String>,
+    /// The runs' jobs (`/api/v1/jobs/{id}`).
+    pub job_ids: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+pub struct TriggerRequest {
+    pub reason: Option<String>,
+    pub created_by: Option<String>,
+}
+
+/// Run now every enabled flow on the schedule (as its tick would, without moving its ticks).
+#[utoipa::path(post, path = "/api/v1/schedules/{id}/trigger", operation_id = "trigger_schedule", tag = "schedules",
+    params(("id" = String, Path, description = "Schedule id")),
+    request_body = TriggerRequest,
+    responses((status = 200, description = "The runs started", body = TriggerAnswer),
+        (status = 404, description = "No such schedule", body = ErrorBody),
+        (status = 409, description = "The schedule is disabled", body = ErrorBody)))]
+pub async fn trigger(
+    State(hub): State<Hub>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<TriggerRequest>,
+) -> Result<Json<TriggerAnswer>, ApiError> {
+    let schedule = hub.schedule(&id)?;
+    if !schedule.enabled {
+        return Err(ApiError::from(crate::error::Error::Conflict(format!(
+            "schedule {id} is disabled"
+        ))));
+    }
+    let triggered_by = req.created_by.unwrap_or_else(|| "api".into());
+    let mut answer = TriggerAnswer {
+        execution_id: None,
+        schedule_id: id.clone(),
+        schedule_name: schedule.name.clone(),
+        status: "running",
+        triggered_at: fmt_time(now()),
+        triggered_by: triggered_by.clone(),
+        reason: req.reason,
+        jobs_created: 0,
+        vms_processed: 0,
+        summary: String::new(),
+        execution_ids: Vec::new(),
+        job_ids: Vec::new(),
+    };
+    let mut refused = Vec::new();
+    for flow in hub.flows()? {
+        if flow.schedule_id.as_deref() != Some(id.as_str()) || !flow.enabled {
+            continue;
+        }
+        let trigger = Trigger {
+            execution_type: "manual",
+            triggered_by: triggered_by.clone(),
+            scheduled_at: None,
+            schedule_id: Some(id.clone()),
+        };
+        match hub.execute_flow(&flow.id, trigger).await {
+            Ok((execution, job)) => {
+                answer.jobs_created += execution.jobs_created;
+                answer.execution_ids.push(execution.id);
+                answer.job_ids.push(job.id);
+            }
+            Err(err) => refused.push(format!("{}: {err}", flow.name)),
+        }
+    }
+    answer.execution_id = answer.execution_ids.first().cloned();
+    answer.summary = format!(
+        "{} run(s) started{}",
+        answer.execution_ids.len(),
+        if refused.is_empty() {
+            String::new()
+        } else {
+            format!("; not started: {}", refused.join("; "))
+        }
+    );
+    if answer.execution_ids.is_empty() {
+        answer.status = "skipped";
+    }
+    Ok(Json(answer))
 }

@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0003_deletions.sql"),
     include_str!("../../migrations/0004_jobs.sql"),
     include_str!("../../migrations/0005_protection.sql"),
+    include_str!("../../migrations/0006_execution_schedule.sql"),
 ];
 
 pub struct Catalog {

@@ -49,6 +49,8 @@ pub struct FlowExecution {
     pub error_message: Option<String>,
     pub backup_ids: Vec<String>,
     pub created_at: OffsetDateTime,
+    /// The schedule the run was for (a tick or the schedule's trigger).
+    pub schedule_id: Option<String>,
 }
 
 /// What a run needs of a schedule.
@@ -98,7 +100,8 @@ fn flow_from_row(row: &Row<'_>) -> rusqlite::Result<Flow> {
 
 const EXECUTION_COLUMNS: &str = "id, flow_id, job_id, status, execution_type, triggered_by, \
     scheduled_at, started_at, completed_at, jobs_created, jobs_completed, jobs_failed, \
-    jobs_skipped, vms_processed, bytes_transferred, error_message, backup_ids, created_at";
+    jobs_skipped, vms_processed, bytes_transferred, error_message, backup_ids, created_at, \
+    schedule_id";
 
 fn execution_from_row(row: &Row<'_>) -> rusqlite::Result<FlowExecution> {
     let count = |i: usize| row.get::<_, i64>(i).map(|n| n as u64);
@@ -124,6 +127,7 @@ fn execution_from_row(row: &Row<'_>) -> rusqlite::Result<FlowExecution> {
             .and_then(|s| serde_json::from_str(&s).ok())
             .unwrap_or_default(),
         created_at: parse_time(&row.get::<_, String>(17)?)?,
+        schedule_id: row.get(18)?,
     })
 }
 
@@ -230,7 +234,7 @@ impl Catalog {
         self.writer().execute(
             &format!(
                 "INSERT INTO flow_executions ({EXECUTION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, \
-                 ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+                 ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
             ),
             params![
                 e.id,
@@ -250,7 +254,8 @@ impl Catalog {
                 e.bytes_transferred as i64,
                 e.error_message,
                 serde_json::to_string(&e.backup_ids).ok(),
-                fmt_time(e.created_at)
+                fmt_time(e.created_at),
+                e.schedule_id
             ],
         )?;
         Ok(())
@@ -303,6 +308,32 @@ impl Catalog {
         ))?;
         let list = stmt
             .query_map(params![flow_id, i64::from(limit)], execution_from_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok((list, total as u64))
+    }
+
+    /// A page of the runs made for a schedule, newest first, and their total.
+    pub fn schedule_executions(
+        &self,
+        schedule_id: &str,
+        limit: u32,
+        offset: u64,
+    ) -> Result<(Vec<FlowExecution>, u64)> {
+        let conn = self.conn.lock();
+        let total: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM flow_executions WHERE schedule_id = ?1",
+            [schedule_id],
+            |row| row.get(0),
+        )?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {EXECUTION_COLUMNS} FROM flow_executions WHERE schedule_id = ?1 \
+             ORDER BY created_at DESC, id DESC LIMIT ?2 OFFSET ?3"
+        ))?;
+        let list = stmt
+            .query_map(
+                params![schedule_id, i64::from(limit), offset as i64],
+                execution_from_row,
+            )?
             .collect::<rusqlite::Result<_>>()?;
         Ok((list, total as u64))
     }

@@ -31,6 +31,8 @@ pub struct Trigger {
     pub triggered_by: String,
     /// The schedule tick a scheduled run is for.
     pub scheduled_at: Option<OffsetDateTime>,
+    /// The schedule the run is for (its tick or its trigger).
+    pub schedule_id: Option<String>,
 }
 
 /// What a run does, fixed when it starts.
@@ -108,6 +110,7 @@ impl Hub {
             error_message: None,
             backup_ids: Vec::new(),
             created_at: at,
+            schedule_id: trigger.schedule_id,
         };
         let recorded = self.catalog.insert_execution(&execution);
         let _ = ready.send(recorded.is_ok());

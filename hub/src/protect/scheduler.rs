@@ -114,6 +114,7 @@ impl Hub {
             execution_type: "scheduled",
             triggered_by: format!("schedule {}", schedule.name),
             scheduled_at: Some(tick),
+            schedule_id: Some(schedule.id.clone()),
         };
         if let Err(err) = self.execute_flow(&flow.id, trigger).await {
             tracing::warn!(flow_id = %flow.id, %err, %tick, "scheduled run not started");

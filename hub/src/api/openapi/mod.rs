@@ -62,6 +62,7 @@ mod tests;
         super::schedules::delete,
         super::schedules::enable,
         super::schedules::executions,
+        super::schedules::trigger,
         super::groups::create,
         super::groups::list,
         super::groups::get,
