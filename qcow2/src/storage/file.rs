@@ -96,6 +96,16 @@ impl FileStorage {
     }
 }
 
+impl Drop for FileStorage {
+    fn drop(&mut self) {
+        // Released now, not when the kernel drops its last reference to the file (see
+        // `lock::unlock`); an image opened without locks has none to drop.
+        if let Err(err) = super::lock::unlock(&self.file) {
+            tracing::debug!(%err, "releasing the image locks");
+        }
+    }
+}
+
 /// Whether the file lives on tmpfs (false when that cannot be told).
 fn is_tmpfs(file: &File) -> bool {
     // SAFETY: an all-zero statfs is a valid value of this plain C struct.

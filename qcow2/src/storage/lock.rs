@@ -78,6 +78,22 @@ pub fn lock(file: &File, mode: LockMode) -> Result<(), LockError> {
     }
 }
 
+/// Drops every lock this open file description holds, at once. Closing the fd alone releases
+/// them only when the kernel lets go of the file, and io_uring may hold it a little past the last
+/// completion we reaped (a write punted to an io-wq worker is freed after its CQE is posted): a
+/// `qemu-img check` right after `close` then found the image "in use".
+pub fn unlock(file: &File) -> io::Result<()> {
+    let mut fl = libc::flock {
+        l_type: libc::F_UNLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        // To the end of the file and past it: every byte qemu's scheme uses.
+        l_len: 0,
+        l_pid: 0,
+    };
+    fcntl_lock(file, libc::F_OFD_SETLK, &mut fl)
+}
+
 fn try_lock(file: &File, mode: LockMode) -> Result<(), LockError> {
     let (taken, unshared) = mode.perms();
     for &i in taken {
@@ -180,5 +196,27 @@ mod tests {
         assert!(err.to_string().contains("shared \"write\" lock"), "{err}");
         let w2 = open(&path, true);
         assert!(lock(&w2, LockMode::Write).is_err());
+    }
+
+    /// A second reference to the open file description (as an io_uring request still holds
+    /// one) keeps its locks past a close; `unlock` does not wait for it.
+    #[test]
+    fn unlock_releases_what_another_reference_would_keep() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img");
+        std::fs::write(&path, [0u8; 512]).unwrap();
+        let w = open(&path, true);
+        lock(&w, LockMode::Write).unwrap();
+        let held = w.try_clone().unwrap();
+        drop(w);
+        let other = open(&path, true);
+        assert!(
+            try_lock(&other, LockMode::Write).is_err(),
+            "the clone keeps the locks"
+        );
+        drop(other);
+        unlock(&held).unwrap();
+        let other = open(&path, true);
+        try_lock(&other, LockMode::Write).unwrap();
     }
 }
