@@ -36,6 +36,9 @@ pub struct Config {
     /// Time given to in-flight requests at shutdown.
     pub shutdown_grace: Duration,
     pub max_connections_per_export: usize,
+    /// Backups protection flows start at once, over all flows (each VM waits its turn; a group's
+    /// `max_concurrent_vms` bounds its own on top).
+    pub max_concurrent_flow_backups: usize,
     /// Request payload bytes (WRITE data, READ replies) all NBD connections hold in memory
     /// together; the bound on the hub's data memory whatever the number of clients.
     pub max_in_flight_bytes: usize,
@@ -82,6 +85,7 @@ impl Default for Config {
             default_restore_ttl: Duration::from_secs(3600),
             shutdown_grace: Duration::from_secs(10),
             max_connections_per_export: 16,
+            max_concurrent_flow_backups: 16,
             max_in_flight_bytes: 128 << 20,
             tls: TlsMode::Off,
             tls_creds: None,
@@ -114,6 +118,7 @@ pub struct FileConfig {
     pub default_restore_ttl_secs: Option<u64>,
     pub shutdown_grace_secs: Option<u64>,
     pub max_connections_per_export: Option<usize>,
+    pub max_concurrent_flow_backups: Option<usize>,
     pub max_in_flight_mib: Option<u64>,
     /// "off", "on" or "require".
     pub tls: Option<String>,
@@ -190,6 +195,9 @@ impl Config {
             max_connections_per_export: file
                 .max_connections_per_export
                 .unwrap_or(d.max_connections_per_export),
+            max_concurrent_flow_backups: file
+                .max_concurrent_flow_backups
+                .unwrap_or(d.max_concurrent_flow_backups),
             max_in_flight_bytes: match file.max_in_flight_mib {
                 // Past the address space it would mean "unbounded", which this key never means.
                 Some(mib) => usize::try_from(mib)
@@ -238,6 +246,11 @@ impl Config {
         crate::sys::sna::check_url(&self.sna_url)?;
         if self.monitor_interval.is_zero() {
             return Err(Error::Config("monitor_interval must be positive".into()));
+        }
+        if !(1..=10_000).contains(&self.max_concurrent_flow_backups) {
+            return Err(Error::Config(
+                "max_concurrent_flow_backups must be 1 to 10000".into(),
+            ));
         }
         if self.max_connections_per_export == 0 {
             return Err(Error::Config(

@@ -45,6 +45,9 @@ impl Hub {
             None if nbd_addr.ip().is_unspecified() => "127.0.0.1".to_owned(),
             None => nbd_addr.ip().to_string(),
         };
+        let flow_backups = Arc::new(tokio::sync::Semaphore::new(
+            config.max_concurrent_flow_backups,
+        ));
         let catalog = Arc::new(catalog);
         let jobs = crate::jobs::Jobs::new(catalog.clone());
         let stopped: Vec<String> = jobs.recover()?.into_iter().map(|j| j.id).collect();
@@ -53,6 +56,7 @@ impl Hub {
             config,
             catalog,
             jobs,
+            flow_backups,
             nbd,
             nbd_host,
             nbd_port: nbd_addr.port(),

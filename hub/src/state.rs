@@ -42,6 +42,8 @@ pub struct Inner {
     pub catalog: Arc<Catalog>,
     /// Background work: queued, running, recorded.
     pub jobs: crate::jobs::Jobs,
+    /// Slots for backups started by protection flows (`max_concurrent_flow_backups`).
+    pub(crate) flow_backups: Arc<tokio::sync::Semaphore>,
     pub nbd: Server,
     /// Host and port written into NBD URIs.
     pub nbd_host: String,

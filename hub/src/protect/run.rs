@@ -199,6 +199,10 @@ impl Hub {
                 let Ok(_slot) = slots.acquire_owned().await else {
                     return;
                 };
+                // Then one of the hub's slots for flow backups, shared by every flow.
+                let Ok(_backup) = hub.flow_backups.clone().acquire_owned().await else {
+                    return;
+                };
                 let end = hub.back_up_vm(&ctx, &plan, &vm, &execution).await;
                 hub.count_vm(&ctx, &execution, &vm, end);
             });
