@@ -35,9 +35,9 @@ pub struct ExecutionsQuery {
     #[serde(default)]
     #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
-    /// From 1; 1 when absent.
+    /// 1 to 1000000; 1 when absent.
     #[serde(default)]
-    #[param(minimum = 1)]
+    #[param(minimum = 1, maximum = 1000000)]
     page: Option<u32>,
 }
 
