@@ -53,29 +53,6 @@ pub struct FlowExecution {
     pub schedule_id: Option<String>,
 }
 
-/// What a run needs of a schedule.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ScheduleTiming {
-    pub id: String,
-    pub name: String,
-    pub cron_expression: String,
-    pub timezone: String,
-    pub enabled: bool,
-    pub skip_if_running: bool,
-    pub max_concurrent_jobs: u32,
-    /// `full`, `incremental` or `auto`.
-    pub replication_type: String,
-    pub retry_attempts: u32,
-    pub retry_delay_minutes: u32,
-}
-
-/// A VM a group run backs up.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GroupVm {
-    pub context_id: String,
-    pub vm_name: String,
-}
-
 const FLOW_COLUMNS: &str = "id, name, description, flow_type, target_type, target_id, \
     repository_id, policy_id, schedule_id, enabled, created_by, created_at, updated_at, last_tick_at";
 
@@ -381,71 +358,5 @@ impl Catalog {
             )?;
         }
         Ok(())
-    }
-
-    pub fn schedule_timing(&self, id: &str) -> Result<Option<ScheduleTiming>> {
-        let conn = self.conn.lock();
-        Ok(conn
-            .query_row(
-                "SELECT id, name, cron_expression, timezone, enabled, skip_if_running, \
-                 max_concurrent_jobs, replication_type, retry_attempts, retry_delay_minutes \
-                 FROM schedules WHERE id = ?1",
-                [id],
-                |row| {
-                    Ok(ScheduleTiming {
-                        id: row.get(0)?,
-                        name: row.get(1)?,
-                        cron_expression: row.get(2)?,
-                        timezone: row.get(3)?,
-                        enabled: row.get(4)?,
-                        skip_if_running: row.get(5)?,
-                        max_concurrent_jobs: row.get(6)?,
-                        replication_type: row.get(7)?,
-                        retry_attempts: row.get(8)?,
-                        retry_delay_minutes: row.get(9)?,
-                    })
-                },
-            )
-            .optional()?)
-    }
-
-    /// The name and `max_concurrent_vms` of a machine group.
-    pub fn group_limits(&self, id: &str) -> Result<Option<(String, u32)>> {
-        let conn = self.conn.lock();
-        Ok(conn
-            .query_row(
-                "SELECT name, max_concurrent_vms FROM machine_groups WHERE id = ?1",
-                [id],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()?)
-    }
-
-    /// The enabled members of a group, by priority (lower first), then name.
-    pub fn group_vms(&self, group_id: &str) -> Result<Vec<GroupVm>> {
-        let conn = self.conn.lock();
-        let mut stmt = conn.prepare(
-            "SELECT m.context_id, c.vm_name FROM group_members m \
-             JOIN vm_contexts c ON c.context_id = m.context_id \
-             WHERE m.group_id = ?1 AND m.enabled ORDER BY m.priority, c.vm_name",
-        )?;
-        let vms = stmt
-            .query_map([group_id], |row| {
-                Ok(GroupVm {
-                    context_id: row.get(0)?,
-                    vm_name: row.get(1)?,
-                })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(vms)
-    }
-
-    pub fn policy_name(&self, id: &str) -> Result<Option<String>> {
-        let conn = self.conn.lock();
-        Ok(conn
-            .query_row("SELECT name FROM policies WHERE id = ?1", [id], |row| {
-                row.get(0)
-            })
-            .optional()?)
     }
 }

@@ -19,7 +19,7 @@ mod rows;
 mod schedules;
 
 pub use conn::{CATALOG_FILE, Catalog, is_disk_full};
-pub use flows::{Flow, FlowExecution, GroupVm, ScheduleTiming};
+pub use flows::{Flow, FlowExecution};
 pub use inventory::{Credential, CredentialFields, VmContext, VmDisk};
 pub use jobs::{Job, JobEnd, JobFilter, JobLogLine, JobStatus};
 pub use model::*;

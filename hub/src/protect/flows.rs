@@ -1,10 +1,11 @@
 //! Protection flows: what to back up (a VM or a machine group), where (a repository), by which
 //! policy and on which schedule; their checks, and what they look like with their last run.
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::cron::CronSchedule;
+use super::fields::present;
 use crate::catalog::{Flow, FlowExecution, fmt_time};
 use crate::error::{Error, Result};
 use crate::state::{Hub, now};
@@ -36,13 +37,6 @@ pub struct FlowRequest {
     pub schedule_id: Option<Option<String>>,
     pub enabled: Option<bool>,
     pub created_by: Option<String>,
-}
-
-/// A field that is there, even as `null` (`Some(None)`), apart from one left out (`None`).
-fn present<'de, D: Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(d).map(Some)
 }
 
 /// A flow's last run and what comes next, as the GUI reads them.
@@ -200,7 +194,7 @@ impl Hub {
             "vm" if self.catalog.vm_context(&flow.target_id)?.is_none() => problems.push(
                 Error::NotFound(format!("no VM context {:?}: run discovery", flow.target_id)),
             ),
-            "group" if self.catalog.group_limits(&flow.target_id)?.is_none() => problems.push(
+            "group" if self.catalog.group(&flow.target_id)?.is_none() => problems.push(
                 Error::NotFound(format!("no machine group {:?}", flow.target_id)),
             ),
             "vm" | "group" => {}
@@ -215,12 +209,12 @@ impl Hub {
             )));
         }
         if let Some(policy) = &flow.policy_id {
-            if self.catalog.policy_name(policy)?.is_none() {
+            if self.catalog.policy(policy)?.is_none() {
                 problems.push(Error::NotFound(format!("no policy {policy:?}")));
             }
         }
         if let Some(schedule) = &flow.schedule_id {
-            if self.catalog.schedule_timing(schedule)?.is_none() {
+            if self.catalog.schedule(schedule)?.is_none() {
                 problems.push(Error::NotFound(format!("no schedule {schedule:?}")));
             }
         }
@@ -248,7 +242,7 @@ impl Hub {
         let last = last.into_iter().next();
         let (total, successful, failed) = self.catalog.execution_counts(&flow.id)?;
         let schedule = match &flow.schedule_id {
-            Some(id) => self.catalog.schedule_timing(id)?,
+            Some(id) => self.catalog.schedule(id)?,
             None => None,
         };
         let next = schedule
@@ -271,7 +265,7 @@ impl Hub {
                 .map(|r| r.name),
             policy_id: flow.policy_id.clone(),
             policy_name: match &flow.policy_id {
-                Some(id) => self.catalog.policy_name(id)?,
+                Some(id) => self.catalog.policy(id)?.map(|p| p.name),
                 None => None,
             },
             schedule_id: flow.schedule_id.clone(),
@@ -304,10 +298,7 @@ impl Hub {
                 .catalog
                 .vm_context(&flow.target_id)?
                 .map(|(c, _)| c.vm_name),
-            "group" => self
-                .catalog
-                .group_limits(&flow.target_id)?
-                .map(|(name, _)| name),
+            "group" => self.catalog.group(&flow.target_id)?.map(|g| g.group.name),
             _ => None,
         })
     }

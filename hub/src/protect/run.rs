@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 
 use crate::backup::create::CreateBackup;
-use crate::catalog::{BackupType, Flow, FlowExecution, GroupVm, Job, Status};
+use crate::catalog::{BackupType, Flow, FlowExecution, Job, ReplicationType, Status};
 use crate::error::{Error, Result};
 use crate::jobs::{JobContext, JobKind, Outcome};
 use crate::state::{Hub, now};
@@ -33,6 +33,12 @@ pub struct Trigger {
     pub scheduled_at: Option<OffsetDateTime>,
     /// The schedule the run is for (its tick or its trigger).
     pub schedule_id: Option<String>,
+}
+
+/// A VM a run backs up.
+#[derive(Debug, Clone)]
+struct GroupVm {
+    vm_name: String,
 }
 
 /// What a run does, fixed when it starts.
@@ -124,22 +130,33 @@ impl Hub {
         let (vms, group_limit) = match flow.target_type.as_str() {
             "vm" => {
                 let (context, _) = self.vm_context(&flow.target_id)?;
-                let vm = GroupVm {
-                    context_id: context.context_id,
-                    vm_name: context.vm_name,
-                };
-                (vec![vm], None)
+                (
+                    vec![GroupVm {
+                        vm_name: context.vm_name,
+                    }],
+                    None,
+                )
             }
             "group" => {
-                let (_, limit) = self.catalog.group_limits(&flow.target_id)?.ok_or_else(|| {
+                let group = self.catalog.group(&flow.target_id)?.ok_or_else(|| {
                     Error::NotFound(format!("no machine group {:?}", flow.target_id))
                 })?;
-                (self.catalog.group_vms(&flow.target_id)?, Some(limit))
+                // Enabled members, by priority (the catalog's order).
+                let vms = self
+                    .catalog
+                    .group_members(&flow.target_id)?
+                    .into_iter()
+                    .filter(|m| m.membership.enabled)
+                    .map(|m| GroupVm {
+                        vm_name: m.context.vm_name,
+                    })
+                    .collect();
+                (vms, Some(group.group.max_concurrent_vms))
             }
             other => return Err(Error::Invalid(format!("target_type {other:?} cannot run"))),
         };
         let schedule = match &flow.schedule_id {
-            Some(id) => self.catalog.schedule_timing(id)?,
+            Some(id) => self.catalog.schedule(id)?,
             None => None,
         };
         let limits = [
@@ -162,7 +179,7 @@ impl Hub {
             ),
             force_full: schedule
                 .as_ref()
-                .is_some_and(|s| s.replication_type == "full"),
+                .is_some_and(|s| s.replication_type == ReplicationType::Full),
             flow,
             vms,
             parallel,

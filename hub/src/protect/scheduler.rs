@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cron::CronSchedule;
 use super::run::Trigger;
-use crate::catalog::{Flow, ScheduleTiming};
+use crate::catalog::{Flow, Schedule};
 use crate::error::Result;
 use crate::state::{Hub, now};
 
@@ -27,7 +27,7 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 struct Parsed(HashMap<(String, String), Option<CronSchedule>>);
 
 impl Parsed {
-    fn get(&mut self, s: &ScheduleTiming) -> Option<&CronSchedule> {
+    fn get(&mut self, s: &Schedule) -> Option<&CronSchedule> {
         self.0
             .entry((s.cron_expression.clone(), s.timezone.clone()))
             .or_insert_with(
@@ -75,7 +75,7 @@ impl Hub {
             let Some(schedule_id) = flow.schedule_id.as_deref().filter(|_| flow.enabled) else {
                 continue;
             };
-            let Some(schedule) = self.catalog.schedule_timing(schedule_id)? else {
+            let Some(schedule) = self.catalog.schedule(schedule_id)? else {
                 continue;
             };
             if !schedule.enabled {
@@ -95,12 +95,7 @@ impl Hub {
         Ok(earliest)
     }
 
-    async fn run_tick(
-        &self,
-        flow: &Flow,
-        schedule: &ScheduleTiming,
-        tick: OffsetDateTime,
-    ) -> Result<()> {
+    async fn run_tick(&self, flow: &Flow, schedule: &Schedule, tick: OffsetDateTime) -> Result<()> {
         // Recorded first: whatever happens to the run, this tick is not run again.
         self.catalog.set_flow_tick(&flow.id, tick)?;
         if schedule.skip_if_running {
