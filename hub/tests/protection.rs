@@ -14,7 +14,6 @@ use common::*;
 use serde_json::{Value, json};
 
 const MIB: u64 = 1 << 20;
-const PASSWORD: &str = "flow-pa55";
 const VMS: [&str; 4] = ["vm-a", "vm-b", "vm-c", "vm-d"];
 
 fn vm(name: &str, capacity: u64) -> Value {
@@ -35,7 +34,7 @@ async fn hub_with_vms(dir: &Path) -> (TestHub, StandIn) {
         "vms": VMS.iter().map(|n| vm(n, 2 * MIB)).collect::<Vec<_>>()});
     let mut sna = StandIn::start(
         dir,
-        json!({"hub_url": "", "password": PASSWORD, "inventory": inventory,
+        json!({"hub_url": "", "password": common::sna::PASSWORD, "inventory": inventory,
             "sources": {"2000": src}, "changed": {"2000": [[0, 65536]]}, "expect_change_id": {},
             "new_change_ids": {"2000": "cid-2000"}, "mode": "ok", "refuse_vms": [],
             "log": dir.join("sna-log.jsonl"), "errors": dir.join("sna-errors.jsonl")}),
@@ -44,21 +43,7 @@ async fn hub_with_vms(dir: &Path) -> (TestHub, StandIn) {
     config.sna_url = format!("http://127.0.0.1:{}", StandIn::port(dir));
     let h = TestHub::start(config).await;
     sna.set("hub_url", json!(h.serve_api().await));
-    let (s, c) = h
-        .post(
-            "/api/v1/vmware-credentials",
-            &json!({"credential_name": "vc", "vcenter_host": "vc.example", "username": "u",
-                "password": PASSWORD, "datacenter": "DC1", "is_default": true}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{c}");
-    let (s, d) = h
-        .post(
-            "/api/v1/discovery/discover-vms",
-            &json!({"credential_id": c["credential"]["id"], "create_context": true}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{d}");
+    common::sna::discover(&h, &VMS).await;
     (h, sna)
 }
 
