@@ -193,15 +193,23 @@ fn credential_key(
     config: &Config,
     catalog: &Catalog,
 ) -> std::result::Result<crate::sys::secrets::CredentialKey, String> {
-    let key = crate::sys::secrets::load_or_create_key(data, config.credential_key.as_ref())
-        .map_err(|err| {
-            tracing::error!(%err, "credential key unavailable; VMware credentials cannot be used");
-            err.to_string()
-        });
+    let key = load_credential_key(data, config, catalog).map_err(|err| {
+        tracing::error!(%err, "credential key unavailable; VMware credentials cannot be used");
+        err.to_string()
+    });
     if let Ok(key) = &key {
         crate::inventory::credentials::check_key(catalog, key);
     }
     key
+}
+
+fn load_credential_key(
+    data: &Path,
+    config: &Config,
+    catalog: &Catalog,
+) -> Result<crate::sys::secrets::CredentialKey> {
+    let sealed = catalog.credentials()?.len();
+    crate::sys::secrets::load_or_create_key(data, config.credential_key.as_ref(), sealed)
 }
 
 /// Deletes a crash interrupted: their rows are gone, their directories must follow before the
