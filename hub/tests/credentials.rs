@@ -280,6 +280,48 @@ fn write_private(path: &std::path::Path, contents: &[u8]) {
     file.write_all(contents).unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_is_refused_while_a_hub_serves_so_no_credential_is_sealed_with_a_replaced_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut hub, api, _) = start_hub(&data);
+    let token = read_token(&data);
+    let create = |name: &str| {
+        let c = ok(http(
+            "POST",
+            &api,
+            CREDENTIALS,
+            Some(&token),
+            Some(&credential(name)),
+        ));
+        c["credential"]["id"].as_i64().unwrap()
+    };
+    let before = create("before");
+    let rotation = rotate(&data);
+    let after = create("after");
+    assert!(hub.terminate_and_wait().success());
+    let h = TestHub::start(test_config(data.clone())).await;
+    for id in [before, after] {
+        assert_eq!(
+            h.hub
+                .vcenter_login(id)
+                .map(|l| l.password.expose().to_owned())
+                .ok(),
+            Some(PASSWORD.to_owned()),
+            "credential {id}"
+        );
+    }
+    h.stop().await;
+    assert!(!rotation.status.success(), "{rotation:?}");
+    assert!(
+        String::from_utf8_lossy(&rotation.stderr).contains("another sendense-hub process"),
+        "{rotation:?}"
+    );
+    // Once the hub is stopped, the same rotation goes through.
+    let out = rotate(&data);
+    assert!(out.status.success(), "{out:?}");
+}
+
 /// The data dir of a stopped hub holding one sealed credential; returns its id.
 async fn one_sealed_credential(data: &std::path::Path) -> i64 {
     let h = TestHub::start(test_config(data.to_owned())).await;

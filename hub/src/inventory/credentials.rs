@@ -279,13 +279,14 @@ pub enum KeySource {
     File,
 }
 
-/// Re-encrypt every credential under a new key in one catalog transaction (the hub must be
-/// stopped: a running one keeps sealing with the key it loaded). Returns how many.
+/// Re-encrypt every credential under a new key in one catalog transaction. Takes the data dir's
+/// lock, as `serve` does: a running hub keeps sealing with the key it loaded. Returns how many.
 ///
 /// With the key file: the new key is written to `credential-key.new` (synced) first, then the
 /// catalog is committed, then the file is renamed over `credential-key`. A crash before the commit
 /// leaves the old key valid; after it, `credential-key.new` holds the key (the hub warns at start).
 pub fn rotate_key(data_dir: &Path, source: KeySource) -> Result<usize> {
+    let _lock = crate::sys::datadir::lock(data_dir)?;
     let catalog = Catalog::open(&data_dir.join(crate::catalog::CATALOG_FILE))?;
     let (old, new) = match &source {
         KeySource::Env { current, new } => (
