@@ -208,6 +208,12 @@ fn load_credential_key(
     config: &Config,
     catalog: &Catalog,
 ) -> Result<crate::sys::secrets::CredentialKey> {
+    // A rotation of the key file that a crash interrupted is finished before the file is read,
+    // so the key loaded is the one the catalog was sealed with (`serve` holds the data dir's
+    // lock, so no rotation runs beside it).
+    if config.credential_key.is_none() {
+        crate::inventory::credentials::finish_rotation(data, catalog)?;
+    }
     let sealed = catalog.credentials()?.len();
     crate::sys::secrets::load_or_create_key(data, config.credential_key.as_ref(), sealed)
 }

@@ -280,6 +280,87 @@ fn write_private(path: &std::path::Path, contents: &[u8]) {
     file.write_all(contents).unwrap();
 }
 
+/// A data dir with one credential, left as a rotation killed between its catalog commit and its
+/// rename leaves it: the catalog sealed under `credential-key.new`, `credential-key` still the
+/// old key. Made by a real rotation with its last step (the rename) undone. Returns the
+/// credential's id and the staged key.
+async fn interrupted_rotation(data: &std::path::Path) -> (i64, String) {
+    let h = TestHub::start(test_config(data.to_owned())).await;
+    let (s, c) = h.post(CREDENTIALS, &credential("vc-prod")).await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    h.stop().await;
+    let key_file = data.join("credential-key");
+    let old = std::fs::read(&key_file).unwrap();
+    let out = rotate(data);
+    assert!(out.status.success(), "{out:?}");
+    std::fs::rename(&key_file, data.join("credential-key.new")).unwrap();
+    write_private(&key_file, &old);
+    let staged = std::fs::read_to_string(data.join("credential-key.new")).unwrap();
+    (c["credential"]["id"].as_i64().unwrap(), staged)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerunning_an_interrupted_rotation_finishes_it_and_never_deletes_the_key_that_opens_the_catalog()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (id, staged) = interrupted_rotation(&data).await;
+    let out = rotate(&data);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("re-encrypted 1 credential"),
+        "{out:?}"
+    );
+    assert!(!data.join("credential-key.new").exists());
+    assert_ne!(
+        std::fs::read_to_string(data.join("credential-key")).unwrap(),
+        staged,
+        "the second rotation made a key of its own"
+    );
+    let h = TestHub::start(test_config(data.clone())).await;
+    assert_eq!(h.hub.vcenter_login(id).unwrap().password.expose(), PASSWORD);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_finishes_an_interrupted_rotation_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (id, staged) = interrupted_rotation(&data).await;
+    let (mut hub, _, _) = start_hub(&data);
+    assert!(hub.terminate_and_wait().success());
+    assert!(!data.join("credential-key.new").exists());
+    assert_eq!(
+        std::fs::read_to_string(data.join("credential-key")).unwrap(),
+        staged
+    );
+    let h = TestHub::start(test_config(data.clone())).await;
+    assert_eq!(h.hub.vcenter_login(id).unwrap().password.expose(), PASSWORD);
+    h.stop().await;
+}
+
+/// A rotation stopped before its commit left a staged key that sealed nothing: the next
+/// rotation replaces it and the catalog keeps opening.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_stopped_before_its_commit_is_simply_redone() {
+    use ::hub::sys::secrets::CredentialKey;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let h = TestHub::start(test_config(data.clone())).await;
+    let (s, c) = h.post(CREDENTIALS, &credential("vc-prod")).await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    let id = c["credential"]["id"].as_i64().unwrap();
+    h.stop().await;
+    let never_used = format!("{}\n", CredentialKey::generate().to_base64());
+    write_private(&data.join("credential-key.new"), never_used.as_bytes());
+    let out = rotate(&data);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!data.join("credential-key.new").exists());
+    let h = TestHub::start(test_config(data.clone())).await;
+    assert_eq!(h.hub.vcenter_login(id).unwrap().password.expose(), PASSWORD);
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_is_refused_while_a_hub_serves_so_no_credential_is_sealed_with_a_replaced_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -167,12 +167,6 @@ pub fn load_or_create_key(
         return CredentialKey::from_base64(text.expose(), KEY_ENV);
     }
     let path = data_dir.join(KEY_FILE);
-    if data_dir.join(NEW_KEY_FILE).exists() {
-        tracing::warn!(
-            "{NEW_KEY_FILE} exists: a key rotation was interrupted; if credentials do not open, \
-             the catalog was re-encrypted and that file holds the key (move it to {KEY_FILE})"
-        );
-    }
     if let Some(key) = read_key_file(&path)? {
         return Ok(key);
     }
