@@ -193,15 +193,29 @@ fn credential_key(
     config: &Config,
     catalog: &Catalog,
 ) -> std::result::Result<crate::sys::secrets::CredentialKey, String> {
-    let key = crate::sys::secrets::load_or_create_key(data, config.credential_key.as_ref())
-        .map_err(|err| {
-            tracing::error!(%err, "credential key unavailable; VMware credentials cannot be used");
-            err.to_string()
-        });
+    let key = load_credential_key(data, config, catalog).map_err(|err| {
+        tracing::error!(%err, "credential key unavailable; VMware credentials cannot be used");
+        err.to_string()
+    });
     if let Ok(key) = &key {
         crate::inventory::credentials::check_key(catalog, key);
     }
     key
+}
+
+fn load_credential_key(
+    data: &Path,
+    config: &Config,
+    catalog: &Catalog,
+) -> Result<crate::sys::secrets::CredentialKey> {
+    // A rotation of the key file that a crash interrupted is finished before the file is read,
+    // so the key loaded is the one the catalog was sealed with (`serve` holds the data dir's
+    // lock, so no rotation runs beside it).
+    if config.credential_key.is_none() {
+        crate::inventory::credentials::finish_rotation(data, catalog)?;
+    }
+    let sealed = catalog.credentials()?.len();
+    crate::sys::secrets::load_or_create_key(data, config.credential_key.as_ref(), sealed)
 }
 
 /// Deletes a crash interrupted: their rows are gone, their directories must follow before the

@@ -178,7 +178,7 @@ async fn credentials_are_write_only_sealed_and_rotated() {
 
     // A wrong key: the credential is named in a clear error, everything else works.
     std::fs::remove_file(&key_file).unwrap();
-    std::fs::write(&key_file, old_key).unwrap();
+    write_private(&key_file, old_key.as_bytes());
     let h = TestHub::start(test_config(data.clone())).await;
     let err = h.hub.vcenter_login(id).unwrap_err().to_string();
     assert!(
@@ -245,5 +245,239 @@ async fn rotation_with_the_key_in_the_environment() {
     h.stop().await;
     let h = TestHub::start(with_key(&k1)).await;
     assert!(h.hub.vcenter_login(id).is_err());
+    h.stop().await;
+}
+
+const CREDENTIALS: &str = "/api/v1/vmware-credentials";
+
+fn credential(name: &str) -> Value {
+    json!({"credential_name": name, "vcenter_host": "vc.example", "username": "u",
+        "password": PASSWORD})
+}
+
+/// `rotate-credential-key` as an operator runs it: the key in the key file, none in the
+/// environment.
+fn rotate(data: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["rotate-credential-key", "--data-dir"])
+        .arg(data)
+        .env_remove("SENDENSE_HUB_CREDENTIAL_KEY")
+        .env_remove("SENDENSE_HUB_NEW_CREDENTIAL_KEY")
+        .output()
+        .unwrap()
+}
+
+/// A file only its owner reads, as the hub writes its key files.
+fn write_private(path: &std::path::Path, contents: &[u8]) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    file.write_all(contents).unwrap();
+}
+
+/// A data dir with one credential, left as a rotation killed between its catalog commit and its
+/// rename leaves it: the catalog sealed under `credential-key.new`, `credential-key` still the
+/// old key. Made by a real rotation with its last step (the rename) undone. Returns the
+/// credential's id and the staged key.
+async fn interrupted_rotation(data: &std::path::Path) -> (i64, String) {
+    let h = TestHub::start(test_config(data.to_owned())).await;
+    let (s, c) = h.post(CREDENTIALS, &credential("vc-prod")).await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    h.stop().await;
+    let key_file = data.join("credential-key");
+    let old = std::fs::read(&key_file).unwrap();
+    let out = rotate(data);
+    assert!(out.status.success(), "{out:?}");
+    std::fs::rename(&key_file, data.join("credential-key.new")).unwrap();
+    write_private(&key_file, &old);
+    let staged = std::fs::read_to_string(data.join("credential-key.new")).unwrap();
+    (c["credential"]["id"].as_i64().unwrap(), staged)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerunning_an_interrupted_rotation_finishes_it_and_never_deletes_the_key_that_opens_the_catalog()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (id, staged) = interrupted_rotation(&data).await;
+    let out = rotate(&data);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("re-encrypted 1 credential"),
+        "{out:?}"
+    );
+    assert!(!data.join("credential-key.new").exists());
+    assert_ne!(
+        std::fs::read_to_string(data.join("credential-key")).unwrap(),
+        staged,
+        "the second rotation made a key of its own"
+    );
+    let h = TestHub::start(test_config(data.clone())).await;
+    assert_eq!(h.hub.vcenter_login(id).unwrap().password.expose(), PASSWORD);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_finishes_an_interrupted_rotation_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (id, staged) = interrupted_rotation(&data).await;
+    let (mut hub, _, _) = start_hub(&data);
+    assert!(hub.terminate_and_wait().success());
+    assert!(!data.join("credential-key.new").exists());
+    assert_eq!(
+        std::fs::read_to_string(data.join("credential-key")).unwrap(),
+        staged
+    );
+    let h = TestHub::start(test_config(data.clone())).await;
+    assert_eq!(h.hub.vcenter_login(id).unwrap().password.expose(), PASSWORD);
+    h.stop().await;
+}
+
+/// A rotation stopped before its commit left a staged key that sealed nothing: the next
+/// rotation replaces it and the catalog keeps opening.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_stopped_before_its_commit_is_simply_redone() {
+    use ::hub::sys::secrets::CredentialKey;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let h = TestHub::start(test_config(data.clone())).await;
+    let (s, c) = h.post(CREDENTIALS, &credential("vc-prod")).await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    let id = c["credential"]["id"].as_i64().unwrap();
+    h.stop().await;
+    let never_used = format!("{}\n", CredentialKey::generate().to_base64());
+    write_private(&data.join("credential-key.new"), never_used.as_bytes());
+    let out = rotate(&data);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!data.join("credential-key.new").exists());
+    let h = TestHub::start(test_config(data.clone())).await;
+    assert_eq!(h.hub.vcenter_login(id).unwrap().password.expose(), PASSWORD);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_is_refused_while_a_hub_serves_so_no_credential_is_sealed_with_a_replaced_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut hub, api, _) = start_hub(&data);
+    let token = read_token(&data);
+    let create = |name: &str| {
+        let c = ok(http(
+            "POST",
+            &api,
+            CREDENTIALS,
+            Some(&token),
+            Some(&credential(name)),
+        ));
+        c["credential"]["id"].as_i64().unwrap()
+    };
+    let before = create("before");
+    let rotation = rotate(&data);
+    let after = create("after");
+    assert!(hub.terminate_and_wait().success());
+    let h = TestHub::start(test_config(data.clone())).await;
+    for id in [before, after] {
+        assert_eq!(
+            h.hub
+                .vcenter_login(id)
+                .map(|l| l.password.expose().to_owned())
+                .ok(),
+            Some(PASSWORD.to_owned()),
+            "credential {id}"
+        );
+    }
+    h.stop().await;
+    assert!(!rotation.status.success(), "{rotation:?}");
+    assert!(
+        String::from_utf8_lossy(&rotation.stderr).contains("another sendense-hub process"),
+        "{rotation:?}"
+    );
+    // Once the hub is stopped, the same rotation goes through.
+    let out = rotate(&data);
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// The data dir of a stopped hub holding one sealed credential; returns its id.
+async fn one_sealed_credential(data: &std::path::Path) -> i64 {
+    let h = TestHub::start(test_config(data.to_owned())).await;
+    let (s, c) = h.post(CREDENTIALS, &credential("vc-prod")).await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    h.stop().await;
+    c["credential"]["id"].as_i64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_key_file_is_not_replaced_while_sealed_credentials_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let id = one_sealed_credential(&data).await;
+    let key_file = data.join("credential-key");
+    let key = std::fs::read(&key_file).unwrap();
+    std::fs::remove_file(&key_file).unwrap();
+
+    // The hub runs; credential use answers 503 naming the missing file.
+    let (mut hub, api, _) = start_hub(&data);
+    let token = read_token(&data);
+    let (s, b) = http(
+        "POST",
+        &api,
+        CREDENTIALS,
+        Some(&token),
+        Some(&credential("new")),
+    );
+    assert!(hub.terminate_and_wait().success());
+    assert_eq!(s, 503, "{b}");
+    assert!(
+        b.to_string()
+            .contains(&format!("{} does not exist", key_file.display())),
+        "{b}"
+    );
+    assert!(!key_file.exists(), "a new key replaced the lost one");
+
+    // With the key back, nothing was lost.
+    write_private(&key_file, &key);
+    let h = TestHub::start(test_config(data.clone())).await;
+    assert_eq!(h.hub.vcenter_login(id).unwrap().password.expose(), PASSWORD);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_file_readable_by_others_is_refused_with_how_to_fix_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let id = one_sealed_credential(&data).await;
+    let key_file = data.join("credential-key");
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let fix = format!("chmod 600 {}", key_file.display());
+
+    let (mut hub, api, _) = start_hub(&data);
+    let token = read_token(&data);
+    let (s, b) = http(
+        "POST",
+        &api,
+        CREDENTIALS,
+        Some(&token),
+        Some(&credential("new")),
+    );
+    assert!(hub.terminate_and_wait().success());
+    assert_eq!(s, 503, "{b}");
+    assert!(b.to_string().contains(&fix), "{b}");
+    let out = rotate(&data);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&fix),
+        "{out:?}"
+    );
+
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let h = TestHub::start(test_config(data.clone())).await;
+    assert_eq!(h.hub.vcenter_login(id).unwrap().password.expose(), PASSWORD);
     h.stop().await;
 }

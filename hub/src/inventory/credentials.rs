@@ -279,13 +279,16 @@ pub enum KeySource {
     File,
 }
 
-/// Re-encrypt every credential under a new key in one catalog transaction (the hub must be
-/// stopped: a running one keeps sealing with the key it loaded). Returns how many.
+/// Re-encrypt every credential under a new key in one catalog transaction. Takes the data dir's
+/// lock, as `serve` does: a running hub keeps sealing with the key it loaded. Returns how many.
 ///
-/// With the key file: the new key is written to `credential-key.new` (synced) first, then the
-/// catalog is committed, then the file is renamed over `credential-key`. A crash before the commit
-/// leaves the old key valid; after it, `credential-key.new` holds the key (the hub warns at start).
+/// With the key file, a rotation is two phases: the new key is written to `credential-key.new`
+/// (synced), the catalog is committed under it, then the file is renamed over `credential-key`.
+/// A crash before the commit leaves a staged key that sealed nothing; after it, the staged key
+/// is the one that opens the catalog. Either way [`finish_rotation`] (here first, and at every
+/// start) settles it, and never deletes a staged key that opens a credential.
 pub fn rotate_key(data_dir: &Path, source: KeySource) -> Result<usize> {
+    let _lock = crate::sys::datadir::lock(data_dir)?;
     let catalog = Catalog::open(&data_dir.join(crate::catalog::CATALOG_FILE))?;
     let (old, new) = match &source {
         KeySource::Env { current, new } => (
@@ -293,6 +296,7 @@ pub fn rotate_key(data_dir: &Path, source: KeySource) -> Result<usize> {
             CredentialKey::from_base64(new.expose(), secrets::NEW_KEY_ENV)?,
         ),
         KeySource::File => {
+            finish_rotation(data_dir, &catalog)?;
             let path = secrets::key_file(data_dir);
             let old = secrets::read_key_file(&path)?.ok_or_else(|| {
                 Error::Config(format!(
@@ -301,13 +305,9 @@ pub fn rotate_key(data_dir: &Path, source: KeySource) -> Result<usize> {
                 ))
             })?;
             let new = CredentialKey::generate();
-            let staged = data_dir.join(secrets::NEW_KEY_FILE);
-            match std::fs::remove_file(&staged) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(format!("removing {}", staged.display()))(e)),
-            }
-            secrets::write_key_file(&staged, &new)?;
+            // `create_new`: a staged file still here was not settled above, so it is not ours
+            // to replace.
+            secrets::write_key_file(&data_dir.join(secrets::NEW_KEY_FILE), &new)?;
             (old, new)
         }
     };
@@ -320,25 +320,84 @@ pub fn rotate_key(data_dir: &Path, source: KeySource) -> Result<usize> {
         })?;
         Ok(new.seal(c.id, password.expose()))
     });
-    let staged = data_dir.join(secrets::NEW_KEY_FILE);
     let count = match (resealed, &source) {
         (Ok(count), _) => count,
         (Err(err), KeySource::File) => {
-            let _ = std::fs::remove_file(&staged);
+            // Settled by what the catalog holds rather than assumed rolled back: a failed commit
+            // may still have reached the disk, and then the staged key is the one to keep.
+            if let Err(settle) = finish_rotation(data_dir, &catalog) {
+                tracing::warn!(%settle, "the staged credential key was left in place");
+            }
             return Err(err);
         }
         (Err(err), KeySource::Env { .. }) => return Err(err),
     };
     if let KeySource::File = source {
-        let path = secrets::key_file(data_dir);
-        std::fs::rename(&staged, &path).map_err(Error::io(format!(
-            "renaming {} to {}",
-            staged.display(),
-            path.display()
-        )))?;
-        std::fs::File::open(data_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(Error::io(format!("syncing {}", data_dir.display())))?;
+        install_staged(data_dir)?;
     }
     Ok(count)
+}
+
+/// Settle a rotation a crash interrupted (`credential-key.new` left beside `credential-key`), by
+/// which key opens the catalog's credentials: the staged one means the catalog was committed
+/// under it, so it replaces the key file; only the current one (or none, while the key file
+/// exists) means the commit never happened, so the staged key sealed nothing and goes. When both
+/// open some, or neither while the key file is missing, nothing is touched and the error says so.
+pub(crate) fn finish_rotation(data_dir: &Path, catalog: &Catalog) -> Result<()> {
+    let staged_path = data_dir.join(secrets::NEW_KEY_FILE);
+    let Some(staged) = secrets::read_key_file(&staged_path)? else {
+        return Ok(());
+    };
+    let path = secrets::key_file(data_dir);
+    let current = secrets::read_key_file(&path)?;
+    let all = catalog.credentials()?;
+    let opened_by = |key: &CredentialKey| {
+        all.iter()
+            .filter(|c| key.open(c.id, &c.password_sealed).is_ok())
+            .count()
+    };
+    let by_staged = opened_by(&staged);
+    let by_current = current.as_ref().map_or(0, opened_by);
+    let shown = (staged_path.display(), path.display());
+    if by_staged > 0 && by_current > 0 || by_staged == 0 && current.is_none() && !all.is_empty() {
+        return Err(Error::Config(format!(
+            "an interrupted key rotation left {}, and it opens {by_staged} of {} VMware \
+             credential(s) while {} opens {by_current}: nothing was changed; keep both files and \
+             move the one that opens your credentials to {}",
+            shown.0,
+            all.len(),
+            shown.1,
+            shown.1
+        )));
+    }
+    if by_staged > 0 || current.is_none() {
+        install_staged(data_dir)?;
+        tracing::warn!(key_file = %shown.1, "finished an interrupted credential key rotation");
+    } else {
+        std::fs::remove_file(&staged_path).map_err(Error::io(format!("removing {}", shown.0)))?;
+        sync_dir(data_dir)?;
+        tracing::warn!(staged = %shown.0,
+            "removed the key of a credential key rotation interrupted before its commit");
+    }
+    Ok(())
+}
+
+/// The rotation's second phase: the staged key becomes the key file, durably.
+fn install_staged(data_dir: &Path) -> Result<()> {
+    let (staged, path) = (
+        data_dir.join(secrets::NEW_KEY_FILE),
+        secrets::key_file(data_dir),
+    );
+    std::fs::rename(&staged, &path).map_err(Error::io(format!(
+        "renaming {} to {}",
+        staged.display(),
+        path.display()
+    )))?;
+    sync_dir(data_dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io(format!("syncing {}", dir.display())))
 }

@@ -4,8 +4,8 @@
 //! nonce for every sealing and the credential's id as associated data, so a sealed password
 //! copied onto another credential's row does not open.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
@@ -155,22 +155,28 @@ fn associated_data(credential_id: i64) -> Vec<u8> {
 }
 
 /// The key from `SENDENSE_HUB_CREDENTIAL_KEY` when given, else from `<data_dir>/credential-key`,
-/// which is created (mode 0600) when it does not exist yet.
-pub fn load_or_create_key(data_dir: &Path, from_env: Option<&Secret>) -> Result<CredentialKey> {
+/// which is created (mode 0600) when it does not exist yet and no credential is sealed
+/// (`sealed` is how many the catalog holds): a new key would open none of them, so a lost file
+/// is an error, never silently replaced.
+pub fn load_or_create_key(
+    data_dir: &Path,
+    from_env: Option<&Secret>,
+    sealed: usize,
+) -> Result<CredentialKey> {
     if let Some(text) = from_env {
         return CredentialKey::from_base64(text.expose(), KEY_ENV);
     }
     let path = data_dir.join(KEY_FILE);
-    if data_dir.join(NEW_KEY_FILE).exists() {
-        tracing::warn!(
-            "{NEW_KEY_FILE} exists: a key rotation was interrupted; if credentials do not open, \
-             the catalog was re-encrypted and that file holds the key (move it to {KEY_FILE})"
-        );
+    if let Some(key) = read_key_file(&path)? {
+        return Ok(key);
     }
-    match read_key_file(&path) {
-        Ok(Some(key)) => return Ok(key),
-        Ok(None) => {}
-        Err(err) => return Err(err),
+    if sealed > 0 {
+        return Err(Error::Config(format!(
+            "{} does not exist, and the catalog holds {sealed} VMware credential(s) sealed with \
+             the key it held: put that file back (mode 0600), or give the key in {KEY_ENV}; a new \
+             key would open none of them",
+            path.display()
+        )));
     }
     let key = CredentialKey::generate();
     write_key_file(&path, &key)?;
@@ -178,13 +184,30 @@ pub fn load_or_create_key(data_dir: &Path, from_env: Option<&Secret>) -> Result<
     Ok(key)
 }
 
-/// `Ok(None)` when the file does not exist.
+/// `Ok(None)` when the file does not exist. Like the token file, a key file readable by group
+/// or others is refused: whoever reads it reads every vCenter password.
 pub fn read_key_file(path: &Path) -> Result<Option<CredentialKey>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => CredentialKey::from_base64(&text, &path.display().to_string()).map(Some),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(format!("reading {}", path.display()))(e)),
+    let shown = path.display();
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("reading {shown}"))(e)),
+    };
+    let mode = file
+        .metadata()
+        .map_err(Error::io(format!("reading {shown}")))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(Error::Config(format!(
+            "{shown} is readable by group or others (mode {:04o}); run `chmod 600 {shown}`",
+            mode & 0o7777
+        )));
     }
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(Error::io(format!("reading {shown}")))?;
+    CredentialKey::from_base64(&text, &shown.to_string()).map(Some)
 }
 
 /// Write a new key file, mode 0600 from its creation, synced; fails if the file exists.
@@ -231,8 +254,8 @@ mod tests {
     #[test]
     fn key_file_created_once_with_mode_0600() {
         let dir = tempfile::tempdir().unwrap();
-        let k1 = load_or_create_key(dir.path(), None).unwrap();
-        let k2 = load_or_create_key(dir.path(), None).unwrap();
+        let k1 = load_or_create_key(dir.path(), None, 0).unwrap();
+        let k2 = load_or_create_key(dir.path(), None, 1).unwrap();
         assert_eq!(k1.to_base64(), k2.to_base64());
         let mode = std::fs::metadata(key_file(dir.path()))
             .unwrap()
@@ -240,12 +263,26 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         let env = Secret::new(CredentialKey::generate().to_base64());
-        let k3 = load_or_create_key(dir.path(), Some(&env)).unwrap();
+        let k3 = load_or_create_key(dir.path(), Some(&env), 1).unwrap();
         assert_eq!(k3.to_base64(), env.expose());
         let short = Secret::new(BASE64.encode([1u8; 16]));
-        let err = load_or_create_key(dir.path(), Some(&short)).unwrap_err();
+        let err = load_or_create_key(dir.path(), Some(&short), 0).unwrap_err();
         assert!(err.to_string().contains("32 bytes"), "{err}");
-        assert!(load_or_create_key(dir.path(), Some(&Secret::new("not base64!"))).is_err());
+        assert!(load_or_create_key(dir.path(), Some(&Secret::new("not base64!")), 0).is_err());
+    }
+
+    #[test]
+    fn a_lost_key_file_is_not_replaced_and_a_shared_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load_or_create_key(dir.path(), None, 2).unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+        assert!(!key_file(dir.path()).exists());
+        load_or_create_key(dir.path(), None, 0).unwrap();
+        let path = key_file(dir.path());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = load_or_create_key(dir.path(), None, 2).unwrap_err();
+        let fix = format!("run `chmod 600 {}`", path.display());
+        assert!(err.to_string().contains(&fix), "{err}");
     }
 
     #[test]
