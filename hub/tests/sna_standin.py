@@ -13,9 +13,13 @@ hub's NBD targets the way the Sendense backup client does:
 
 The test writes a JSON config file and may rewrite it between backups; it is read per request:
   hub_url, password, inventory, sources {key: path}, changed {key: [[offset, length], ...]},
-  expect_change_id {key: id}, new_change_ids {key: id}, mode (ok | status500 | hang | client_fail),
-  hang_secs, refuse_vms [names whose start is refused as status500 refuses every start],
+  expect_change_id {key: id}, new_change_ids {key: id},
+  mode (ok | status500 | hang | client_fail | echo_password), hang_secs,
+  refuse_vms [names whose start is refused as status500 refuses every start],
   log (JSON lines of what was asked), errors (what went wrong, for the test to show).
+echo_password: discover and backup/start answer 500 with a JSON body that echoes the password
+received, JSON-escaped both ways (`\\uXXXX` as json.dumps does by default, and UTF-8 as most other
+encoders do), the way a careless SNA quotes the request in its error.
 Run with /usr/bin/python3 (libnbd's module is installed for it): --config FILE --port-file FILE.
 """
 
@@ -199,6 +203,14 @@ class Handler(BaseHTTPRequestHandler):
         shown = {k: v for k, v in body.items() if k != secret_field}
         shown["password_ok"] = body.get(secret_field) == cfg["password"]
         append(cfg["log"], {"path": self.path, "body": shown})
+        if cfg.get("mode") == "echo_password":
+            received = str(body.get(secret_field))
+            echo = json.dumps(received)[1:-1]
+            return self.answer(
+                500,
+                f'{{"error": "vCenter login failed for password \\"{echo}\\"", '
+                f'"request": {{"password": {json.dumps(received, ensure_ascii=False)}}}}}'.encode(),
+            )
         if self.path == "/api/v1/discover":
             if not shown["password_ok"]:
                 return self.answer(500, b"Discovery failed: login refused")

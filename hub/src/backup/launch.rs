@@ -9,6 +9,7 @@ use crate::catalog::{Backup, BackupType, Status};
 use crate::error::{Error, Result};
 use crate::repo::removal::remove_backup_dir;
 use crate::state::Hub;
+use crate::sys::echo;
 
 /// The SNA's `POST /api/v1/backup/start` body (the old hub's, field for field).
 #[derive(Serialize)]
@@ -86,17 +87,20 @@ impl Hub {
             backup_type: backup.backup_type.as_str(),
             previous_change_id: &parent_change_id,
         };
-        let answer: Result<SnaStarted> = self
-            .sna
-            .post("/api/v1/backup/start", &body, &[login.password.expose()])
-            .await;
+        let secret = &[login.password.expose()];
+        let answer: Result<SnaStarted> = self.sna.post("/api/v1/backup/start", &body, secret).await;
         let refusal = match answer {
             Ok(started) if started.status != "failed" => {
-                tracing::info!(backup_id = %backup.id, sna = %self.sna.url(),
-                    message = %started.message, "backup started on the SNA");
+                let message = echo::quote(started.message.as_bytes(), secret);
+                tracing::info!(backup_id = %backup.id, sna = %self.sna.url(), %message,
+                    "backup started on the SNA");
                 return self.backup(&backup.id);
             }
-            Ok(started) => format!("the SNA did not start the backup: {}", started.message),
+            // Its message, like a refusal's body, may echo the password.
+            Ok(started) => format!(
+                "the SNA did not start the backup: {}",
+                echo::quote(started.message.as_bytes(), secret)
+            ),
             Err(Error::Upstream(message)) => message,
             Err(other) => return Err(other),
         };

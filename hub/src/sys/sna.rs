@@ -18,11 +18,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
+use crate::sys::echo;
 
 /// An inventory of many VMs is large, but not this large.
 const MAX_ANSWER: usize = 64 << 20;
-/// How much of a refusal's body goes into the error message.
-const MAX_MESSAGE: usize = 500;
 
 pub struct SnaClient {
     base: String,
@@ -62,8 +61,9 @@ impl SnaClient {
 
     /// POST `body` as JSON to `path`; a 200 or 202 answer is decoded as `R`. Anything else — no
     /// connection, no whole answer within the timeout, another status, a body that does not
-    /// decode — is an [`Error::Upstream`] with the SNA's own message. The strings in `hide` (the
-    /// password sent) are cut out of that message, whatever the SNA echoes.
+    /// decode — is an [`Error::Upstream`] with the SNA's own message, quoted only where it cannot
+    /// hold the strings in `hide` (the password sent) in any encoding ([`echo::quote`]). Only the
+    /// SNA's text is looked at: the path and status around it are the hub's and stay whole.
     pub async fn post<B: Serialize, R: DeserializeOwned>(
         &self,
         path: &str,
@@ -98,38 +98,19 @@ impl SnaClient {
             )),
             Ok(Err(message)) => Err(message),
             Ok(Ok((status, bytes))) if status.as_u16() == 200 || status.as_u16() == 202 => {
-                serde_json::from_slice::<R>(&bytes)
-                    .map_err(|e| format!("the SNA's answer to POST {path} does not decode: {e}"))
+                // serde_json's message quotes the answer ("invalid type: string \"…\"").
+                serde_json::from_slice::<R>(&bytes).map_err(|e| {
+                    let why = echo::quote(e.to_string().as_bytes(), hide);
+                    format!("the SNA's answer to POST {path} does not decode: {why}")
+                })
             }
             Ok(Ok((status, bytes))) => Err(format!(
                 "the SNA answered {status} to POST {path}: {}",
-                snippet(&bytes)
+                echo::quote(&bytes, hide)
             )),
         };
-        outcome.map_err(|message| Error::Upstream(scrub(&message, hide)))
+        outcome.map_err(Error::Upstream)
     }
-}
-
-/// The start of a refusal's body as one line of text.
-fn snippet(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let line: String = text
-        .trim()
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_MESSAGE)
-        .collect();
-    if line.is_empty() {
-        "(empty answer)".to_owned()
-    } else {
-        line
-    }
-}
-
-fn scrub(message: &str, hide: &[&str]) -> String {
-    hide.iter()
-        .filter(|h| !h.is_empty())
-        .fold(message.to_owned(), |m, h| m.replace(h, "***"))
 }
 
 #[cfg(test)]
@@ -154,16 +135,6 @@ mod tests {
         ] {
             assert!(check_url(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn messages_are_one_line_without_secrets() {
-        assert_eq!(snippet(b"  bad\npassword s3cret\n"), "bad password s3cret");
-        assert_eq!(snippet(b""), "(empty answer)");
-        assert_eq!(
-            scrub("bad password s3cret", &["s3cret", ""]),
-            "bad password ***"
-        );
     }
 
     #[tokio::test]
@@ -195,5 +166,73 @@ mod tests {
             matches!(&err, Error::Upstream(m) if m.contains("no answer")),
             "{err}"
         );
+    }
+
+    /// An SNA on `127.0.0.1` that answers every request with `status` and `body`.
+    async fn answering(status: &'static str, body: String) -> SnaClient {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 64 << 10];
+                let _ = s.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(format!("{head}{body}").as_bytes()).await;
+            }
+        });
+        SnaClient::new(&format!("http://{addr}"), Duration::from_secs(5)).unwrap()
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    struct Count {
+        #[allow(dead_code)]
+        n: u64,
+    }
+
+    #[tokio::test]
+    async fn echoed_passwords_are_withheld_and_the_path_stays_whole() {
+        let odd = "pässwörd\"\\x-long";
+        let escaped = serde_json::to_string(odd).unwrap();
+        for (status, body, secret, shows) in [
+            (
+                "500 Internal Server Error",
+                format!(r#"{{"error":{escaped}}}"#),
+                odd,
+                false,
+            ),
+            ("200 OK", format!(r#"{{"n":{escaped}}}"#), odd, false),
+            (
+                "400 Bad Request",
+                "Validation failed: vm_path".into(),
+                "p",
+                false,
+            ),
+            (
+                "400 Bad Request",
+                "Validation failed: vm_path".into(),
+                odd,
+                true,
+            ),
+        ] {
+            let client = answering(status, body).await;
+            let err = client
+                .post::<_, Count>("/api/v1/backup/start", &serde_json::json!({}), &[secret])
+                .await
+                .unwrap_err();
+            let Error::Upstream(m) = &err else {
+                panic!("{err}")
+            };
+            assert!(m.contains("POST /api/v1/backup/start"), "{m}");
+            assert_eq!(m.contains("vm_path"), shows, "{m}");
+            assert_eq!(m.contains(echo::WITHHELD), !shows, "{m}");
+            for form in [odd, &escaped[1..escaped.len() - 1], "pässwörd"] {
+                assert!(!m.contains(form), "{m}");
+            }
+        }
     }
 }
