@@ -160,7 +160,7 @@ pub(crate) fn check_within(backing: &Path, dir: &Path) -> Result<()> {
         Ok(())
     } else {
         Err(Error::new(
-            crate::ErrorKind::Unsupported,
+            crate::ErrorKind::Refused,
             format!(
                 "backing file {} is outside {}; open its chain only if you trust the image",
                 file.display(),

@@ -87,7 +87,7 @@ impl CheckReport {
 
 /// Checks the image file at `path`; with `repair`, fixes what can be fixed in place.
 pub fn check(path: &Path, repair: bool) -> Result<CheckReport> {
-    let st = FileStorage::new(open_regular(path, repair)?);
+    let st = FileStorage::new(open_regular(path, repair, false)?);
     st.lock(if repair {
         LockMode::Write
     } else {

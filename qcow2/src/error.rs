@@ -16,6 +16,9 @@ pub enum ErrorKind {
     InvalidArgument,
     /// Another process (qemu, or another opener of ours) holds a conflicting image lock.
     Busy,
+    /// The image names a file the [`crate::OpenOptions`] forbid opening: outside `backing_dir`,
+    /// or a symlink under `no_symlinks`.
+    Refused,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -111,7 +111,7 @@ impl Image {
             )));
         }
         seen.push(canon);
-        let file = open_regular(path, opts.writable)?;
+        let file = open_regular(path, opts.writable, opts.no_symlinks)?;
         let fst = FileStorage::new(file);
         fst.lock(if opts.writable {
             LockMode::Write
@@ -151,7 +151,7 @@ impl Image {
             Some(f) => f.to_owned(),
             None => {
                 let mut magic = [0u8; 4];
-                let f = open_regular(path, false)?;
+                let f = open_regular(path, false, opts.no_symlinks)?;
                 let is_qcow2 = std::os::unix::fs::FileExt::read_exact_at(&f, &mut magic, 0).is_ok()
                     && u32::from_be_bytes(magic) == format::MAGIC;
                 if is_qcow2 {
@@ -173,7 +173,7 @@ impl Image {
                 seen,
             )?))),
             "raw" => {
-                let fst = FileStorage::new(open_regular(path, false)?);
+                let fst = FileStorage::new(open_regular(path, false, opts.no_symlinks)?);
                 fst.lock(LockMode::Read).map_err(|e| Error::lock(e, path))?;
                 let st = storage::open_file_storage(fst, opts.storage_io, false)
                     .map_err(|e| Error::io(e, format!("direct I/O on {}", path.display())))?;

@@ -81,9 +81,14 @@ pub struct OpenOptions {
     pub writable: bool,
     /// Open the backing files named inside the image. Images are untrusted: off by default.
     pub open_backing: bool,
-    /// With `open_backing`: every file of the backing chain must lie inside this directory
-    /// (symlinks resolved); a chain reaching elsewhere is refused.
+    /// With `open_backing`: every file of the backing chain must lie inside this directory or
+    /// any directory below it (symlinks resolved, a prefix of the canonical path); a chain
+    /// reaching elsewhere is refused ([`ErrorKind::Refused`]).
     pub backing_dir: Option<PathBuf>,
+    /// No file of the chain, the image itself included, may be a symlink: each is opened with
+    /// `O_NOFOLLOW` ([`ErrorKind::Refused`]). For callers that make every file themselves and
+    /// so never make a symlink (the hub's repository).
+    pub no_symlinks: bool,
     /// Deepest backing chain accepted.
     pub max_chain_depth: u32,
     /// Bytes of L2 tables kept in memory (a bound: tables are loaded lazily). The default covers
@@ -99,6 +104,7 @@ impl Default for OpenOptions {
             writable: false,
             open_backing: false,
             backing_dir: None,
+            no_symlinks: false,
             max_chain_depth: 64,
             l2_cache_bytes: 256 << 20,
             storage_io: StorageIo::Auto,

@@ -206,7 +206,14 @@ impl Hub {
         let mut disks = Vec::with_capacity(req.disks().len());
         let mut active = Vec::with_capacity(req.disks().len());
         let made = self
-            .make_disks(&req, parent.as_ref(), &dir, &mut disks, &mut active)
+            .make_disks(
+                &req,
+                parent.as_ref(),
+                &repo.path,
+                &dir,
+                &mut disks,
+                &mut active,
+            )
             .await;
         let backup = ready_backup(id.clone(), req, repository_id, parent, created_at, disks);
         if let Err(err) = made.and_then(|()| self.catalog.insert_backup(&backup)) {
@@ -270,12 +277,13 @@ impl Hub {
         Ok(parent)
     }
 
-    /// Create, open and export each disk's image; what was made so far is in `disks`/`active`
+    /// Create, open and export each disk's image in `dir` of `repository`; what was made so far is in `disks`/`active`
     /// for the caller to undo on error.
     async fn make_disks(
         &self,
         req: &CreateBackup,
         parent: Option<&Backup>,
+        repository: &Path,
         dir: &Path,
         disks: &mut Vec<Disk>,
         active: &mut Vec<ActiveDisk>,
@@ -287,7 +295,8 @@ impl Hub {
                 .map(|pd| pd.qcow2_path.clone());
             let io = self.config.storage_io;
             create_image(path.clone(), d.capacity_bytes, backing, io).await?;
-            let image = open_image(path.clone(), true, io).await?;
+            // Through the parent's chain, which must stay inside the repository.
+            let image = open_image(path.clone(), repository.to_owned(), true, io).await?;
             let export_name = layout::backup_export_name(&req.vm_name, d.disk_id);
             let export = ImageExport::new(Arc::clone(&image));
             let tally = export.tally();

@@ -48,7 +48,17 @@ impl Hub {
                 backup.status.as_str()
             )));
         }
-        let image = open_image(disk.qcow2_path.clone(), false, self.config.storage_io).await?;
+        let repository = self
+            .catalog
+            .repository(&backup.repository_id)?
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "backup {} is in repository {:?}, which is not in the catalog",
+                    backup.id, backup.repository_id
+                ))
+            })?;
+        let (path, io) = (disk.qcow2_path.clone(), self.config.storage_io);
+        let image = open_image(path, repository.path, false, io).await?;
         let export_name = layout::restore_export_name(&backup.vm_name, disk.disk_id);
         self.nbd.add_export(
             &export_name,

@@ -30,24 +30,50 @@ pub struct FileStorage {
 /// image could block the open for ever, or serve bytes that are not an image. The type is
 /// checked before opening (a device open can have effects) and again on the open file (the path
 /// may have changed in between); `O_NONBLOCK` keeps a FIFO swapped in meanwhile from blocking.
-pub(crate) fn open_regular(path: &Path, writable: bool) -> crate::Result<File> {
+/// With `no_symlinks` a symlink as the last component is refused, before the open and by
+/// `O_NOFOLLOW` in it (a symlink swapped in meanwhile fails with `ELOOP`).
+pub(crate) fn open_regular(path: &Path, writable: bool, no_symlinks: bool) -> crate::Result<File> {
     let not_regular = |what: &str| {
         Error::new(
             ErrorKind::Unsupported,
             format!("{} is not a regular file ({what})", path.display()),
         )
     };
+    let symlink = || {
+        Error::new(
+            ErrorKind::Refused,
+            format!(
+                "{} is a symlink; symlinks are not followed here",
+                path.display()
+            ),
+        )
+    };
     let opening = |e| Error::io(e, format!("opening {}", path.display()));
-    let meta = std::fs::metadata(path).map_err(opening)?;
+    let meta = if no_symlinks {
+        std::fs::symlink_metadata(path)
+    } else {
+        std::fs::metadata(path)
+    }
+    .map_err(opening)?;
+    if meta.file_type().is_symlink() {
+        return Err(symlink());
+    }
     if !meta.is_file() {
         return Err(not_regular(file_kind(&meta)));
     }
+    let nofollow = if no_symlinks { libc::O_NOFOLLOW } else { 0 };
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(writable)
-        .custom_flags(libc::O_NONBLOCK)
+        .custom_flags(libc::O_NONBLOCK | nofollow)
         .open(path)
-        .map_err(opening)?;
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) && no_symlinks {
+                symlink()
+            } else {
+                opening(e)
+            }
+        })?;
     let meta = file.metadata().map_err(opening)?;
     if !meta.is_file() {
         return Err(not_regular(file_kind(&meta)));
