@@ -237,6 +237,7 @@ async fn a_vm_flow_runs_as_a_job_full_then_incremental_and_refusals_are_retried_
     assert_eq!(flow["status"]["successful_executions"], 2);
     let (_, list) = h.get("/api/v1/protection-flows").await;
     assert_eq!(list["total"], 1);
+    list_matches_each_flow(&h).await;
     let (_, jobs) = h
         .get("/api/v1/jobs?type=protection_flow&status=succeeded")
         .await;
@@ -470,6 +471,7 @@ async fn a_group_flow_runs_on_its_schedule_through_a_refusal_and_a_restart() {
     // The first scheduled run: two complete, the refused VM is tried twice and fails.
     let first = ended_executions(&h, &flow_id, 1).await.remove(0);
     assert_execution_shape(&first);
+    list_matches_each_flow(&h).await;
     assert_eq!(first["execution_type"], "scheduled");
     assert_eq!(
         (
@@ -570,4 +572,23 @@ async fn a_group_flow_runs_on_its_schedule_through_a_refusal_and_a_restart() {
         "{flow}"
     );
     h.stop().await;
+}
+
+/// The list (built for all flows at once) says of each flow what its own GET says; the next
+/// run time only as much as both have one (a tick may pass between the two requests).
+async fn list_matches_each_flow(h: &TestHub) {
+    let (_, list) = h.get("/api/v1/protection-flows").await;
+    let flows = list["flows"].as_array().unwrap();
+    assert_eq!(list["total"], flows.len());
+    for listed in flows {
+        let uri = format!(
+            "/api/v1/protection-flows/{}",
+            listed["id"].as_str().unwrap()
+        );
+        let (_, mut one) = h.get(&uri).await;
+        let mut listed = listed.clone();
+        let next = |v: &mut Value| v["status"]["next_execution_time"].take();
+        assert_eq!(next(&mut listed).is_string(), next(&mut one).is_string());
+        assert_eq!(listed, one);
+    }
 }

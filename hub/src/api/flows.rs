@@ -149,11 +149,7 @@ pub async fn create(
 #[utoipa::path(get, path = "/api/v1/protection-flows", operation_id = "list_protection_flows", tag = "protection-flows",
     responses((status = 200, description = "Every flow with its last run", body = FlowList)))]
 pub async fn list(State(hub): State<Hub>) -> Result<Json<FlowList>, ApiError> {
-    let flows = hub
-        .flows()?
-        .iter()
-        .map(|f| hub.flow_view(f))
-        .collect::<crate::error::Result<Vec<_>>>()?;
+    let flows = hub.flow_views()?;
     Ok(Json(FlowList {
         total: flows.len(),
         flows,

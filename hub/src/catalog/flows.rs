@@ -1,5 +1,7 @@
 //! Protection flows, their executions, and what a run reads of its target and schedule.
 
+use std::collections::HashMap;
+
 use rusqlite::{OptionalExtension, Row, params};
 use time::OffsetDateTime;
 
@@ -330,6 +332,39 @@ impl Catalog {
                 ))
             },
         )?)
+    }
+
+    /// `(total, success, failed)` executions of every flow that has any, by flow id: what
+    /// [`Catalog::execution_counts`] says of each, in one query (a list of flows).
+    pub fn all_execution_counts(&self) -> Result<HashMap<String, (u64, u64, u64)>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare(
+            "SELECT flow_id, COUNT(*), COALESCE(SUM(status = 'success'), 0), \
+             COALESCE(SUM(status = 'failed'), 0) FROM flow_executions GROUP BY flow_id",
+        )?;
+        let rows = stmt
+            .query_map([], |row| {
+                let count = |i: usize| row.get::<_, i64>(i).map(|n| n as u64);
+                Ok((row.get(0)?, (count(1)?, count(2)?, count(3)?)))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// The newest execution of every flow that has any, by flow id: the first of
+    /// [`Catalog::executions`] for each, in one query (an index seek per flow).
+    pub fn last_executions(&self) -> Result<HashMap<String, FlowExecution>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {EXECUTION_COLUMNS} FROM flow_executions WHERE id IN \
+             (SELECT (SELECT x.id FROM flow_executions x WHERE x.flow_id = f.id \
+             ORDER BY x.created_at DESC, x.id DESC LIMIT 1) FROM protection_flows f)"
+        ))?;
+        let rows = stmt
+            .query_map([], execution_from_row)?
+            .map(|e| e.map(|e| (e.flow_id.clone(), e)))
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
     }
 
     /// The end of the newest successful run of each flow (what an alert rule reads).
