@@ -322,6 +322,115 @@ async fn complete_while_the_client_writes_fails_the_backup() {
     h.stop().await;
 }
 
+/// Holds one connection open and acts on each line it reads: `write` answers `accepted` or
+/// `refused <errno>`, anything else disconnects (`closed`). Says `wrote` after a first write.
+const HOLDS_ON: &str = r#"
+import nbd, sys
+h = nbd.NBD(); h.connect_uri(sys.argv[1])
+h.pwrite(b"\x22" * 65536, 0)
+print("wrote", flush=True)
+for line in sys.stdin:
+    if line.strip() == "write":
+        try:
+            h.pwrite(b"\x33" * 65536, 65536)
+            print("accepted", flush=True)
+        except nbd.Error as e:
+            print("refused", e.errno, flush=True)
+    else:
+        h.shutdown()
+        print("closed", flush=True)
+        break
+"#;
+
+/// A libnbd client in python driven line by line: the test decides when it writes and closes.
+struct Held {
+    _child: ChildGuard,
+    stdin: std::process::ChildStdin,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Held {
+    /// Connected, with one write done.
+    fn connect(uri: &str) -> Held {
+        use std::io::BufRead;
+        let mut child = ChildGuard(Some(
+            Command::new("/usr/bin/python3")
+                .args(["-c", HOLDS_ON, uri])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        ));
+        let stdin = child.child().stdin.take().unwrap();
+        let stdout = child.child().stdout.take().unwrap();
+        let mut held = Held {
+            _child: child,
+            stdin,
+            lines: std::io::BufReader::new(stdout).lines(),
+        };
+        assert_eq!(held.answer(), "wrote");
+        held
+    }
+
+    fn answer(&mut self) -> String {
+        // The runtime has other workers; the hub goes on serving while this one waits.
+        tokio::task::block_in_place(|| self.lines.next().unwrap().unwrap())
+    }
+
+    fn ask(&mut self, command: &str) -> String {
+        use std::io::Write;
+        writeln!(self.stdin, "{command}").unwrap();
+        self.answer()
+    }
+}
+
+/// A one-disk full of `vm` (ready): its id and the disk's NBD URI.
+async fn one_disk(h: &TestHub, vm: &str) -> (String, String) {
+    let (s, b) = h
+        .post("/api/v1/backups", &full(vm, vec![disk(0, 2000, MIB)]))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let uri = b["disk_results"][0]["nbd_uri"].as_str().unwrap().to_owned();
+    (b["backup_id"].as_str().unwrap().to_owned(), uri)
+}
+
+/// `complete` with the connection still open, quiet for longer than the drain waits for an idle
+/// connection, then one more WRITE: refused, and the backup fails. Kept open then closed without
+/// writing, it completes. The hub's default drain times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_after_complete_on_a_connection_kept_open_fails_the_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ::hub::Config {
+        drain_grace: ::hub::Config::default().drain_grace,
+        ..test_config(dir.path().join("data"))
+    };
+    let h = TestHub::start(config).await;
+    let quiet = std::time::Duration::from_secs(3);
+
+    let (id, uri) = one_disk(&h, "late").await;
+    let mut client = Held::connect(&uri);
+    let (s, c) = h.complete(&id, "{}").await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    tokio::time::sleep(quiet).await;
+    // EPERM: the export still stands, sealed.
+    assert_eq!(client.ask("write"), "refused EPERM");
+    let failed = h.wait_status(&id, "failed").await;
+    assert_eq!(
+        failed["error"], "client kept writing after complete",
+        "{failed}"
+    );
+    client.ask("close");
+
+    let (id, uri) = one_disk(&h, "kept").await;
+    let mut client = Held::connect(&uri);
+    let (s, c) = h.complete(&id, "{}").await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    tokio::time::sleep(quiet).await;
+    assert_eq!(client.ask("close"), "closed");
+    h.wait_status(&id, "completed").await;
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_disk_nobody_connected_to_cannot_be_completed() {
     let dir = tempfile::tempdir().unwrap();

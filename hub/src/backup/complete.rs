@@ -10,8 +10,8 @@ use crate::catalog::{Backup, Status};
 use crate::error::{Error, Result};
 use crate::state::{ActiveBackup, Hub};
 
-/// After `complete`, a connection with nothing in flight and no request for this long is done
-/// (clients such as the SNA may keep it open); it is closed.
+/// At the drain deadline, a connection with nothing in flight and no request for this long is
+/// idle: it is closed and the backup may still complete.
 const DRAIN_QUIET: Duration = Duration::from_secs(2);
 
 const DRAIN_POLL: Duration = Duration::from_millis(50);
@@ -217,35 +217,52 @@ impl Hub {
         self.record_results(id, &active)
     }
 
-    /// Wait until every disk's connections are closed or idle, after `complete`. A change that
-    /// arrives meanwhile (refused by the export), or a client still busy at the drain deadline,
-    /// fails the backup: `completed` promises every byte the client wrote arrived.
+    /// Wait until every disk's connections are closed, after `complete`, for at most
+    /// `drain_grace`. A change that arrives meanwhile (refused by the export), or a client still
+    /// busy at the deadline, fails the backup: `completed` promises every byte the client wrote
+    /// arrived. An idle connection is not closed early: while it is open its client can still
+    /// write, and that write must reach the sealed export and fail the backup rather than find
+    /// the connection cut under a backup already `completed`.
     async fn drain(&self, active: &ActiveBackup) -> Result<()> {
         let deadline = tokio::time::Instant::now() + self.config.drain_grace;
-        let quiet = DRAIN_QUIET.min(self.config.drain_grace);
         loop {
-            let mut settled = true;
+            let mut open = false;
             for disk in &active.disks {
                 if disk.tally.late() > 0 {
                     return Err(Error::Conflict(KEPT_WRITING.into()));
                 }
-                let Some(stats) = disk.refresh_stats(&self.nbd) else {
-                    continue;
-                };
-                let idle = stats
-                    .last_activity
-                    .and_then(|t| SystemTime::now().duration_since(t).ok())
-                    .is_none_or(|d| d >= quiet);
-                settled &= stats.connections == 0 || (disk.tally.in_flight() == 0 && idle);
+                open |= disk
+                    .refresh_stats(&self.nbd)
+                    .is_some_and(|s| s.connections > 0);
             }
-            if settled {
+            if !open {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(Error::Conflict(KEPT_WRITING.into()));
+                return self.idle_at_deadline(active);
             }
             tokio::time::sleep(DRAIN_POLL).await;
         }
+    }
+
+    /// At the drain deadline: connections still open are cut, which is fine when they are idle
+    /// (nothing in flight, no request for 2 s; clients such as the SNA may keep them open), and
+    /// fails the backup when a client is still busy.
+    fn idle_at_deadline(&self, active: &ActiveBackup) -> Result<()> {
+        let quiet = DRAIN_QUIET.min(self.config.drain_grace);
+        for disk in &active.disks {
+            let Some(stats) = disk.refresh_stats(&self.nbd) else {
+                continue;
+            };
+            let idle = stats
+                .last_activity
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .is_none_or(|d| d >= quiet);
+            if stats.connections > 0 && (disk.tally.in_flight() > 0 || !idle) {
+                return Err(Error::Conflict(KEPT_WRITING.into()));
+            }
+        }
+        Ok(())
     }
 
     /// Record each disk's bytes received and image size so far.
