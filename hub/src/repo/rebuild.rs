@@ -87,8 +87,7 @@ fn move_aside(data_dir: &Path, catalog_path: &Path) -> Result<Option<PathBuf>> {
     if !catalog_path.exists() {
         return Ok(None);
     }
-    let stamp = now().unix_timestamp();
-    let moved = data_dir.join(format!("{CATALOG_FILE}.before-rebuild-{stamp}"));
+    let moved = reserve_kept_name(data_dir)?;
     for suffix in ["", "-wal", "-shm"] {
         let from = PathBuf::from(format!("{}{suffix}", catalog_path.display()));
         let to = PathBuf::from(format!("{}{suffix}", moved.display()));
@@ -105,6 +104,53 @@ fn move_aside(data_dir: &Path, catalog_path: &Path) -> Result<Option<PathBuf>> {
         }
     }
     Ok(Some(moved))
+}
+
+/// A name for the kept catalog that no file has: created empty with `create_new` (so two rebuilds
+/// in one instant cannot both take it), and the rename then replaces only this placeholder. Names
+/// whose WAL files exist are passed over, as the rename would replace those.
+fn reserve_kept_name(data_dir: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let base = format!(
+        "{CATALOG_FILE}.before-rebuild-{}.{:09}",
+        stamp.as_secs(),
+        stamp.subsec_nanos()
+    );
+    // A counter for the same nanosecond (a coarse clock); a thousand taken names is no accident.
+    for n in 0..1000 {
+        let name = if n == 0 {
+            base.clone()
+        } else {
+            format!("{base}-{n}")
+        };
+        let path = data_dir.join(&name);
+        let wal_taken = ["-wal", "-shm"].iter().any(|s| {
+            data_dir
+                .join(format!("{name}{s}"))
+                .symlink_metadata()
+                .is_ok()
+        });
+        if wal_taken {
+            continue;
+        }
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path);
+        match created {
+            Ok(_) => return Ok(path),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io(format!("creating {}", path.display()))(e)),
+        }
+    }
+    Err(Error::io(format!(
+        "finding a free name beside {}",
+        data_dir.join(base).display()
+    ))(std::io::ErrorKind::AlreadyExists.into()))
 }
 
 /// The manifests of `repo`'s backup directories; interrupted creations and directories that
