@@ -3,14 +3,15 @@
 //! The old catalog file (if any) is kept beside the new one, renamed, never deleted. Repositories
 //! come from the old catalog when it can still be read, plus the default repository and any named
 //! on the command line; backups from
-//! the manifests found in them, parents before children. What cannot be rebuilt is reported, and
-//! nothing in the repositories is changed.
+//! the manifests found in them, parents before children; what no manifest holds (credentials, VM
+//! contexts, protection objects) is copied from the old catalog when it can be read. What cannot
+//! be rebuilt or carried over is reported, and nothing in the repositories is changed.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use crate::catalog::CATALOG_FILE;
-use crate::catalog::{Catalog, Repository};
+use crate::catalog::{CarriedOver, Catalog, Repository};
 use crate::error::{Error, Result};
 use crate::repo::manifest::{self, Manifest, Phase};
 use crate::repo::reconcile::backup_dirs;
@@ -27,6 +28,19 @@ pub struct RebuildReport {
     pub interrupted: Vec<PathBuf>,
     /// Directories that could not be rebuilt, and why.
     pub skipped: Vec<(PathBuf, String)>,
+    /// Credentials, VM contexts and protection objects taken from the old catalog.
+    pub carried: Carried,
+}
+
+/// What became of the rows no manifest holds (credentials, VM contexts, protection objects).
+#[derive(Debug, Default)]
+pub enum Carried {
+    /// There was no old catalog to take them from.
+    #[default]
+    NoOldCatalog,
+    /// The old catalog could not be read or copied, and why; nothing of it came over.
+    Lost(String),
+    Over(CarriedOver),
 }
 
 /// `extra`: repositories outside the data dir, as `(id, path)`, for when the old catalog that
@@ -45,6 +59,13 @@ pub fn rebuild_catalog(data_dir: &Path, extra: &[(String, PathBuf)]) -> Result<R
         found.extend(manifests(repo, &mut report)?);
     }
     insert_backups(&catalog, found, &mut report);
+    // After the repositories, so policies and flows whose repository is gone can be told apart.
+    if let Some(old) = &report.old_catalog {
+        report.carried = match catalog.carry_over(old) {
+            Ok(over) => Carried::Over(over),
+            Err(e) => Carried::Lost(e.to_string()),
+        };
+    }
     Ok(report)
 }
 
