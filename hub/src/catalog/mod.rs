@@ -5,6 +5,7 @@
 //! it directly from async code. WAL mode keeps readers from waiting on the writer's fsync.
 
 mod backups;
+mod carry;
 mod conn;
 pub mod flows;
 mod groups;
@@ -18,6 +19,7 @@ mod restores;
 mod rows;
 mod schedules;
 
+pub use carry::CarriedOver;
 pub use conn::{CATALOG_FILE, Catalog, is_disk_full};
 pub use flows::{Flow, FlowExecution};
 pub use inventory::{Credential, CredentialFields, VmContext, VmDisk};

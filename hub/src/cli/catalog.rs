@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use hub::config::{Config, FileConfig, Overrides};
+use hub::repo::rebuild::Carried;
 
 #[derive(Debug, clap::Args)]
 pub struct CatalogArgs {
@@ -68,6 +69,7 @@ fn rebuild(args: RebuildArgs) -> anyhow::Result<ExitCode> {
         report.repositories,
         if report.repositories == 1 { "y" } else { "ies" }
     );
+    print_carried(&report.carried);
     for dir in &report.interrupted {
         println!(
             "interrupted creation (removed at the next start): {}",
@@ -82,4 +84,40 @@ fn rebuild(args: RebuildArgs) -> anyhow::Result<ExitCode> {
         println!("  {}: {why}", dir.display());
     }
     Ok(ExitCode::FAILURE)
+}
+
+/// What came over from the old catalog, or plainly that it was lost and why.
+fn print_carried(carried: &Carried) {
+    let over = match carried {
+        Carried::Over(over) => over,
+        Carried::NoOldCatalog | Carried::Lost(_) => {
+            let why = match carried {
+                Carried::Lost(why) => format!("the previous catalog could not be read: {why}"),
+                _ => "there was no previous catalog to carry them over from".to_owned(),
+            };
+            println!(
+                "lost: vCenter credentials, VM contexts, schedules, machine groups, policies and \
+                 protection flows ({why}); add them again"
+            );
+            return;
+        }
+    };
+    println!(
+        "carried over from the previous catalog: {} credential(s), {} VM context(s) with {} \
+         disk(s), {} schedule(s), {} machine group(s) with {} member(s), {} policy(ies) with {} \
+         copy rule(s), {} protection flow(s)",
+        over.credentials,
+        over.vm_contexts,
+        over.vm_disks,
+        over.schedules,
+        over.machine_groups,
+        over.group_members,
+        over.policies,
+        over.copy_rules,
+        over.flows
+    );
+    println!("not carried over: the job and flow execution history (flows keep their last tick)");
+    for what in &over.dropped {
+        println!("dropped, its repository or policy is gone: {what}");
+    }
 }

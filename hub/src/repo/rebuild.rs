@@ -3,14 +3,15 @@
 //! The old catalog file (if any) is kept beside the new one, renamed, never deleted. Repositories
 //! come from the old catalog when it can still be read, plus the default repository and any named
 //! on the command line; backups from
-//! the manifests found in them, parents before children. What cannot be rebuilt is reported, and
-//! nothing in the repositories is changed.
+//! the manifests found in them, parents before children; what no manifest holds (credentials, VM
+//! contexts, protection objects) is copied from the old catalog when it can be read. What cannot
+//! be rebuilt or carried over is reported, and nothing in the repositories is changed.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use crate::catalog::CATALOG_FILE;
-use crate::catalog::{Catalog, Repository};
+use crate::catalog::{CarriedOver, Catalog, Repository};
 use crate::error::{Error, Result};
 use crate::repo::manifest::{self, Manifest, Phase};
 use crate::repo::reconcile::backup_dirs;
@@ -27,6 +28,19 @@ pub struct RebuildReport {
     pub interrupted: Vec<PathBuf>,
     /// Directories that could not be rebuilt, and why.
     pub skipped: Vec<(PathBuf, String)>,
+    /// Credentials, VM contexts and protection objects taken from the old catalog.
+    pub carried: Carried,
+}
+
+/// What became of the rows no manifest holds (credentials, VM contexts, protection objects).
+#[derive(Debug, Default)]
+pub enum Carried {
+    /// There was no old catalog to take them from.
+    #[default]
+    NoOldCatalog,
+    /// The old catalog could not be read or copied, and why; nothing of it came over.
+    Lost(String),
+    Over(CarriedOver),
 }
 
 /// `extra`: repositories outside the data dir, as `(id, path)`, for when the old catalog that
@@ -45,6 +59,13 @@ pub fn rebuild_catalog(data_dir: &Path, extra: &[(String, PathBuf)]) -> Result<R
         found.extend(manifests(repo, &mut report)?);
     }
     insert_backups(&catalog, found, &mut report);
+    // After the repositories, so policies and flows whose repository is gone can be told apart.
+    if let Some(old) = &report.old_catalog {
+        report.carried = match catalog.carry_over(old) {
+            Ok(over) => Carried::Over(over),
+            Err(e) => Carried::Lost(e.to_string()),
+        };
+    }
     Ok(report)
 }
 
@@ -87,8 +108,7 @@ fn move_aside(data_dir: &Path, catalog_path: &Path) -> Result<Option<PathBuf>> {
     if !catalog_path.exists() {
         return Ok(None);
     }
-    let stamp = now().unix_timestamp();
-    let moved = data_dir.join(format!("{CATALOG_FILE}.before-rebuild-{stamp}"));
+    let moved = reserve_kept_name(data_dir)?;
     for suffix in ["", "-wal", "-shm"] {
         let from = PathBuf::from(format!("{}{suffix}", catalog_path.display()));
         let to = PathBuf::from(format!("{}{suffix}", moved.display()));
@@ -105,6 +125,53 @@ fn move_aside(data_dir: &Path, catalog_path: &Path) -> Result<Option<PathBuf>> {
         }
     }
     Ok(Some(moved))
+}
+
+/// A name for the kept catalog that no file has: created empty with `create_new` (so two rebuilds
+/// in one instant cannot both take it), and the rename then replaces only this placeholder. Names
+/// whose WAL files exist are passed over, as the rename would replace those.
+fn reserve_kept_name(data_dir: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let base = format!(
+        "{CATALOG_FILE}.before-rebuild-{}.{:09}",
+        stamp.as_secs(),
+        stamp.subsec_nanos()
+    );
+    // A counter for the same nanosecond (a coarse clock); a thousand taken names is no accident.
+    for n in 0..1000 {
+        let name = if n == 0 {
+            base.clone()
+        } else {
+            format!("{base}-{n}")
+        };
+        let path = data_dir.join(&name);
+        let wal_taken = ["-wal", "-shm"].iter().any(|s| {
+            data_dir
+                .join(format!("{name}{s}"))
+                .symlink_metadata()
+                .is_ok()
+        });
+        if wal_taken {
+            continue;
+        }
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path);
+        match created {
+            Ok(_) => return Ok(path),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io(format!("creating {}", path.display()))(e)),
+        }
+    }
+    Err(Error::io(format!(
+        "finding a free name beside {}",
+        data_dir.join(base).display()
+    ))(std::io::ErrorKind::AlreadyExists.into()))
 }
 
 /// The manifests of `repo`'s backup directories; interrupted creations and directories that

@@ -1,0 +1,196 @@
+//! `sendense-hub catalog rebuild` (the real binary) keeps what the manifests cannot give back:
+//! every old catalog it moves aside, and the credentials, VM contexts and protection objects.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use axum::http::StatusCode;
+use common::hub::*;
+use common::sna::*;
+use common::*;
+use serde_json::json;
+
+/// `sendense-hub catalog rebuild --data-dir DATA`: exit code and stdout.
+fn rebuild(data: &Path) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(["catalog", "rebuild", "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("rebuild: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), stdout)
+}
+
+/// The old catalogs kept beside the catalog (without their WAL files).
+fn kept(data: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("catalog.sqlite.before-rebuild-")
+                && !name.ends_with("-wal")
+                && !name.ends_with("-shm")
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn count(catalog: &Path, sql: &str) -> i64 {
+    let conn = rusqlite::Connection::open(catalog).unwrap();
+    conn.query_row(sql, [], |row| row.get(0)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_rebuilds_in_one_second_keep_both_old_catalogs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    TestHub::start(test_config(data.clone())).await.stop().await;
+    // A row only the hub's own catalog has (rebuild carries no jobs), to tell the two apart.
+    rusqlite::Connection::open(data.join("catalog.sqlite"))
+        .unwrap()
+        .execute(
+            "INSERT INTO jobs (id, kind, target, status, created_at)
+             VALUES ('marker', 'test', 't', 'succeeded', '2026-01-01T00:00:00Z')",
+            [],
+        )
+        .unwrap();
+    // Both runs at the start of one second, as a script running them back to back would.
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_nanos(
+        1_000_000_000 - u64::from(since.subsec_nanos()),
+    ));
+    let (first, out1) = rebuild(&data);
+    let (second, out2) = rebuild(&data);
+    assert_eq!((first, second), (0, 0), "{out1}{out2}");
+    let kept = kept(&data);
+    assert_eq!(kept.len(), 2, "{kept:?}\n{out1}{out2}");
+    assert!(out1.contains(&kept[0].display().to_string()), "{out1}");
+    assert!(out2.contains(&kept[1].display().to_string()), "{out2}");
+    // The hub's catalog is the first kept, untouched by the second run.
+    let marker = "SELECT COUNT(*) FROM jobs WHERE id = 'marker'";
+    assert_eq!(count(&kept[0], marker), 1);
+    assert_eq!(count(&kept[1], marker), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rebuild_carries_credentials_contexts_and_protection_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let sna = StandIn::start(
+        dir.path(),
+        json!({
+            "vcenter": {"host": "vc.example", "datacenter": "DC1"},
+            "vms": [vm("vm-1", "web-1", 2, 4096), vm("vm-2", "db-1", 4, 8192)]
+        }),
+    );
+    let data = dir.path().join("data");
+    let mut config = test_config(data.clone());
+    config.sna_url = format!("http://127.0.0.1:{}", sna.port);
+    let h = TestHub::start(config.clone()).await;
+    let contexts = discover(&h, &["web-1", "db-1"]).await;
+    let (_, creds) = h.get("/api/v1/vmware-credentials").await;
+    let cred_id = creds["credentials"][0]["id"].clone();
+    let (_, schedule) = h
+        .post(
+            "/api/v1/schedules",
+            &json!({"name": "nightly", "cron_expression": "0 2 * * *"}),
+        )
+        .await;
+    let (s, group) = h
+        .post(
+            "/api/v1/machine-groups",
+            &json!({"name": "web", "schedule_id": schedule["id"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{group}");
+    let group_id = group["id"].as_str().unwrap().to_owned();
+    let (s, added) = h
+        .post(
+            &format!("/api/v1/machine-groups/{group_id}/vms"),
+            &json!({"vm_context_id": contexts[0]}),
+        )
+        .await;
+    assert!(s.is_success(), "{added}");
+    let (s, policy) = h
+        .post(
+            "/api/v1/policies",
+            &json!({"name": "gold", "primary_repository_id": "default"}),
+        )
+        .await;
+    assert!(s.is_success(), "{policy}");
+    let (s, flow) = h
+        .post(
+            "/api/v1/protection-flows",
+            &json!({"name": "web nightly", "flow_type": "backup", "target_type": "group",
+                "target_id": group_id, "repository_id": "default", "policy_id": policy["id"],
+                "schedule_id": schedule["id"], "enabled": false}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{flow}");
+    h.stop().await;
+    let tick = "2026-11-30T02:00:00Z";
+    rusqlite::Connection::open(data.join("catalog.sqlite"))
+        .unwrap()
+        .execute("UPDATE protection_flows SET last_tick_at = ?1", [tick])
+        .unwrap();
+
+    let (code, out) = rebuild(&data);
+    assert_eq!(code, 0, "{out}");
+    for said in [
+        "1 credential(s)",
+        "2 VM context(s)",
+        "1 schedule(s)",
+        "1 machine group(s) with 1 member(s)",
+        "1 policy(ies)",
+        "1 protection flow(s)",
+    ] {
+        assert!(out.contains(said), "{said}: {out}");
+    }
+    let ticks = "SELECT COUNT(*) FROM protection_flows WHERE last_tick_at = '2026-11-30T02:00:00Z'";
+    assert_eq!(count(&data.join("catalog.sqlite"), ticks), 1);
+
+    let h = TestHub::start(config.clone()).await;
+    let (s, cred) = h
+        .get(&format!("/api/v1/vmware-credentials/{cred_id}"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{cred}");
+    // The password still opens with the same key: the stand-in accepts the login.
+    let (s, found) = h
+        .post(
+            "/api/v1/discovery/discover-vms",
+            &json!({"credential_id": cred_id, "create_context": false}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{found}");
+    let (_, list) = h.get("/api/v1/vm-contexts").await;
+    assert_eq!(list["count"], 2, "{list}");
+    let (s, members) = h
+        .get(&format!("/api/v1/vm-groups/{group_id}/members"))
+        .await;
+    assert_eq!(
+        (s, &members["count"]),
+        (StatusCode::OK, &json!(1)),
+        "{members}"
+    );
+    let (_, flows) = h.get("/api/v1/protection-flows").await;
+    assert_eq!(flows["total"], 1, "{flows}");
+    assert_eq!(flows["flows"][0]["schedule_id"], schedule["id"], "{flows}");
+    h.stop().await;
+
+    // No old catalog: the loss is said, not silent.
+    for name in ["catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm"] {
+        let _ = std::fs::remove_file(data.join(name));
+    }
+    let (code, out) = rebuild(&data);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("lost") && out.contains("no previous catalog"),
+        "{out}"
+    );
+}
