@@ -41,7 +41,6 @@ pub struct FlowRequest {
     pub created_by: Option<String>,
 }
 
-
 /// A flow's last run and what comes next, as the GUI reads them.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FlowStatus {
@@ -366,7 +365,10 @@ impl Lookups {
     }
 
     fn policy_name(&mut self, hub: &Hub, id: &str) -> Result<Option<String>> {
-        Ok(cached(&mut self.policies, id, || Ok(hub.catalog.policy(id)?.map(|p| p.name)))?.clone())
+        Ok(cached(&mut self.policies, id, || {
+            Ok(hub.catalog.policy(id)?.map(|p| p.name))
+        })?
+        .clone())
     }
 
     fn schedule(&mut self, hub: &Hub, id: &str) -> Result<Option<&ParsedSchedule>> {
