@@ -33,6 +33,8 @@ impl Hub {
         let catalog = open_catalog(&catalog_path, &reserve)?;
         let token = crate::sys::token::load_or_create(&data, config.api_token.as_deref())?;
         crate::repo::ensure_default_repository(&catalog, &data)?;
+        // Before any file is touched: a copied data dir must not delete the original's images.
+        crate::repo::ownership::check_repositories(&catalog, &data)?;
         let credential_key = credential_key(&data, &config, &catalog);
         finish_deletions(&catalog)?;
         let stale_manifests =

@@ -38,7 +38,8 @@ pub async fn list(State(hub): State<Hub>) -> Result<Json<serde_json::Value>, Api
 #[utoipa::path(post, path = "/api/v1/repositories", operation_id = "create_repository", tag = "repositories",
     request_body = CreateRepository,
     responses((status = 200, description = "The new repository", body = RepositoryView),
-        (status = 409, description = "The id is taken", body = ErrorBody)))]
+        (status = 400, description = "The path is the data dir, inside or around it, or cannot hold images", body = ErrorBody),
+        (status = 409, description = "The id is taken, the path overlaps a repository, or another data dir owns it", body = ErrorBody)))]
 pub async fn create(
     State(hub): State<Hub>,
     ApiJson(req): ApiJson<CreateRepository>,
@@ -57,17 +58,22 @@ pub async fn create(
     if !req.path.is_absolute() {
         return Err(ApiError::BadRequest("path must be absolute".into()));
     }
-    std::fs::create_dir_all(&req.path)
-        .map_err(|e| ApiError::BadRequest(format!("cannot create {}: {e}", req.path.display())))?;
-    usable_directory(&req.path).map_err(|why| {
-        ApiError::BadRequest(format!("{} cannot hold images: {why}", req.path.display()))
+    // Checked before anything is created, on the path with its symlinks resolved, which is what
+    // is stored.
+    let path =
+        crate::repo::ownership::check_new_path(&hub.catalog, &hub.config.data_dir, &req.path)?;
+    std::fs::create_dir_all(&path)
+        .map_err(|e| ApiError::BadRequest(format!("cannot create {}: {e}", path.display())))?;
+    usable_directory(&path).map_err(|why| {
+        ApiError::BadRequest(format!("{} cannot hold images: {why}", path.display()))
     })?;
     let repo = Repository {
         name: req.name.unwrap_or_else(|| req.id.clone()),
         id: req.id,
-        path: req.path,
+        path,
         created_at: now(),
     };
+    crate::repo::ownership::claim_repository(&repo, &hub.config.data_dir)?;
     hub.catalog.insert_repository(&repo)?;
     tracing::info!(repository = %repo.id, path = %repo.path.display(), "repository added");
     Ok(Json(repository_view(&repo)))

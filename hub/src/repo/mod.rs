@@ -1,7 +1,8 @@
 //! The repository on disk: where backups live (`layout`), their images (`images`: create, open,
 //! close off the async threads), the manifest beside them (`manifest`), taking a backup directory
 //! off the disk (`removal`), the start-time comparison of catalog and disk (`reconcile`), the
-//! catalog rebuilt from manifests (`rebuild`), and the repositories' health (`health`).
+//! catalog rebuilt from manifests (`rebuild`), the repositories' health (`health`) and who owns
+//! each, and which paths may become one (`ownership`).
 //!
 //! It knows the catalog's records and the files; it knows nothing of NBD, the SNA or HTTP, and
 //! does not decide when a backup is made or removed (the `backup` room does). S3 repositories will
@@ -11,6 +12,7 @@ pub mod health;
 pub(crate) mod images;
 pub mod layout;
 pub mod manifest;
+pub mod ownership;
 pub mod rebuild;
 pub(crate) mod reconcile;
 pub(crate) mod removal;
@@ -25,7 +27,8 @@ use crate::error::{Error, Result};
 /// The repository every data dir has, at `<data dir>/repository`.
 pub const DEFAULT_REPOSITORY: &str = "default";
 
-/// `<data dir>/repository`, absolute.
+/// `<data dir>/repository`, absolute. The default repository is always this data dir's own: a
+/// catalog naming another is refused at start (`ownership::check_repositories`).
 pub fn default_repository_path(data: &Path) -> Result<PathBuf> {
     std::path::absolute(data.join("repository"))
         .map_err(Error::io("resolving the default repository path"))

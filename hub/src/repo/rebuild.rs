@@ -48,7 +48,9 @@ pub enum Carried {
 pub fn rebuild_catalog(data_dir: &Path, extra: &[(String, PathBuf)]) -> Result<RebuildReport> {
     let catalog_path = data_dir.join(CATALOG_FILE);
     let mut report = RebuildReport::default();
-    let repos = repositories(data_dir, &catalog_path, extra)?;
+    let (repos, overlapping) =
+        super::ownership::disjoint(repositories(data_dir, &catalog_path, extra)?);
+    report.skipped.extend(overlapping);
     report.old_catalog = move_aside(data_dir, &catalog_path)?;
     let catalog = Catalog::open(&catalog_path)?;
 
@@ -70,7 +72,7 @@ pub fn rebuild_catalog(data_dir: &Path, extra: &[(String, PathBuf)]) -> Result<R
 }
 
 /// The repositories to search: the old catalog's, then `extra` (replacing any of the same id),
-/// and the default repository first if neither names it.
+/// and the default repository (always this data dir's) first.
 fn repositories(
     data_dir: &Path,
     catalog_path: &Path,
@@ -88,18 +90,18 @@ fn repositories(
             created_at: now(),
         });
     }
-    let default_path = default_repository_path(data_dir)?;
-    if !repos.iter().any(|r| r.id == DEFAULT_REPOSITORY) {
-        repos.insert(
-            0,
-            Repository {
-                id: DEFAULT_REPOSITORY.into(),
-                name: DEFAULT_REPOSITORY.into(),
-                path: default_path,
-                created_at: now(),
-            },
-        );
-    }
+    // The default repository is this data dir's own, whatever an old catalog (a copy's) says,
+    // and first, so that a repository overlapping it is the one left out.
+    repos.retain(|r| r.id != DEFAULT_REPOSITORY);
+    repos.insert(
+        0,
+        Repository {
+            id: DEFAULT_REPOSITORY.into(),
+            name: DEFAULT_REPOSITORY.into(),
+            path: default_repository_path(data_dir)?,
+            created_at: now(),
+        },
+    );
     Ok(repos)
 }
 
