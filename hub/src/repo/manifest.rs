@@ -7,8 +7,6 @@
 //! is older than the repository (see [`crate::repo::reconcile`]). Export names are left out: they are
 //! capabilities of one process, not facts of the backup.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -255,22 +253,7 @@ pub fn write(dir: &Path, manifest: &Manifest) -> std::io::Result<()> {
     let path = layout::manifest_path(dir);
     let tmp = layout::manifest_temp_path(dir);
     let text = serde_json::to_vec_pretty(manifest).map_err(std::io::Error::other)?;
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(&text)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    crate::sys::datadir::replace_private(&tmp, &path, &text)
 }
 
 #[cfg(test)]

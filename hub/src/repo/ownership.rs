@@ -12,8 +12,6 @@
 //! settle before anything else happens; at start, before any file is touched, is when nothing is
 //! lost by stopping.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -53,22 +51,8 @@ fn hub_id(data: &Path) -> Result<String> {
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let path = dir.join(name);
     let tmp = dir.join(format!("{name}.tmp"));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(Error::io(format!("writing {}", path.display())))
+    crate::sys::datadir::replace_private(&tmp, &path, bytes)
+        .map_err(Error::io(format!("writing {}", path.display())))
 }
 
 /// The path with every symlink resolved, for the part that exists; the rest appended as given

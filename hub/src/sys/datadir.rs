@@ -1,5 +1,6 @@
 //! The data dir as a whole: one process at a time, and private to its owner.
 
+use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
@@ -53,4 +54,27 @@ pub fn private_dir(dir: &Path) -> Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(Error::io(
         format!("making {} private (mode 0700)", dir.display()),
     ))
+}
+
+/// Replaces `path` with `bytes` atomically and durably, mode 0600 whatever the umask: written to
+/// `tmp` (beside it), synced, renamed over `path`, then the directory synced. A crash leaves the
+/// old file or the new one, never a torn one; a failed write removes `tmp`.
+pub fn replace_private(tmp: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(tmp);
+    }
+    result
 }
