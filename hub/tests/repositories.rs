@@ -42,6 +42,15 @@ async fn a_copied_data_dir_never_touches_the_originals_repositories() {
         .await;
     assert_eq!(s, StatusCode::OK, "{r}");
     h.stop().await;
+    // As a stopped process leaves it: the catalog's last connection closes (SQLite then removes
+    // its -wal and -shm) when the tasks holding the hub have ended, which may be just after
+    // `stop`; a copy made meanwhile finds them vanishing.
+    for _ in 0..200 {
+        if !data.join("catalog.sqlite-wal").exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     let copy = dir.path().join("copy");
     run_ok(Command::new("cp").arg("-a").arg(&data).arg(&copy));
