@@ -431,6 +431,8 @@ async fn a_deleted_key_file_is_not_replaced_while_sealed_credentials_exist() {
         Some(&token),
         Some(&credential("new")),
     );
+    // `/health` says so too: a hub that cannot open its credentials is not healthy.
+    let (health_status, health) = http("GET", &api, "/health", None, None);
     assert!(hub.terminate_and_wait().success());
     assert_eq!(s, 503, "{b}");
     assert!(
@@ -439,6 +441,14 @@ async fn a_deleted_key_file_is_not_replaced_while_sealed_credentials_exist() {
         "{b}"
     );
     assert!(!key_file.exists(), "a new key replaced the lost one");
+    assert_eq!(health_status, 503, "{health}");
+    assert_eq!(health["status"], "unhealthy", "{health}");
+    assert!(
+        health["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("credential key") && e.contains("does not exist")),
+        "{health}"
+    );
 
     // With the key back, nothing was lost.
     write_private(&key_file, &key);

@@ -1,4 +1,5 @@
-//! `/health`: the catalog answers and every repository takes a new file.
+//! `/health`: the catalog answers, every repository takes a new file, and the credential key
+//! opens.
 
 use std::io::Write;
 use std::path::Path;
@@ -21,6 +22,9 @@ pub struct Health {
     pub database: String,
     /// Every repository the catalog lists (empty when the catalog did not answer).
     pub repositories: Vec<RepositoryHealth>,
+    /// `ok`, or why the key sealing vCenter passwords cannot be used (credentials, discovery and
+    /// backups started on the SNA fail until it can).
+    pub credential_key: String,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -43,6 +47,9 @@ impl Health {
         let mut out = Vec::new();
         if self.database != "ok" {
             out.push(format!("catalog: {}", self.database));
+        }
+        if self.credential_key != "ok" {
+            out.push(format!("credential key: {}", self.credential_key));
         }
         for repo in self.repositories.iter().filter(|r| !r.writable) {
             out.push(format!(
@@ -97,13 +104,19 @@ impl Hub {
                 error,
             });
         }
-        let healthy = database == "ok" && repositories.iter().all(|r| r.writable);
+        let credential_key = match &self.credential_key {
+            Ok(_) => "ok".to_owned(),
+            Err(reason) => reason.clone(),
+        };
+        let healthy =
+            database == "ok" && credential_key == "ok" && repositories.iter().all(|r| r.writable);
         Health {
             status: if healthy { "healthy" } else { "unhealthy" },
             service: SERVICE,
             version: env!("CARGO_PKG_VERSION"),
             database,
             repositories,
+            credential_key,
         }
     }
 }
