@@ -231,17 +231,6 @@ impl Catalog {
         Ok(lines)
     }
 
-    /// The next free line number of a job's log.
-    pub fn next_job_log_seq(&self, id: &str) -> Result<u64> {
-        let conn = self.conn.lock();
-        let last: Option<i64> = conn.query_row(
-            "SELECT MAX(seq) FROM job_log WHERE job_id = ?1",
-            [id],
-            |row| row.get(0),
-        )?;
-        Ok(last.map_or(0, |s| s as u64 + 1))
-    }
-
     /// Every job still queued or running: at start, those of the process before.
     pub fn unfinished_jobs(&self) -> Result<Vec<Job>> {
         let conn = self.conn.lock();
