@@ -330,6 +330,13 @@ async fn a_vm_flow_runs_as_a_job_full_then_incremental_and_refusals_are_retried_
         .await;
     assert!(log.to_string().contains("backup not started"), "{log}");
 
+    let (_, summary) = h.get("/api/v1/protection-flows/summary").await;
+    let today = (
+        &summary["total_executions_today"],
+        &summary["successful_executions_today"],
+        &summary["failed_executions_today"],
+    );
+    assert_eq!(today, (&json!(4), &json!(3), &json!(1)), "{summary}");
     let (_, metrics) = h
         .call(Method::GET, "/metrics", None, Caller::Operator)
         .await;

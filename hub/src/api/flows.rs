@@ -182,16 +182,11 @@ pub async fn summary(State(hub): State<Hub>) -> Result<Json<FlowSummary>, ApiErr
         } else {
             s.replication_flows += 1
         }
-        let (recent, _) = hub.catalog.executions(&flow.id, 1000)?;
-        for e in recent.iter().filter(|e| e.created_at >= today) {
-            s.total_executions_today += 1;
-            match e.status.as_str() {
-                "success" => s.successful_executions_today += 1,
-                "failed" => s.failed_executions_today += 1,
-                _ => {}
-            }
-        }
     }
+    let (total, successful, failed) = hub.catalog.execution_counts_since(today)?;
+    s.total_executions_today = total;
+    s.successful_executions_today = successful;
+    s.failed_executions_today = failed;
     Ok(Json(s))
 }
 

@@ -77,6 +77,15 @@ fn flow_from_row(row: &Row<'_>) -> rusqlite::Result<Flow> {
     })
 }
 
+/// `(total, success, failed)` of the executions a query selects (read by [`run_counts`]).
+const RUN_COUNTS: &str =
+    "COUNT(*), COALESCE(SUM(status = 'success'), 0), COALESCE(SUM(status = 'failed'), 0)";
+
+fn run_counts(row: &Row<'_>, from: usize) -> rusqlite::Result<(u64, u64, u64)> {
+    let count = |i: usize| row.get::<_, i64>(from + i).map(|n| n as u64);
+    Ok((count(0)?, count(1)?, count(2)?))
+}
+
 const EXECUTION_COLUMNS: &str = "id, flow_id, job_id, status, execution_type, triggered_by, \
     scheduled_at, started_at, completed_at, jobs_created, jobs_completed, jobs_failed, \
     jobs_skipped, vms_processed, bytes_transferred, error_message, backup_ids, created_at, \
@@ -321,16 +330,19 @@ impl Catalog {
     pub fn execution_counts(&self, flow_id: &str) -> Result<(u64, u64, u64)> {
         let conn = self.conn.lock();
         Ok(conn.query_row(
-            "SELECT COUNT(*), COALESCE(SUM(status = 'success'), 0), \
-             COALESCE(SUM(status = 'failed'), 0) FROM flow_executions WHERE flow_id = ?1",
+            &format!("SELECT {RUN_COUNTS} FROM flow_executions WHERE flow_id = ?1"),
             [flow_id],
-            |row| {
-                Ok((
-                    row.get::<_, i64>(0)? as u64,
-                    row.get::<_, i64>(1)? as u64,
-                    row.get::<_, i64>(2)? as u64,
-                ))
-            },
+            |row| run_counts(row, 0),
+        )?)
+    }
+
+    /// `(total, success, failed)` executions of all flows made at `since` or later.
+    pub fn execution_counts_since(&self, since: OffsetDateTime) -> Result<(u64, u64, u64)> {
+        let conn = self.conn.lock();
+        Ok(conn.query_row(
+            &format!("SELECT {RUN_COUNTS} FROM flow_executions WHERE created_at >= ?1"),
+            [fmt_time(since)],
+            |row| run_counts(row, 0),
         )?)
     }
 
@@ -338,15 +350,11 @@ impl Catalog {
     /// [`Catalog::execution_counts`] says of each, in one query (a list of flows).
     pub fn all_execution_counts(&self) -> Result<HashMap<String, (u64, u64, u64)>> {
         let conn = self.conn.lock();
-        let mut stmt = conn.prepare(
-            "SELECT flow_id, COUNT(*), COALESCE(SUM(status = 'success'), 0), \
-             COALESCE(SUM(status = 'failed'), 0) FROM flow_executions GROUP BY flow_id",
-        )?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT flow_id, {RUN_COUNTS} FROM flow_executions GROUP BY flow_id"
+        ))?;
         let rows = stmt
-            .query_map([], |row| {
-                let count = |i: usize| row.get::<_, i64>(i).map(|n| n as u64);
-                Ok((row.get(0)?, (count(1)?, count(2)?, count(3)?)))
-            })?
+            .query_map([], |row| Ok((row.get(0)?, run_counts(row, 1)?)))?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
