@@ -7,12 +7,13 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::cron::CronSchedule;
-use super::fields::present;
+use super::fields::{MAX_NAME, present};
 use crate::catalog::{Flow, FlowExecution, Schedule, VmContext, fmt_time};
 use crate::error::{Error, Result};
 use crate::state::{Hub, now};
 
-const MAX_NAME: usize = 255;
+/// Flows took descriptions of up to 4 KiB from the start; the other protection objects' bound
+/// (`fields::MAX_DESCRIPTION`) is 1 KiB. Kept, so no flow saved before is refused on update.
 const MAX_DESCRIPTION: usize = 4096;
 
 /// The body of create and update. On update an absent field stays; `null` clears `description`,
