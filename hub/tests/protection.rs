@@ -39,7 +39,11 @@ async fn hub_with_vms(dir: &Path) -> (TestHub, StandIn) {
             "new_change_ids": {"2000": "cid-2000"}, "mode": "ok", "refuse_vms": [],
             "log": dir.join("sna-log.jsonl"), "errors": dir.join("sna-errors.jsonl")}),
     );
-    let mut config = test_config(dir.join("data"));
+    // The defaults a user runs (not `test_config`'s shorter monitor interval and graces).
+    let mut config = ::hub::Config {
+        data_dir: dir.join("data"),
+        ..::hub::Config::default()
+    };
     config.sna_url = format!("http://127.0.0.1:{}", StandIn::port(dir));
     let h = TestHub::start(config).await;
     sna.set("hub_url", json!(h.serve_api().await));
@@ -357,7 +361,11 @@ async fn a_vm_flow_runs_as_a_job_full_then_incremental_and_refusals_are_retried_
 #[tokio::test]
 async fn bad_flows_are_refused_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let h = TestHub::start(test_config(dir.path().join("data"))).await;
+    let h = TestHub::start(::hub::Config {
+        data_dir: dir.path().join("data"),
+        ..::hub::Config::default()
+    })
+    .await;
     let base = json!({"name": "f", "target_type": "vm", "target_id": "nobody", "repository_id": "default"});
     let cases = [
         (json!({"target_type": "vm"}), StatusCode::BAD_REQUEST),
