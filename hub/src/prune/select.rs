@@ -141,11 +141,9 @@ pub fn select(
     tz: &TimeZone,
 ) -> Vec<Verdict> {
     let mut order: Vec<usize> = (0..candidates.len()).collect();
-    // Newest first; ties by id so the answer does not depend on the input's order.
-    order.sort_by(|&a, &b| {
-        let (a, b) = (&candidates[a], &candidates[b]);
-        b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id))
-    });
+    // Newest first; a stable sort, so backups of the same instant keep the caller's order
+    // (the catalog's: the one made later first).
+    order.sort_by(|&a, &b| candidates[b].time.cmp(&candidates[a].time));
     let mut marks: Vec<Option<Verdict>> = vec![None; candidates.len()];
     for &i in &order {
         if candidates[i].protected {
