@@ -269,3 +269,87 @@ fn prune_refusals_are_clear() {
     assert_eq!(plan["remove_count"], 0, "{plan:#}");
     assert_eq!(plan["backups"].as_array().unwrap().len(), chain.ids.len());
 }
+
+/// Failed and cancelled backups are kept for `failed_backup_retention` (7 days by default), then
+/// swept with their files; completed ones are not the sweep's business.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_backups_go_after_their_grace() {
+    use axum::http::{Method, StatusCode};
+    use common::hub::{Caller, TestHub, disk, full};
+
+    let dir = tempfile::tempdir().unwrap();
+    let make_failed = |h: &TestHub| {
+        let h = h.hub.clone();
+        async move {
+            let b = h
+                .create_backup(
+                    serde_json::from_value(full("vm-f", vec![disk(0, 2000, SIZE as u64)])).unwrap(),
+                )
+                .await
+                .unwrap();
+            h.cancel(&b.id).await.unwrap();
+            b.id
+        }
+    };
+    let config = ::hub::Config {
+        data_dir: dir.path().join("data"),
+        ..::hub::Config::default()
+    };
+    let h = TestHub::start(config.clone()).await;
+    let young = make_failed(&h).await;
+    assert_eq!(
+        h.hub.sweep_failed().await.unwrap(),
+        0,
+        "at the defaults a new failure stays"
+    );
+    let (status, _) = h
+        .call(
+            Method::GET,
+            &format!("/api/v1/backups/{young}"),
+            None,
+            Caller::Operator,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    h.stop().await;
+
+    let h = TestHub::start(::hub::Config {
+        failed_backup_retention: std::time::Duration::from_millis(1),
+        ..config
+    })
+    .await;
+    // The sweep runs at start, then hourly.
+    let mut status = StatusCode::OK;
+    for _ in 0..100 {
+        status = h
+            .call(
+                Method::GET,
+                &format!("/api/v1/backups/{young}"),
+                None,
+                Caller::Operator,
+            )
+            .await
+            .0;
+        if status == StatusCode::NOT_FOUND {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, StatusCode::NOT_FOUND, "swept at start");
+    assert!(
+        !dir.path()
+            .join("data/repository/vm-f")
+            .join(&young)
+            .exists()
+    );
+    let other = make_failed(&h).await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert_eq!(h.hub.sweep_failed().await.unwrap(), 1);
+    assert!(
+        !dir.path()
+            .join("data/repository/vm-f")
+            .join(&other)
+            .exists()
+    );
+    h.stop().await;
+}
