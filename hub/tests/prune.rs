@@ -353,3 +353,72 @@ async fn failed_backups_go_after_their_grace() {
     );
     h.stop().await;
 }
+
+/// An image held by a qemu: its merge is refused before it writes and the job says so; that
+/// backup stays as it was (still restorable), the rest of the plan goes on, and a later prune
+/// finishes it.
+#[test]
+fn an_image_held_by_qemu_refuses_the_merge_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (_hub, api, _nbd) = start_hub(&data);
+    let token = read_token(&data);
+    let chain = chain::build(&api, &token, "vm-d", dir.path(), 2, SIZE);
+    let full = data
+        .join("repository/vm-d")
+        .join(&chain.ids[0])
+        .join("disk0.qcow2");
+    let mut qemu = ChildGuard(Some(
+        Command::new("qemu-io")
+            .args(["-f", "qcow2", "-r", "-c", "sleep 60000"])
+            .arg(&full)
+            .spawn()
+            .unwrap(),
+    ));
+    // Until qemu holds its lock.
+    for _ in 0..200 {
+        let out = Command::new("qemu-img")
+            .args(["info", "-f", "qcow2"])
+            .arg(&full)
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stderr).contains("lock") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let resp = http(
+        "POST",
+        &api,
+        "/api/v1/prune",
+        Some(&token),
+        Some(&json!({ "vm_name": "vm-d", "keep_last": 1 })),
+    );
+    assert_eq!(resp.0, 202, "{}", resp.1);
+    let job = chain::wait_job(&api, &token, resp.1["id"].as_str().unwrap());
+    // The full stays (its image is held); the middle one goes by merging the newest into it.
+    assert_eq!(job["status"], "warning", "{job:#}");
+    let refused = &job["result"]["not_removed"][0];
+    assert_eq!(refused["backup_id"], chain.ids[0].as_str(), "{job:#}");
+    assert!(
+        refused["reason"].as_str().unwrap().contains("lock"),
+        "{job:#}"
+    );
+    let log = ok(http(
+        "GET",
+        &api,
+        &format!("/api/v1/jobs/{}/log", job["id"].as_str().unwrap()),
+        Some(&token),
+        None,
+    ));
+    assert!(
+        log.to_string().contains("lock"),
+        "the log names the lock: {log:#}"
+    );
+    qemu.child().kill().unwrap();
+    qemu.child().wait().unwrap();
+    qemu.0 = None;
+    assert_kept(&api, &token, &chain, &[0, 2], dir.path());
+    prune(&api, &token, json!({ "vm_name": "vm-d", "keep_last": 1 }));
+    assert_kept(&api, &token, &chain, &[2], dir.path());
+}

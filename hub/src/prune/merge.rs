@@ -58,7 +58,7 @@ impl Hub {
             "merging backup {into} into backup {}'s images",
             removed.id
         ));
-        let bytes = self.carry_out(intent, Some(ctx.clone())).await?;
+        let bytes = self.carry_out(intent, Some(ctx.clone()), true).await?;
         ctx.info(format!(
             "backup {} removed: {into} now holds its images ({bytes} bytes merged)",
             removed.id
@@ -78,7 +78,7 @@ impl Hub {
                     "finishing the merge of backup {} into {}",
                     intent.removed, intent.into
                 ));
-                self.carry_out(intent, Some(ctx.clone())).await?;
+                self.carry_out(intent, Some(ctx.clone()), false).await?;
             }
         }
         Ok(())
@@ -89,7 +89,7 @@ impl Hub {
     pub(crate) async fn finish_all_merges(&self) -> Result<()> {
         for intent in self.catalog.merges()? {
             let (removed, into) = (intent.removed.clone(), intent.into.clone());
-            match self.carry_out(intent, None).await {
+            match self.carry_out(intent, None, false).await {
                 Ok(bytes) => tracing::info!(%removed, %into, bytes, "interrupted merge finished"),
                 Err(err) => {
                     tracing::error!(%removed, %into, %err, "interrupted merge not finished; the VM's next prune retries it")
@@ -99,8 +99,15 @@ impl Hub {
         Ok(())
     }
 
-    /// Steps 2 to 4; the bytes merged.
-    async fn carry_out(&self, intent: MergeIntent, ctx: Option<JobContext>) -> Result<u64> {
+    /// Steps 2 to 4; the bytes merged. On the `first` attempt, a refusal before any image was
+    /// written (one in use, by a qemu say) drops the intent: the removed backup is still its own
+    /// point in time, and stays restorable.
+    async fn carry_out(
+        &self,
+        intent: MergeIntent,
+        ctx: Option<JobContext>,
+        first: bool,
+    ) -> Result<u64> {
         let removed = self.backup(&intent.removed)?;
         let mut into = self.backup(&intent.into)?;
         let repository = self
@@ -110,9 +117,17 @@ impl Hub {
             .path;
         let io = self.config.storage_io;
         let (r, i) = (removed.clone(), into.clone());
-        let bytes = tokio::task::spawn_blocking(move || merge_disks(&r, &i, &repository, io, ctx))
+        let merged = tokio::task::spawn_blocking(move || merge_disks(&r, &i, &repository, io, ctx))
             .await
-            .map_err(|e| Error::Internal(format!("merge task: {e}")))??;
+            .map_err(|e| Error::Internal(format!("merge task: {e}")))?;
+        let bytes = match merged {
+            Ok(bytes) => bytes,
+            Err(Failure::Untouched(err)) if first => {
+                self.catalog.drop_merge(&removed.id)?;
+                return Err(err);
+            }
+            Err(Failure::Untouched(err) | Failure::Touched(err)) => return Err(err),
+        };
         into.parent_backup_id = removed.parent_backup_id.clone();
         if removed.parent_backup_id.is_none() {
             into.backup_type = BackupType::Full;
@@ -147,6 +162,18 @@ impl Hub {
     }
 }
 
+/// How a merge of the disks failed: before any image was written, or after.
+enum Failure {
+    Untouched(Error),
+    Touched(Error),
+}
+
+/// Refusals a commit makes while opening, before it writes.
+fn refused_at_open(err: &qcow2::Error) -> bool {
+    use qcow2::ErrorKind::*;
+    matches!(err.kind(), Busy | Refused | InvalidArgument | Unsupported)
+}
+
 /// Each disk of `into` whose image is built on `removed`'s: merged, unless that was done before
 /// a stop (the removed backup's image is gone). Blocking.
 fn merge_disks(
@@ -155,8 +182,9 @@ fn merge_disks(
     repository: &Path,
     io: qcow2::StorageIo,
     ctx: Option<JobContext>,
-) -> Result<u64> {
+) -> std::result::Result<u64, Failure> {
     let mut bytes = 0;
+    let mut touched = false;
     for disk in &into.disks {
         let Some(parent) = removed.disk(disk.disk_id) else {
             continue; // a disk the removed backup did not have: nothing below it
@@ -175,8 +203,18 @@ fn merge_disks(
             // Not cancelled half-way: a stop kills it at worst, and the start finishes it.
             cancel: None,
         };
-        let report = qcow2::merge::merge_into_child(&disk.qcow2_path, &opts)
-            .map_err(Error::image(&disk.qcow2_path))?;
+        let report = qcow2::merge::commit_to_backing(&disk.qcow2_path, &opts).map_err(|e| {
+            let untouched = !touched && refused_at_open(&e);
+            let err = Error::image(&disk.qcow2_path)(e);
+            if untouched {
+                Failure::Untouched(err)
+            } else {
+                Failure::Touched(err)
+            }
+        })?;
+        touched = true;
+        qcow2::merge::replace_child_with_backing(&report.parent, &disk.qcow2_path)
+            .map_err(|e| Failure::Touched(Error::image(&disk.qcow2_path)(e)))?;
         bytes += report.bytes_written + report.zeroed_bytes;
     }
     Ok(bytes)
