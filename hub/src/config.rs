@@ -64,6 +64,9 @@ pub struct Config {
     pub api_idle_timeout: Duration,
     /// Time a request body gets to arrive after the request head.
     pub api_body_timeout: Duration,
+    /// A failed or cancelled backup (never the base of anything) is deleted this long after it
+    /// was made, so an operator has time to read why it failed.
+    pub failed_backup_retention: Duration,
 }
 
 impl Default for Config {
@@ -97,6 +100,7 @@ impl Default for Config {
             api_max_connections: 128,
             api_idle_timeout: Duration::from_secs(30),
             api_body_timeout: Duration::from_secs(30),
+            failed_backup_retention: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -133,6 +137,7 @@ pub struct FileConfig {
     pub api_max_connections: Option<usize>,
     pub api_idle_timeout_secs: Option<u64>,
     pub api_body_timeout_secs: Option<u64>,
+    pub failed_backup_retention_days: Option<u64>,
 }
 
 /// Values from flags or the environment; they win over the file.
@@ -231,6 +236,15 @@ impl Config {
             api_max_connections: file.api_max_connections.unwrap_or(d.api_max_connections),
             api_idle_timeout: secs_or(file.api_idle_timeout_secs, d.api_idle_timeout),
             api_body_timeout: secs_or(file.api_body_timeout_secs, d.api_body_timeout),
+            failed_backup_retention: match file.failed_backup_retention_days {
+                Some(days) if (1..=36_500).contains(&days) => secs(days * 86_400),
+                Some(_) => {
+                    return Err(Error::Config(
+                        "failed_backup_retention_days must be 1 to 36500".into(),
+                    ));
+                }
+                None => d.failed_backup_retention,
+            },
         };
         config.validate()?;
         Ok(config)

@@ -12,6 +12,7 @@ pub mod export;
 pub mod inventory;
 pub mod jobs;
 pub mod protect;
+pub mod prune;
 pub mod repo;
 pub mod restore;
 pub mod serve;

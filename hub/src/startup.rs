@@ -126,6 +126,7 @@ impl Hub {
             self.sync_manifest(&backup.id).await;
         }
         self.catalog.clear_restores()?;
+        self.finish_all_merges().await?;
         // A cancel interrupted between the catalog update and the removal of its images.
         let cancelled = crate::catalog::BackupFilter {
             status: Some(Status::Cancelled),

@@ -19,6 +19,8 @@ pub enum ErrorKind {
     /// The image names a file the [`crate::OpenOptions`] forbid opening: outside `backing_dir`,
     /// or a symlink under `no_symlinks`.
     Refused,
+    /// The caller asked a long operation (a merge) to stop; nothing is left half done.
+    Cancelled,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -18,7 +18,8 @@
 //! Modules: `format` (pure on-disk types), `storage` (positional I/O backends), `cache` (the
 //! table cache of L2 tables and refblocks), `meta` (L1, L2, ordered write-back), `refcount`
 //! (refcounts, allocator, preallocation), `image` (the request paths), `chain` (backing layers),
-//! `compress` (deflate/zstd clusters), `check` (the checker, one method per phase), `fuzzing` (the
+//! `compress` (deflate/zstd clusters), `check` (the checker, one method per phase), `merge` (a child committed into its
+//! backing file, which then takes the child's place), `fuzzing` (the
 //! fuzz target's entry point), `units` (`GuestCluster`, `HostOffset`).
 
 // Every function short enough to read at once; the threshold is in the workspace's clippy.toml.
@@ -34,6 +35,7 @@ pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 mod image;
+pub mod merge;
 mod meta;
 mod refcount;
 pub mod storage;

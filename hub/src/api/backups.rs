@@ -182,3 +182,24 @@ pub async fn chain(
         q.repository_id.as_deref(),
     )?))
 }
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProtectRequest {
+    pub protected: bool,
+}
+
+#[utoipa::path(put, path = "/api/v1/backups/{id}/protected", operation_id = "protect_backup", tag = "backups",
+    params(("id" = String, Path, description = "Backup id")),
+    request_body = ProtectRequest,
+    responses((status = 200, description = "The backup with its new mark: a protected backup is never pruned nor deleted", body = BackupView),
+        (status = 404, description = "No such backup", body = ErrorBody),
+        (status = 409, description = "The backup is not completed", body = ErrorBody)))]
+pub async fn set_protected(
+    State(hub): State<Hub>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<ProtectRequest>,
+) -> Result<Json<BackupView>, ApiError> {
+    let backup = hub.set_protected(&id, req.protected).await?;
+    Ok(Json(hub.backup_view(&backup)))
+}

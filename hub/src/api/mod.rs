@@ -20,6 +20,7 @@ mod metrics;
 pub mod openapi;
 mod policies;
 pub mod protect_views;
+mod prune;
 mod repositories;
 mod restores;
 mod schedules;
@@ -81,6 +82,11 @@ fn backup_routes() -> Router<Hub> {
         )
         .route("/api/v1/backups/{id}/cancel", post(backups::cancel))
         .route("/api/v1/backups/{id}/chain", get(backups::chain))
+        .route(
+            "/api/v1/backups/{id}/protected",
+            put(backups::set_protected),
+        )
+        .route("/api/v1/prune", post(prune::prune))
         .route(
             "/api/v1/restores",
             post(restores::create).get(restores::list),

@@ -28,6 +28,8 @@ pub struct BackupView {
     pub policy_id: Option<String>,
     pub parent_backup_id: Option<String>,
     pub status: Status,
+    /// Never pruned, and not deleted until unprotected (`PUT /api/v1/backups/{id}/protected`).
+    pub protected: bool,
     /// Why the backup failed or was cancelled.
     pub error_message: Option<String>,
     /// The same as `error_message`.
@@ -291,6 +293,7 @@ impl Hub {
             policy_id: b.policy_id.clone(),
             parent_backup_id: b.parent_backup_id.clone(),
             status: b.status,
+            protected: b.protected,
             error_message: b.error.clone(),
             error: b.error.clone(),
             tags: b.tags.clone(),

@@ -167,6 +167,7 @@ fn ready_backup(
         completed_at: None,
         last_telemetry_at: None,
         vm_context_id: req.vm_context_id,
+        protected: false,
         disks,
     }
 }
@@ -184,6 +185,12 @@ impl Hub {
             .repository(&repository_id)?
             .ok_or_else(|| Error::NotFound(format!("no repository {repository_id:?}")))?;
         self.refuse_second_backup(&req.vm_name)?;
+        if let Some(job) = self.pruning(&req.vm_name, &repository_id)? {
+            return Err(Error::Conflict(format!(
+                "a prune of VM {:?} is running on its chain (job {job}); back up after it ends",
+                req.vm_name
+            )));
+        }
         let parent = match req.backup_type {
             BackupType::Full => None,
             BackupType::Incremental => Some(self.find_parent(&req, &repository_id)?),

@@ -19,6 +19,11 @@ impl Hub {
                 backup.status.as_str()
             )));
         }
+        if backup.protected {
+            return Err(Error::Conflict(format!(
+                "backup {id} is protected; unprotect it first (PUT /api/v1/backups/{id}/protected)"
+            )));
+        }
         let (riders, keepers): (Vec<_>, Vec<_>) =
             self.catalog
                 .children(id)?

@@ -13,6 +13,7 @@ pub mod create;
 mod delete;
 pub mod launch;
 mod monitor;
+mod protected;
 pub mod telemetry;
 
 use crate::catalog::Backup;

@@ -16,7 +16,7 @@ impl Catalog {
         let mut conn = self.writer();
         let tx = conn.transaction()?;
         tx.execute(
-            &format!("INSERT INTO backups ({BACKUP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
+            &format!("INSERT INTO backups ({BACKUP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
             params![
                 backup.id,
                 backup.vm_name,
@@ -33,6 +33,7 @@ impl Catalog {
                 backup.last_telemetry_at.map(fmt_time),
                 backup.policy_id,
                 backup.vm_context_id,
+                backup.protected,
             ],
         )?;
         for (position, disk) in backup.disks.iter().enumerate() {
@@ -218,14 +219,7 @@ impl Catalog {
     pub fn delete_backups(&self, doomed: &[(String, PathBuf)]) -> Result<()> {
         let mut conn = self.writer();
         let tx = conn.transaction()?;
-        let now = fmt_time(OffsetDateTime::now_utc());
-        for (id, dir) in doomed {
-            tx.execute(
-                "INSERT OR REPLACE INTO deletions (backup_id, dir, requested_at) VALUES (?1, ?2, ?3)",
-                params![id, dir.to_string_lossy(), now],
-            )?;
-            tx.execute("DELETE FROM backups WHERE id = ?1", [id])?;
-        }
+        delete_rows(&tx, doomed)?;
         tx.commit()?;
         Ok(())
     }
@@ -269,6 +263,23 @@ impl Catalog {
     // --- restores
 }
 
+/// In `tx`: the rows of `doomed` go (children before parents), each with a pending deletion of
+/// its directory.
+pub(super) fn delete_rows(
+    tx: &super::conn::WriterTx<'_>,
+    doomed: &[(String, PathBuf)],
+) -> Result<()> {
+    let now = fmt_time(OffsetDateTime::now_utc());
+    for (id, dir) in doomed {
+        tx.execute(
+            "INSERT OR REPLACE INTO deletions (backup_id, dir, requested_at) VALUES (?1, ?2, ?3)",
+            params![id, dir.to_string_lossy(), now],
+        )?;
+        tx.execute("DELETE FROM backups WHERE id = ?1", [id])?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +301,7 @@ mod tests {
             completed_at: None,
             last_telemetry_at: None,
             vm_context_id: None,
+            protected: false,
             disks: vec![Disk {
                 disk_id: 3,
                 vmware_disk_key: 2001,

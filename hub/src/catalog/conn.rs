@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0004_jobs.sql"),
     include_str!("../../migrations/0005_protection.sql"),
     include_str!("../../migrations/0006_execution_schedule.sql"),
+    include_str!("../../migrations/0007_retention.sql"),
 ];
 
 pub struct Catalog {

@@ -115,6 +115,19 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
 }
 
 impl Catalog {
+    /// The id of a job of `kind` on `target` that is queued or running, if one is.
+    pub fn live_job(&self, kind: &str, target: &str) -> Result<Option<String>> {
+        let conn = self.conn.lock();
+        Ok(conn
+            .query_row(
+                "SELECT id FROM jobs WHERE kind = ?1 AND target = ?2 \
+                 AND status IN ('queued', 'running') LIMIT 1",
+                [kind, target],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     pub fn insert_job(&self, job: &Job) -> Result<()> {
         self.writer().execute(
             &format!("INSERT INTO jobs ({JOB_COLUMNS}) VALUES (?1, ?2, ?3, ?4, 0, 0, ?5, NULL, NULL, NULL, NULL)"),

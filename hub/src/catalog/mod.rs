@@ -16,6 +16,7 @@ mod policies;
 pub mod protection_model;
 mod repositories;
 mod restores;
+mod retention;
 mod rows;
 mod schedules;
 
@@ -26,4 +27,5 @@ pub use inventory::{Credential, CredentialFields, VmContext, VmDisk};
 pub use jobs::{Job, JobEnd, JobFilter, JobLogLine, JobStatus};
 pub use model::*;
 pub use protection_model::*;
+pub use retention::MergeIntent;
 pub use rows::fmt_time;

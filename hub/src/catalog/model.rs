@@ -101,6 +101,8 @@ pub struct Backup {
     pub last_telemetry_at: Option<OffsetDateTime>,
     /// The VM context the disks came from (`None` when the request listed them).
     pub vm_context_id: Option<String>,
+    /// Protected by an operator: never pruned, never deleted until unprotected.
+    pub protected: bool,
     /// In the order the request listed them.
     pub disks: Vec<Disk>,
 }

@@ -58,7 +58,7 @@ pub(super) fn parse_json(s: Option<String>) -> Option<serde_json::Value> {
 }
 
 pub(super) const BACKUP_COLUMNS: &str = "id, vm_name, repository_id, backup_type, parent_backup_id, status, error, \
-     tags, telemetry, created_at, started_at, completed_at, last_telemetry_at, policy_id, vm_context_id";
+     tags, telemetry, created_at, started_at, completed_at, last_telemetry_at, policy_id, vm_context_id, protected";
 
 pub(super) fn backup_from_row(row: &Row<'_>) -> rusqlite::Result<Backup> {
     let backup_type: String = row.get(3)?;
@@ -80,6 +80,7 @@ pub(super) fn backup_from_row(row: &Row<'_>) -> rusqlite::Result<Backup> {
         last_telemetry_at: parse_opt_time(row.get(12)?)?,
         policy_id: row.get(13)?,
         vm_context_id: row.get(14)?,
+        protected: row.get(15)?,
         disks: Vec::new(),
     })
 }

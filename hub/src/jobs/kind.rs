@@ -5,14 +5,17 @@
 pub enum JobKind {
     /// One run of a protection flow: a backup of each VM of its target.
     ProtectionFlow,
+    /// Retention applied to one VM's backups in one repository: removals and chain merges.
+    Prune,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 1] = [JobKind::ProtectionFlow];
+    pub const ALL: [JobKind; 2] = [JobKind::ProtectionFlow, JobKind::Prune];
 
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::ProtectionFlow => "protection_flow",
+            JobKind::Prune => "prune",
         }
     }
 
@@ -25,6 +28,9 @@ impl JobKind {
     pub fn concurrency(self) -> usize {
         match self {
             JobKind::ProtectionFlow => 32,
+            // A merge reads and writes an increment's worth of data: two at once keep the
+            // disk busy without starving the backups beside them.
+            JobKind::Prune => 2,
         }
     }
 
@@ -34,6 +40,9 @@ impl JobKind {
     pub fn resumes(self) -> bool {
         match self {
             JobKind::ProtectionFlow => false,
+            // An interrupted merge is finished at start (see prune::merge); the rest of the
+            // plan waits for the next prune.
+            JobKind::Prune => false,
         }
     }
 }

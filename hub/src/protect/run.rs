@@ -221,7 +221,12 @@ impl Hub {
                     return;
                 };
                 let end = hub.back_up_vm(&ctx, &plan, &vm, &execution).await;
+                let completed = matches!(end, VmEnd::Completed { .. });
                 hub.count_vm(&ctx, &execution, &vm, end);
+                if let (true, Some(policy)) = (completed, &plan.flow.policy_id) {
+                    hub.prune_after_backup(policy, &plan.flow.repository_id, &vm.vm_name, &ctx)
+                        .await;
+                }
             });
         }
         while runs.join_next().await.is_some() {}

@@ -100,6 +100,8 @@ pub struct Manifest {
     pub policy_id: Option<String>,
     #[serde(default)]
     pub vm_context_id: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub protected: bool,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -132,6 +134,7 @@ impl Manifest {
             tags: None,
             policy_id: None,
             vm_context_id: None,
+            protected: false,
             created_at,
             started_at: None,
             completed_at: None,
@@ -152,6 +155,7 @@ impl Manifest {
             tags: b.tags.clone(),
             policy_id: b.policy_id.clone(),
             vm_context_id: b.vm_context_id.clone(),
+            protected: b.protected,
             created_at: b.created_at,
             started_at: b.started_at,
             completed_at: b.completed_at,
@@ -229,6 +233,7 @@ impl Manifest {
             last_telemetry_at: None,
             policy_id: self.policy_id.clone(),
             vm_context_id: self.vm_context_id.clone(),
+            protected: self.protected,
             disks,
         })
     }

@@ -48,6 +48,7 @@ impl Hub {
                 backup.status.as_str()
             )));
         }
+        self.refuse_while_merging(&backup)?;
         let repository = self
             .catalog
             .repository(&backup.repository_id)?
@@ -83,6 +84,29 @@ impl Hub {
         self.restores.lock().insert(restore.id.clone(), image);
         tracing::info!(restore_id = %restore.id, backup_id = %backup.id, disk_id = disk.disk_id, "restore export open");
         Ok(restore)
+    }
+
+    /// A prune may rename the chain's images under a restore, and a backup being merged away no
+    /// longer holds its own point in time.
+    fn refuse_while_merging(&self, backup: &crate::catalog::Backup) -> Result<()> {
+        if let Some(m) = self
+            .catalog
+            .merges()?
+            .into_iter()
+            .find(|m| m.removed == backup.id)
+        {
+            return Err(Error::Conflict(format!(
+                "backup {} is being merged into {} by a prune and can no longer be restored; restore {} instead",
+                backup.id, m.into, m.into
+            )));
+        }
+        if let Some(job) = self.pruning(&backup.vm_name, &backup.repository_id)? {
+            return Err(Error::Conflict(format!(
+                "a prune of VM {:?} is running on this chain (job {job}); restore after it ends",
+                backup.vm_name
+            )));
+        }
+        Ok(())
     }
 
     pub fn restores(&self) -> Result<Vec<Restore>> {

@@ -2,6 +2,7 @@
 //! and the built binary.
 #![allow(dead_code)]
 
+pub mod chain;
 pub mod hub;
 pub mod sna;
 pub mod standin;

@@ -34,6 +34,8 @@ mod tests;
         super::backups::delete,
         super::backups::cancel,
         super::backups::chain,
+        super::backups::set_protected,
+        super::prune::prune,
         super::backups::complete,
         super::backups::change_id,
         super::backups::telemetry,
