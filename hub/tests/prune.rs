@@ -13,6 +13,16 @@ use serde_json::{Value, json};
 
 const SIZE: usize = 4 << 20;
 
+fn backup(api: &str, token: &str, id: &str) -> Value {
+    ok(http(
+        "GET",
+        api,
+        &format!("/api/v1/backups/{id}"),
+        Some(token),
+        None,
+    ))
+}
+
 fn backups_of(api: &str, token: &str, vm: &str) -> Vec<Value> {
     let list = ok(http(
         "GET",
@@ -45,13 +55,7 @@ fn assert_kept(api: &str, token: &str, chain: &Chain, kept: &[usize], dir: &Path
         );
     }
     let newest = &chain.ids[*kept.iter().max().unwrap()];
-    let b = ok(http(
-        "GET",
-        api,
-        &format!("/api/v1/backups/{newest}"),
-        Some(token),
-        None,
-    ));
+    let b = backup(api, token, newest);
     let image = b["disk_results"][0]["qcow2_path"]
         .as_str()
         .unwrap()
@@ -128,25 +132,13 @@ fn keep_last_three_merges_the_bottom_of_the_chain() {
         "{job:#}"
     );
     assert_kept(&api, &token, &chain, &[4, 5, 6], dir.path());
-    let bottom = ok(http(
-        "GET",
-        &api,
-        &format!("/api/v1/backups/{}", chain.ids[4]),
-        Some(&token),
-        None,
-    ));
+    let bottom = backup(&api, &token, &chain.ids[4]);
     assert_eq!(bottom["parent_backup_id"], Value::Null);
     assert_eq!(
         bottom["backup_type"], "full",
         "the new bottom holds a whole disk"
     );
-    let top = ok(http(
-        "GET",
-        &api,
-        &format!("/api/v1/backups/{}", chain.ids[6]),
-        Some(&token),
-        None,
-    ));
+    let top = backup(&api, &token, &chain.ids[6]);
     assert_eq!(top["parent_backup_id"], chain.ids[5].as_str());
     // The removed backups' directories are gone.
     for id in &chain.ids[..4] {
@@ -199,13 +191,7 @@ fn middle_points_go_and_protected_ones_stay() {
     // Keep the newest: F and I1 go from the bottom, I3 from between protected I2 and I4.
     prune(&api, &token, json!({ "vm_name": "vm-b", "keep_last": 1 }));
     assert_kept(&api, &token, &chain, &[2, 4], dir.path());
-    let top = ok(http(
-        "GET",
-        &api,
-        &format!("/api/v1/backups/{}", chain.ids[4]),
-        Some(&token),
-        None,
-    ));
+    let top = backup(&api, &token, &chain.ids[4]);
     assert_eq!(top["parent_backup_id"], chain.ids[2].as_str());
 
     // Unprotected, it goes at the next prune: a merge of the top into it.
