@@ -102,12 +102,10 @@ pub struct ServerConfig {
     /// Connections past the handshake, over all exports.
     pub max_connections: usize,
     pub max_connections_per_export: usize,
-    /// Handshakes in progress; when full, the oldest is dropped for a new one, so clients that
-    /// connect and stay silent cannot lock others out.
+    /// Handshakes in progress (TLS handshakes included); when full, a new connection is still
+    /// let in and the oldest handshake of the address holding the most is dropped, so clients
+    /// that connect and stay silent cannot lock others out, nor one address push out another's.
     pub max_handshakes: usize,
-    /// Handshakes in progress from one IP address; past it that address's new connections are
-    /// refused (Unix sockets are not limited per address).
-    pub max_handshakes_per_address: usize,
     pub handshake_timeout: Duration,
     /// Time a request's payload gets to arrive, from its header to its last byte. A client that
     /// stalls mid-request is disconnected and the budget it held is released.
@@ -135,7 +133,6 @@ impl Default for ServerConfig {
             max_connections: 256,
             max_connections_per_export: 16,
             max_handshakes: 64,
-            max_handshakes_per_address: 16,
             handshake_timeout: Duration::from_secs(10),
             payload_timeout: Duration::from_secs(60),
             reply_timeout: Duration::from_secs(60),

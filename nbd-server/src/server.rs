@@ -69,7 +69,6 @@ impl Shared {
             admission: Arc::new(Admission::new(admission::Limits {
                 max_connections: config.max_connections,
                 max_handshakes: config.max_handshakes,
-                max_handshakes_per_address: config.max_handshakes_per_address,
             })),
             total_bytes: Arc::new(Semaphore::new(total_budget(&config))),
             pool: Arc::new(BufPool::new(

@@ -1,6 +1,7 @@
 //! Clients that connect and then stall, or never speak, must not stop anyone else: a stalled
 //! payload or unread replies cost the staller its connection, and silent handshakes cannot fill
-//! the server.
+//! the server. Silent clients come from 127.0.0.1 like the real ones: in the Sendense deployment
+//! every client arrives there through the SNA's SSH tunnel.
 
 mod support;
 
@@ -49,25 +50,35 @@ fn request(cmd: u16, cookie: u64, offset: u64, length: u32) -> Vec<u8> {
 }
 
 /// Waits for `child` to exit, killing it (and failing) if it runs past [`HANG`].
-fn finish(mut child: Child, what: &str) {
+fn finish(child: Child, what: &str) {
+    finish_within(child, HANG, what);
+}
+
+/// Waits for `child` to exit, killing it (and failing) if it runs past `limit`.
+fn finish_within(mut child: Child, limit: Duration, what: &str) {
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             assert!(status.success(), "{what} failed: {status}");
             return;
         }
-        if start.elapsed() > HANG {
+        if start.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{what} did not finish: starved by stalled clients");
+            panic!("{what} did not finish within {limit:?}: starved by stalled clients");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 /// Reads until the server closes `s`; fails if it is still open after [`HANG`].
-fn assert_closed_by_server(mut s: TcpStream, what: &str) {
-    s.set_read_timeout(Some(HANG)).unwrap();
+fn assert_closed_by_server(s: TcpStream, what: &str) {
+    assert_closed_within(s, HANG, what);
+}
+
+/// Reads until the server closes `s`; fails if it is still open after `limit`.
+fn assert_closed_within(mut s: TcpStream, limit: Duration, what: &str) {
+    s.set_read_timeout(Some(limit)).unwrap();
     let mut sink = vec![0u8; 1 << 20];
     loop {
         match s.read(&mut sink) {
@@ -156,6 +167,53 @@ fn a_thousand_silent_connections_do_not_lock_out_a_client() {
         .spawn()
         .unwrap();
     finish(client, "nbdinfo beside 1,000 silent connections");
+    drop(silent);
+    t.shutdown();
+}
+
+/// Copies `data` into export `name` with nbdcopy, failing past `limit`; returns how long it took.
+fn nbdcopy_in(t: &TestServer, name: &str, data: &[u8], limit: Duration, what: &str) -> Duration {
+    let src = t.dir.path().join("src.img");
+    std::fs::write(&src, data).unwrap();
+    let start = Instant::now();
+    let copy = Command::new("nbdcopy")
+        .arg(&src)
+        .arg(t.uri(name))
+        .spawn()
+        .unwrap();
+    finish_within(copy, limit, what);
+    start.elapsed()
+}
+
+/// Connections from 127.0.0.1 that never say a word.
+fn silent_loopback(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let silent = (0..n).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // Let the server accept them all before the real client comes.
+    std::thread::sleep(Duration::from_millis(500));
+    silent
+}
+
+#[test]
+fn silent_loopback_handshakes_do_not_turn_away_a_client_from_the_same_address() {
+    // Default limits and handshake timeout: the silent ones would stay for its whole 10 s.
+    let export = Arc::new(MemExport::new(4 * MIB));
+    let t = TestServer::with_export(ServerConfig::default(), "d", export.clone());
+    let silent = silent_loopback(t.addr, 200);
+    let data = support::pattern(4 * MIB as usize, 3);
+    nbdcopy_in(
+        &t,
+        "d",
+        &data,
+        HANG,
+        "nbdcopy beside 200 silent loopback sockets",
+    );
+    assert!(export.contents() == data, "nbdcopy's data did not arrive");
+    let info = Command::new("nbdinfo")
+        .arg(t.uri("d"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    finish(info, "nbdinfo beside 200 silent loopback sockets");
     drop(silent);
     t.shutdown();
 }
