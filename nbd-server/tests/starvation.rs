@@ -94,7 +94,7 @@ fn assert_closed_within(mut s: TcpStream, limit: Duration, what: &str) {
 fn stalled_payloads_and_unread_replies_do_not_starve_an_nbdcopy() {
     let size = 64 * MIB;
     let config = ServerConfig {
-        payload_timeout: Duration::from_secs(2),
+        payload_stall_timeout: Duration::from_secs(2),
         reply_timeout: Duration::from_secs(2),
         ..ServerConfig::default()
     };
@@ -215,5 +215,84 @@ fn silent_loopback_handshakes_do_not_turn_away_a_client_from_the_same_address() 
         .unwrap();
     finish(info, "nbdinfo beside 200 silent loopback sockets");
     drop(silent);
+    t.shutdown();
+}
+
+/// Connections that announce a 64 MiB WRITE each and send 1 KiB of it.
+fn stalled_writers(addr: SocketAddr, n: u64) -> Vec<TcpStream> {
+    (0..n)
+        .map(|i| {
+            let mut s = raw_client(addr, "d");
+            s.write_all(&request(CMD_WRITE, i, 0, 64 << 20)).unwrap();
+            s.write_all(&[0xee; 1024]).unwrap();
+            s
+        })
+        .collect()
+}
+
+#[test]
+fn stalled_64_mib_writes_at_the_defaults_do_not_hold_an_nbdcopy_back() {
+    let size = 64 * MIB;
+    let config = ServerConfig::default();
+    let stall_limit = config.payload_stall_timeout;
+    let export = Arc::new(MemExport::new(size));
+    let t = TestServer::with_export(config, "d", export.clone());
+    let first = support::pattern(size as usize, 5);
+    let alone = nbdcopy_in(&t, "d", &first, HANG, "nbdcopy alone");
+
+    // Three 64 MiB WRITEs announced: more than the 128 MiB budget, were it taken up front.
+    let stalled_at = Instant::now();
+    let writers = stalled_writers(t.addr, 3);
+    std::thread::sleep(Duration::from_millis(300));
+    let data = support::pattern(size as usize, 6);
+    // Twice its time alone, plus slack for a shared machine; taken up front, the budget would
+    // hold it for the whole stall timeout.
+    let bound = alone * 2 + Duration::from_secs(3);
+    let beside = nbdcopy_in(&t, "d", &data, bound, "nbdcopy beside three stalled writes");
+    eprintln!("nbdcopy alone {alone:?}, beside three stalled 64 MiB WRITEs {beside:?}");
+    assert!(export.contents() == data, "nbdcopy's data did not arrive");
+
+    // Cut off for the pause in their payloads, at the default stall timeout.
+    for (i, s) in writers.into_iter().enumerate() {
+        let left = (stall_limit * 3).saturating_sub(stalled_at.elapsed());
+        assert_closed_within(s, left, &format!("stalled writer {i}"));
+    }
+    assert!(
+        stalled_at.elapsed() >= stall_limit,
+        "cut off before the stall timeout"
+    );
+    t.shutdown();
+}
+
+#[test]
+fn a_slow_payload_that_keeps_coming_is_not_cut_off() {
+    // At the default stall timeout, a payload sent over longer than it, in pieces with pauses
+    // shorter than it.
+    let config = ServerConfig::default();
+    let pause = config.payload_stall_timeout / 4;
+    let export = Arc::new(MemExport::new(MIB));
+    let t = TestServer::with_export(config, "d", export.clone());
+    let mut s = raw_client(t.addr, "d");
+    let piece = [0x5au8; 64 << 10];
+    s.write_all(&request(CMD_WRITE, 9, 0, 6 * piece.len() as u32))
+        .unwrap();
+    for _ in 0..6 {
+        std::thread::sleep(pause);
+        s.write_all(&piece).unwrap();
+    }
+    s.set_read_timeout(Some(HANG)).unwrap();
+    let mut reply = [0u8; 16];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(
+        u32::from_be_bytes(reply[4..8].try_into().unwrap()),
+        0,
+        "error"
+    );
+    assert_eq!(u64::from_be_bytes(reply[8..].try_into().unwrap()), 9);
+    assert!(
+        export.contents()[..6 * piece.len()]
+            .iter()
+            .all(|&b| b == 0x5a)
+    );
     t.shutdown();
 }
