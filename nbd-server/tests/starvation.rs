@@ -71,6 +71,16 @@ fn finish_within(mut child: Child, limit: Duration, what: &str) {
     }
 }
 
+/// Runs nbdinfo on export `d`; fails if it fails or hangs.
+fn nbdinfo(t: &TestServer, what: &str) {
+    let client = Command::new("nbdinfo")
+        .arg(t.uri("d"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    finish(client, what);
+}
+
 /// Reads until the server closes `s`; fails if it is still open after [`HANG`].
 fn assert_closed_by_server(s: TcpStream, what: &str) {
     assert_closed_within(s, HANG, what);
@@ -161,12 +171,7 @@ fn a_thousand_silent_connections_do_not_lock_out_a_client() {
     }
     // Let the server accept them all before the real client comes.
     std::thread::sleep(Duration::from_millis(500));
-    let client = Command::new("nbdinfo")
-        .arg(t.uri("d"))
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    finish(client, "nbdinfo beside 1,000 silent connections");
+    nbdinfo(&t, "nbdinfo beside 1,000 silent connections");
     drop(silent);
     t.shutdown();
 }
@@ -208,12 +213,7 @@ fn silent_loopback_handshakes_do_not_turn_away_a_client_from_the_same_address() 
         "nbdcopy beside 200 silent loopback sockets",
     );
     assert!(export.contents() == data, "nbdcopy's data did not arrive");
-    let info = Command::new("nbdinfo")
-        .arg(t.uri("d"))
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    finish(info, "nbdinfo beside 200 silent loopback sockets");
+    nbdinfo(&t, "nbdinfo beside 200 silent loopback sockets");
     drop(silent);
     t.shutdown();
 }
