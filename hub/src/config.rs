@@ -54,9 +54,12 @@ pub struct Config {
     pub api_tls_creds: Option<PathBuf>,
     /// How image files are written: `auto` (direct I/O except on tmpfs), `direct`, `buffered`.
     pub storage_io: qcow2::StorageIo,
-    /// Time an NBD client gets to send a request's payload, and to take a batch of replies;
-    /// past it the client is disconnected and the memory budget it held is released.
+    /// Time an NBD client gets to take a batch of replies; past it the client is disconnected
+    /// and the READ data it pinned is released.
     pub nbd_io_timeout: Duration,
+    /// Longest pause in a request's payload before the NBD client is disconnected (a client
+    /// slow but still sending is not).
+    pub nbd_payload_stall_timeout: Duration,
     /// API connections open at once; at the limit the one idle longest is closed for a new one.
     pub api_max_connections: usize,
     /// An API connection with no request running and no byte moving for this long is closed
@@ -97,6 +100,7 @@ impl Default for Config {
             api_tls_creds: None,
             storage_io: qcow2::StorageIo::Auto,
             nbd_io_timeout: Duration::from_secs(60),
+            nbd_payload_stall_timeout: nbd_server::ServerConfig::default().payload_stall_timeout,
             api_max_connections: 128,
             api_idle_timeout: Duration::from_secs(30),
             api_body_timeout: Duration::from_secs(30),
@@ -134,6 +138,7 @@ pub struct FileConfig {
     /// "auto", "direct" or "buffered".
     pub storage_io: Option<String>,
     pub nbd_io_timeout_secs: Option<u64>,
+    pub nbd_payload_stall_secs: Option<u64>,
     pub api_max_connections: Option<usize>,
     pub api_idle_timeout_secs: Option<u64>,
     pub api_body_timeout_secs: Option<u64>,
@@ -233,6 +238,10 @@ impl Config {
                 (None, None) => d.storage_io,
             },
             nbd_io_timeout: secs_or(file.nbd_io_timeout_secs, d.nbd_io_timeout),
+            nbd_payload_stall_timeout: secs_or(
+                file.nbd_payload_stall_secs,
+                d.nbd_payload_stall_timeout,
+            ),
             api_max_connections: file.api_max_connections.unwrap_or(d.api_max_connections),
             api_idle_timeout: secs_or(file.api_idle_timeout_secs, d.api_idle_timeout),
             api_body_timeout: secs_or(file.api_body_timeout_secs, d.api_body_timeout),
@@ -280,8 +289,10 @@ impl Config {
                     .into(),
             ));
         }
-        if self.nbd_io_timeout.is_zero() {
-            return Err(Error::Config("nbd_io_timeout_secs must be positive".into()));
+        if self.nbd_io_timeout.is_zero() || self.nbd_payload_stall_timeout.is_zero() {
+            return Err(Error::Config(
+                "nbd_io_timeout_secs and nbd_payload_stall_secs must be positive".into(),
+            ));
         }
         if self.max_in_flight_bytes == 0 {
             return Err(Error::Config("max_in_flight_mib must be positive".into()));
@@ -330,6 +341,14 @@ mod tests {
         let c = Config::resolve(file, Overrides::default()).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/sendense-hub"));
         assert_eq!(c.stale_after, Config::default().stale_after);
+        // The example states the defaults of the NBD stall timeout.
+        assert_eq!(c.nbd_payload_stall_timeout, Duration::from_secs(10));
+        assert_eq!(
+            c.nbd_payload_stall_timeout,
+            Config::default().nbd_payload_stall_timeout
+        );
+        let file: FileConfig = toml::from_str("nbd_payload_stall_secs = 0").unwrap();
+        assert!(Config::resolve(file, Overrides::default()).is_err());
     }
 
     #[test]

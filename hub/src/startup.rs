@@ -241,7 +241,7 @@ fn nbd_server(config: &Config) -> Result<Server> {
             config.tls_creds.as_deref(),
             config.tls_verify_peer,
         )?,
-        payload_timeout: config.nbd_io_timeout,
+        payload_stall_timeout: config.nbd_payload_stall_timeout,
         reply_timeout: config.nbd_io_timeout,
         ..ServerConfig::default()
     }))

@@ -11,33 +11,6 @@ use std::process::{Command, Stdio};
 use common::*;
 use serde_json::{Value, json};
 
-/// Polls the backup until it has `status` (or gives up after 30 s); returns the last body.
-fn wait_status(api: &str, token: &str, id: &str, status: &str) -> Value {
-    let path = format!("/api/v1/backups/{id}");
-    let mut body = Value::Null;
-    for _ in 0..600 {
-        body = ok(http("GET", api, &path, Some(token), None));
-        if body["status"] == status {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert_eq!(body["status"], status, "{body}");
-    body
-}
-
-fn create(api: &str, token: &str, vm: &str, capacity: u64) -> Value {
-    let req = json!({"vm_name": vm, "backup_type": "full",
-        "disks": [{"disk_id": 0, "vmware_disk_key": 2000, "capacity_bytes": capacity}]});
-    ok(http(
-        "POST",
-        api,
-        "/api/v1/backups",
-        Some(token),
-        Some(&req),
-    ))
-}
-
 /// Writes 1 MiB, says so, then holds the connection open (no FLUSH) until stdin closes.
 const HOLD_OPEN: &str = r#"
 import nbd, sys
@@ -60,7 +33,7 @@ fn serve_process_quick_start_sigterm_and_restart() {
     let token = read_token(&data);
     let src = dir.path().join("disk.raw");
     make_raw(&src, 3 << 20, 40);
-    let backup = create(&api, &token, "quick", 3 << 20);
+    let backup = create_full(&api, &token, "quick", 3 << 20);
     let id = backup["backup_id"].as_str().unwrap().to_owned();
     let uri = backup["disk_results"][0]["nbd_uri"].as_str().unwrap();
     assert!(uri.starts_with(&format!("nbd://{nbd}/")), "{uri}");
@@ -91,7 +64,7 @@ fn serve_process_quick_start_sigterm_and_restart() {
     assert_eq!((code, &err["code"]), (401, &json!("unauthorized")));
 
     // A second backup is mid-write, its connection open and never flushed, when SIGTERM comes.
-    let open = create(&api, &token, "busy", 2 << 20);
+    let open = create_full(&api, &token, "busy", 2 << 20);
     let open_id = open["backup_id"].as_str().unwrap().to_owned();
     let mut writer = Command::new("/usr/bin/python3")
         .args(["-c", HOLD_OPEN])
@@ -186,7 +159,7 @@ fn serve_process_killed_mid_write_leaves_a_clean_image_and_a_failed_backup() {
     // A completed backup first: a crash later must not touch it.
     let src = dir.path().join("disk.raw");
     make_raw(&src, 4 << 20, 41);
-    let done = create(&api, &token, "crash", 4 << 20);
+    let done = create_full(&api, &token, "crash", 4 << 20);
     let done_id = done["backup_id"].as_str().unwrap().to_owned();
     run_ok(
         Command::new("nbdcopy")
@@ -203,7 +176,7 @@ fn serve_process_killed_mid_write_leaves_a_clean_image_and_a_failed_backup() {
     ));
 
     // The next one is being written and flushed without pause when the hub is killed.
-    let busy = create(&api, &token, "crash-busy", 16 << 20);
+    let busy = create_full(&api, &token, "crash-busy", 16 << 20);
     let busy_id = busy["backup_id"].as_str().unwrap().to_owned();
     let mut writer = nbd_client(WRITE_FOREVER, &busy, "flushed");
     hub.child().kill().unwrap();
@@ -249,7 +222,7 @@ fn serve_process_killed_mid_write_leaves_a_clean_image_and_a_failed_backup() {
     qemu_img_compare(&src, &done_image);
 
     // The killed process's image lock died with it: the VM backs up again at once.
-    let again = create(&api, &token, "crash-busy", 4 << 20);
+    let again = create_full(&api, &token, "crash-busy", 4 << 20);
     run_ok(
         Command::new("nbdcopy")
             .arg(&src)
@@ -398,7 +371,7 @@ fn killed_while_finalising_keeps_the_bytes_received() {
     let data = dir.path().join("data");
     let (mut hub, api, _) = start_hub(&data);
     let token = read_token(&data);
-    let b = create(&api, &token, "slow-close", 2 << 20);
+    let b = create_full(&api, &token, "slow-close", 2 << 20);
     let id = b["backup_id"].as_str().unwrap().to_owned();
     // 1 MiB written, the connection held open: finalising waits for it to go idle.
     let writer = nbd_client(HOLD_OPEN, &b, "written");

@@ -1,11 +1,14 @@
 //! Who may hold a connection: handshakes and established connections are counted apart, so
 //! clients that connect and say nothing cannot keep others from reaching an export.
 //!
-//! - Established connections (past the handshake) are limited by `max_connections`.
-//! - Handshakes in progress are limited by `max_handshakes`; when that is reached, the oldest
-//!   handshake is dropped to make room (a silent client loses its place to one that talks).
-//! - One address may hold `max_handshakes_per_address` handshakes at most; past that its new
-//!   connections are refused instead of pushing out other addresses' handshakes.
+//! - Established connections (past the handshake) are limited by `max_connections`; past it a new
+//!   connection is refused.
+//! - Handshakes in progress (a TLS handshake after STARTTLS is one) are limited by
+//!   `max_handshakes`. When the table is full a new connection is never refused: the oldest
+//!   handshake of the address holding the most is dropped to make room. So one address cannot push
+//!   out another's handshakes while it holds more, and a new connection from an address is never
+//!   turned away because of that address's own older silent handshakes (in the Sendense
+//!   deployment every client, the SNA too, arrives from 127.0.0.1 through the SSH tunnel).
 //! - Refusals are logged at most once per [`REFUSAL_LOG_EVERY`], with the number left unsaid.
 
 use std::collections::{HashMap, VecDeque};
@@ -24,32 +27,76 @@ pub(crate) const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 pub(crate) struct Limits {
     pub max_connections: usize,
     pub max_handshakes: usize,
-    pub max_handshakes_per_address: usize,
 }
 
 /// Why a new connection was turned away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
     ServerFull,
-    AddressBusy,
 }
 
 impl Refusal {
     fn reason(self) -> &'static str {
         match self {
             Refusal::ServerFull => "server has too many connections",
-            Refusal::AddressBusy => "too many handshakes from this address",
         }
     }
+}
+
+/// A handshake in progress. `addr` is `None` for a Unix socket: all of those count as one
+/// address.
+struct Handshake {
+    id: u64,
+    addr: Option<IpAddr>,
+    evicted: CancellationToken,
 }
 
 #[derive(Default)]
 struct Counts {
     established: usize,
     next_id: u64,
-    /// Handshakes in progress, oldest first: id and the token that drops it.
-    handshakes: VecDeque<(u64, CancellationToken)>,
-    per_address: HashMap<IpAddr, usize>,
+    /// Handshakes in progress, oldest first.
+    handshakes: VecDeque<Handshake>,
+    per_address: HashMap<Option<IpAddr>, usize>,
+}
+
+impl Counts {
+    /// Drops the oldest handshake of the address holding the most (of those, the one whose
+    /// handshake is oldest). The table is small (`max_handshakes`), so a scan is cheap.
+    fn evict_one(&mut self) {
+        let Some(most) = self.per_address.values().copied().max() else {
+            return;
+        };
+        let Some(i) = self
+            .handshakes
+            .iter()
+            .position(|h| self.per_address.get(&h.addr) == Some(&most))
+        else {
+            return;
+        };
+        if let Some(h) = self.handshakes.remove(i) {
+            h.evicted.cancel();
+            self.forget_address(h.addr);
+        }
+    }
+
+    fn forget_address(&mut self, addr: Option<IpAddr>) {
+        if let Some(n) = self.per_address.get_mut(&addr) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_address.remove(&addr);
+            }
+        }
+    }
+
+    /// Removes handshake `id` if it is still in the table (an evicted one is not).
+    fn release_handshake(&mut self, id: u64) {
+        if let Some(i) = self.handshakes.iter().position(|h| h.id == id)
+            && let Some(h) = self.handshakes.remove(i)
+        {
+            self.forget_address(h.addr);
+        }
+    }
 }
 
 pub(crate) struct Admission {
@@ -63,7 +110,6 @@ pub(crate) struct Admission {
 pub(crate) struct Ticket {
     admission: Arc<Admission>,
     id: u64,
-    addr: Option<IpAddr>,
     established: bool,
     /// Cancelled when a newer handshake needs the slot.
     pub evicted: CancellationToken,
@@ -78,35 +124,27 @@ impl Admission {
         }
     }
 
-    /// A handshake slot for a new connection from `addr` (`None`: a Unix socket, not limited per
-    /// address), or why not.
+    /// A handshake slot for a new connection from `addr` (`None`: a Unix socket), or why not.
     pub fn admit(self: &Arc<Self>, addr: Option<IpAddr>) -> Result<Ticket, Refusal> {
         let mut c = self.counts.lock();
         if c.established >= self.limits.max_connections {
             return Err(Refusal::ServerFull);
         }
-        if let Some(ip) = addr {
-            if c.per_address.get(&ip).copied().unwrap_or(0)
-                >= self.limits.max_handshakes_per_address
-            {
-                return Err(Refusal::AddressBusy);
-            }
-            *c.per_address.entry(ip).or_default() += 1;
-        }
         while c.handshakes.len() >= self.limits.max_handshakes.max(1) {
-            let Some((_, oldest)) = c.handshakes.pop_front() else {
-                break;
-            };
-            oldest.cancel();
+            c.evict_one();
         }
         let id = c.next_id;
         c.next_id += 1;
         let evicted = CancellationToken::new();
-        c.handshakes.push_back((id, evicted.clone()));
+        c.handshakes.push_back(Handshake {
+            id,
+            addr,
+            evicted: evicted.clone(),
+        });
+        *c.per_address.entry(addr).or_default() += 1;
         Ok(Ticket {
             admission: Arc::clone(self),
             id,
-            addr,
             established: false,
             evicted,
         })
@@ -129,8 +167,7 @@ impl Ticket {
     /// The handshake ended well: the handshake slot becomes a connection slot, if one is free.
     pub fn establish(&mut self) -> Result<(), Refusal> {
         let mut c = self.admission.counts.lock();
-        release_handshake(&mut c, self.id, self.addr);
-        self.addr = None;
+        c.release_handshake(self.id);
         if c.established >= self.admission.limits.max_connections {
             // Nothing left to release on drop.
             self.established = false;
@@ -149,21 +186,7 @@ impl Drop for Ticket {
         if self.established {
             c.established -= 1;
         } else {
-            release_handshake(&mut c, self.id, self.addr);
-        }
-    }
-}
-
-fn release_handshake(c: &mut Counts, id: u64, addr: Option<IpAddr>) {
-    if let Some(i) = c.handshakes.iter().position(|(h, _)| *h == id) {
-        c.handshakes.remove(i);
-    }
-    if let Some(ip) = addr {
-        if let Some(n) = c.per_address.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                c.per_address.remove(&ip);
-            }
+            c.release_handshake(self.id);
         }
     }
 }
@@ -197,15 +220,10 @@ impl RefusalLog {
 mod tests {
     use super::*;
 
-    fn admission(
-        max_connections: usize,
-        max_handshakes: usize,
-        per_address: usize,
-    ) -> Arc<Admission> {
+    fn admission(max_connections: usize, max_handshakes: usize) -> Arc<Admission> {
         Arc::new(Admission::new(Limits {
             max_connections,
             max_handshakes,
-            max_handshakes_per_address: per_address,
         }))
     }
 
@@ -215,7 +233,7 @@ mod tests {
 
     #[test]
     fn a_full_handshake_table_drops_its_oldest_entry() {
-        let a = admission(10, 2, 10);
+        let a = admission(10, 2);
         let first = a.admit(ip(1)).unwrap();
         let second = a.admit(ip(2)).unwrap();
         let third = a.admit(ip(3)).unwrap();
@@ -229,29 +247,52 @@ mod tests {
     }
 
     #[test]
-    fn one_address_is_refused_past_its_share_and_others_still_get_in() {
-        let a = admission(10, 10, 2);
-        let _t = [a.admit(ip(1)).unwrap(), a.admit(ip(1)).unwrap()];
-        assert_eq!(a.admit(ip(1)).err(), Some(Refusal::AddressBusy));
-        assert!(a.admit(ip(2)).is_ok());
-        assert!(
-            a.admit(None).is_ok(),
-            "Unix sockets have no per-address limit"
-        );
+    fn an_address_is_never_refused_for_its_own_silent_handshakes() {
+        let a = admission(256, 64);
+        let silent: Vec<Ticket> = (0..200).map(|_| a.admit(ip(1)).unwrap()).collect();
+        // The newest 64 hold the table; the older ones made room for them, oldest first.
+        assert!(silent[..136].iter().all(|t| t.evicted.is_cancelled()));
+        assert!(silent[136..].iter().all(|t| !t.evicted.is_cancelled()));
+        let mut client = a.admit(ip(1)).unwrap();
+        assert!(silent[136].evicted.is_cancelled());
+        assert!(!silent[137].evicted.is_cancelled());
+        client.establish().unwrap();
+        assert_eq!(a.counts.lock().handshakes.len(), 63);
+    }
+
+    #[test]
+    fn a_flooding_address_pushes_out_its_own_handshakes_never_anothers() {
+        let a = admission(256, 4);
+        let other = a.admit(ip(2)).unwrap();
+        let unix = a.admit(None).unwrap();
+        let flood: Vec<Ticket> = (0..50).map(|_| a.admit(ip(1)).unwrap()).collect();
+        assert!(!other.evicted.is_cancelled() && !unix.evicted.is_cancelled());
+        assert!(flood[..48].iter().all(|t| t.evicted.is_cancelled()));
+        assert!(flood[48..].iter().all(|t| !t.evicted.is_cancelled()));
+        // Once the shares are even, the oldest of the tied addresses goes first.
+        drop(flood);
+        let _more = [a.admit(ip(3)).unwrap(), a.admit(ip(4)).unwrap()];
+        let late = a.admit(ip(5)).unwrap();
+        assert!(other.evicted.is_cancelled() && !unix.evicted.is_cancelled());
+        assert!(!late.evicted.is_cancelled());
+        let counts = a.counts.lock();
+        assert_eq!(counts.handshakes.len(), 4);
+        assert_eq!(counts.per_address.values().sum::<usize>(), 4);
     }
 
     #[test]
     fn established_connections_are_counted_apart_from_handshakes() {
-        let a = admission(1, 1, 1);
+        let a = admission(1, 1);
         let mut t = a.admit(ip(1)).unwrap();
         t.establish().unwrap();
-        // The handshake and address slots are free again; the connection slot is taken.
+        // The handshake slot is free again; the connection slot is taken.
         assert_eq!(a.admit(ip(1)).err(), Some(Refusal::ServerFull));
         let mut late = {
             drop(t);
             a.admit(ip(1)).unwrap()
         };
         let mut other = a.admit(ip(2)).unwrap();
+        assert!(late.evicted.is_cancelled(), "one handshake slot");
         late.establish().unwrap();
         assert_eq!(other.establish(), Err(Refusal::ServerFull));
         drop(other);

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::budget::{Budget, Charge, Held};
 use crate::bufpool::BufPool;
 use crate::command::{self, Limits, MetaContext, Outcome};
 use crate::proto::request::{HeaderStyle, Request};
@@ -42,14 +43,12 @@ pub(crate) struct ConnCtx {
     pub max_payload: u32,
     pub max_in_flight_bytes: usize,
     /// The server-wide payload budget, shared by every connection.
-    pub total_bytes: Arc<Semaphore>,
-    /// Permits `total_bytes` started with.
-    pub total_budget: usize,
+    pub budget: Arc<Budget>,
     pub pool: Arc<BufPool>,
     /// Server shutdown: stop reading requests, finish those in flight.
     pub stop_reading: CancellationToken,
-    /// From a request header to the last byte of its payload.
-    pub payload_timeout: Duration,
+    /// Longest wait for the next byte of a request's payload.
+    pub payload_stall_timeout: Duration,
     /// For one batch of replies to leave.
     pub reply_timeout: Duration,
 }
@@ -68,7 +67,7 @@ struct Permits {
 }
 
 /// A request's share of the connection's payload budget and of the server's.
-type BytePermits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+type BytePermits = (OwnedSemaphorePermit, Held);
 
 /// Why the reader stopped.
 #[derive(Debug)]
@@ -119,8 +118,8 @@ where
         End::BadMagic(m) => tracing::info!(magic = m, "bad request magic, closing"),
         End::Oversize(len) => tracing::info!(len, "payload far over the limit, closing"),
         End::PayloadStalled => tracing::info!(
-            timeout = ?ctx.payload_timeout,
-            "request payload did not arrive in time, closing"
+            timeout = ?ctx.payload_stall_timeout,
+            "request payload stopped arriving, closing"
         ),
         End::Io(e) => tracing::info!(error = %e, "connection lost"),
     }
@@ -231,15 +230,22 @@ impl<'a> RequestReader<'a> {
             return Ok(Incoming::Oversize(req));
         }
         self.exact = payload_len >= 4096;
-        let (count, bytes) = self.take_permits(&req, payload_len).await;
-        // The budget just taken is held until the payload is in: a client that stops sending
-        // mid-payload loses its connection rather than holding everyone's budget.
-        let payload = self.receive_payload(reader, payload_len, pool).await?;
+        let (count, conn_bytes, cost) = self.take_permits(&req, payload_len).await;
+        let (payload, total) = if payload_len == 0 {
+            (
+                Bytes::new(),
+                Held::whole(self.ctx.budget.take_all(cost).await),
+            )
+        } else {
+            // The server's budget is taken as the payload arrives: a client that stops sending
+            // holds what it sent, and loses its connection after a pause without bytes.
+            self.receive_payload(reader, payload_len, pool).await?
+        };
         Ok(Incoming::Run(Ready {
             req,
             payload,
             count,
-            bytes,
+            bytes: (conn_bytes, total),
         }))
     }
 
@@ -284,58 +290,47 @@ impl<'a> RequestReader<'a> {
         if len > MAX_DISCARD {
             return Err(End::Oversize(len));
         }
-        let dropped = discard(reader, &mut self.buf, len);
-        match tokio::time::timeout(self.ctx.payload_timeout, dropped).await {
-            Err(_) => return Err(End::PayloadStalled),
-            Ok(Err(e)) => return Err(End::Io(e)),
-            Ok(Ok(())) => {}
-        }
+        discard(reader, &mut self.buf, len, self.ctx.payload_stall_timeout).await?;
         tracing::info!(length = len, "payload over the limit refused");
         Ok(())
     }
 
-    /// Backpressure: no more reading until earlier requests have been answered.
+    /// Backpressure: no more reading until earlier requests on this connection have been
+    /// answered. Returns the request's place, its share of the connection's budget, and its
+    /// cost in the server's budget (taken by the caller).
     async fn take_permits(
         &self,
         req: &Request,
         payload_len: u64,
-    ) -> (OwnedSemaphorePermit, BytePermits) {
-        let cost = command::in_flight_bytes(req, payload_len, self.ctx.max_payload)
-            .min(self.byte_budget)
-            .min(u64::from(u32::MAX)) as u32;
-        // Both budgets are only held by requests already running, which finish without waiting
-        // for either: no cycle. A request larger than a budget takes all of it and runs alone.
-        let total_cost = u64::from(cost).min(self.ctx.total_budget as u64) as u32;
-        let (Ok(count), Ok(bytes), Ok(total)) = (
+    ) -> (OwnedSemaphorePermit, OwnedSemaphorePermit, u64) {
+        let cost = command::in_flight_bytes(req, payload_len, self.ctx.max_payload);
+        let conn_cost = cost.min(self.byte_budget).min(u64::from(u32::MAX)) as u32;
+        // The connection's budget is only held by its requests already running, which finish
+        // without waiting for it; a request larger than the budget takes all of it, runs alone.
+        let (Ok(count), Ok(bytes)) = (
             self.count_sem.clone().acquire_owned().await,
-            self.bytes_sem.clone().acquire_many_owned(cost).await,
-            self.ctx
-                .total_bytes
-                .clone()
-                .acquire_many_owned(total_cost)
-                .await,
+            self.bytes_sem.clone().acquire_many_owned(conn_cost).await,
         ) else {
             unreachable!("the semaphores are never closed");
         };
-        (count, (bytes, total))
+        (count, bytes, cost)
     }
 
-    /// [`read_payload`] under the payload timeout.
+    /// [`read_payload`], taking the server's budget as the bytes arrive.
     async fn receive_payload<R: AsyncRead + Unpin>(
         &mut self,
         reader: &mut R,
         len: u64,
         pool: &BufPool,
-    ) -> Result<Bytes, End> {
-        if len == 0 {
-            return Ok(Bytes::new());
-        }
-        let read = read_payload(reader, &mut self.buf, len as usize, self.align, pool);
-        match tokio::time::timeout(self.ctx.payload_timeout, read).await {
-            Ok(Ok(p)) => Ok(p),
-            Ok(Err(e)) => Err(End::Io(e)),
-            Err(_) => Err(End::PayloadStalled),
-        }
+    ) -> Result<(Bytes, Held), End> {
+        let mut charge = self.ctx.budget.charge(len);
+        let into = Payload {
+            len: len as usize,
+            align: self.align,
+            stall: self.ctx.payload_stall_timeout,
+        };
+        let payload = read_payload(reader, &mut self.buf, into, pool, &mut charge).await?;
+        Ok((payload, charge.into_held()))
     }
 }
 
@@ -415,41 +410,70 @@ async fn run(ctx: &ConnCtx, req: &Request, limits: Limits, payload: Bytes) -> Ou
     outcome
 }
 
+/// Where a payload goes: its length, the address alignment of its buffer, and the longest wait
+/// for its next byte.
+struct Payload {
+    len: usize,
+    align: usize,
+    stall: Duration,
+}
+
 /// Reads exactly `len` payload bytes: what is already buffered, then straight from the socket into
-/// a buffer of exactly that size, which becomes the `Bytes` handed to the export.
+/// a buffer of exactly that size, which becomes the `Bytes` handed to the export. Every byte is
+/// covered by `charge` before it is read.
 async fn read_payload<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
-    len: usize,
-    align: usize,
+    into: Payload,
     pool: &BufPool,
-) -> io::Result<Bytes> {
+    charge: &mut Charge<'_>,
+) -> Result<Bytes, End> {
+    let len = into.len;
     if buf.len() >= len {
+        charge.cover(len as u64).await;
         return Ok(buf.split_to(len).freeze());
     }
-    let mut payload = pool.take(len, align);
+    charge.cover(buf.len() as u64).await;
+    // The lease ends when the payload is in, and with it the pooled memory it did not cover.
+    let (mut payload, _lease) = pool.lend(len, into.align);
     payload.put(buf.split());
     while payload.len() < len {
-        let want = len - payload.len();
-        if reader.read_buf(&mut (&mut payload).limit(want)).await? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
+        let want = charge.allow((len - payload.len()) as u64).await as usize;
+        let n = read_within(reader, &mut (&mut payload).limit(want), into.stall).await?;
+        charge.spend(n as u64);
     }
     Ok(payload.freeze())
 }
 
-/// Consumes `len` payload bytes without keeping them.
+/// One read into `dst`, failing if no byte comes within `stall` or the client has closed.
+async fn read_within<R: AsyncRead + Unpin, B: BufMut>(
+    reader: &mut R,
+    dst: &mut B,
+    stall: Duration,
+) -> Result<usize, End> {
+    match tokio::time::timeout(stall, reader.read_buf(dst)).await {
+        Err(_) => Err(End::PayloadStalled),
+        Ok(Err(e)) => Err(End::Io(e)),
+        Ok(Ok(0)) => Err(End::Io(io::ErrorKind::UnexpectedEof.into())),
+        Ok(Ok(n)) => Ok(n),
+    }
+}
+
+/// Consumes `len` payload bytes without keeping them, failing after a pause of `stall`.
 async fn discard<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
     len: u64,
-) -> io::Result<()> {
+    stall: Duration,
+) -> Result<(), End> {
     let from_buf = (buf.len() as u64).min(len);
     buf.advance(from_buf as usize);
-    let rest = len - from_buf;
-    let copied = tokio::io::copy(&mut (&mut *reader).take(rest), &mut tokio::io::sink()).await?;
-    if copied < rest {
-        return Err(io::ErrorKind::UnexpectedEof.into());
+    let mut rest = len - from_buf;
+    let mut scratch = BytesMut::with_capacity(READ_BUF);
+    while rest > 0 {
+        scratch.clear();
+        let want = rest.min(READ_BUF as u64) as usize;
+        rest -= read_within(reader, &mut (&mut scratch).limit(want), stall).await? as u64;
     }
     Ok(())
 }

@@ -14,6 +14,7 @@
 #![deny(clippy::too_many_lines)]
 
 mod admission;
+mod budget;
 mod bufpool;
 mod command;
 mod connection;
@@ -102,16 +103,15 @@ pub struct ServerConfig {
     /// Connections past the handshake, over all exports.
     pub max_connections: usize,
     pub max_connections_per_export: usize,
-    /// Handshakes in progress; when full, the oldest is dropped for a new one, so clients that
-    /// connect and stay silent cannot lock others out.
+    /// Handshakes in progress (TLS handshakes included); when full, a new connection is still
+    /// let in and the oldest handshake of the address holding the most is dropped, so clients
+    /// that connect and stay silent cannot lock others out, nor one address push out another's.
     pub max_handshakes: usize,
-    /// Handshakes in progress from one IP address; past it that address's new connections are
-    /// refused (Unix sockets are not limited per address).
-    pub max_handshakes_per_address: usize,
     pub handshake_timeout: Duration,
-    /// Time a request's payload gets to arrive, from its header to its last byte. A client that
-    /// stalls mid-request is disconnected and the budget it held is released.
-    pub payload_timeout: Duration,
+    /// Longest wait for the next byte of a request's payload. A client that stops sending
+    /// mid-payload is disconnected (and the little budget it held released); one that is slow
+    /// but keeps sending is not.
+    pub payload_stall_timeout: Duration,
     /// Time the client gets to take a batch of replies off the socket. A client that stops
     /// reading is disconnected and the READ data it pinned is released.
     pub reply_timeout: Duration,
@@ -121,7 +121,9 @@ pub struct ServerConfig {
     pub max_in_flight_bytes_per_connection: usize,
     /// Bytes of request payloads (WRITE data, READ replies) all connections of the server may hold
     /// in flight together; bounds the server's memory whatever the number of connections. A
-    /// request larger than this takes the whole budget, so it still runs (alone).
+    /// READ takes its share before it runs, a WRITE as its payload arrives; one payload at a time
+    /// may finish past the budget, so the bound is this plus one `max_payload`. A request larger
+    /// than this takes the whole budget, so it still runs (alone).
     pub max_in_flight_bytes_total: usize,
     /// Whether NBD_OPT_LIST reveals export names.
     pub list_exports: bool,
@@ -135,9 +137,10 @@ impl Default for ServerConfig {
             max_connections: 256,
             max_connections_per_export: 16,
             max_handshakes: 64,
-            max_handshakes_per_address: 16,
             handshake_timeout: Duration::from_secs(10),
-            payload_timeout: Duration::from_secs(60),
+            // Long enough for a few TCP retransmissions on a bad link, short enough that a
+            // stalled client gives back its connection slot soon.
+            payload_stall_timeout: Duration::from_secs(10),
             reply_timeout: Duration::from_secs(60),
             max_payload: 64 << 20,
             max_in_flight_bytes_per_connection: 128 << 20,

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::ServerConfig;
 use crate::admission::{self, Admission, Ticket};
+use crate::budget::Budget;
 use crate::bufpool::BufPool;
 use crate::connection::{self, ConnCtx};
 use crate::negotiate;
@@ -31,7 +31,7 @@ pub(crate) struct Shared {
     /// Handshake and connection slots (`max_handshakes`, `max_connections`, per address).
     admission: Arc<Admission>,
     /// Payload bytes in flight across all connections (`max_in_flight_bytes_total`).
-    pub total_bytes: Arc<Semaphore>,
+    pub budget: Arc<Budget>,
     /// Idle payload buffers, shared so their total stays bounded however many connections come.
     pub pool: Arc<BufPool>,
 }
@@ -69,11 +69,12 @@ impl Shared {
             admission: Arc::new(Admission::new(admission::Limits {
                 max_connections: config.max_connections,
                 max_handshakes: config.max_handshakes,
-                max_handshakes_per_address: config.max_handshakes_per_address,
             })),
-            total_bytes: Arc::new(Semaphore::new(total_budget(&config))),
+            budget: Arc::new(Budget::new(config.max_in_flight_bytes_total)),
             pool: Arc::new(BufPool::new(
-                total_budget(&config).min(connection::MAX_POOLED_BYTES),
+                config
+                    .max_in_flight_bytes_total
+                    .clamp(1, connection::MAX_POOLED_BYTES),
             )),
             config,
         }
@@ -143,11 +144,10 @@ async fn run_connection<S: Split>(shared: Arc<Shared>, stream: S, mut ticket: Ti
         contexts: session.contexts,
         max_payload: shared.config.max_payload,
         max_in_flight_bytes: shared.config.max_in_flight_bytes_per_connection,
-        total_bytes: Arc::clone(&shared.total_bytes),
-        total_budget: total_budget(&shared.config),
+        budget: Arc::clone(&shared.budget),
         pool: Arc::clone(&shared.pool),
         stop_reading: shared.stop_reading.clone(),
-        payload_timeout: shared.config.payload_timeout,
+        payload_stall_timeout: shared.config.payload_stall_timeout,
         reply_timeout: shared.config.reply_timeout,
     });
     let (r, w) = stream.split();
@@ -160,14 +160,6 @@ async fn run_connection<S: Split>(shared: Arc<Shared>, stream: S, mut ticket: Ti
     }
     drop(attachment);
     drop(ticket);
-}
-
-/// The server-wide payload budget in semaphore permits (bytes), at least 1 so requests can run.
-pub(crate) fn total_budget(config: &ServerConfig) -> usize {
-    config
-        .max_in_flight_bytes_total
-        .clamp(1, u32::MAX as usize)
-        .min(Semaphore::MAX_PERMITS)
 }
 
 /// Pause after a failed accept (out of file descriptors, usually) before the next try.

@@ -169,3 +169,42 @@ fn wrong_ca_expired_and_missing_certificates_are_refused_and_others_still_served
     );
     t.shutdown();
 }
+
+/// A connection from 127.0.0.1 that sends STARTTLS, has it accepted, sends the first bytes of a
+/// ClientHello and goes silent: a half-open TLS handshake. `None` if the server closed it first.
+fn half_open_tls(addr: std::net::SocketAddr) -> Option<std::net::TcpStream> {
+    use nbd_server::proto::{IHAVEOPT, OPT_STARTTLS, REP_ACK};
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut greeting = [0u8; 18];
+    s.read_exact(&mut greeting).ok()?;
+    let mut msg = 3u32.to_be_bytes().to_vec(); // FIXED_NEWSTYLE | NO_ZEROES
+    msg.extend_from_slice(&IHAVEOPT.to_be_bytes());
+    msg.extend_from_slice(&OPT_STARTTLS.to_be_bytes());
+    msg.extend_from_slice(&0u32.to_be_bytes());
+    s.write_all(&msg).ok()?;
+    let mut reply = [0u8; 20];
+    s.read_exact(&mut reply).ok()?;
+    assert_eq!(
+        u32::from_be_bytes(reply[12..16].try_into().unwrap()),
+        REP_ACK
+    );
+    // A TLS record header announcing a 512-byte handshake message, and nothing of it.
+    s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).ok()?;
+    Some(s)
+}
+
+#[test]
+fn half_open_tls_handshakes_from_loopback_do_not_lock_out_a_tls_client() {
+    let (work, _ca, server_dir, client_dir) = creds();
+    // Default limits and handshake timeout.
+    let config = tls_config(TlsMode::Require, &server_dir, false);
+    let t = TestServer::with_export(config, "d", Arc::new(MemExport::new(4 * MIB)));
+    let half_open: Vec<_> = (0..200).map(|_| half_open_tls(t.addr)).collect();
+    let held = half_open.iter().flatten().count();
+    round_trip(&nbds(&t, "d", &client_dir), work.path(), 4);
+    // Every one of them was let in; the oldest made room for the newer ones.
+    assert_eq!(held, 200, "half-open handshakes refused");
+    drop(half_open);
+    t.shutdown();
+}

@@ -268,6 +268,34 @@ pub fn ok(resp: (u16, Value)) -> Value {
     resp.1
 }
 
+/// Polls the backup until it has `status` (or gives up after 30 s); returns the last body.
+pub fn wait_status(api: &str, token: &str, id: &str, status: &str) -> Value {
+    let path = format!("/api/v1/backups/{id}");
+    let mut body = Value::Null;
+    for _ in 0..600 {
+        body = ok(http("GET", api, &path, Some(token), None));
+        if body["status"] == status {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(body["status"], status, "{body}");
+    body
+}
+
+/// `POST /api/v1/backups`: a full backup of one disk of `capacity` bytes; returns its body.
+pub fn create_full(api: &str, token: &str, vm: &str, capacity: u64) -> Value {
+    let req = serde_json::json!({"vm_name": vm, "backup_type": "full",
+        "disks": [{"disk_id": 0, "vmware_disk_key": 2000, "capacity_bytes": capacity}]});
+    ok(http(
+        "POST",
+        api,
+        "/api/v1/backups",
+        Some(token),
+        Some(&req),
+    ))
+}
+
 /// Longest a command may run before the test calls it hung (a bound, not a timing).
 const HANG: std::time::Duration = std::time::Duration::from_secs(60);
 
