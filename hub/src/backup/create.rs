@@ -249,7 +249,14 @@ impl Hub {
         Ok(())
     }
 
+    /// The parent an incremental builds on, its chain's files all there.
     fn find_parent(&self, req: &CreateBackup, repository_id: &str) -> Result<Backup> {
+        let parent = self.named_or_latest_parent(req, repository_id)?;
+        crate::repo::presence::refuse_gone(&self.catalog, &parent)?;
+        Ok(parent)
+    }
+
+    fn named_or_latest_parent(&self, req: &CreateBackup, repository_id: &str) -> Result<Backup> {
         let Some(parent_id) = &req.parent_backup_id else {
             return self.catalog.latest_completed(&req.vm_name, Some(repository_id))?.ok_or_else(|| {
                 Error::Invalid(format!(
