@@ -12,6 +12,7 @@
 pub mod health;
 pub(crate) mod images;
 pub mod layout;
+pub mod limits;
 pub mod manifest;
 pub mod ownership;
 pub(crate) mod presence;

@@ -33,6 +33,18 @@ impl StandIn {
     }
 }
 
+impl StandIn {
+    /// The inventory discovery answers from now on.
+    pub fn set_inventory(&mut self, inventory: Value) {
+        self._sna.set("inventory", inventory);
+    }
+
+    /// From now on discovery answers `n` generated VMs (`gen-<i>`, one 1 MiB disk each).
+    pub fn set_generated(&mut self, n: u64) {
+        self._sna.set("generate_vms", json!(n));
+    }
+}
+
 /// A VM of the stand-in's inventory, with one small disk.
 pub fn vm(id: &str, name: &str, num_cpu: i64, memory_mb: i64) -> Value {
     json!({"id": id, "name": name, "path": format!("/DC1/vm/{name}"), "datacenter": "DC1",
