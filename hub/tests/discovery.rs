@@ -15,23 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// The hub as a user runs it: every setting at its default but the data dir and the SNA.
 fn defaults(data: PathBuf, sna_port: u16) -> ::hub::Config {
     ::hub::Config {
-        data_dir: data,
         sna_url: format!("http://127.0.0.1:{sna_port}"),
-        ..::hub::Config::default()
+        ..default_config(data)
     }
-}
-
-/// A default credential the stand-in accepts; its id.
-async fn credential(h: &TestHub) -> Value {
-    let (s, c) = h
-        .post(
-            "/api/v1/vmware-credentials",
-            &json!({"credential_name": "vc", "vcenter_host": "vc.example", "username": "admin",
-                "password": PASSWORD, "datacenter": "DC1", "is_default": true}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{c}");
-    c["credential"]["id"].clone()
 }
 
 async fn discover_all(h: &TestHub, credential_id: &Value) -> Value {
@@ -85,7 +71,7 @@ async fn discovery_refuses_and_lists_vms_the_backup_path_would_refuse() {
             vm("vm-5", &long, 2, 4096), vm("vm-6", "twin", 2, 4096), vm("vm-7", "twin", 2, 4096)]});
     let mut sna = StandIn::start(dir.path(), inventory.clone());
     let h = TestHub::start(defaults(dir.path().join("data"), sna.port)).await;
-    let cred = credential(&h).await;
+    let cred = default_credential(&h).await;
 
     let d = discover_all(&h, &cred).await;
     assert_eq!(names(&d["discovered_vms"], "name"), ["web-1"], "{d}");
@@ -155,7 +141,7 @@ async fn a_discovery_whose_caller_goes_away_stops_filing() {
     sna.set_generated(VMS as u64);
     let data = dir.path().join("data");
     let h = TestHub::start(defaults(data.clone(), sna.port)).await;
-    let cred = credential(&h).await;
+    let cred = default_credential(&h).await;
     let base = h.serve_api().await;
 
     let addr = base.trim_start_matches("http://").to_owned();

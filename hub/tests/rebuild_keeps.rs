@@ -195,14 +195,6 @@ async fn rebuild_carries_credentials_contexts_and_protection_over() {
     );
 }
 
-/// The hub as a user runs it: every setting at its default but the data dir.
-fn defaults(data: PathBuf) -> ::hub::Config {
-    ::hub::Config {
-        data_dir: data,
-        ..::hub::Config::default()
-    }
-}
-
 fn remove_catalog(data: &Path) {
     for name in ["catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm"] {
         let _ = std::fs::remove_file(data.join(name));
@@ -230,7 +222,7 @@ fn dir_of(backup: &serde_json::Value) -> PathBuf {
 async fn rebuild_quarantines_what_it_cannot_file_and_the_next_start_proceeds() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let h = TestHub::start(defaults(data.clone())).await;
+    let h = TestHub::start(default_config(data.clone())).await;
     let kept = backed_up(&h, dir.path(), "app", 1).await;
     let broken = backed_up(&h, dir.path(), "db", 2).await;
     h.stop().await;
@@ -261,15 +253,8 @@ async fn rebuild_quarantines_what_it_cannot_file_and_the_next_start_proceeds() {
 
     // Starts (twice: a start does not undo the quarantine), with the filed backup only.
     for _ in 0..2 {
-        let h = TestHub::start(defaults(data.clone())).await;
-        let (_, list) = h.get("/api/v1/backups").await;
-        let ids: Vec<&str> = list["backups"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b["backup_id"].as_str().unwrap())
-            .collect();
-        assert_eq!(ids, [kept["backup_id"].as_str().unwrap()], "{list}");
+        let h = TestHub::start(default_config(data.clone())).await;
+        assert_eq!(backup_ids(&h).await, [kept["backup_id"].as_str().unwrap()]);
         h.stop().await;
     }
     assert!(broken_moved.join("manifest.json").is_file());
@@ -283,31 +268,12 @@ async fn rebuild_quarantines_what_it_cannot_file_and_the_next_start_proceeds() {
 async fn rebuild_files_a_backup_under_the_vm_its_directory_names() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let h = TestHub::start(defaults(data.clone())).await;
+    let h = TestHub::start(default_config(data.clone())).await;
     let web = backed_up(&h, dir.path(), "web", 1).await;
     let src = dir.path().join("web-inc.raw");
     make_raw(&src, MIB as usize, 3);
-    let (s, inc) = h
-        .post(
-            "/api/v1/backups",
-            &json!({"vm_name": "web", "backup_type": "incremental", "disks": [disk(0, 2000, MIB)]}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{inc}");
+    let inc = completed_incremental(&h, "web", &src, MIB, "c1").await;
     let inc_id = inc["backup_id"].as_str().unwrap().to_owned();
-    nbdcopy(vec![
-        src.display().to_string(),
-        inc["disk_results"][0]["nbd_uri"]
-            .as_str()
-            .unwrap()
-            .to_owned(),
-    ])
-    .await;
-    assert_eq!(
-        h.complete(&inc_id, r#"{"change_id":"c1"}"#).await.0,
-        StatusCode::OK
-    );
-    let inc = h.wait_status(&inc_id, "completed").await;
     h.stop().await;
     // The full's manifest now claims VM "db"; the incremental's directory moves under "db".
     let web_dir = dir_of(&web);
@@ -332,7 +298,7 @@ async fn rebuild_files_a_backup_under_the_vm_its_directory_names() {
         out.contains("its parent backup") && out.contains(&inc_id),
         "{out}"
     );
-    let h = TestHub::start(defaults(data.clone())).await;
+    let h = TestHub::start(default_config(data.clone())).await;
     let (s, back) = h
         .get(&format!(
             "/api/v1/backups/{}",

@@ -135,14 +135,6 @@ async fn restores_refuse_backing_files_and_symlinks_outside_the_repository() {
     h.stop().await;
 }
 
-/// The hub as a user runs it: every setting at its default but the data dir.
-fn defaults(data: PathBuf) -> ::hub::Config {
-    ::hub::Config {
-        data_dir: data,
-        ..::hub::Config::default()
-    }
-}
-
 async fn status_of(h: &TestHub, id: &str) -> Value {
     let (s, b) = h.get(&format!("/api/v1/backups/{id}")).await;
     assert_eq!(s, StatusCode::OK, "{b}");
@@ -167,31 +159,12 @@ async fn assert_gone(h: &TestHub, id: &str, names: &str) {
 async fn a_restore_of_a_backup_whose_files_vanished_is_gone_naming_the_backup() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let h = TestHub::start(defaults(data.clone())).await;
+    let h = TestHub::start(default_config(data.clone())).await;
     let (full, full_image) = completed(&h, dir.path(), "app").await;
     let src = dir.path().join("app-inc.raw");
     make_raw(&src, MIB as usize, 6);
-    let (s, inc) = h
-        .post(
-            "/api/v1/backups",
-            &json!({"vm_name": "app", "backup_type": "incremental", "disks": [disk(0, 2000, MIB)]}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{inc}");
+    let inc = completed_incremental(&h, "app", &src, MIB, "c1").await;
     let inc_id = inc["backup_id"].as_str().unwrap().to_owned();
-    nbdcopy(vec![
-        src.display().to_string(),
-        inc["disk_results"][0]["nbd_uri"]
-            .as_str()
-            .unwrap()
-            .to_owned(),
-    ])
-    .await;
-    assert_eq!(
-        h.complete(&inc_id, r#"{"change_id":"c1"}"#).await.0,
-        StatusCode::OK
-    );
-    h.wait_status(&inc_id, "completed").await;
 
     // The full's whole directory goes behind the hub's back: the incremental's chain is broken.
     std::fs::remove_dir_all(full_image.parent().unwrap()).unwrap();
@@ -227,7 +200,7 @@ async fn a_restore_of_a_backup_whose_files_vanished_is_gone_naming_the_backup() 
 async fn a_start_marks_backups_whose_files_vanished_missing_and_completed_once_back() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let h = TestHub::start(defaults(data.clone())).await;
+    let h = TestHub::start(default_config(data.clone())).await;
     let (other, other_image) = completed(&h, dir.path(), "other").await;
     let (kept, _) = completed(&h, dir.path(), "kept").await;
     h.stop().await;
@@ -236,7 +209,7 @@ async fn a_start_marks_backups_whose_files_vanished_missing_and_completed_once_b
     let other_dir = other_image.parent().unwrap().to_owned();
     let aside = dir.path().join("aside");
     std::fs::rename(&other_dir, &aside).unwrap();
-    let h = TestHub::start(defaults(data.clone())).await;
+    let h = TestHub::start(default_config(data.clone())).await;
     let b = status_of(&h, &other).await;
     assert_eq!(b["status"], "missing", "{b}");
     assert!(
@@ -253,7 +226,7 @@ async fn a_start_marks_backups_whose_files_vanished_missing_and_completed_once_b
 
     // Back where it was: completed again at the next start, and restorable.
     std::fs::rename(&aside, &other_dir).unwrap();
-    let h = TestHub::start(defaults(data.clone())).await;
+    let h = TestHub::start(default_config(data.clone())).await;
     let b = status_of(&h, &other).await;
     assert_eq!(b["status"], "completed", "{b}");
     let (s, r) = h

@@ -901,15 +901,7 @@ async fn an_unreadable_catalog_row_is_skipped_not_fatal() {
         .unwrap();
     }
     let h = TestHub::start(test_config(data.clone())).await;
-    let (s, list) = h.get("/api/v1/backups").await;
-    assert_eq!(s, StatusCode::OK, "{list}");
-    let ids: Vec<&str> = list["backups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["backup_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, [good["backup_id"].as_str().unwrap()]);
+    assert_eq!(backup_ids(&h).await, [good["backup_id"].as_str().unwrap()]);
     let (s, one) = h.get(&format!("/api/v1/backups/{bad_id}")).await;
     assert!(s.is_server_error(), "{s} {one}");
     assert!(error_text(&one).contains(&bad_id), "{one}");
