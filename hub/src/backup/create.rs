@@ -15,8 +15,9 @@ use crate::error::{Error, Result};
 use crate::export::ImageExport;
 use crate::repo::DEFAULT_REPOSITORY;
 use crate::repo::images::{create_image, open_image};
+use crate::repo::layout;
+use crate::repo::limits;
 use crate::repo::manifest::{self, Manifest};
-use crate::repo::{layout, limits};
 use crate::state::{ActiveBackup, ActiveDisk, Hub, now};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -7,8 +7,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{ContextOwner, VmContext, VmDisk};
 use crate::error::{Error, Result};
+pub use crate::inventory::answer::{Inventory, InventoryVcenter, SnaDisk, SnaVm, parse_disk_key};
 use crate::inventory::credentials::VcenterLogin;
-use crate::inventory::vetting::{context_of, namesakes, vet};
+use crate::inventory::vetting::{Origin, context_of, namesakes, vet};
 use crate::state::Hub;
 
 /// `POST /api/v1/discovery/discover-vms`.
@@ -32,68 +33,6 @@ struct SnaDiscover<'a> {
     password: &'a str,
     datacenter: &'a str,
     filter: &'a str,
-}
-
-/// The SNA's inventory. Fields it may leave out default to empty.
-#[derive(Debug, Deserialize)]
-pub struct Inventory {
-    #[serde(default)]
-    pub vcenter: InventoryVcenter,
-    #[serde(default)]
-    pub vms: Vec<SnaVm>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub struct InventoryVcenter {
-    #[serde(default)]
-    pub host: String,
-    #[serde(default)]
-    pub datacenter: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
-pub struct SnaVm {
-    #[serde(default)]
-    pub id: String,
-    pub name: String,
-    #[serde(default)]
-    pub path: String,
-    #[serde(default)]
-    pub datacenter: String,
-    #[serde(default)]
-    pub power_state: String,
-    #[serde(default)]
-    pub guest_os: String,
-    #[serde(default)]
-    pub memory_mb: i64,
-    #[serde(default)]
-    pub num_cpu: i64,
-    #[serde(default)]
-    pub disks: Vec<SnaDisk>,
-    #[serde(default)]
-    pub networks: Vec<serde_json::Value>,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
-pub struct SnaDisk {
-    /// `disk-<VMware key>`.
-    pub id: String,
-    #[serde(default)]
-    pub label: String,
-    #[serde(default)]
-    pub path: String,
-    #[serde(default)]
-    pub vmdk_path: String,
-    #[serde(default)]
-    pub size_gb: i64,
-    #[serde(default)]
-    pub capacity_bytes: i64,
-    #[serde(default)]
-    pub datastore: String,
-    #[serde(default)]
-    pub provisioning_type: String,
-    #[serde(default)]
-    pub unit_number: i64,
 }
 
 /// One VM of the answer: what the SNA said, and whether a context exists for it.
@@ -128,22 +67,9 @@ pub struct DiscoverResponse {
     pub message: String,
 }
 
-/// `disk-2000` → 2000: the SNA names disks by their VMware key, which the client matches against
-/// the keys in `nbd_targets`.
-pub fn parse_disk_key(id: &str) -> Option<i64> {
-    id.strip_prefix("disk-")?.parse().ok().filter(|k| *k >= 0)
-}
-
 /// Contexts written per transaction: one sync per batch, and a caller gone is noticed between
 /// batches.
 const BATCH: usize = 512;
-
-/// Where the VMs of one answer are: the credential that found them and their vCenter.
-pub(super) struct Origin {
-    pub credential_id: i64,
-    pub vcenter_host: String,
-    pub datacenter: String,
-}
 
 /// The contexts one discovery makes or refreshes: each with its index in the answer's
 /// `discovered_vms`.

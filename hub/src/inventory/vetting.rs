@@ -7,9 +7,16 @@
 use std::collections::HashMap;
 
 use crate::catalog::{ContextOwner, VmContext, VmDisk};
-use crate::inventory::discovery::{Origin, SnaVm, parse_disk_key};
+use crate::inventory::answer::{SnaVm, parse_disk_key};
 use crate::repo::limits;
 use crate::state::now;
+
+/// Where the VMs of one answer are: the credential that found them and their vCenter.
+pub(super) struct Origin {
+    pub credential_id: i64,
+    pub vcenter_host: String,
+    pub datacenter: String,
+}
 
 /// Ids named in a refusal at most: a name shared by thousands would repeat them in each.
 const SHOWN_IDS: usize = 5;
