@@ -1,8 +1,9 @@
 //! Benchmark support for the throughput harness (`src/bin/throughput.rs`) and the criterion benches
-//! (`benches/*.rs`): the project's own pipelined NBD client, process figures, and the pure pieces
+//! (`benches/*.rs`): the project's own pipelined NBD client, an in-process hub (`inproc`), process figures, and the pure pieces
 //! (size suffixes, statistics, the result table) that have unit tests.
 
 pub mod client;
+pub mod inproc;
 pub mod report;
 pub mod size;
 pub mod stats;

@@ -13,6 +13,10 @@ pub enum Error {
     /// The request clashes with the current state (HTTP 409).
     #[error("{0}")]
     Conflict(String),
+    /// What the request names existed but its files are gone (HTTP 410): a backup whose images
+    /// were removed outside the hub.
+    #[error("{0}")]
+    Gone(String),
     /// Something the request needs is unavailable on this hub (HTTP 503): the credential key.
     #[error("{0}")]
     Unavailable(String),

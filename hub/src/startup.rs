@@ -39,6 +39,11 @@ impl Hub {
         finish_deletions(&catalog)?;
         let stale_manifests =
             crate::repo::reconcile::check_catalog(&catalog, &catalog_path, &data, started)?;
+        // After the comparison, which may remove directories: listing then says which
+        // completed backups lost their files.
+        if let Err(err) = crate::repo::presence::mark_at_start(&catalog) {
+            tracing::warn!(%err, "completed backups not checked for files gone");
+        }
 
         let sna = crate::sys::sna::SnaClient::new(&config.sna_url, config.sna_timeout)?;
         let nbd = nbd_server(&config)?;

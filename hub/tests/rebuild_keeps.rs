@@ -194,3 +194,130 @@ async fn rebuild_carries_credentials_contexts_and_protection_over() {
         "{out}"
     );
 }
+
+fn remove_catalog(data: &Path) {
+    for name in ["catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm"] {
+        let _ = std::fs::remove_file(data.join(name));
+    }
+}
+
+/// A completed one-disk full backup of `vm` from a source made of `seed`; the backup's body.
+async fn backed_up(h: &TestHub, dir: &Path, vm: &str, seed: u64) -> serde_json::Value {
+    let src = dir.join(format!("{vm}-{seed}.raw"));
+    make_raw(&src, MIB as usize, seed);
+    completed_full(h, vm, &src, MIB).await
+}
+
+fn dir_of(backup: &serde_json::Value) -> PathBuf {
+    Path::new(backup["disk_results"][0]["qcow2_path"].as_str().unwrap())
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// Issue 22, item 11: after a rebuild that skipped directories, the start refused and asked for
+/// another rebuild, which skipped them again. Now the rebuild moves them into the repository's
+/// quarantine (untouched) and says where, and the start proceeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rebuild_quarantines_what_it_cannot_file_and_the_next_start_proceeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let h = TestHub::start(default_config(data.clone())).await;
+    let kept = backed_up(&h, dir.path(), "app", 1).await;
+    let broken = backed_up(&h, dir.path(), "db", 2).await;
+    h.stop().await;
+    let repo = data.join("repository");
+    // A directory without a manifest, and one whose manifest is not JSON.
+    let stray = repo.join("app/5f1c9e3a-8b7d-4e2f-a6c4-2d3b9e8f1a00");
+    std::fs::create_dir_all(&stray).unwrap();
+    qemu_img_create(&stray.join("disk0.qcow2"), MIB);
+    std::fs::write(dir_of(&broken).join("manifest.json"), b"{ torn").unwrap();
+    remove_catalog(&data);
+
+    let (code, out) = rebuild(&data);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("could not rebuild 2"), "{out}");
+    let stray_moved = repo
+        .join(".quarantine/app")
+        .join(stray.file_name().unwrap());
+    let broken_moved = repo
+        .join(".quarantine/db")
+        .join(dir_of(&broken).file_name().unwrap());
+    for moved in [&stray_moved, &broken_moved] {
+        assert!(out.contains(&moved.display().to_string()), "{out}");
+        // Moved whole, not rewritten.
+        qemu_img_check(&moved.join("disk0.qcow2"));
+    }
+    assert!(!stray.exists() && !dir_of(&broken).exists());
+    assert!(!repo.join("db").exists(), "the emptied VM directory stays");
+
+    // Starts (twice: a start does not undo the quarantine), with the filed backup only.
+    for _ in 0..2 {
+        let h = TestHub::start(default_config(data.clone())).await;
+        assert_eq!(backup_ids(&h).await, [kept["backup_id"].as_str().unwrap()]);
+        h.stop().await;
+    }
+    assert!(broken_moved.join("manifest.json").is_file());
+}
+
+/// Issue 22, item 11: rebuild trusted a manifest's `vm_name` over the directory it lies in, so a
+/// manifest naming another VM put these images into that VM's chain (its restores, the parent of
+/// its next incremental). Now the directory names the VM, the report says so, and a child whose
+/// parent is then another VM's is not filed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rebuild_files_a_backup_under_the_vm_its_directory_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let h = TestHub::start(default_config(data.clone())).await;
+    let web = backed_up(&h, dir.path(), "web", 1).await;
+    let src = dir.path().join("web-inc.raw");
+    make_raw(&src, MIB as usize, 3);
+    let inc = completed_incremental(&h, "web", &src, MIB, "c1").await;
+    let inc_id = inc["backup_id"].as_str().unwrap().to_owned();
+    h.stop().await;
+    // The full's manifest now claims VM "db"; the incremental's directory moves under "db".
+    let web_dir = dir_of(&web);
+    let manifest = web_dir.join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    m["vm_name"] = json!("db");
+    std::fs::write(&manifest, m.to_string()).unwrap();
+    let repo = data.join("repository");
+    std::fs::create_dir_all(repo.join("db")).unwrap();
+    let inc_dir = repo.join("db").join(&inc_id);
+    std::fs::rename(dir_of(&inc), &inc_dir).unwrap();
+    remove_catalog(&data);
+
+    let (code, out) = rebuild(&data);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(r#"filed under VM "web""#) && out.contains(r#"names VM "db""#),
+        "{out}"
+    );
+    assert!(
+        out.contains("its parent backup") && out.contains(&inc_id),
+        "{out}"
+    );
+    let h = TestHub::start(default_config(data.clone())).await;
+    let (s, back) = h
+        .get(&format!(
+            "/api/v1/backups/{}",
+            web["backup_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{back}");
+    assert_eq!(back["vm_name"], "web", "{back}");
+    let (_, db) = h.get("/api/v1/backups?vm_name=db").await;
+    assert_eq!(db["backups"], json!([]), "{db}");
+    let (s, _) = h.get(&format!("/api/v1/backups/{inc_id}")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // db has no completed backup to build on; web's next incremental builds on web's full.
+    let (s, r) = h
+        .post(
+            "/api/v1/backups",
+            &json!({"vm_name": "db", "backup_type": "incremental", "disks": [disk(0, 2000, MIB)]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{r}");
+    h.stop().await;
+}

@@ -16,6 +16,7 @@ The test writes a JSON config file and may rewrite it between backups; it is rea
   expect_change_id {key: id}, new_change_ids {key: id},
   mode (ok | status500 | hang | client_fail | echo_password), hang_secs,
   refuse_vms [names whose start is refused as status500 refuses every start],
+  generate_vms (optional: discover answers that many generated VMs instead of inventory),
   log (JSON lines of what was asked), errors (what went wrong, for the test to show).
 echo_password: discover and backup/start answer 500 with a JSON body that echoes the password
 received, JSON-escaped both ways (`\\uXXXX` as json.dumps does by default, and UTF-8 as most other
@@ -183,6 +184,17 @@ def run_backup(job, cfg):
             append(cfg["errors"], {"job_id": job_id, "error": traceback.format_exc()})
 
 
+def generated_inventory(n):
+    """An inventory of n small VMs (gen-<i>, one 1 MiB disk each), built in one string: a test of
+    a large vCenter needs no config file of that size."""
+    vm = (
+        '{{"id":"vm-{i}","name":"gen-{i}","path":"/DC1/vm/gen-{i}","power_state":"poweredOn",'
+        '"disks":[{{"id":"disk-2000","capacity_bytes":1048576,"datastore":"ds1"}}]}}'
+    )
+    vms = ",".join(vm.format(i=i) for i in range(n))
+    return ('{"vcenter":{"host":"vc.example","datacenter":"DC1"},"vms":[' + vms + "]}").encode()
+
+
 class Handler(BaseHTTPRequestHandler):
     def answer(self, status, body):
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -214,6 +226,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/api/v1/discover":
             if not shown["password_ok"]:
                 return self.answer(500, b"Discovery failed: login refused")
+            if cfg.get("generate_vms"):
+                return self.answer(200, generated_inventory(cfg["generate_vms"]))
             return self.answer(200, cfg["inventory"])
         if self.path != "/api/v1/backup/start":
             return self.answer(404, b"404 page not found")

@@ -160,7 +160,8 @@ async fn empty_catalog_refuses_to_start_and_rebuild_brings_every_backup_back() {
     remove_catalog(&data);
     assert!(start_refused(&data).await.contains("catalog rebuild"));
 
-    // A directory from before manifests (or written by hand): reported, never guessed at.
+    // A directory from before manifests (or written by hand): reported, never guessed at, and
+    // moved into the repository's quarantine so that the next start proceeds.
     let stray = data
         .join("repository")
         .join("app")
@@ -178,12 +179,11 @@ async fn empty_catalog_refuses_to_start_and_rebuild_brings_every_backup_back() {
         out.contains("could not rebuild 1") && out.contains(&stray.display().to_string()),
         "{out}"
     );
-    let msg = start_refused(&data).await;
-    assert!(
-        msg.contains(&stray.display().to_string()) && msg.contains("no manifest"),
-        "{msg}"
-    );
-    std::fs::rename(&stray, dir.path().join("moved-away")).unwrap();
+    let quarantined = data
+        .join("repository/.quarantine/app")
+        .join(stray.file_name().unwrap());
+    assert!(out.contains(&quarantined.display().to_string()), "{out}");
+    assert!(quarantined.join("disk0.qcow2").is_file() && !stray.exists());
     let h = TestHub::start(test_config(data.clone())).await;
     for (b, change_id) in [(&full, "c0"), (&inc, "c1")] {
         let id = b["backup_id"].as_str().unwrap();
@@ -901,15 +901,7 @@ async fn an_unreadable_catalog_row_is_skipped_not_fatal() {
         .unwrap();
     }
     let h = TestHub::start(test_config(data.clone())).await;
-    let (s, list) = h.get("/api/v1/backups").await;
-    assert_eq!(s, StatusCode::OK, "{list}");
-    let ids: Vec<&str> = list["backups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["backup_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, [good["backup_id"].as_str().unwrap()]);
+    assert_eq!(backup_ids(&h).await, [good["backup_id"].as_str().unwrap()]);
     let (s, one) = h.get(&format!("/api/v1/backups/{bad_id}")).await;
     assert!(s.is_server_error(), "{s} {one}");
     assert!(error_text(&one).contains(&bad_id), "{one}");

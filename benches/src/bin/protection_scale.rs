@@ -21,9 +21,9 @@ use axum::extract::ConnectInfo;
 use axum::http::{Method, Request, StatusCode};
 use clap::Parser;
 use http_body_util::BodyExt;
+use hub::Hub;
 use hub::catalog::{VmContext, VmDisk};
 use hub::protect::cron::CronSchedule;
-use hub::{Config, Hub};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -68,22 +68,12 @@ struct Bench {
 impl Bench {
     async fn start() -> Bench {
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = Config {
-            data_dir: dir.path().to_owned(),
-            ..Config::default()
-        };
-        let nbd = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("NBD listener");
-        let shutdown = CancellationToken::new();
-        let hub = hub::start(config, nbd, shutdown.clone())
-            .await
-            .expect("hub starts");
-        let token = std::fs::read_to_string(dir.path().join("api-token"))
-            .expect("api-token")
-            .trim()
-            .to_owned();
-        let app = hub::api::app(hub.clone());
+        let benches::inproc::InProcessHub {
+            hub,
+            app,
+            shutdown,
+            token,
+        } = benches::inproc::start_hub(dir.path(), |_| {}).await;
         Bench {
             _dir: dir,
             hub,

@@ -18,6 +18,7 @@ use crate::state::Hub;
     responses((status = 200, description = "The backup, ready: images made and NBD exports open", body = BackupView),
         (status = 404, description = "No such repository, or no VM context (run discovery)", body = ErrorBody),
         (status = 409, description = "A backup of this VM is active", body = ErrorBody),
+        (status = 410, description = "The incremental's parent lost its files (or its parent did): it is now `missing`", body = ErrorBody),
         (status = 502, description = "The SNA refused to start the copy or did not answer; the backup is failed and its images removed", body = ErrorBody),
         (status = 503, description = "The credential key cannot open the VM's vCenter password", body = ErrorBody)))]
 pub async fn create(

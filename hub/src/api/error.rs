@@ -18,6 +18,8 @@ pub enum ApiError {
     Unauthorized,
     NotFound(String),
     Conflict(String),
+    /// What the request names existed, but its files are gone.
+    Gone(String),
     MethodNotAllowed,
     /// The SNA refused or did not answer.
     BadGateway(String),
@@ -46,7 +48,7 @@ pub struct ErrorBody {
     pub error: String,
     /// More about it, or empty.
     pub details: String,
-    /// Stable machine code: `bad_request`, `unauthorized`, `not_found`, `conflict`,
+    /// Stable machine code: `bad_request`, `unauthorized`, `not_found`, `conflict`, `gone`,
     /// `method_not_allowed`, `payload_too_large`, `internal`, ...
     pub code: String,
     /// When the hub answered (RFC 3339, UTC).
@@ -70,6 +72,7 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Gone(_) => (StatusCode::GONE, "gone"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             ApiError::InsufficientStorage(_) => {
@@ -90,6 +93,7 @@ impl ApiError {
             | ApiError::PayloadTooLarge(m)
             | ApiError::NotFound(m)
             | ApiError::Conflict(m)
+            | ApiError::Gone(m)
             | ApiError::Unavailable(m)
             | ApiError::BadGateway(m)
             | ApiError::Other { message: m, .. } => (m, String::new()),
@@ -138,6 +142,7 @@ impl From<Error> for ApiError {
             Error::Invalid(m) => ApiError::BadRequest(m),
             Error::NotFound(m) => ApiError::NotFound(m),
             Error::Conflict(m) => ApiError::Conflict(m),
+            Error::Gone(m) => ApiError::Gone(m),
             Error::Upstream(m) => ApiError::BadGateway(m),
             Error::Unavailable(m) => ApiError::Unavailable(m),
             other => ApiError::Internal(other.to_string()),

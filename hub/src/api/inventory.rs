@@ -37,7 +37,7 @@ pub struct ContextDeleted {
 
 #[utoipa::path(post, path = "/api/v1/discovery/discover-vms", operation_id = "discover_vms", tag = "discovery",
     request_body = DiscoverRequest,
-    responses((status = 200, description = "The SNA's inventory; with `create_context`, the selected VMs' contexts made or refreshed", body = DiscoverResponse),
+    responses((status = 200, description = "The SNA's inventory; with `create_context`, the selected VMs' contexts made or refreshed; VMs the backup path would refuse, or whose name is not theirs alone, in `refused_vms` and never stored", body = DiscoverResponse),
         (status = 404, description = "No such credential", body = ErrorBody),
         (status = 409, description = "The credential is not active", body = ErrorBody),
         (status = 502, description = "The SNA refused, did not answer within the timeout, or gave an answer the hub cannot read", body = ErrorBody),

@@ -13,7 +13,8 @@ use crate::state::Hub;
     request_body = CreateRestore,
     responses((status = 200, description = "A read-only NBD export of the disk as of the backup", body = RestoreView),
         (status = 404, description = "No such backup or disk", body = ErrorBody),
-        (status = 409, description = "The backup is not completed", body = ErrorBody)))]
+        (status = 409, description = "The backup is not completed", body = ErrorBody),
+        (status = 410, description = "The backup's files, or its parent's, are gone from the repository: it is `missing`", body = ErrorBody)))]
 pub async fn create(
     State(hub): State<Hub>,
     ApiJson(req): ApiJson<CreateRestore>,

@@ -127,6 +127,7 @@ pub struct StatusCounts {
     pub completed: u64,
     pub failed: u64,
     pub cancelled: u64,
+    pub missing: u64,
 }
 
 impl StatusCounts {
@@ -138,6 +139,7 @@ impl StatusCounts {
             Status::Completed => &mut self.completed,
             Status::Failed => &mut self.failed,
             Status::Cancelled => &mut self.cancelled,
+            Status::Missing => &mut self.missing,
         }
     }
 }
@@ -332,6 +334,7 @@ impl Hub {
             (Status::Completed, _) => "completed",
             (Status::Failed, _) => "failed",
             (Status::Cancelled, _) => "cancelled",
+            (Status::Missing, _) => "missing",
             (_, true) => "completed",
             (other, false) => other.as_str(),
         };
@@ -345,9 +348,12 @@ impl Hub {
             qcow2_path: d.qcow2_path.display().to_string(),
             capacity_bytes: d.capacity_bytes,
             status,
-            error_message: matches!(b.status, Status::Failed | Status::Cancelled)
-                .then(|| b.error.clone())
-                .flatten(),
+            error_message: matches!(
+                b.status,
+                Status::Failed | Status::Cancelled | Status::Missing
+            )
+            .then(|| b.error.clone())
+            .flatten(),
             change_id: d.change_id.clone(),
             bytes_transferred: d.bytes_transferred,
             bytes_written,

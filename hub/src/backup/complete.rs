@@ -92,7 +92,7 @@ impl Hub {
         }
         match backup.status {
             Status::Completed | Status::Finalizing => return Ok(backup),
-            Status::Failed | Status::Cancelled => {
+            Status::Failed | Status::Cancelled | Status::Missing => {
                 return Err(Error::Conflict(format!(
                     "backup {id} is {}",
                     backup.status.as_str()

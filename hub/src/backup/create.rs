@@ -16,16 +16,9 @@ use crate::export::ImageExport;
 use crate::repo::DEFAULT_REPOSITORY;
 use crate::repo::images::{create_image, open_image};
 use crate::repo::layout;
+use crate::repo::limits;
 use crate::repo::manifest::{self, Manifest};
 use crate::state::{ActiveBackup, ActiveDisk, Hub, now};
-
-/// Largest virtual size accepted for one disk (QCOW2 with 64 KiB clusters handles far more; this
-/// only bounds what a request can ask for).
-const MAX_CAPACITY: u64 = 256 << 40;
-
-const MAX_DISKS: usize = 256;
-
-const MAX_VM_NAME: usize = 255;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateBackup {
@@ -78,9 +71,7 @@ fn new_backup_id() -> String {
 
 fn validate(req: &CreateBackup) -> Result<()> {
     let invalid = |m: String| Err(Error::Invalid(m));
-    if req.vm_name.trim().is_empty() || req.vm_name.len() > MAX_VM_NAME {
-        return invalid(format!("vm_name must have 1 to {MAX_VM_NAME} bytes"));
-    }
+    limits::check_vm_name(&req.vm_name).map_err(Error::Invalid)?;
     if req
         .tags
         .as_ref()
@@ -88,24 +79,12 @@ fn validate(req: &CreateBackup) -> Result<()> {
     {
         return invalid("tags must be a JSON object".into());
     }
-    if req.disks().is_empty() || req.disks().len() > MAX_DISKS {
-        return invalid(format!("disks must list 1 to {MAX_DISKS} disks"));
-    }
+    limits::check_disk_count(req.disks().len()).map_err(Error::Invalid)?;
     let mut ids = HashSet::new();
     let mut keys = HashSet::new();
     for d in req.disks() {
-        if d.capacity_bytes == 0 || d.capacity_bytes % 512 != 0 {
-            return invalid(format!(
-                "disk {}: capacity_bytes must be a positive multiple of 512, got {}",
-                d.disk_id, d.capacity_bytes
-            ));
-        }
-        if d.capacity_bytes > MAX_CAPACITY {
-            return invalid(format!(
-                "disk {}: capacity_bytes {} is too large",
-                d.disk_id, d.capacity_bytes
-            ));
-        }
+        limits::check_capacity(d.capacity_bytes)
+            .map_err(|why| Error::Invalid(format!("disk {}: {why}", d.disk_id)))?;
         if !ids.insert(d.disk_id) {
             return invalid(format!("duplicate disk_id {}", d.disk_id));
         }
@@ -256,7 +235,14 @@ impl Hub {
         Ok(())
     }
 
+    /// The parent an incremental builds on, its chain's files all there.
     fn find_parent(&self, req: &CreateBackup, repository_id: &str) -> Result<Backup> {
+        let parent = self.named_or_latest_parent(req, repository_id)?;
+        crate::repo::presence::refuse_gone(&self.catalog, &parent)?;
+        Ok(parent)
+    }
+
+    fn named_or_latest_parent(&self, req: &CreateBackup, repository_id: &str) -> Result<Backup> {
         let Some(parent_id) = &req.parent_backup_id else {
             return self.catalog.latest_completed(&req.vm_name, Some(repository_id))?.ok_or_else(|| {
                 Error::Invalid(format!(

@@ -139,6 +139,33 @@ impl Catalog {
             .collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Completed and missing backups, oldest first (parents before their children): those whose
+    /// files must be in the repository.
+    pub fn settled_backups(&self) -> Result<Vec<Backup>> {
+        let conn = self.conn.lock();
+        let sql = format!(
+            "SELECT {BACKUP_COLUMNS} FROM backups WHERE status IN ('completed', 'missing') \
+             ORDER BY created_at, rowid"
+        );
+        Ok(query_backups(&conn, &sql, &[])?)
+    }
+
+    /// completed -> missing, with `why` as its error; or, with `why` `None`, missing ->
+    /// completed, the error cleared (a completed backup has none). Times stay: the backup did
+    /// not end again. Returns whether the row changed.
+    pub fn set_missing(&self, id: &str, why: Option<&str>) -> Result<bool> {
+        let (from, to) = match why {
+            Some(_) => (Status::Completed, Status::Missing),
+            None => (Status::Missing, Status::Completed),
+        };
+        let conn = self.writer();
+        let changed = conn.execute(
+            "UPDATE backups SET status = ?2, error = ?3 WHERE id = ?1 AND status = ?4",
+            params![id, to.as_str(), why, from.as_str()],
+        )?;
+        Ok(changed == 1)
+    }
+
     pub fn set_status(&self, id: &str, status: Status, error: Option<&str>) -> Result<()> {
         let conn = self.writer();
         let completed_at = (!status.is_active()).then(|| fmt_time(OffsetDateTime::now_utc()));

@@ -277,6 +277,99 @@ fn disk_from_row(row: &Row<'_>) -> rusqlite::Result<VmDisk> {
     })
 }
 
+/// Which VM a context's name stands for.
+#[derive(Debug, Clone)]
+pub struct ContextOwner {
+    pub vm_name: String,
+    pub context_id: String,
+    pub vmware_vm_id: String,
+    pub vcenter_host: String,
+}
+
+/// One context of [`Catalog::upsert_vm_contexts`], inside its transaction.
+fn upsert_in(
+    tx: &rusqlite::Transaction<'_>,
+    context: &VmContext,
+    disks: &[VmDisk],
+    now: &str,
+) -> rusqlite::Result<(String, bool)> {
+    let existing: Option<String> = tx
+        .prepare_cached("SELECT context_id FROM vm_contexts WHERE vm_name = ?1")?
+        .query_row([&context.vm_name], |r| r.get(0))
+        .optional()?;
+    let id = existing
+        .clone()
+        .unwrap_or_else(|| context.context_id.clone());
+    tx.prepare_cached(
+        "INSERT INTO vm_contexts (context_id, vm_name, vmware_vm_id, vm_path, vcenter_host, datacenter, \
+         credential_id, power_state, guest_os, memory_mb, num_cpu, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12) \
+         ON CONFLICT (context_id) DO UPDATE SET vmware_vm_id = ?3, vm_path = ?4, vcenter_host = ?5, \
+         datacenter = ?6, credential_id = ?7, power_state = ?8, guest_os = ?9, memory_mb = ?10, \
+         num_cpu = ?11, updated_at = ?12",
+    )?
+    .execute(params![
+            id,
+            context.vm_name,
+            context.vmware_vm_id,
+            context.vm_path,
+            context.vcenter_host,
+            context.datacenter,
+            context.credential_id,
+            context.power_state,
+            context.guest_os,
+            context.memory_mb,
+            context.num_cpu,
+            now
+        ])?;
+    write_disks(tx, &id, existing.is_some(), disks)?;
+    Ok((id, existing.is_some()))
+}
+
+/// A context's disks replaced by `disks`, each known VMware key keeping its `disk_id`.
+fn write_disks(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    existed: bool,
+    disks: &[VmDisk],
+) -> rusqlite::Result<()> {
+    let known = query_disks(tx, id)?;
+    let mut next = known.iter().map(|d| d.disk_id + 1).max().unwrap_or(0);
+    tx.prepare_cached("DELETE FROM vm_disks WHERE context_id = ?1")?
+        .execute([id])?;
+    for (position, disk) in disks.iter().enumerate() {
+        let disk_id = match known
+            .iter()
+            .find(|k| k.vmware_disk_key == disk.vmware_disk_key)
+        {
+            Some(k) => k.disk_id,
+            None if !existed => position as u32,
+            None => {
+                next += 1;
+                next - 1
+            }
+        };
+        tx.prepare_cached(
+            "INSERT INTO vm_disks (context_id, disk_id, position, vmware_disk_key, label, vmdk_path, \
+             datastore, capacity_bytes, provisioning_type, unit_number) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?
+        .execute(params![
+            id,
+            disk_id,
+            position as i64,
+            disk.vmware_disk_key,
+            disk.label,
+            disk.vmdk_path,
+            disk.datastore,
+            disk.capacity_bytes as i64,
+            disk.provisioning_type,
+            disk.unit_number
+        ])?;
+    }
+    Ok(())
+}
+
 fn query_disks(conn: &rusqlite::Connection, context_id: &str) -> rusqlite::Result<Vec<VmDisk>> {
     let mut stmt = conn.prepare_cached(
         "SELECT disk_id, vmware_disk_key, label, vmdk_path, datastore, capacity_bytes, \
@@ -324,78 +417,44 @@ impl Catalog {
         context: &VmContext,
         disks: &[VmDisk],
     ) -> Result<(String, bool)> {
+        let mut done = self.upsert_vm_contexts(&[(context.clone(), disks.to_vec())])?;
+        done.pop()
+            .ok_or_else(|| Error::Internal("no context written".into()))
+    }
+
+    /// [`Catalog::upsert_vm_context`] for each, in one transaction (one sync for all of them).
+    pub fn upsert_vm_contexts(
+        &self,
+        contexts: &[(VmContext, Vec<VmDisk>)],
+    ) -> Result<Vec<(String, bool)>> {
         self.written((|| {
             let mut conn = self.conn.lock();
             let tx = conn.transaction()?;
-            let existing: Option<String> = tx
-                .query_row(
-                    "SELECT context_id FROM vm_contexts WHERE vm_name = ?1",
-                    [&context.vm_name],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let id = existing
-                .clone()
-                .unwrap_or_else(|| context.context_id.clone());
             let now = fmt_time(OffsetDateTime::now_utc());
-            tx.execute(
-                "INSERT INTO vm_contexts (context_id, vm_name, vmware_vm_id, vm_path, vcenter_host, datacenter, \
-                 credential_id, power_state, guest_os, memory_mb, num_cpu, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12) \
-                 ON CONFLICT (context_id) DO UPDATE SET vmware_vm_id = ?3, vm_path = ?4, vcenter_host = ?5, \
-                 datacenter = ?6, credential_id = ?7, power_state = ?8, guest_os = ?9, memory_mb = ?10, \
-                 num_cpu = ?11, updated_at = ?12",
-                params![
-                    id,
-                    context.vm_name,
-                    context.vmware_vm_id,
-                    context.vm_path,
-                    context.vcenter_host,
-                    context.datacenter,
-                    context.credential_id,
-                    context.power_state,
-                    context.guest_os,
-                    context.memory_mb,
-                    context.num_cpu,
-                    now
-                ],
-            )?;
-            let known = query_disks(&tx, &id)?;
-            let mut next = known.iter().map(|d| d.disk_id + 1).max().unwrap_or(0);
-            tx.execute("DELETE FROM vm_disks WHERE context_id = ?1", [&id])?;
-            for (position, disk) in disks.iter().enumerate() {
-                let disk_id = match known
-                    .iter()
-                    .find(|k| k.vmware_disk_key == disk.vmware_disk_key)
-                {
-                    Some(k) => k.disk_id,
-                    None if existing.is_none() => position as u32,
-                    None => {
-                        next += 1;
-                        next - 1
-                    }
-                };
-                tx.execute(
-                    "INSERT INTO vm_disks (context_id, disk_id, position, vmware_disk_key, label, vmdk_path, \
-                     datastore, capacity_bytes, provisioning_type, unit_number) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                    params![
-                        id,
-                        disk_id,
-                        position as i64,
-                        disk.vmware_disk_key,
-                        disk.label,
-                        disk.vmdk_path,
-                        disk.datastore,
-                        disk.capacity_bytes as i64,
-                        disk.provisioning_type,
-                        disk.unit_number
-                    ],
-                )?;
-            }
+            let done = contexts
+                .iter()
+                .map(|(context, disks)| upsert_in(&tx, context, disks, &now))
+                .collect::<rusqlite::Result<_>>()?;
             tx.commit()?;
-            Ok((id, existing.is_some()))
+            Ok(done)
         })())
+    }
+
+    /// Each context's VM name with its id, VMware VM id and vCenter: whose VM a name is.
+    pub fn vm_context_owners(&self) -> Result<Vec<ContextOwner>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare("SELECT vm_name, context_id, vmware_vm_id, vcenter_host FROM vm_contexts")?;
+        Ok(stmt
+            .query_map([], |r| {
+                Ok(ContextOwner {
+                    vm_name: r.get(0)?,
+                    context_id: r.get(1)?,
+                    vmware_vm_id: r.get(2)?,
+                    vcenter_host: r.get(3)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?)
     }
 
     /// Returns whether a context was removed (its disks go with it; backups keep theirs).

@@ -23,7 +23,7 @@ mod schedules;
 pub use carry::CarriedOver;
 pub use conn::{CATALOG_FILE, Catalog, is_disk_full};
 pub use flows::{Flow, FlowExecution};
-pub use inventory::{Credential, CredentialFields, VmContext, VmDisk};
+pub use inventory::{ContextOwner, Credential, CredentialFields, VmContext, VmDisk};
 pub use jobs::{Job, JobEnd, JobFilter, JobLogLine, JobStatus};
 pub use model::*;
 pub use protection_model::*;

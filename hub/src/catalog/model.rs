@@ -30,7 +30,9 @@ impl BackupType {
 }
 
 /// ready (exports open) -> running (first connection) -> finalizing -> completed;
-/// or failed / cancelled.
+/// or failed / cancelled. completed <-> missing: a completed backup whose files (or its
+/// parent's) are gone from the repository, found at a start or by a restore; a start that finds
+/// them back makes it completed again (see `repo::presence`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
@@ -40,16 +42,18 @@ pub enum Status {
     Completed,
     Failed,
     Cancelled,
+    Missing,
 }
 
 impl Status {
-    pub const ALL: [Status; 6] = [
+    pub const ALL: [Status; 7] = [
         Status::Ready,
         Status::Running,
         Status::Finalizing,
         Status::Completed,
         Status::Failed,
         Status::Cancelled,
+        Status::Missing,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,6 +64,7 @@ impl Status {
             Status::Completed => "completed",
             Status::Failed => "failed",
             Status::Cancelled => "cancelled",
+            Status::Missing => "missing",
         }
     }
 

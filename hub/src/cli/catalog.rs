@@ -76,12 +76,25 @@ fn rebuild(args: RebuildArgs) -> anyhow::Result<ExitCode> {
             dir.display()
         );
     }
+    for (dir, claimed, used) in &report.renamed {
+        println!(
+            "filed under VM {used:?}, the directory's, though its manifest names VM {claimed:?}: {}",
+            dir.display()
+        );
+    }
     if report.skipped.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
     println!("could not rebuild {} backup(s):", report.skipped.len());
     for (dir, why) in &report.skipped {
-        println!("  {}: {why}", dir.display());
+        match report.quarantined.iter().find(|(from, _)| from == dir) {
+            Some((_, to)) => println!(
+                "  {}: {why}; moved into quarantine as {} (move it back once repaired, then rebuild again)",
+                dir.display(),
+                to.display()
+            ),
+            None => println!("  {}: {why}", dir.display()),
+        }
     }
     Ok(ExitCode::FAILURE)
 }

@@ -1,11 +1,16 @@
 //! VM discovery through the SNA (`POST /api/v1/discover`) and the VM contexts it fills.
 
-use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
-use crate::catalog::{VmContext, VmDisk};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{ContextOwner, VmContext, VmDisk};
 use crate::error::{Error, Result};
+pub use crate::inventory::answer::{Inventory, InventoryVcenter, SnaDisk, SnaVm, parse_disk_key};
 use crate::inventory::credentials::VcenterLogin;
-use crate::state::{Hub, now};
+use crate::inventory::vetting::{Origin, context_of, namesakes, vet};
+use crate::state::Hub;
 
 /// `POST /api/v1/discovery/discover-vms`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -30,68 +35,6 @@ struct SnaDiscover<'a> {
     filter: &'a str,
 }
 
-/// The SNA's inventory. Fields it may leave out default to empty.
-#[derive(Debug, Deserialize)]
-pub struct Inventory {
-    #[serde(default)]
-    pub vcenter: InventoryVcenter,
-    #[serde(default)]
-    pub vms: Vec<SnaVm>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub struct InventoryVcenter {
-    #[serde(default)]
-    pub host: String,
-    #[serde(default)]
-    pub datacenter: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
-pub struct SnaVm {
-    #[serde(default)]
-    pub id: String,
-    pub name: String,
-    #[serde(default)]
-    pub path: String,
-    #[serde(default)]
-    pub datacenter: String,
-    #[serde(default)]
-    pub power_state: String,
-    #[serde(default)]
-    pub guest_os: String,
-    #[serde(default)]
-    pub memory_mb: i64,
-    #[serde(default)]
-    pub num_cpu: i64,
-    #[serde(default)]
-    pub disks: Vec<SnaDisk>,
-    #[serde(default)]
-    pub networks: Vec<serde_json::Value>,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
-pub struct SnaDisk {
-    /// `disk-<VMware key>`.
-    pub id: String,
-    #[serde(default)]
-    pub label: String,
-    #[serde(default)]
-    pub path: String,
-    #[serde(default)]
-    pub vmdk_path: String,
-    #[serde(default)]
-    pub size_gb: i64,
-    #[serde(default)]
-    pub capacity_bytes: i64,
-    #[serde(default)]
-    pub datastore: String,
-    #[serde(default)]
-    pub provisioning_type: String,
-    #[serde(default)]
-    pub unit_number: i64,
-}
-
 /// One VM of the answer: what the SNA said, and whether a context exists for it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DiscoveredVm {
@@ -102,116 +45,174 @@ pub struct DiscoveredVm {
     pub context_id: Option<String>,
 }
 
+/// A VM of the SNA's answer of which no context is made or kept up to date (the backup path
+/// would refuse it, or its name is not its own), and why.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RefusedVm {
+    /// The VMware VM id the SNA gave.
+    pub id: String,
+    pub name: String,
+    pub reason: String,
+}
+
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DiscoverResponse {
+    /// The VMs a context can be made of; the others are in `refused_vms`.
     pub discovered_vms: Vec<DiscoveredVm>,
     pub discovery_count: usize,
+    pub refused_vms: Vec<RefusedVm>,
     pub contexts_created: usize,
     pub contexts_updated: usize,
     pub status: &'static str,
     pub message: String,
 }
 
-/// `disk-2000` → 2000: the SNA names disks by their VMware key, which the client matches against
-/// the keys in `nbd_targets`.
-pub fn parse_disk_key(id: &str) -> Option<i64> {
-    id.strip_prefix("disk-")?.parse().ok().filter(|k| *k >= 0)
-}
+/// Contexts written per transaction: one sync per batch, and a caller gone is noticed between
+/// batches.
+const BATCH: usize = 512;
 
-/// The context's disks from the SNA's, in its order; `disk_id` is assigned by the catalog. A VMware
-/// key named twice is the SNA's error (502), not a catalog constraint failing (500).
-fn context_disks(vm: &SnaVm) -> Result<Vec<VmDisk>> {
-    let disks: Vec<VmDisk> = vm
-        .disks
-        .iter()
-        .map(|d| {
-            let key = parse_disk_key(&d.id).ok_or_else(|| {
-                Error::Upstream(format!(
-                    "the SNA named a disk of VM {:?} {:?}; expected disk-<VMware key>",
-                    vm.name, d.id
-                ))
-            })?;
-            let capacity = u64::try_from(d.capacity_bytes)
-                .ok()
-                .filter(|c| *c > 0)
-                .ok_or_else(|| {
-                    Error::Upstream(format!(
-                        "the SNA gave disk {} of VM {:?} capacity_bytes {}",
-                        d.id, vm.name, d.capacity_bytes
-                    ))
-                })?;
-            Ok(VmDisk {
-                disk_id: 0,
-                vmware_disk_key: key,
-                label: d.label.clone(),
-                vmdk_path: if d.vmdk_path.is_empty() {
-                    d.path.clone()
-                } else {
-                    d.vmdk_path.clone()
-                },
-                datastore: d.datastore.clone(),
-                capacity_bytes: capacity,
-                provisioning_type: d.provisioning_type.clone(),
-                unit_number: d.unit_number,
-            })
-        })
-        .collect::<Result<_>>()?;
-    let mut keys: Vec<i64> = disks.iter().map(|d| d.vmware_disk_key).collect();
-    keys.sort_unstable();
-    if let Some(twice) = keys.windows(2).find(|w| w[0] == w[1]) {
-        return Err(Error::Upstream(format!(
-            "the SNA named disk-{} of VM {:?} twice",
-            twice[0], vm.name
-        )));
-    }
-    Ok(disks)
+/// The contexts one discovery makes or refreshes: each with its index in the answer's
+/// `discovered_vms`.
+#[derive(Default)]
+struct Pending {
+    contexts: Vec<(VmContext, Vec<VmDisk>)>,
+    slots: Vec<usize>,
 }
 
 impl Hub {
+    /// The SNA's inventory; with `create_context`, contexts of the selected VMs. VMs the backup
+    /// path would refuse, and VMs whose name another VM has, are refused and listed, never
+    /// stored. Filing the answer runs off the async threads and stops between batches once the
+    /// caller is gone (axum drops this future when the client disconnects, and the guard then
+    /// cancels the work).
     pub async fn discover(&self, req: DiscoverRequest) -> Result<DiscoverResponse> {
         let login = self.vcenter_login(req.credential_id)?;
         let inventory = self
             .sna_inventory(&login, req.filter.as_deref().unwrap_or(""))
             .await?;
+        let origin = Origin {
+            credential_id: login.credential_id,
+            vcenter_host: if inventory.vcenter.host.is_empty() {
+                login.vcenter_host.clone()
+            } else {
+                inventory.vcenter.host.clone()
+            },
+            datacenter: [&inventory.vcenter.datacenter, &login.datacenter]
+                .into_iter()
+                .find(|d| !d.is_empty())
+                .cloned()
+                .unwrap_or_default(),
+        };
+        drop(login);
+        let cancel = CancellationToken::new();
+        let _cancel_on_drop = cancel.clone().drop_guard();
+        let hub = self.clone();
+        tokio::task::spawn_blocking(move || hub.file_inventory(req, inventory.vms, origin, &cancel))
+            .await
+            .map_err(|e| Error::Internal(format!("discovery task: {e}")))?
+    }
+
+    /// Sort the answer's VMs into refused and discovered, then write the contexts asked for.
+    fn file_inventory(
+        &self,
+        req: DiscoverRequest,
+        vms: Vec<SnaVm>,
+        origin: Origin,
+        cancel: &CancellationToken,
+    ) -> Result<DiscoverResponse> {
+        let owners: HashMap<String, ContextOwner> = self
+            .catalog
+            .vm_context_owners()?
+            .into_iter()
+            .map(|o| (o.vm_name.clone(), o))
+            .collect();
+        let namesakes = namesakes(&vms);
         let selected = |name: &str| match &req.selected_vms {
             Some(names) if !names.is_empty() => names.iter().any(|n| n == name),
             _ => true,
         };
-        let (mut created, mut updated) = (0, 0);
-        let mut discovered = Vec::with_capacity(inventory.vms.len());
-        for vm in inventory.vms {
-            let before = self
-                .catalog
-                .vm_context(&vm.name)?
-                .map(|(c, _)| c.context_id);
-            let mut context_id = before.clone();
-            if req.create_context && selected(&vm.name) {
-                let (id, existed) = self.save_context(&vm, &inventory.vcenter, &login)?;
-                if existed {
-                    updated += 1;
-                } else {
-                    created += 1;
+        let (mut discovered, mut refused) = (Vec::with_capacity(vms.len()), Vec::new());
+        let mut pending = Pending::default();
+        for vm in vms {
+            let owner = owners.get(&vm.name);
+            let disks = match vet(&vm, &namesakes, owner, &origin.vcenter_host) {
+                Ok(disks) => disks,
+                Err(reason) => {
+                    refused.push(RefusedVm {
+                        id: vm.id,
+                        name: vm.name,
+                        reason,
+                    });
+                    continue;
                 }
-                context_id = Some(id);
+            };
+            if req.create_context && selected(&vm.name) {
+                pending.contexts.push((context_of(&vm, &origin), disks));
+                pending.slots.push(discovered.len());
             }
             discovered.push(DiscoveredVm {
-                existing: before.is_some(),
-                context_id,
+                existing: owner.is_some(),
+                context_id: owner.map(|o| o.context_id.clone()),
                 vm,
             });
         }
+        let (created, updated) = self.write_contexts(pending, &mut discovered, cancel)?;
+        if let Some(first) = refused.first() {
+            tracing::warn!(refused = refused.len(), first = %first.reason,
+                "discovery refused VMs the backup path cannot take");
+        }
         let message = format!(
-            "discovered {} VM(s); {created} context(s) created, {updated} updated",
-            discovered.len()
+            "discovered {} VM(s), refused {}; {created} context(s) created, {updated} updated",
+            discovered.len(),
+            refused.len()
         );
         Ok(DiscoverResponse {
             discovery_count: discovered.len(),
             discovered_vms: discovered,
+            refused_vms: refused,
             contexts_created: created,
             contexts_updated: updated,
             status: "success",
             message,
         })
+    }
+
+    /// Write `pending` in batches, each context's id into its slot of `discovered`; (created,
+    /// updated). Stops before the next batch once `cancel` is set: what was written stays.
+    fn write_contexts(
+        &self,
+        pending: Pending,
+        discovered: &mut [DiscoveredVm],
+        cancel: &CancellationToken,
+    ) -> Result<(usize, usize)> {
+        let (mut created, mut updated) = (0, 0);
+        let total = pending.contexts.len();
+        for (batch, slots) in pending
+            .contexts
+            .chunks(BATCH)
+            .zip(pending.slots.chunks(BATCH))
+        {
+            if cancel.is_cancelled() {
+                tracing::warn!(
+                    written = created + updated,
+                    total,
+                    "discovery stopped: its caller went away"
+                );
+                return Err(Error::Conflict(
+                    "discovery stopped: its caller went away".into(),
+                ));
+            }
+            for (slot, (id, existed)) in slots.iter().zip(self.catalog.upsert_vm_contexts(batch)?) {
+                if existed {
+                    updated += 1;
+                } else {
+                    created += 1;
+                }
+                discovered[*slot].context_id = Some(id);
+            }
+        }
+        tracing::info!(created, updated, "VM contexts from discovery");
+        Ok((created, updated))
     }
 
     /// The SNA's inventory of the vCenter `login` opens.
@@ -226,43 +227,6 @@ impl Hub {
         self.sna
             .post("/api/v1/discover", &body, &[login.password.expose()])
             .await
-    }
-
-    /// Create or update `vm`'s context; its id, and whether it existed.
-    fn save_context(
-        &self,
-        vm: &SnaVm,
-        vcenter: &InventoryVcenter,
-        login: &VcenterLogin,
-    ) -> Result<(String, bool)> {
-        let disks = context_disks(vm)?;
-        let context = VmContext {
-            context_id: format!("ctx-{}", uuid::Uuid::new_v4()),
-            vm_name: vm.name.clone(),
-            vmware_vm_id: vm.id.clone(),
-            vm_path: vm.path.clone(),
-            vcenter_host: if vcenter.host.is_empty() {
-                login.vcenter_host.clone()
-            } else {
-                vcenter.host.clone()
-            },
-            datacenter: [&vm.datacenter, &vcenter.datacenter, &login.datacenter]
-                .into_iter()
-                .find(|d| !d.is_empty())
-                .cloned()
-                .unwrap_or_default(),
-            credential_id: Some(login.credential_id),
-            power_state: vm.power_state.clone(),
-            guest_os: vm.guest_os.clone(),
-            memory_mb: vm.memory_mb,
-            num_cpu: vm.num_cpu,
-            created_at: now(),
-            updated_at: now(),
-        };
-        let (id, existed) = self.catalog.upsert_vm_context(&context, &disks)?;
-        tracing::info!(vm = %vm.name, context_id = %id, disks = disks.len(), existed,
-            "VM context from discovery");
-        Ok((id, existed))
     }
 
     pub fn vm_contexts(&self) -> Result<Vec<VmContext>> {
@@ -290,6 +254,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inventory::vetting::context_disks;
 
     #[test]
     fn disk_keys() {
@@ -314,10 +279,13 @@ mod tests {
         );
         let mut vm = inv.vms[0].clone();
         vm.disks.push(vm.disks[0].clone());
-        assert!(matches!(context_disks(&vm), Err(Error::Upstream(_))));
+        assert!(context_disks(&vm).unwrap_err().contains("twice"));
         vm.disks.pop();
-        vm.disks[0].capacity_bytes = 0;
-        assert!(context_disks(&vm).is_err());
+        for bad in [0, -512, 1000] {
+            vm.disks[0].capacity_bytes = bad;
+            assert!(context_disks(&vm).is_err(), "{bad}");
+        }
+        vm.disks[0].capacity_bytes = 512;
         vm.disks[0].id = "scsi0:0".into();
         assert!(context_disks(&vm).is_err());
     }

@@ -76,6 +76,25 @@ pub fn manifest_temp_path(backup_dir: &Path) -> PathBuf {
     backup_dir.join(".manifest.json.tmp")
 }
 
+/// The folder of a repository's root where `catalog rebuild` moves the backup directories it
+/// cannot file, as `<repository>/.quarantine/<vm>/<id>`: out of the way of the start's comparison
+/// (no VM directory starts with a dot: [`safe_name`]), deleted by nobody, and moved back by hand.
+pub const QUARANTINE_DIR: &str = ".quarantine";
+
+/// Where the backup directory `dir` (`<repository>/<vm>/<id>`) goes in quarantine; `None` when
+/// `dir` is not shaped like one.
+pub fn quarantine_path(dir: &Path) -> Option<PathBuf> {
+    let id = dir.file_name()?;
+    let vm_dir = dir.parent()?;
+    let repository = vm_dir.parent()?;
+    Some(
+        repository
+            .join(QUARANTINE_DIR)
+            .join(vm_dir.file_name()?)
+            .join(id),
+    )
+}
+
 /// The export name of a backup's disk: the VM, 64 unguessable bits, the disk.
 pub fn backup_export_name(vm_name: &str, disk_id: u32) -> String {
     format!("{}-{}-disk{disk_id}", safe_name(vm_name), random_hex())
@@ -133,5 +152,10 @@ mod tests {
             assert!(!is_disk_file(bad), "{bad}");
         }
         assert!(restore_export_name("vm", 2).starts_with("restore-vm-"));
+        assert_eq!(
+            quarantine_path(&dir).unwrap(),
+            Path::new("/r/.quarantine/a_b/id")
+        );
+        assert!(!safe_name(QUARANTINE_DIR).starts_with('.'));
     }
 }

@@ -80,6 +80,9 @@ impl From<Status> for Phase {
             Status::Completed => Phase::Completed,
             Status::Failed => Phase::Failed,
             Status::Cancelled => Phase::Cancelled,
+            // What the hub saw of the files, not a step of the backup's life: the manifest (if
+            // its directory is still there) keeps `completed`, so files found back match it.
+            Status::Missing => Phase::Completed,
         }
     }
 }
@@ -151,7 +154,11 @@ impl Manifest {
             backup_type: b.backup_type,
             parent_backup_id: b.parent_backup_id.clone(),
             status: b.status.into(),
-            error: b.error.clone(),
+            // A missing backup's error says what the hub saw missing; the manifest keeps
+            // `completed`, which has none.
+            error: (b.status != Status::Missing)
+                .then(|| b.error.clone())
+                .flatten(),
             tags: b.tags.clone(),
             policy_id: b.policy_id.clone(),
             vm_context_id: b.vm_context_id.clone(),

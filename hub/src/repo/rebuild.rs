@@ -5,14 +5,18 @@
 //! on the command line; backups from
 //! the manifests found in them, parents before children; what no manifest holds (credentials, VM
 //! contexts, protection objects) is copied from the old catalog when it can be read. What cannot
-//! be rebuilt or carried over is reported, and nothing in the repositories is changed.
+//! be rebuilt or carried over is reported. The only change in the repositories: a backup
+//! directory that cannot be filed is moved into its repository's quarantine
+//! ([`layout::QUARANTINE_DIR`]), so the next start, which refuses a directory the catalog does not
+//! account for, proceeds instead of asking for another rebuild that would change nothing.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::catalog::CATALOG_FILE;
 use crate::catalog::{CarriedOver, Catalog, Repository};
 use crate::error::{Error, Result};
+use crate::repo::layout;
 use crate::repo::manifest::{self, Manifest, Phase};
 use crate::repo::reconcile::backup_dirs;
 use crate::repo::{DEFAULT_REPOSITORY, default_repository_path};
@@ -28,6 +32,12 @@ pub struct RebuildReport {
     pub interrupted: Vec<PathBuf>,
     /// Directories that could not be rebuilt, and why.
     pub skipped: Vec<(PathBuf, String)>,
+    /// Skipped backup directories moved into quarantine: from, to. A skipped backup directory
+    /// not here could not be moved; its entry in `skipped` says why.
+    pub quarantined: Vec<(PathBuf, PathBuf)>,
+    /// Backups filed under the VM their directory names, not the one their manifest names:
+    /// the directory, the manifest's name, the name used.
+    pub renamed: Vec<(PathBuf, String, String)>,
     /// Credentials, VM contexts and protection objects taken from the old catalog.
     pub carried: Carried,
 }
@@ -51,6 +61,9 @@ pub fn rebuild_catalog(data_dir: &Path, extra: &[(String, PathBuf)]) -> Result<R
     let (repos, overlapping) =
         super::ownership::disjoint(repositories(data_dir, &catalog_path, extra)?);
     report.skipped.extend(overlapping);
+    // Whole repositories left out stay where they are; what is skipped from here on is a
+    // backup directory of a repository searched.
+    let first_backup_dir = report.skipped.len();
     report.old_catalog = move_aside(data_dir, &catalog_path)?;
     let catalog = Catalog::open(&catalog_path)?;
 
@@ -61,6 +74,7 @@ pub fn rebuild_catalog(data_dir: &Path, extra: &[(String, PathBuf)]) -> Result<R
         found.extend(manifests(repo, &mut report)?);
     }
     insert_backups(&catalog, found, &mut report);
+    quarantine(&mut report, first_backup_dir);
     // After the repositories, so policies and flows whose repository is gone can be told apart.
     if let Some(old) = &report.old_catalog {
         report.carried = match catalog.carry_over(old) {
@@ -188,8 +202,20 @@ fn manifests(repo: &Repository, report: &mut RebuildReport) -> Result<Vec<(PathB
         match manifest::read(&dir.path) {
             Ok(Some(m)) if m.status == Phase::Creating => report.interrupted.push(dir.path),
             Ok(Some(mut m)) => {
-                // The directory says which repository it is in, whatever the file claims.
+                // The directory says which repository and which VM it is in, whatever the file
+                // claims: a manifest naming another VM would put these images in that VM's
+                // chain, as the parent of its next incremental and in its restores.
                 m.repository_id = repo.id.clone();
+                if let Some(vm) = vm_of_dir(&dir.path)
+                    && layout::safe_name(&m.vm_name) != vm
+                {
+                    report
+                        .renamed
+                        .push((dir.path.clone(), m.vm_name.clone(), vm.clone()));
+                    m.vm_name = vm;
+                    // The context was the other VM's.
+                    m.vm_context_id = None;
+                }
                 found.push((dir.path, m));
             }
             Ok(None) => report.skipped.push((
@@ -204,32 +230,96 @@ fn manifests(repo: &Repository, report: &mut RebuildReport) -> Result<Vec<(PathB
     Ok(found)
 }
 
-/// Insert the backups of `found` into the catalog; what fails, or whose parent never got in, is
-/// reported as skipped.
+/// The VM directory's name of a backup directory (`<repository>/<vm>/<id>`).
+fn vm_of_dir(dir: &Path) -> Option<String> {
+    Some(dir.parent()?.file_name()?.to_str()?.to_owned())
+}
+
+/// Move every skipped backup directory (`report.skipped[from..]`) into its repository's
+/// quarantine, keeping its VM directory's name; a directory that cannot be moved stays, with why
+/// in its entry (the next start then names it).
+fn quarantine(report: &mut RebuildReport, from: usize) {
+    for (dir, why) in &mut report.skipped[from..] {
+        match move_to_quarantine(dir) {
+            Ok(to) => report.quarantined.push((dir.clone(), to)),
+            Err(e) => why.push_str(&format!(
+                "; could not be moved into quarantine ({e}): move it out of the repository"
+            )),
+        }
+    }
+}
+
+/// Rename `dir` to its [`layout::quarantine_path`] (a `-<n>` suffix when that is taken), and
+/// remove its VM directory if that emptied it. A rename: nothing is copied or deleted.
+fn move_to_quarantine(dir: &Path) -> std::io::Result<PathBuf> {
+    let invalid = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not <repository>/<vm>/<id>",
+        )
+    };
+    let target = layout::quarantine_path(dir).ok_or_else(invalid)?;
+    let parent = target.parent().ok_or_else(invalid)?;
+    std::fs::create_dir_all(parent)?;
+    for made in [parent.parent().unwrap_or(parent), parent] {
+        crate::sys::datadir::private_dir(made).map_err(std::io::Error::other)?;
+    }
+    for n in 0..1000 {
+        let to = if n == 0 {
+            target.clone()
+        } else {
+            PathBuf::from(format!("{}-{n}", target.display()))
+        };
+        if to.symlink_metadata().is_ok() {
+            continue;
+        }
+        std::fs::rename(dir, &to)?;
+        if let Some(vm) = dir.parent() {
+            let _ = std::fs::remove_dir(vm);
+        }
+        return Ok(to);
+    }
+    Err(std::io::ErrorKind::AlreadyExists.into())
+}
+
+/// Insert the backups of `found` into the catalog; what fails, or whose parent never got in or
+/// is another VM's or another repository's, is reported as skipped.
 fn insert_backups(
     catalog: &Catalog,
     mut found: Vec<(PathBuf, Manifest)>,
     report: &mut RebuildReport,
 ) {
-    // Parents first: each pass inserts the backups whose parent is in (or none).
-    let mut inserted: HashSet<String> = HashSet::new();
+    // Parents first: each pass inserts the backups whose parent is in (or none). Each inserted
+    // id with its VM and repository.
+    let mut inserted: HashMap<String, (String, String)> = HashMap::new();
     found.sort_by_key(|(_, m)| m.created_at);
     loop {
         let before = found.len();
         let mut waiting = Vec::new();
         for (dir, m) in found {
-            let ready = m
-                .parent_backup_id
-                .as_ref()
-                .is_none_or(|p| inserted.contains(p));
-            if !ready {
-                waiting.push((dir, m));
+            let parent = m.parent_backup_id.as_ref().map(|p| (p, inserted.get(p)));
+            let theirs = match parent {
+                Some((_, None)) => {
+                    waiting.push((dir, m));
+                    continue;
+                }
+                Some((p, Some((vm, repo)))) if *vm != m.vm_name || *repo != m.repository_id => {
+                    Some(format!(
+                        "its parent backup {p} is of VM {vm:?} in repository {repo:?}, not of VM {:?} in {:?}",
+                        m.vm_name, m.repository_id
+                    ))
+                }
+                _ => None,
+            };
+            if let Some(why) = theirs {
+                report.skipped.push((dir, why));
                 continue;
             }
             match m.to_backup(&dir) {
                 Ok(backup) => match catalog.insert_backup(&backup) {
                     Ok(()) => {
-                        inserted.insert(backup.id);
+                        let owner = (backup.vm_name.clone(), backup.repository_id.clone());
+                        inserted.insert(backup.id, owner);
                         report.backups += 1;
                     }
                     Err(e) => report.skipped.push((dir, e.to_string())),

@@ -28,7 +28,8 @@ pub(crate) struct BackupDir {
     pub id: String,
 }
 
-/// Every `<vm>/<id>` directory of a repository that holds a manifest or is named like a backup.
+/// Every `<vm>/<id>` directory of a repository that holds a manifest or is named like a backup
+/// (none in quarantine: [`layout::QUARANTINE_DIR`]).
 pub(crate) fn backup_dirs(repository: &Path) -> std::io::Result<Vec<BackupDir>> {
     let mut out = Vec::new();
     let vms = match std::fs::read_dir(repository) {
@@ -38,7 +39,7 @@ pub(crate) fn backup_dirs(repository: &Path) -> std::io::Result<Vec<BackupDir>> 
     };
     for vm in vms {
         let vm = vm?;
-        if !vm.file_type()?.is_dir() {
+        if !vm.file_type()?.is_dir() || vm.file_name() == layout::QUARANTINE_DIR {
             continue;
         }
         for entry in std::fs::read_dir(vm.path())? {
@@ -177,8 +178,9 @@ fn behind(problems: &[String], catalog_path: &Path, data_dir: &Path) -> String {
         msg.push_str(&format!("\n  and {} more", problems.len() - shown));
     }
     msg.push_str(&format!(
-        "\nNothing was changed. Stop every hub using this data dir and run `sendense-hub catalog rebuild --data-dir {}` to rebuild the catalog from the backups' manifests.",
-        data_dir.display()
+        "\nNothing was changed. Stop every hub using this data dir and run `sendense-hub catalog rebuild --data-dir {}` to rebuild the catalog from the backups' manifests; it moves each directory it cannot file into `{}` in its repository (nothing is deleted), so the next start proceeds.",
+        data_dir.display(),
+        layout::QUARANTINE_DIR
     ));
     msg
 }

@@ -41,6 +41,7 @@ impl Hub {
         let disk = backup.disk(req.disk_id).ok_or_else(|| {
             Error::NotFound(format!("backup {} has no disk {}", backup.id, req.disk_id))
         })?;
+        crate::repo::presence::refuse_gone(&self.catalog, &backup)?;
         if backup.status != Status::Completed {
             return Err(Error::Conflict(format!(
                 "backup {} is {}; only completed backups can be restored",

@@ -45,6 +45,14 @@ pub fn test_config(data_dir: PathBuf) -> Config {
     }
 }
 
+/// The hub as a user runs it: every setting at its default but the data dir.
+pub fn default_config(data_dir: PathBuf) -> Config {
+    Config {
+        data_dir,
+        ..Config::default()
+    }
+}
+
 impl TestHub {
     pub async fn start(config: Config) -> TestHub {
         let data_dir = config.data_dir.clone();
@@ -203,9 +211,33 @@ pub async fn nbdcopy(args: Vec<String>) {
 
 /// Create a one-disk full backup, write `src` into it, complete it; returns the backup body.
 pub async fn completed_full(h: &TestHub, vm: &str, src: &std::path::Path, capacity: u64) -> Value {
-    let (status, body) = h
-        .post("/api/v1/backups", &full(vm, vec![disk(0, 2000, capacity)]))
-        .await;
+    let req = full(vm, vec![disk(0, 2000, capacity)]);
+    fill_and_complete(h, &req, src, "c0").await
+}
+
+/// An incremental of `vm` on its latest completed backup, `src` written into its one disk,
+/// completed with change id `change_id`; returns the backup body.
+pub async fn completed_incremental(
+    h: &TestHub,
+    vm: &str,
+    src: &std::path::Path,
+    capacity: u64,
+    change_id: &str,
+) -> Value {
+    let req =
+        json!({"vm_name": vm, "backup_type": "incremental", "disks": [disk(0, 2000, capacity)]});
+    fill_and_complete(h, &req, src, change_id).await
+}
+
+/// Create the one-disk backup `req`, write `src` into it with nbdcopy, complete it with
+/// `change_id`, wait until it is completed; returns the backup body.
+async fn fill_and_complete(
+    h: &TestHub,
+    req: &Value,
+    src: &std::path::Path,
+    change_id: &str,
+) -> Value {
+    let (status, body) = h.post("/api/v1/backups", req).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let uri = body["disk_results"][0]["nbd_uri"]
         .as_str()
@@ -213,7 +245,20 @@ pub async fn completed_full(h: &TestHub, vm: &str, src: &std::path::Path, capaci
         .to_owned();
     nbdcopy(vec![src.display().to_string(), uri]).await;
     let id = body["backup_id"].as_str().unwrap().to_owned();
-    let r = h.complete(&id, r#"{"change_id":"c0"}"#).await;
+    let done = json!({ "change_id": change_id }).to_string();
+    let r = h.complete(&id, &done).await;
     assert_eq!(r.0, StatusCode::OK, "{}", r.1);
     h.wait_status(&id, "completed").await
+}
+
+/// The ids of the backups `GET /api/v1/backups` lists, newest first.
+pub async fn backup_ids(h: &TestHub) -> Vec<String> {
+    let (s, list) = h.get("/api/v1/backups").await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    list["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["backup_id"].as_str().unwrap().to_owned())
+        .collect()
 }

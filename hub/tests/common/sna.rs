@@ -33,6 +33,18 @@ impl StandIn {
     }
 }
 
+impl StandIn {
+    /// The inventory discovery answers from now on.
+    pub fn set_inventory(&mut self, inventory: Value) {
+        self._sna.set("inventory", inventory);
+    }
+
+    /// From now on discovery answers `n` generated VMs (`gen-<i>`, one 1 MiB disk each).
+    pub fn set_generated(&mut self, n: u64) {
+        self._sna.set("generate_vms", json!(n));
+    }
+}
+
 /// A VM of the stand-in's inventory, with one small disk.
 pub fn vm(id: &str, name: &str, num_cpu: i64, memory_mb: i64) -> Value {
     json!({"id": id, "name": name, "path": format!("/DC1/vm/{name}"), "datacenter": "DC1",
@@ -44,8 +56,8 @@ pub fn vm(id: &str, name: &str, num_cpu: i64, memory_mb: i64) -> Value {
         "networks": []})
 }
 
-/// A default credential, then discovery of `vms` with contexts; returns their context ids.
-pub async fn discover(h: &TestHub, vms: &[&str]) -> Vec<String> {
+/// A default credential for the stand-in's vCenter (login [`PASSWORD`]); its id.
+pub async fn default_credential(h: &TestHub) -> Value {
     let (s, c) = h
         .post(
             "/api/v1/vmware-credentials",
@@ -54,10 +66,16 @@ pub async fn discover(h: &TestHub, vms: &[&str]) -> Vec<String> {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{c}");
+    c["credential"]["id"].clone()
+}
+
+/// A default credential, then discovery of `vms` with contexts; returns their context ids.
+pub async fn discover(h: &TestHub, vms: &[&str]) -> Vec<String> {
+    let credential_id = default_credential(h).await;
     let (s, d) = h
         .post(
             "/api/v1/discovery/discover-vms",
-            &json!({"credential_id": c["credential"]["id"], "selected_vms": vms, "create_context": true}),
+            &json!({"credential_id": credential_id, "selected_vms": vms, "create_context": true}),
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{d}");

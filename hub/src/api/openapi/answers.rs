@@ -112,7 +112,7 @@ use crate::api::credentials::{CredentialChanged, CredentialDeleted, CredentialLi
 use crate::api::inventory::{ContextDeleted, ContextDetails, ContextList, DiskList};
 use crate::catalog::{Credential, VmContext, VmDisk};
 use crate::inventory::credentials::CredentialView;
-use crate::inventory::discovery::{DiscoverResponse, DiscoveredVm, SnaDisk, SnaVm};
+use crate::inventory::discovery::{DiscoverResponse, DiscoveredVm, RefusedVm, SnaDisk, SnaVm};
 
 /// `(method, path, the answer as the handler serialises it)`.
 type Answer = (&'static str, &'static str, serde_json::Result<Value>);
@@ -212,6 +212,11 @@ fn inventory_answers() -> Vec<Answer> {
                     },
                 ],
                 discovery_count: 2,
+                refused_vms: vec![RefusedVm {
+                    id: "vm-9".into(),
+                    name: "twin".into(),
+                    reason: "2 VMs of this inventory are named \"twin\"".into(),
+                }],
                 contexts_created: 0,
                 contexts_updated: 1,
                 status: "success",
