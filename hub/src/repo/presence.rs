@@ -39,9 +39,21 @@ fn parent_why(parent: &str) -> String {
 
 /// At a start: every completed backup whose files (or whose parent's) are gone becomes
 /// `missing`, and every missing one whose files are all back `completed` again.
+///
+/// The two backups of a merge a stop interrupted are left alone: the removed one's images may
+/// already be renamed over its child's, and the start finishes that merge next
+/// (`prune::merge`), after which both are as the catalog says.
 pub(crate) fn mark_at_start(catalog: &Catalog) -> Result<()> {
     let mut gone: HashSet<String> = HashSet::new();
+    let merging: HashSet<String> = catalog
+        .merges()?
+        .into_iter()
+        .flat_map(|m| [m.removed, m.into])
+        .collect();
     for backup in catalog.settled_backups()? {
+        if merging.contains(&backup.id) {
+            continue;
+        }
         let why = match (gone_disk(&backup), &backup.parent_backup_id) {
             (Some(disk_id), _) => Some(gone_why(&backup, disk_id)),
             (None, Some(parent)) if gone.contains(parent) => Some(parent_why(parent)),
