@@ -64,6 +64,9 @@ pub struct Config {
     pub api_idle_timeout: Duration,
     /// Time a request body gets to arrive after the request head.
     pub api_body_timeout: Duration,
+    /// A completed backup last verified longer ago than this is verified again (its VM's chain,
+    /// in a job); none: only on request and in repositories that verify new backups.
+    pub verify_outdated_after: Option<Duration>,
 }
 
 impl Default for Config {
@@ -97,6 +100,7 @@ impl Default for Config {
             api_max_connections: 128,
             api_idle_timeout: Duration::from_secs(30),
             api_body_timeout: Duration::from_secs(30),
+            verify_outdated_after: None,
         }
     }
 }
@@ -133,6 +137,7 @@ pub struct FileConfig {
     pub api_max_connections: Option<usize>,
     pub api_idle_timeout_secs: Option<u64>,
     pub api_body_timeout_secs: Option<u64>,
+    pub verify_outdated_after_days: Option<u64>,
 }
 
 /// Values from flags or the environment; they win over the file.
@@ -231,6 +236,9 @@ impl Config {
             api_max_connections: file.api_max_connections.unwrap_or(d.api_max_connections),
             api_idle_timeout: secs_or(file.api_idle_timeout_secs, d.api_idle_timeout),
             api_body_timeout: secs_or(file.api_body_timeout_secs, d.api_body_timeout),
+            verify_outdated_after: file
+                .verify_outdated_after_days
+                .map(|days| Duration::from_secs(days.saturating_mul(86_400))),
         };
         config.validate()?;
         Ok(config)
