@@ -290,13 +290,13 @@ impl Hub {
             "failed": failed,
             "failures": all.iter().take(FAILURES_SHOWN).collect::<Vec<_>>(),
             "failure_count": all.len(),
-            "not_verified": chains.len().saturating_sub(verdicts.iter().filter(|v| chains.contains_key(&v.0)).count()),
+            "not_verified": chains.keys().filter(|t| !verdicts.iter().any(|v| &v.0 == *t)).count(),
         });
         if !failed.is_empty() {
             let error = format!(
                 "{} backups failed verify; first: {}",
                 failed.len(),
-                failed[0]["verify_error"]
+                failed[0]["verify_error"].as_str().unwrap_or("")
             );
             return Outcome::Failed {
                 error,
