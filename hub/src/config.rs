@@ -70,6 +70,9 @@ pub struct Config {
     /// A failed or cancelled backup (never the base of anything) is deleted this long after it
     /// was made, so an operator has time to read why it failed.
     pub failed_backup_retention: Duration,
+    /// A completed backup last verified longer ago than this is verified again (its VM's chain,
+    /// in a job); none: only on request and in repositories that verify new backups.
+    pub verify_outdated_after: Option<Duration>,
 }
 
 impl Default for Config {
@@ -105,6 +108,7 @@ impl Default for Config {
             api_idle_timeout: Duration::from_secs(30),
             api_body_timeout: Duration::from_secs(30),
             failed_backup_retention: Duration::from_secs(7 * 86_400),
+            verify_outdated_after: None,
         }
     }
 }
@@ -143,6 +147,7 @@ pub struct FileConfig {
     pub api_idle_timeout_secs: Option<u64>,
     pub api_body_timeout_secs: Option<u64>,
     pub failed_backup_retention_days: Option<u64>,
+    pub verify_outdated_after_days: Option<u64>,
 }
 
 /// Values from flags or the environment; they win over the file.
@@ -254,6 +259,9 @@ impl Config {
                 }
                 None => d.failed_backup_retention,
             },
+            verify_outdated_after: file
+                .verify_outdated_after_days
+                .map(|days| Duration::from_secs(days.saturating_mul(86_400))),
         };
         config.validate()?;
         Ok(config)

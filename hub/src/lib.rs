@@ -19,6 +19,7 @@ pub mod serve;
 pub mod startup;
 pub mod state;
 pub mod sys;
+pub mod verify;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -31,6 +31,15 @@ pub async fn metrics(State(hub): State<Hub>) -> Result<impl IntoResponse, ApiErr
         );
     }
 
+    out.push_str("# HELP sendense_backups_verify Completed backups by the outcome of their newest verify.\n# TYPE sendense_backups_verify gauge\n");
+    for (state, n) in hub.catalog.count_by_verify_state()? {
+        let _ = writeln!(
+            out,
+            "sendense_backups_verify{{state=\"{}\"}} {n}",
+            state.as_str()
+        );
+    }
+
     jobs(&hub, &mut out)?;
     out.push_str(
         "# HELP sendense_flow_last_success_timestamp_seconds When each protection flow's newest successful run ended.\n\

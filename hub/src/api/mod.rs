@@ -25,6 +25,7 @@ mod repositories;
 mod restores;
 mod schedules;
 mod service;
+mod verify;
 pub mod views;
 
 use axum::Router;
@@ -87,6 +88,12 @@ fn backup_routes() -> Router<Hub> {
             put(backups::set_protected),
         )
         .route("/api/v1/prune", post(prune::prune))
+        .route("/api/v1/backups/{id}/verify", post(verify::verify_backup))
+        .route("/api/v1/verify", post(verify::verify))
+        .route(
+            "/api/v1/repositories/{id}/verify-new-backups",
+            put(verify::set_verify_new),
+        )
         .route(
             "/api/v1/restores",
             post(restores::create).get(restores::list),

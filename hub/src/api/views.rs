@@ -30,6 +30,15 @@ pub struct BackupView {
     pub status: Status,
     /// Never pruned, and not deleted until unprotected (`PUT /api/v1/backups/{id}/protected`).
     pub protected: bool,
+    /// The newest verify of the backup and its chain: `none` (never), `ok`, `failed` (then it
+    /// is never the base of a new incremental).
+    pub verify_state: crate::catalog::VerifyState,
+    #[schema(format = DateTime)]
+    pub verified_at: Option<String>,
+    /// The first failure found: backup, disk, guest offset, what.
+    pub verify_error: Option<String>,
+    /// Why the backup is a full when an incremental was asked (its base failed verify).
+    pub note: Option<String>,
     /// Why the backup failed or was cancelled.
     pub error_message: Option<String>,
     /// The same as `error_message`.
@@ -296,6 +305,10 @@ impl Hub {
             parent_backup_id: b.parent_backup_id.clone(),
             status: b.status,
             protected: b.protected,
+            verify_state: b.verify_state,
+            verified_at: b.verified_at.map(fmt_time),
+            verify_error: b.verify_error.clone(),
+            note: b.note.clone(),
             error_message: b.error.clone(),
             error: b.error.clone(),
             tags: b.tags.clone(),

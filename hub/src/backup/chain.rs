@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::catalog::{Backup, BackupFilter, BackupType, Status};
+use crate::catalog::{Backup, BackupFilter, BackupType, Status, VerifyState};
 use crate::error::{Error, Result};
 use crate::state::Hub;
 
@@ -99,10 +99,37 @@ impl Hub {
                     .filter(|c| !c.is_empty())
                     .map(|c| (b, c))
             });
+        if let Some((b, _)) = &found {
+            if let Some(bad) = self.failed_in_chain(b)? {
+                let why = format!(
+                    "backup {} is not a base: backup {bad} of its chain failed verify; copy everything",
+                    b.id
+                );
+                return Ok(answer(disk_id, None, &b.id, &why));
+            }
+        }
         Ok(match found {
             Some((b, c)) => answer(disk_id, Some(c), &b.id, "previous change id found"),
             None => answer(disk_id, None, "", "no previous backup found"),
         })
+    }
+
+    /// The backup of `b`'s chain (itself or one below) whose newest verify failed: such a chain
+    /// is never the base of a new incremental.
+    pub fn failed_in_chain(&self, b: &Backup) -> Result<Option<String>> {
+        let mut at = Some(b.clone());
+        let mut steps = 0;
+        while let Some(layer) = at {
+            if layer.verify_state == VerifyState::Failed {
+                return Ok(Some(layer.id));
+            }
+            steps += 1;
+            at = match &layer.parent_backup_id {
+                Some(p) if steps < 10_000 => self.catalog.backup(p)?,
+                _ => None,
+            };
+        }
+        Ok(None)
     }
 
     /// From the full backup to the newest completed one of the VM; empty when there is none.

@@ -214,7 +214,29 @@ impl Hub {
         for disk in &active.disks {
             disk.close_image().await?;
         }
-        self.record_results(id, &active)
+        self.record_results(id, &active)?;
+        self.write_digests(id).await
+    }
+
+    /// Each disk's digests file (see `repo::digests`), before the backup is `completed`: a
+    /// completed backup always has its integrity data, so a verify can tell a corruption from a
+    /// backup that never had digests. It reads what this backup wrote (an incremental's changed
+    /// ranges, a full's used ranges), not the whole disk, on a blocking thread, after the
+    /// exports are gone: the write path never pays for it.
+    async fn write_digests(&self, id: &str) -> Result<()> {
+        let backup = self.backup(id)?;
+        let io = self.config.storage_io;
+        for disk in backup.disks {
+            let path = disk.qcow2_path.clone();
+            let hex = tokio::task::spawn_blocking(move || {
+                let digests = crate::repo::digests::compute(&path, io)?;
+                crate::repo::digests::write(&path, &digests)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("digest task: {e}")))??;
+            self.catalog.set_disk_digests(id, disk.disk_id, &hex)?;
+        }
+        Ok(())
     }
 
     /// Wait until every disk's connections are closed, after `complete`, for at most

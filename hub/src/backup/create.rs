@@ -147,6 +147,10 @@ fn ready_backup(
         last_telemetry_at: None,
         vm_context_id: req.vm_context_id,
         protected: false,
+        verify_state: Default::default(),
+        verified_at: None,
+        verify_error: None,
+        note: None,
         disks,
     }
 }
@@ -170,10 +174,24 @@ impl Hub {
                 req.vm_name
             )));
         }
-        let parent = match req.backup_type {
+        let mut req = req;
+        let mut parent = match req.backup_type {
             BackupType::Full => None,
             BackupType::Incremental => Some(self.find_parent(&req, &repository_id)?),
         };
+        let mut note = None;
+        if let Some(p) = &parent {
+            if let Some(bad) = self.failed_in_chain(p)? {
+                let why = format!(
+                    "incremental asked, made a full: its base {} is not usable (backup {bad} of its chain failed verify)",
+                    p.id
+                );
+                tracing::warn!(vm = %req.vm_name, base = %p.id, failed = %bad, "{why}");
+                note = Some(why);
+                req.backup_type = BackupType::Full;
+                parent = None;
+            }
+        }
 
         let id = new_backup_id();
         let dir = make_backup_dir(&repo.path, &req.vm_name, &id)?;
@@ -201,7 +219,8 @@ impl Hub {
                 &mut active,
             )
             .await;
-        let backup = ready_backup(id.clone(), req, repository_id, parent, created_at, disks);
+        let mut backup = ready_backup(id.clone(), req, repository_id, parent, created_at, disks);
+        backup.note = note;
         if let Err(err) = made.and_then(|()| self.catalog.insert_backup(&backup)) {
             self.undo_creation(active, &dir).await;
             return Err(err);
@@ -312,6 +331,7 @@ impl Hub {
                 bytes_transferred: None,
                 bytes_written: 0,
                 image_size: None,
+                digests_blake3: None,
                 completed_at: None,
             });
         }

@@ -16,7 +16,7 @@ impl Catalog {
         let mut conn = self.writer();
         let tx = conn.transaction()?;
         tx.execute(
-            &format!("INSERT INTO backups ({BACKUP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
+            &format!("INSERT INTO backups ({BACKUP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"),
             params![
                 backup.id,
                 backup.vm_name,
@@ -34,13 +34,18 @@ impl Catalog {
                 backup.policy_id,
                 backup.vm_context_id,
                 backup.protected,
+                backup.verify_state.as_str(),
+                backup.verified_at.map(fmt_time),
+                backup.verify_error,
+                backup.note,
             ],
         )?;
         for (position, disk) in backup.disks.iter().enumerate() {
             tx.execute(
                 "INSERT INTO backup_disks (backup_id, disk_id, position, vmware_disk_key, capacity_bytes, \
                  export_name, qcow2_path, completed, change_id, bytes_transferred, bytes_written, \
-                 image_size, completed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                 image_size, completed_at, digests_blake3) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 params![
                     backup.id,
                     disk.disk_id,
@@ -55,6 +60,7 @@ impl Catalog {
                     disk.bytes_written as i64,
                     disk.image_size.map(|b| b as i64),
                     disk.completed_at.map(fmt_time),
+                    disk.digests_blake3,
                 ],
             )?;
         }
@@ -329,6 +335,10 @@ mod tests {
             last_telemetry_at: None,
             vm_context_id: None,
             protected: false,
+            verify_state: Default::default(),
+            verified_at: None,
+            verify_error: None,
+            note: None,
             disks: vec![Disk {
                 disk_id: 3,
                 vmware_disk_key: 2001,
@@ -340,6 +350,7 @@ mod tests {
                 bytes_transferred: None,
                 bytes_written: 0,
                 image_size: None,
+                digests_blake3: None,
                 completed_at: None,
             }],
         }

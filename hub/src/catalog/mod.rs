@@ -19,6 +19,7 @@ mod restores;
 mod retention;
 mod rows;
 mod schedules;
+mod verify;
 
 pub use carry::CarriedOver;
 pub use conn::{CATALOG_FILE, Catalog, is_disk_full};

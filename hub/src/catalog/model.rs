@@ -78,6 +78,35 @@ impl Status {
     }
 }
 
+/// The outcome of a backup's newest verify.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyState {
+    /// Never verified.
+    #[default]
+    None,
+    Ok,
+    /// A corruption was found in the backup or its chain: it is never the base of a new
+    /// incremental.
+    Failed,
+}
+
+impl VerifyState {
+    pub const ALL: [VerifyState; 3] = [VerifyState::None, VerifyState::Ok, VerifyState::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyState::None => "none",
+            VerifyState::Ok => "ok",
+            VerifyState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        VerifyState::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Repository {
     pub id: String,
@@ -108,6 +137,13 @@ pub struct Backup {
     pub vm_context_id: Option<String>,
     /// Protected by an operator: never pruned, never deleted until unprotected.
     pub protected: bool,
+    /// The newest verify of the backup and its chain (`hub::verify`).
+    pub verify_state: VerifyState,
+    pub verified_at: Option<OffsetDateTime>,
+    /// The first failure of the newest verify: backup, disk, guest offset, what.
+    pub verify_error: Option<String>,
+    /// Why the backup is a full when an incremental was asked (its base failed verify).
+    pub note: Option<String>,
     /// In the order the request listed them.
     pub disks: Vec<Disk>,
 }
@@ -137,6 +173,10 @@ pub struct Disk {
     pub bytes_written: u64,
     /// Host size of the image file once finalised.
     pub image_size: Option<u64>,
+    /// BLAKE3 (hex) of the disk's digests file `disk<N>.digests`, written at finalise (see
+    /// `hub::repo::digests`); none before, and for backups older than verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digests_blake3: Option<String>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub completed_at: Option<OffsetDateTime>,
 }

@@ -100,8 +100,14 @@ impl Catalog {
         )?;
         for d in &into.disks {
             tx.execute(
-                "UPDATE backup_disks SET image_size = ?3 WHERE backup_id = ?1 AND disk_id = ?2",
-                params![into.id, d.disk_id, d.image_size.map(|b| b as i64)],
+                "UPDATE backup_disks SET image_size = ?3, digests_blake3 = ?4 \
+                 WHERE backup_id = ?1 AND disk_id = ?2",
+                params![
+                    into.id,
+                    d.disk_id,
+                    d.image_size.map(|b| b as i64),
+                    d.digests_blake3
+                ],
             )?;
         }
         super::backups::delete_rows(&tx, doomed)?;

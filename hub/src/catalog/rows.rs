@@ -58,7 +58,8 @@ pub(super) fn parse_json(s: Option<String>) -> Option<serde_json::Value> {
 }
 
 pub(super) const BACKUP_COLUMNS: &str = "id, vm_name, repository_id, backup_type, parent_backup_id, status, error, \
-     tags, telemetry, created_at, started_at, completed_at, last_telemetry_at, policy_id, vm_context_id, protected";
+     tags, telemetry, created_at, started_at, completed_at, last_telemetry_at, policy_id, vm_context_id, protected, \
+     verify_state, verified_at, verify_error, note";
 
 pub(super) fn backup_from_row(row: &Row<'_>) -> rusqlite::Result<Backup> {
     let backup_type: String = row.get(3)?;
@@ -81,6 +82,13 @@ pub(super) fn backup_from_row(row: &Row<'_>) -> rusqlite::Result<Backup> {
         policy_id: row.get(13)?,
         vm_context_id: row.get(14)?,
         protected: row.get(15)?,
+        verify_state: {
+            let v: String = row.get(16)?;
+            VerifyState::parse(&v).ok_or_else(|| bad_value("verify state", &v))?
+        },
+        verified_at: parse_opt_time(row.get(17)?)?,
+        verify_error: row.get(18)?,
+        note: row.get(19)?,
         disks: Vec::new(),
     })
 }
@@ -98,6 +106,7 @@ pub(super) fn disk_from_row(row: &Row<'_>) -> rusqlite::Result<Disk> {
         bytes_written: row.get::<_, i64>(8)? as u64,
         image_size: row.get::<_, Option<i64>>(9)?.map(|v| v as u64),
         completed_at: parse_opt_time(row.get(10)?)?,
+        digests_blake3: row.get(11)?,
     })
 }
 
@@ -115,7 +124,7 @@ pub(super) fn restore_from_row(row: &Row<'_>) -> rusqlite::Result<Restore> {
 pub(super) fn load_disks(conn: &Connection, backup: &mut Backup) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
         "SELECT disk_id, vmware_disk_key, capacity_bytes, export_name, qcow2_path, completed, change_id, \
-         bytes_transferred, bytes_written, image_size, completed_at \
+         bytes_transferred, bytes_written, image_size, completed_at, digests_blake3 \
          FROM backup_disks WHERE backup_id = ?1 ORDER BY position",
     )?;
     backup.disks = stmt

@@ -7,15 +7,18 @@ pub enum JobKind {
     ProtectionFlow,
     /// Retention applied to one VM's backups in one repository: removals and chain merges.
     Prune,
+    /// A verify of backups' chains: digests and structure (see `hub::verify`).
+    Verify,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 2] = [JobKind::ProtectionFlow, JobKind::Prune];
+    pub const ALL: [JobKind; 3] = [JobKind::ProtectionFlow, JobKind::Prune, JobKind::Verify];
 
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::ProtectionFlow => "protection_flow",
             JobKind::Prune => "prune",
+            JobKind::Verify => "verify",
         }
     }
 
@@ -31,6 +34,9 @@ impl JobKind {
             // A merge reads and writes an increment's worth of data: two at once keep the
             // disk busy without starving the backups beside them.
             JobKind::Prune => 2,
+            // A verify reads whole chains at disk speed: one at a time leaves the disk to the
+            // backups and merges beside it.
+            JobKind::Verify => 1,
         }
     }
 
@@ -43,6 +49,8 @@ impl JobKind {
             // An interrupted merge is finished at start (see prune::merge); the rest of the
             // plan waits for the next prune.
             JobKind::Prune => false,
+            // The monitor queues a verify again for what is still due (see verify::due).
+            JobKind::Verify => false,
         }
     }
 }

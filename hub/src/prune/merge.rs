@@ -135,6 +135,7 @@ impl Hub {
         for d in &mut into.disks {
             d.image_size = std::fs::metadata(&d.qcow2_path).ok().map(|m| m.len());
         }
+        self.rewrite_digests(&removed, &mut into).await?;
         if let Some(dir) = layout::dir_of_backup(&into) {
             // Ahead of the catalog for a moment; a start rewrites it from the catalog anyway.
             if let Err(err) = manifest::write(dir, &manifest::Manifest::of(&into)) {
@@ -172,6 +173,27 @@ enum Failure {
 fn refused_at_open(err: &qcow2::Error) -> bool {
     use qcow2::ErrorKind::*;
     matches!(err.kind(), Busy | Refused | InvalidArgument | Unsupported)
+}
+
+impl Hub {
+    /// The merged images' digests, before the catalog moves `into` (see
+    /// `repo::digests::rewrite_merged`: only the ranges `into` wrote are read again).
+    async fn rewrite_digests(&self, removed: &Backup, into: &mut Backup) -> Result<()> {
+        let io = self.config.storage_io;
+        for d in &mut into.disks {
+            let Some(below) = removed.disk(d.disk_id).map(|p| p.qcow2_path.clone()) else {
+                continue;
+            };
+            let image = d.qcow2_path.clone();
+            let hex = tokio::task::spawn_blocking(move || {
+                crate::repo::digests::rewrite_merged(&below, &image, io)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("digest task: {e}")))??;
+            d.digests_blake3 = Some(hex);
+        }
+        Ok(())
+    }
 }
 
 /// Each disk of `into` whose image is built on `removed`'s: merged, unless that was done before

@@ -32,6 +32,12 @@ impl Hub {
             )));
         }
         self.refuse_if_writing(&target)?;
+        if let Some(job) = self.verifying(&target.vm_name, &target.repository_id)? {
+            return Err(Error::Conflict(format!(
+                "a verify reads the chain of VM {:?} (job {job}); prune after it ends",
+                target.vm_name
+            )));
+        }
         let hub = self.clone();
         let job = self
             .jobs

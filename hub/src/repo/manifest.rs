@@ -105,6 +105,15 @@ pub struct Manifest {
     pub vm_context_id: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub protected: bool,
+    /// The newest verify (absent in older manifests: never verified).
+    #[serde(default)]
+    pub verify_state: crate::catalog::VerifyState,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub verified_at: Option<OffsetDateTime>,
+    #[serde(default)]
+    pub verify_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -138,6 +147,10 @@ impl Manifest {
             policy_id: None,
             vm_context_id: None,
             protected: false,
+            verify_state: Default::default(),
+            verified_at: None,
+            verify_error: None,
+            note: None,
             created_at,
             started_at: None,
             completed_at: None,
@@ -163,6 +176,10 @@ impl Manifest {
             policy_id: b.policy_id.clone(),
             vm_context_id: b.vm_context_id.clone(),
             protected: b.protected,
+            verify_state: b.verify_state,
+            verified_at: b.verified_at,
+            verify_error: b.verify_error.clone(),
+            note: b.note.clone(),
             created_at: b.created_at,
             started_at: b.started_at,
             completed_at: b.completed_at,
@@ -241,6 +258,10 @@ impl Manifest {
             policy_id: self.policy_id.clone(),
             vm_context_id: self.vm_context_id.clone(),
             protected: self.protected,
+            verify_state: self.verify_state,
+            verified_at: self.verified_at,
+            verify_error: self.verify_error.clone(),
+            note: self.note.clone(),
             disks,
         })
     }

@@ -9,6 +9,7 @@
 //! does not decide when a backup is made or removed (the `backup` room does). S3 repositories will
 //! sit here.
 
+pub mod digests;
 pub mod health;
 pub(crate) mod images;
 pub mod layout;
