@@ -2,6 +2,7 @@
 
 mod catalog;
 mod inspect;
+mod merge;
 mod rotate;
 mod serve;
 mod serve_image;
@@ -37,6 +38,9 @@ pub enum Command {
     Check(inspect::CheckArgs),
     /// Print an image's format, sizes and backing chain.
     Info(inspect::InfoArgs),
+    /// Merge an image's backing file into it, for images outside the hub's catalog.
+    #[command(long_about = merge::LONG_ABOUT)]
+    Merge(merge::MergeArgs),
     /// TLS credentials.
     #[command(subcommand)]
     Tls(tls::TlsCommand),
@@ -73,6 +77,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Check(args) => inspect::check(&args),
         Command::Info(args) => inspect::info(&args).map(|()| ExitCode::SUCCESS),
+        Command::Merge(args) => merge::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Tls(command) => tls::run(command).map(|()| ExitCode::SUCCESS),
         Command::RotateCredentialKey(args) => rotate::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Catalog(args) => catalog::run(args),
