@@ -175,6 +175,39 @@ impl FileConfig {
     }
 }
 
+/// `max_in_flight_mib` in bytes. Past the address space it would mean "unbounded", which this
+/// key never means.
+fn mib(value: Option<u64>) -> Result<Option<usize>> {
+    value
+        .map(|mib| {
+            usize::try_from(mib)
+                .ok()
+                .and_then(|m| m.checked_mul(1 << 20))
+                .ok_or_else(|| Error::Config("max_in_flight_mib is too large".into()))
+        })
+        .transpose()
+}
+
+/// `off` (the default) or `on`.
+fn on_off(key: &str, value: Option<&str>) -> Result<bool> {
+    match value {
+        None | Some("off") => Ok(false),
+        Some("on") => Ok(true),
+        Some(other) => Err(Error::Config(format!(
+            "{key} must be off or on, not {other:?}"
+        ))),
+    }
+}
+
+/// A number of days from the file: 1 to 100 years.
+fn days(key: &str, value: Option<u64>) -> Result<Option<Duration>> {
+    match value {
+        Some(n) if (1..=36_500).contains(&n) => Ok(Some(Duration::from_secs(n * 86_400))),
+        Some(_) => Err(Error::Config(format!("{key} must be 1 to 36500"))),
+        None => Ok(None),
+    }
+}
+
 impl Config {
     pub fn resolve(file: FileConfig, flags: Overrides) -> Result<Config> {
         let d = Config::default();
@@ -213,29 +246,14 @@ impl Config {
             max_concurrent_flow_backups: file
                 .max_concurrent_flow_backups
                 .unwrap_or(d.max_concurrent_flow_backups),
-            max_in_flight_bytes: match file.max_in_flight_mib {
-                // Past the address space it would mean "unbounded", which this key never means.
-                Some(mib) => usize::try_from(mib)
-                    .ok()
-                    .and_then(|m| m.checked_mul(1 << 20))
-                    .ok_or_else(|| Error::Config("max_in_flight_mib is too large".into()))?,
-                None => d.max_in_flight_bytes,
-            },
+            max_in_flight_bytes: mib(file.max_in_flight_mib)?.unwrap_or(d.max_in_flight_bytes),
             tls: match flags.tls.or(file.tls) {
                 Some(mode) => mode.parse().map_err(Error::Config)?,
                 None => d.tls,
             },
             tls_creds: flags.tls_creds.or(file.tls_creds),
             tls_verify_peer: file.tls_verify_peer.unwrap_or(d.tls_verify_peer),
-            api_tls: match flags.api_tls.or(file.api_tls).as_deref() {
-                None | Some("off") => false,
-                Some("on") => true,
-                Some(other) => {
-                    return Err(Error::Config(format!(
-                        "api_tls must be off or on, not {other:?}"
-                    )));
-                }
-            },
+            api_tls: on_off("api_tls", flags.api_tls.or(file.api_tls).as_deref())?,
             api_tls_creds: file.api_tls_creds,
             storage_io: match (flags.storage_io, file.storage_io) {
                 (Some(io), _) => io,
@@ -250,18 +268,15 @@ impl Config {
             api_max_connections: file.api_max_connections.unwrap_or(d.api_max_connections),
             api_idle_timeout: secs_or(file.api_idle_timeout_secs, d.api_idle_timeout),
             api_body_timeout: secs_or(file.api_body_timeout_secs, d.api_body_timeout),
-            failed_backup_retention: match file.failed_backup_retention_days {
-                Some(days) if (1..=36_500).contains(&days) => secs(days * 86_400),
-                Some(_) => {
-                    return Err(Error::Config(
-                        "failed_backup_retention_days must be 1 to 36500".into(),
-                    ));
-                }
-                None => d.failed_backup_retention,
-            },
-            verify_outdated_after: file
-                .verify_outdated_after_days
-                .map(|days| Duration::from_secs(days.saturating_mul(86_400))),
+            failed_backup_retention: days(
+                "failed_backup_retention_days",
+                file.failed_backup_retention_days,
+            )?
+            .unwrap_or(d.failed_backup_retention),
+            verify_outdated_after: days(
+                "verify_outdated_after_days",
+                file.verify_outdated_after_days,
+            )?,
         };
         config.validate()?;
         Ok(config)
