@@ -22,6 +22,7 @@ mod policies;
 pub mod protect_views;
 mod prune;
 mod repositories;
+mod repository_views;
 mod restores;
 mod schedules;
 mod service;
@@ -95,6 +96,17 @@ fn backup_routes() -> Router<Hub> {
         .route(
             "/api/v1/repositories",
             get(repositories::list).post(repositories::create),
+        )
+        .route("/api/v1/repositories/test", post(repositories::test_config))
+        .route(
+            "/api/v1/repositories/refresh-storage",
+            post(repositories::refresh_storage),
+        )
+        .route("/api/v1/repositories/{id}", delete(repositories::delete))
+        .route("/api/v1/repositories/{id}/test", post(repositories::test))
+        .route(
+            "/api/v1/repositories/{id}/storage",
+            get(repositories::storage),
         )
 }
 

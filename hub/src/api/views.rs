@@ -6,9 +6,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::catalog::{
-    Backup, BackupFilter, BackupType, Disk, Repository, Restore, Status, fmt_time,
-};
+use crate::catalog::{Backup, BackupFilter, BackupType, Disk, Restore, Status, fmt_time};
 use crate::error::Result;
 use crate::state::Hub;
 
@@ -219,16 +217,6 @@ pub struct RestoreView {
     pub nbd_export_name: String,
     pub created_at: String,
     pub expires_at: String,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct RepositoryView {
-    pub id: String,
-    pub name: String,
-    pub path: String,
-    pub created_at: String,
-    pub capacity_bytes: Option<u64>,
-    pub free_bytes: Option<u64>,
 }
 
 fn percent(done: u64, total: u64) -> f64 {
@@ -477,22 +465,6 @@ fn stored_bytes(b: &Backup, d: &Disk) -> u64 {
     }
 }
 
-pub fn repository_view(r: &Repository) -> RepositoryView {
-    let stats = rustix::fs::statvfs(&r.path).ok();
-    RepositoryView {
-        id: r.id.clone(),
-        name: r.name.clone(),
-        path: r.path.display().to_string(),
-        created_at: fmt_time(r.created_at),
-        capacity_bytes: stats
-            .as_ref()
-            .map(|s| s.f_blocks.saturating_mul(s.f_frsize)),
-        free_bytes: stats
-            .as_ref()
-            .map(|s| s.f_bavail.saturating_mul(s.f_frsize)),
-    }
-}
-
 // Shapes the handlers build with `json!`, written out for the document.
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -510,11 +482,6 @@ pub struct RestoreDeleted {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct RestoreList {
     pub restores: Vec<RestoreView>,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct RepositoryList {
-    pub repositories: Vec<RepositoryView>,
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0005_protection.sql"),
     include_str!("../../migrations/0006_execution_schedule.sql"),
     include_str!("../../migrations/0007_retention.sql"),
+    include_str!("../../migrations/0008_repository_description.sql"),
 ];
 
 pub struct Catalog {
