@@ -132,6 +132,7 @@ fn inventory_routes() -> Router<Hub> {
             put(credentials::set_default),
         )
         .route("/api/v1/discovery/discover-vms", post(inventory::discover))
+        .route("/api/v1/discovery/ungrouped-vms", get(inventory::ungrouped))
         .route("/api/v1/vm-contexts", get(inventory::list))
         .route(
             "/api/v1/vm-contexts/{id}",

@@ -44,7 +44,8 @@ pub struct BackupView {
     #[schema(format = DateTime)]
     pub completed_at: Option<String>,
     pub nbd_targets_string: String,
-    /// What the client moved: its own figures (per disk at `complete`, else its latest telemetry),
+    /// A completed backup: what the NBD server received (the SNA's `complete` says 0). Else what
+    /// the client moved: its own figures (per disk at `complete`, else its latest telemetry),
     /// else what the NBD server received.
     pub bytes_transferred: u64,
     /// Bytes the NBD server received.
@@ -291,7 +292,11 @@ impl Hub {
             started_at: b.started_at.map(fmt_time),
             completed_at: b.completed_at.map(fmt_time),
             nbd_targets_string: self.nbd_targets(b),
-            bytes_transferred: reported.or(live.bytes_transferred).unwrap_or(bytes_written),
+            bytes_transferred: if b.status == Status::Completed {
+                bytes_written
+            } else {
+                reported.or(live.bytes_transferred).unwrap_or(bytes_written)
+            },
             bytes_written,
             total_bytes,
             current_phase: live

@@ -80,8 +80,10 @@ pub struct SnaDisk {
     pub path: String,
     #[serde(default)]
     pub vmdk_path: String,
+    /// The SNA's whole GiB on the way in; on the way out, `capacity_bytes` in GiB unrounded
+    /// ([`crate::sys::size::gib`]) when the SNA gave it.
     #[serde(default)]
-    pub size_gb: i64,
+    pub size_gb: f64,
     #[serde(default)]
     pub capacity_bytes: i64,
     #[serde(default)]
@@ -179,7 +181,12 @@ impl Hub {
         };
         let (mut created, mut updated) = (0, 0);
         let mut discovered = Vec::with_capacity(inventory.vms.len());
-        for vm in inventory.vms {
+        for mut vm in inventory.vms {
+            for disk in &mut vm.disks {
+                if let Ok(bytes @ 1..) = u64::try_from(disk.capacity_bytes) {
+                    disk.size_gb = crate::sys::size::gib(bytes);
+                }
+            }
             let before = self
                 .catalog
                 .vm_context(&vm.name)?

@@ -58,6 +58,7 @@ mod tests;
         super::credentials::set_default,
         super::inventory::discover,
         super::inventory::list,
+        super::inventory::ungrouped,
         super::inventory::get,
         super::inventory::delete,
         super::inventory::disks,
