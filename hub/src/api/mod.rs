@@ -128,6 +128,10 @@ fn inventory_routes() -> Router<Hub> {
                 .delete(credentials::delete),
         )
         .route(
+            "/api/v1/vmware-credentials/{id}/test",
+            post(credentials::test),
+        )
+        .route(
             "/api/v1/vmware-credentials/{id}/set-default",
             put(credentials::set_default),
         )

@@ -234,13 +234,8 @@ pub async fn delete(State(hub): State<Hub>, Path(id): Path<String>) -> Response 
         Err(Error::Conflict(why)) => {
             // The GUI names the backups in its alert when the refusal carries `backup_count`.
             let count = hub.catalog.repository_backup_count(&id).unwrap_or(0);
-            let (status, body) = ApiError::Conflict(why).body();
-            let mut json = serde_json::to_value(body).unwrap_or_default();
-            json["success"] = false.into();
-            if count > 0 {
-                json["backup_count"] = count.into();
-            }
-            (status, Json(json)).into_response()
+            let extra = [("backup_count", count.into())];
+            ApiError::Conflict(why).response_with(if count > 0 { &extra } else { &[] })
         }
         Err(e) => ApiError::from(e).into_response(),
     }

@@ -222,6 +222,14 @@ impl Hub {
     }
 
     /// The SNA's inventory of the vCenter `login` opens.
+    /// The credential's login sent to the SNA's discovery, nothing stored: a success proves the
+    /// SNA is reachable, reached vCenter and logged in with it, and could list the inventory.
+    /// Returns how many VMs it listed.
+    pub async fn test_credential(&self, id: i64) -> Result<usize> {
+        let login = self.vcenter_login(id)?;
+        Ok(self.sna_inventory(&login, "").await?.vms.len())
+    }
+
     async fn sna_inventory(&self, login: &VcenterLogin, filter: &str) -> Result<Inventory> {
         let body = SnaDiscover {
             vcenter: &login.vcenter_host,

@@ -56,6 +56,7 @@ mod tests;
         super::credentials::update,
         super::credentials::delete,
         super::credentials::set_default,
+        super::credentials::test,
         super::inventory::discover,
         super::inventory::list,
         super::inventory::ungrouped,
