@@ -67,6 +67,10 @@ pub struct Config {
     /// A failed or cancelled backup (never the base of anything) is deleted this long after it
     /// was made, so an operator has time to read why it failed.
     pub failed_backup_retention: Duration,
+    /// Serve tokenless requests from loopback on every route (the Sendense GUI's server proxies
+    /// from this host and sends no token). Off: loopback is trusted on the SNA's routes only.
+    /// The SNA's tunnel and every local user arrive on loopback too.
+    pub gui_trust_loopback: bool,
 }
 
 impl Default for Config {
@@ -101,6 +105,7 @@ impl Default for Config {
             api_idle_timeout: Duration::from_secs(30),
             api_body_timeout: Duration::from_secs(30),
             failed_backup_retention: Duration::from_secs(7 * 86_400),
+            gui_trust_loopback: false,
         }
     }
 }
@@ -138,6 +143,7 @@ pub struct FileConfig {
     pub api_idle_timeout_secs: Option<u64>,
     pub api_body_timeout_secs: Option<u64>,
     pub failed_backup_retention_days: Option<u64>,
+    pub gui_trust_loopback: Option<bool>,
 }
 
 /// Values from flags or the environment; they win over the file.
@@ -155,6 +161,8 @@ pub struct Overrides {
     pub tls_creds: Option<PathBuf>,
     pub api_tls: Option<String>,
     pub storage_io: Option<qcow2::StorageIo>,
+    /// `--trust-loopback-gui`: only ever turns the mode on.
+    pub trust_loopback_gui: bool,
 }
 
 impl FileConfig {
@@ -162,6 +170,16 @@ impl FileConfig {
         let text = std::fs::read_to_string(path)
             .map_err(Error::io(format!("reading {}", path.display())))?;
         toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+}
+
+fn retention(days: Option<u64>) -> Result<Duration> {
+    match days {
+        Some(days) if (1..=36_500).contains(&days) => Ok(Duration::from_secs(days * 86_400)),
+        Some(_) => Err(Error::Config(
+            "failed_backup_retention_days must be 1 to 36500".into(),
+        )),
+        None => Ok(Config::default().failed_backup_retention),
     }
 }
 
@@ -236,15 +254,9 @@ impl Config {
             api_max_connections: file.api_max_connections.unwrap_or(d.api_max_connections),
             api_idle_timeout: secs_or(file.api_idle_timeout_secs, d.api_idle_timeout),
             api_body_timeout: secs_or(file.api_body_timeout_secs, d.api_body_timeout),
-            failed_backup_retention: match file.failed_backup_retention_days {
-                Some(days) if (1..=36_500).contains(&days) => secs(days * 86_400),
-                Some(_) => {
-                    return Err(Error::Config(
-                        "failed_backup_retention_days must be 1 to 36500".into(),
-                    ));
-                }
-                None => d.failed_backup_retention,
-            },
+            failed_backup_retention: retention(file.failed_backup_retention_days)?,
+            gui_trust_loopback: flags.trust_loopback_gui
+                || file.gui_trust_loopback.unwrap_or(d.gui_trust_loopback),
         };
         config.validate()?;
         Ok(config)
