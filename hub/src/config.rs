@@ -73,6 +73,10 @@ pub struct Config {
     /// A completed backup last verified longer ago than this is verified again (its VM's chain,
     /// in a job); none: only on request and in repositories that verify new backups.
     pub verify_outdated_after: Option<Duration>,
+    /// Serve tokenless requests from loopback on every route (the Sendense GUI's server proxies
+    /// from this host and sends no token). Off: loopback is trusted on the SNA's routes only.
+    /// The SNA's tunnel and every local user arrive on loopback too.
+    pub gui_trust_loopback: bool,
 }
 
 impl Default for Config {
@@ -109,6 +113,7 @@ impl Default for Config {
             api_body_timeout: Duration::from_secs(30),
             failed_backup_retention: Duration::from_secs(7 * 86_400),
             verify_outdated_after: None,
+            gui_trust_loopback: false,
         }
     }
 }
@@ -148,6 +153,7 @@ pub struct FileConfig {
     pub api_body_timeout_secs: Option<u64>,
     pub failed_backup_retention_days: Option<u64>,
     pub verify_outdated_after_days: Option<u64>,
+    pub gui_trust_loopback: Option<bool>,
 }
 
 /// Values from flags or the environment; they win over the file.
@@ -165,6 +171,8 @@ pub struct Overrides {
     pub tls_creds: Option<PathBuf>,
     pub api_tls: Option<String>,
     pub storage_io: Option<qcow2::StorageIo>,
+    /// `--trust-loopback-gui`: only ever turns the mode on.
+    pub trust_loopback_gui: bool,
 }
 
 impl FileConfig {
@@ -277,6 +285,8 @@ impl Config {
                 "verify_outdated_after_days",
                 file.verify_outdated_after_days,
             )?,
+            gui_trust_loopback: flags.trust_loopback_gui
+                || file.gui_trust_loopback.unwrap_or(d.gui_trust_loopback),
         };
         config.validate()?;
         Ok(config)

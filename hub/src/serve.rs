@@ -59,6 +59,14 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let grace = config.shutdown_grace;
+    if config.gui_trust_loopback {
+        tracing::warn!(
+            listen = %config.api_listen,
+            "gui_trust_loopback is on: every request from a loopback address is served on every \
+             route without a token, so every process and user on this host, and whatever the \
+             SNA's SSH tunnel forwards here, can do what the operator can"
+        );
+    }
     let api_tls = match (config.api_tls, &config.api_tls_creds, &config.tls_creds) {
         (true, Some(creds), _) | (true, None, Some(creds)) => {
             Some(crate::sys::tls::api_tls(creds)?)

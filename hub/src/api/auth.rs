@@ -1,5 +1,8 @@
 //! Who may call: the bearer token on operator routes; on the SNA client's routes, the token or a
-//! loopback peer (the client reaches us through the SSH tunnel whose end is on this host).
+//! loopback peer (the client reaches us through the SSH tunnel whose end is on this host). With
+//! `gui_trust_loopback` on, a loopback peer needs no token on any route (the Sendense GUI's
+//! server proxies from this host without one). The peer is the socket's, never a header's
+//! (`X-Forwarded-For` and the like widen nothing).
 
 use std::net::SocketAddr;
 
@@ -27,10 +30,18 @@ pub(super) async fn require_token(
     next: Next,
 ) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
-    if !bearer_ok(&hub, &parts) {
+    let trusted = hub.config.gui_trust_loopback && from_loopback(&parts);
+    if !trusted && !bearer_ok(&hub, &parts) {
         return Err(ApiError::Unauthorized);
     }
     Ok(next.run(Request::from_parts(parts, body)).await)
+}
+
+fn from_loopback(parts: &Parts) -> bool {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .is_some_and(|ConnectInfo(peer)| is_loopback(peer.ip()))
 }
 
 pub(super) async fn require_token_or_loopback(
@@ -39,11 +50,7 @@ pub(super) async fn require_token_or_loopback(
     next: Next,
 ) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
-    let loopback = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .is_some_and(|ConnectInfo(peer)| is_loopback(peer.ip()));
-    if !loopback && !bearer_ok(&hub, &parts) {
+    if !from_loopback(&parts) && !bearer_ok(&hub, &parts) {
         return Err(ApiError::Unauthorized);
     }
     Ok(next.run(Request::from_parts(parts, body)).await)

@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::error::{ApiError, ErrorBody};
@@ -150,6 +151,42 @@ pub async fn delete(
         status: "success",
         message: "credential deleted",
     }))
+}
+
+/// `POST .../{id}/test`: passed.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CredentialTested {
+    pub success: bool,
+    pub message: String,
+    pub credential_id: i64,
+    /// VMs the SNA listed with this login.
+    pub vm_count: usize,
+}
+
+#[utoipa::path(post, path = "/api/v1/vmware-credentials/{id}/test", operation_id = "test_vmware_credential", tag = "credentials",
+    params(("id" = i64, Path, description = "Credential id")),
+    responses((status = 200, description = "The SNA logged in to vCenter with it and listed the inventory (nothing stored)", body = CredentialTested),
+        (status = 400, description = "The id is not an integer", body = ErrorBody),
+        (status = 404, description = "No such credential", body = ErrorBody),
+        (status = 409, description = "The credential is not active", body = ErrorBody),
+        (status = 502, description = "The SNA refused (a wrong login, vCenter unreachable) or did not answer; the body adds success false and message", body = ErrorBody),
+        (status = 503, description = "The credential key cannot open its password", body = ErrorBody)))]
+pub async fn test(State(hub): State<Hub>, Path(id): Path<String>) -> Response {
+    let id = match credential_id(&id) {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
+    match hub.test_credential(id).await {
+        Ok(vm_count) => Json(CredentialTested {
+            success: true,
+            message: format!("the SNA logged in to vCenter and listed {vm_count} VM(s)"),
+            credential_id: id,
+            vm_count,
+        })
+        .into_response(),
+        // The discovery wizard shows `message`; the sources page reads `success`.
+        Err(e) => ApiError::from(e).response_with(&[]),
+    }
 }
 
 #[utoipa::path(put, path = "/api/v1/vmware-credentials/{id}/set-default", operation_id = "set_default_vmware_credential", tag = "credentials",

@@ -117,6 +117,20 @@ impl ApiError {
         }
     }
 
+    /// The usual error answer with more fields beside (the old hub's `success: false`, say),
+    /// for routes whose GUI caller reads them from a refusal.
+    pub fn response_with(self, extra: &[(&str, serde_json::Value)]) -> Response {
+        let (status, body) = self.body();
+        let message = body.error.clone();
+        let mut json = serde_json::to_value(body).unwrap_or_default();
+        json["success"] = false.into();
+        json["message"] = message.into();
+        for (name, value) in extra {
+            json[*name] = value.clone();
+        }
+        (status, Json(json)).into_response()
+    }
+
     pub fn body(self) -> (StatusCode, ErrorBody) {
         let (status, code) = self.kind();
         let (error, details) = self.public();

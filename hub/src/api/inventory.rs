@@ -10,22 +10,80 @@ use crate::catalog::{VmContext, VmDisk};
 use crate::inventory::discovery::{DiscoverRequest, DiscoverResponse};
 use crate::state::Hub;
 
+/// A VM context with the GUI's names beside ours (`FlowMachinesTable.tsx`, `sourcesApi.ts`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct VmContextView {
+    #[serde(flatten)]
+    pub context: VmContext,
+    /// `guest_os` as the SNA gave it, empty when it gave none: the GUI lowercases it unchecked.
+    pub os_type: String,
+    /// `num_cpu`; null when the SNA gave none.
+    pub cpu_count: Option<i64>,
+    /// `discovered`: every context is made by discovery, and the hub keeps no other state of
+    /// a VM (its backups are under `/backups`).
+    pub current_status: &'static str,
+}
+
+impl From<VmContext> for VmContextView {
+    fn from(context: VmContext) -> Self {
+        VmContextView {
+            os_type: context.guest_os.clone(),
+            cpu_count: known_cpus(context.num_cpu),
+            current_status: "discovered",
+            context,
+        }
+    }
+}
+
+/// A CPU count the SNA reported; 0 is its default for "not said".
+pub fn known_cpus(n: i64) -> Option<i64> {
+    (n > 0).then_some(n)
+}
+
+/// A disk with the GUI's `size_gb` beside our `capacity_bytes`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct VmDiskView {
+    #[serde(flatten)]
+    pub disk: VmDisk,
+    /// `capacity_bytes` in GiB, unrounded (`sys::size::gib`).
+    pub size_gb: f64,
+}
+
+fn disk_views(disks: Vec<VmDisk>) -> Vec<VmDiskView> {
+    disks
+        .into_iter()
+        .map(|disk| VmDiskView {
+            size_gb: crate::sys::size::gib(disk.capacity_bytes),
+            disk,
+        })
+        .collect()
+}
+
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ContextList {
-    pub vm_contexts: Vec<VmContext>,
+    pub vm_contexts: Vec<VmContextView>,
     pub count: usize,
+}
+
+/// `GET /discovery/ungrouped-vms`, the old hub's shape.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UngroupedVms {
+    pub vms: Vec<VmContextView>,
+    pub count: usize,
+    #[schema(format = DateTime)]
+    pub retrieved_at: String,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ContextDetails {
-    pub context: VmContext,
-    pub disks: Vec<VmDisk>,
+    pub context: VmContextView,
+    pub disks: Vec<VmDiskView>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DiskList {
     pub context_id: String,
-    pub disks: Vec<VmDisk>,
+    pub disks: Vec<VmDiskView>,
     pub count: usize,
 }
 
@@ -52,10 +110,25 @@ pub async fn discover(
 #[utoipa::path(get, path = "/api/v1/vm-contexts", operation_id = "list_vm_contexts", tag = "discovery",
     responses((status = 200, description = "Every VM context, by VM name", body = ContextList)))]
 pub async fn list(State(hub): State<Hub>) -> Result<Json<ContextList>, ApiError> {
-    let vm_contexts = hub.vm_contexts()?;
+    let vm_contexts: Vec<VmContextView> = hub.vm_contexts()?.into_iter().map(Into::into).collect();
     Ok(Json(ContextList {
         count: vm_contexts.len(),
         vm_contexts,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/discovery/ungrouped-vms", operation_id = "ungrouped_vms", tag = "discovery",
+    responses((status = 200, description = "VM contexts in no machine group", body = UngroupedVms)))]
+pub async fn ungrouped(State(hub): State<Hub>) -> Result<Json<UngroupedVms>, ApiError> {
+    let vms: Vec<VmContextView> = hub
+        .ungrouped_vm_contexts()?
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    Ok(Json(UngroupedVms {
+        count: vms.len(),
+        vms,
+        retrieved_at: crate::catalog::fmt_time(crate::state::now()),
     }))
 }
 
@@ -70,7 +143,10 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<ContextDetails>, ApiError> {
     let (context, disks) = hub.vm_context(&id)?;
-    Ok(Json(ContextDetails { context, disks }))
+    Ok(Json(ContextDetails {
+        context: context.into(),
+        disks: disk_views(disks),
+    }))
 }
 
 /// The old `GET /vm-contexts/by-id/{context_id}`: the same answer as [`get`].
@@ -98,7 +174,7 @@ pub async fn disks(
     Ok(Json(DiskList {
         context_id: context.context_id,
         count: disks.len(),
-        disks,
+        disks: disk_views(disks),
     }))
 }
 

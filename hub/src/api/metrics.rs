@@ -7,7 +7,6 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 
 use super::error::ApiError;
-use crate::api::views::repository_view;
 use crate::catalog::{JobStatus, Status};
 use crate::jobs::JobKind;
 use crate::state::Hub;
@@ -87,7 +86,8 @@ pub async fn metrics(State(hub): State<Hub>) -> Result<impl IntoResponse, ApiErr
     );
     out.push_str("# TYPE sendense_repository_free_bytes gauge\n");
     for repo in hub.catalog.repositories()? {
-        if let Some(free) = repository_view(&repo).free_bytes {
+        if let Ok(cap) = crate::repo::manage::Capacity::of(&repo.path) {
+            let free = cap.available_bytes;
             let _ = writeln!(
                 out,
                 "sendense_repository_free_bytes{{repository=\"{}\"}} {free}",

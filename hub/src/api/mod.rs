@@ -22,6 +22,7 @@ mod policies;
 pub mod protect_views;
 mod prune;
 mod repositories;
+mod repository_views;
 mod restores;
 mod schedules;
 mod service;
@@ -103,6 +104,17 @@ fn backup_routes() -> Router<Hub> {
             "/api/v1/repositories",
             get(repositories::list).post(repositories::create),
         )
+        .route("/api/v1/repositories/test", post(repositories::test_config))
+        .route(
+            "/api/v1/repositories/refresh-storage",
+            post(repositories::refresh_storage),
+        )
+        .route("/api/v1/repositories/{id}", delete(repositories::delete))
+        .route("/api/v1/repositories/{id}/test", post(repositories::test))
+        .route(
+            "/api/v1/repositories/{id}/storage",
+            get(repositories::storage),
+        )
 }
 
 /// vCenter credentials, discovery and VM contexts.
@@ -123,10 +135,15 @@ fn inventory_routes() -> Router<Hub> {
                 .delete(credentials::delete),
         )
         .route(
+            "/api/v1/vmware-credentials/{id}/test",
+            post(credentials::test),
+        )
+        .route(
             "/api/v1/vmware-credentials/{id}/set-default",
             put(credentials::set_default),
         )
         .route("/api/v1/discovery/discover-vms", post(inventory::discover))
+        .route("/api/v1/discovery/ungrouped-vms", get(inventory::ungrouped))
         .route("/api/v1/vm-contexts", get(inventory::list))
         .route(
             "/api/v1/vm-contexts/{id}",

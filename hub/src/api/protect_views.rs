@@ -284,7 +284,8 @@ impl GroupVmList {
 pub struct GroupMemberView {
     pub context_id: String,
     pub vm_name: String,
-    pub cpu_count: i64,
+    /// Null when the SNA gave none.
+    pub cpu_count: Option<i64>,
     pub memory_mb: i64,
     pub os_type: String,
     pub power_state: String,
@@ -307,7 +308,7 @@ impl From<&[Member]> for GroupMembers {
                 .map(|m| GroupMemberView {
                     context_id: m.context.context_id.clone(),
                     vm_name: m.context.vm_name.clone(),
-                    cpu_count: m.context.num_cpu,
+                    cpu_count: super::inventory::known_cpus(m.context.num_cpu),
                     memory_mb: m.context.memory_mb,
                     os_type: m.context.guest_os.clone(),
                     power_state: m.context.power_state.clone(),

@@ -1,127 +1,242 @@
-//! `/api/v1/repositories`.
+//! `/api/v1/repositories`: our `{id, path, name?}` and the GUI's `{name, type, enabled,
+//! is_immutable, config: {path, description?}}` both create one.
 
 use std::path::PathBuf;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::ApiJson;
-use crate::api::views::{RepositoryView, repository_view};
-use crate::catalog::Repository;
-use crate::state::{Hub, now};
+use super::repository_views::*;
+use crate::error::Error;
+use crate::repo::manage::{Capacity, Location, NewRepository};
+use crate::state::Hub;
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct CreateRepository {
+    /// Made as `repo-<type>-<n>` when absent.
     #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
-    id: String,
+    #[serde(default)]
+    id: Option<String>,
     #[serde(default)]
     name: Option<String>,
-    /// Absolute; created when missing.
-    #[schema(value_type = String)]
-    path: PathBuf,
+    /// Absolute; created when missing. Or `config.path`.
+    #[schema(value_type = Option<String>)]
+    #[serde(default)]
+    path: Option<PathBuf>,
+    /// `local` (the default); other kinds are refused.
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    /// Only true: the hub has no disabled repositories.
+    #[serde(default)]
+    enabled: Option<bool>,
+    /// Only false.
+    #[serde(default)]
+    is_immutable: Option<bool>,
+    #[serde(default)]
+    config: Option<RepositoryConfig>,
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+pub struct RepositoryConfig {
+    #[schema(value_type = Option<String>)]
+    #[serde(default)]
+    path: Option<PathBuf>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+/// `POST /repositories/test`: a location that is not created.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct TestRepository {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    config: Option<RepositoryConfig>,
+    #[schema(value_type = Option<String>)]
+    #[serde(default)]
+    path: Option<PathBuf>,
+}
+
+/// The kind named by `type`, with its settings: the one place a new kind is parsed.
+fn location(
+    kind: Option<&str>,
+    path: Option<PathBuf>,
+    config: Option<&RepositoryConfig>,
+) -> Result<Location, ApiError> {
+    match kind.unwrap_or("local") {
+        "local" => {
+            let from_config = config.and_then(|c| c.path.clone());
+            let path = match (path, from_config) {
+                (Some(a), Some(b)) if a != b => {
+                    return Err(ApiError::BadRequest(
+                        "path and config.path name different directories".into(),
+                    ));
+                }
+                (Some(p), _) | (None, Some(p)) => p,
+                (None, None) => {
+                    return Err(ApiError::BadRequest(
+                        "a local repository needs path (or config.path)".into(),
+                    ));
+                }
+            };
+            Ok(Location::Local { path })
+        }
+        other => Err(ApiError::BadRequest(format!(
+            "repository type {:?} is not supported: only \"local\"",
+            other.chars().take(32).collect::<String>()
+        ))),
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/repositories", operation_id = "list_repositories", tag = "repositories",
-    responses((status = 200, description = "Repositories with capacity and free bytes", body = crate::api::views::RepositoryList)))]
-pub async fn list(State(hub): State<Hub>) -> Result<Json<serde_json::Value>, ApiError> {
-    let repos: Vec<RepositoryView> = hub
+    responses((status = 200, description = "Repositories with their filesystems' figures", body = RepositoryList)))]
+pub async fn list(State(hub): State<Hub>) -> Result<Json<RepositoryList>, ApiError> {
+    let repositories = hub
         .catalog
         .repositories()?
         .iter()
-        .map(repository_view)
-        .collect();
-    Ok(Json(serde_json::json!({ "repositories": repos })))
+        .map(|r| hub.repository_view(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(RepositoryList {
+        success: true,
+        total: repositories.len(),
+        repositories,
+    }))
 }
 
 #[utoipa::path(post, path = "/api/v1/repositories", operation_id = "create_repository", tag = "repositories",
     request_body = CreateRepository,
-    responses((status = 200, description = "The new repository", body = RepositoryView),
-        (status = 400, description = "The path is the data dir, inside or around it, or cannot hold images", body = ErrorBody),
+    responses((status = 200, description = "The new repository", body = RepositoryCreated),
+        (status = 400, description = "The path is the data dir, inside or around it, or cannot hold images; an unknown type; enabled false or is_immutable true", body = ErrorBody),
         (status = 409, description = "The id is taken, the path overlaps a repository, or another data dir owns it", body = ErrorBody)))]
 pub async fn create(
     State(hub): State<Hub>,
     ApiJson(req): ApiJson<CreateRepository>,
-) -> Result<Json<RepositoryView>, ApiError> {
-    let id_ok = !req.id.is_empty()
-        && req.id.len() <= 64
-        && req
-            .id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if !id_ok {
+) -> Result<Json<RepositoryCreated>, ApiError> {
+    if req.enabled == Some(false) {
         return Err(ApiError::BadRequest(
-            "id must be 1 to 64 of [A-Za-z0-9_-]".into(),
+            "enabled: false is not supported: every repository is enabled".into(),
         ));
     }
-    if !req.path.is_absolute() {
-        return Err(ApiError::BadRequest("path must be absolute".into()));
+    if req.is_immutable == Some(true) {
+        return Err(ApiError::BadRequest(
+            "is_immutable: true is not supported: the hub does not make images immutable".into(),
+        ));
     }
-    // Checked before anything is created, on the path with its symlinks resolved, which is what
-    // is stored.
-    let path =
-        crate::repo::ownership::check_new_path(&hub.catalog, &hub.config.data_dir, &req.path)?;
-    std::fs::create_dir_all(&path)
-        .map_err(|e| ApiError::BadRequest(format!("cannot create {}: {e}", path.display())))?;
-    usable_directory(&path).map_err(|why| {
-        ApiError::BadRequest(format!("{} cannot hold images: {why}", path.display()))
-    })?;
-    let repo = Repository {
-        name: req.name.unwrap_or_else(|| req.id.clone()),
-        id: req.id,
-        path,
-        created_at: now(),
-    };
-    crate::repo::ownership::claim_repository(&repo, &hub.config.data_dir)?;
-    hub.catalog.insert_repository(&repo)?;
-    tracing::info!(repository = %repo.id, path = %repo.path.display(), "repository added");
-    Ok(Json(repository_view(&repo)))
+    let location = location(req.kind.as_deref(), req.path, req.config.as_ref())?;
+    let repo = hub
+        .add_repository(NewRepository {
+            id: req.id,
+            name: req.name,
+            description: req.config.and_then(|c| c.description),
+            location,
+        })
+        .await?;
+    let view = hub.repository_view(&repo)?;
+    Ok(Json(RepositoryCreated {
+        success: true,
+        repository: view.clone(),
+        view,
+    }))
 }
 
-/// Kernel filesystems that show processes or devices as files: nothing stored there is kept.
-#[allow(clippy::unnecessary_cast)] // the magics are i64 or u32 depending on the target
-const VIRTUAL_FILESYSTEMS: [(i64, &str); 9] = [
-    (libc::PROC_SUPER_MAGIC as i64, "proc"),
-    (libc::SYSFS_MAGIC as i64, "sysfs"),
-    (libc::DEVPTS_SUPER_MAGIC as i64, "devpts"),
-    (libc::CGROUP_SUPER_MAGIC as i64, "cgroup"),
-    (libc::CGROUP2_SUPER_MAGIC as i64, "cgroup2"),
-    (libc::DEBUGFS_MAGIC as i64, "debugfs"),
-    (libc::TRACEFS_MAGIC as i64, "tracefs"),
-    (libc::SECURITYFS_MAGIC as i64, "securityfs"),
-    (libc::BPF_FS_MAGIC as i64, "bpf"),
-];
+/// A refusal about the location becomes a failed test; anything else stays an error.
+fn verdict(result: crate::error::Result<Capacity>, ok: &str) -> Result<RepositoryTest, ApiError> {
+    match result {
+        Ok(cap) => Ok(tested(cap, ok.into())),
+        Err(Error::Invalid(why) | Error::Conflict(why)) => Ok(failed_test(why)),
+        Err(e) => Err(e.into()),
+    }
+}
 
-/// Why `path` cannot hold images: not a directory, a kernel filesystem (`/proc/self`), or a
-/// place where a regular file cannot be created and removed.
-fn usable_directory(path: &std::path::Path) -> Result<(), String> {
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
-    if !meta.is_dir() {
-        return Err("not a directory".into());
-    }
-    let fs = rustix::fs::statfs(path).map_err(|e| format!("statfs: {e}"))?;
-    #[allow(clippy::unnecessary_cast)] // f_type is i64 or u32 depending on the target
-    let kind = fs.f_type as i64;
-    if let Some((_, name)) = VIRTUAL_FILESYSTEMS.iter().find(|(magic, _)| *magic == kind) {
-        return Err(format!("it is on the kernel's {name} filesystem"));
-    }
-    let probe = path.join(format!(".sendense-probe-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&probe)
-        .and_then(|file| {
-            let regular = file.metadata()?.is_file();
-            drop(file);
-            std::fs::remove_file(&probe)?;
-            if regular {
-                Ok(())
-            } else {
-                Err(std::io::Error::other(
-                    "a new file there is not a regular file",
-                ))
-            }
+#[utoipa::path(post, path = "/api/v1/repositories/test", operation_id = "test_repository_config", tag = "repositories",
+    request_body = TestRepository,
+    responses((status = 200, description = "Whether the location could become a repository (success false says why); nothing is created", body = RepositoryTest),
+        (status = 400, description = "An unknown type or no path", body = ErrorBody)))]
+pub async fn test_config(
+    State(hub): State<Hub>,
+    ApiJson(req): ApiJson<TestRepository>,
+) -> Result<Json<RepositoryTest>, ApiError> {
+    let location = match location(req.kind.as_deref(), req.path, req.config.as_ref()) {
+        Ok(l) => l,
+        Err(ApiError::BadRequest(why)) => return Ok(Json(failed_test(why))),
+        Err(e) => return Err(e),
+    };
+    let result = hub.test_location(&location);
+    Ok(Json(verdict(result, "the location can hold images")?))
+}
+
+#[utoipa::path(post, path = "/api/v1/repositories/{id}/test", operation_id = "test_repository", tag = "repositories",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "Whether a file can be created and removed in the repository now (success false says why)", body = RepositoryTest),
+        (status = 404, description = "No such repository", body = ErrorBody)))]
+pub async fn test(
+    State(hub): State<Hub>,
+    Path(id): Path<String>,
+) -> Result<Json<RepositoryTest>, ApiError> {
+    let result = hub.test_repository(&id);
+    Ok(Json(verdict(result, "the repository can hold images")?))
+}
+
+#[utoipa::path(post, path = "/api/v1/repositories/refresh-storage", operation_id = "refresh_repository_storage", tag = "repositories",
+    responses((status = 200, description = "How many repositories' filesystems could be read; the figures are read at every answer, so nothing is cached", body = StorageRefreshed)))]
+pub async fn refresh_storage(State(hub): State<Hub>) -> Result<Json<StorageRefreshed>, ApiError> {
+    let repos = hub.catalog.repositories()?;
+    let failed = repos
+        .iter()
+        .filter(|r| Capacity::of(&r.path).is_err())
+        .count();
+    let refreshed = repos.len() - failed;
+    Ok(Json(StorageRefreshed {
+        success: true,
+        message: format!("{refreshed} read, {failed} could not be read"),
+        refreshed_count: refreshed,
+        failed_count: failed,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/repositories/{id}/storage", operation_id = "repository_storage", tag = "repositories",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "The repository's filesystem now", body = RepositoryStorage),
+        (status = 404, description = "No such repository", body = ErrorBody),
+        (status = 503, description = "Its filesystem cannot be read", body = ErrorBody)))]
+pub async fn storage(
+    State(hub): State<Hub>,
+    Path(id): Path<String>,
+) -> Result<Json<RepositoryStorage>, ApiError> {
+    let repo = hub.repository_or_404(&id)?;
+    let cap = Capacity::of(&repo.path)
+        .map_err(|e| ApiError::Unavailable(format!("cannot read {}: {e}", repo.path.display())))?;
+    let backups = hub.catalog.repository_backup_count(&id)?;
+    Ok(Json(RepositoryStorage {
+        repository_id: repo.id,
+        info: storage_info(&cap, backups),
+    }))
+}
+
+#[utoipa::path(delete, path = "/api/v1/repositories/{id}", operation_id = "delete_repository", tag = "repositories",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "Forgotten; its directory stays on disk, without the ownership marker", body = RepositoryDeleted),
+        (status = 404, description = "No such repository", body = ErrorBody),
+        (status = 409, description = "The default repository, or backups, a flow or a policy use it (the body adds success false and backup_count)", body = ErrorBody)))]
+pub async fn delete(State(hub): State<Hub>, Path(id): Path<String>) -> Response {
+    match hub.remove_repository(&id).await {
+        Ok(repo) => Json(RepositoryDeleted {
+            success: true,
+            message: format!("repository {:?} removed", repo.id),
+            id: repo.id,
         })
-        .map_err(|e| format!("cannot create a file there: {e}"))
+        .into_response(),
+        Err(Error::Conflict(why)) => {
+            // The GUI names the backups in its alert when the refusal carries `backup_count`.
+            let count = hub.catalog.repository_backup_count(&id).unwrap_or(0);
+            let extra = [("backup_count", count.into())];
+            ApiError::Conflict(why).response_with(if count > 0 { &extra } else { &[] })
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
 }

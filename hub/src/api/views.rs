@@ -6,9 +6,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::catalog::{
-    Backup, BackupFilter, BackupType, Disk, Repository, Restore, Status, fmt_time,
-};
+use crate::catalog::{Backup, BackupFilter, BackupType, Disk, Restore, Status, fmt_time};
 use crate::error::Result;
 use crate::state::Hub;
 
@@ -55,7 +53,8 @@ pub struct BackupView {
     #[schema(format = DateTime)]
     pub completed_at: Option<String>,
     pub nbd_targets_string: String,
-    /// What the client moved: its own figures (per disk at `complete`, else its latest telemetry),
+    /// A completed backup: what the NBD server received (the SNA's `complete` says 0). Else what
+    /// the client moved: its own figures (per disk at `complete`, else its latest telemetry),
     /// else what the NBD server received.
     pub bytes_transferred: u64,
     /// Bytes the NBD server received.
@@ -232,16 +231,6 @@ pub struct RestoreView {
     pub expires_at: String,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct RepositoryView {
-    pub id: String,
-    pub name: String,
-    pub path: String,
-    pub created_at: String,
-    pub capacity_bytes: Option<u64>,
-    pub free_bytes: Option<u64>,
-}
-
 fn percent(done: u64, total: u64) -> f64 {
     if total == 0 {
         return 0.0;
@@ -318,7 +307,11 @@ impl Hub {
             started_at: b.started_at.map(fmt_time),
             completed_at: b.completed_at.map(fmt_time),
             nbd_targets_string: self.nbd_targets(b),
-            bytes_transferred: reported.or(live.bytes_transferred).unwrap_or(bytes_written),
+            bytes_transferred: if b.status == Status::Completed {
+                bytes_written
+            } else {
+                reported.or(live.bytes_transferred).unwrap_or(bytes_written)
+            },
             bytes_written,
             total_bytes,
             current_phase: live
@@ -496,22 +489,6 @@ fn stored_bytes(b: &Backup, d: &Disk) -> u64 {
     }
 }
 
-pub fn repository_view(r: &Repository) -> RepositoryView {
-    let stats = rustix::fs::statvfs(&r.path).ok();
-    RepositoryView {
-        id: r.id.clone(),
-        name: r.name.clone(),
-        path: r.path.display().to_string(),
-        created_at: fmt_time(r.created_at),
-        capacity_bytes: stats
-            .as_ref()
-            .map(|s| s.f_blocks.saturating_mul(s.f_frsize)),
-        free_bytes: stats
-            .as_ref()
-            .map(|s| s.f_bavail.saturating_mul(s.f_frsize)),
-    }
-}
-
 // Shapes the handlers build with `json!`, written out for the document.
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -529,11 +506,6 @@ pub struct RestoreDeleted {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct RestoreList {
     pub restores: Vec<RestoreView>,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct RepositoryList {
-    pub repositories: Vec<RepositoryView>,
 }
 
 #[cfg(test)]

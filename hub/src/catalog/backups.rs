@@ -380,6 +380,7 @@ mod tests {
                 name: "default".into(),
                 path: dir.path().into(),
                 created_at: OffsetDateTime::now_utc(),
+                description: None,
             };
             cat.insert_repository(&repo).unwrap();
             assert!(matches!(

@@ -174,6 +174,7 @@ mod tests {
             name: id.into(),
             path: format!("/srv/{id}").into(),
             created_at: time::OffsetDateTime::now_utc(),
+            description: None,
         }
     }
 

@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0006_execution_schedule.sql"),
     include_str!("../../migrations/0007_retention.sql"),
     include_str!("../../migrations/0008_verify.sql"),
+    include_str!("../../migrations/0009_repository_description.sql"),
 ];
 
 pub struct Catalog {

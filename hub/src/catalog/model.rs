@@ -113,6 +113,8 @@ pub struct Repository {
     pub name: String,
     pub path: PathBuf,
     pub created_at: OffsetDateTime,
+    /// The operator's words about it (the GUI's `config.description`).
+    pub description: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -13,13 +13,14 @@ impl Catalog {
     pub fn insert_repository(&self, repo: &Repository) -> Result<()> {
         let conn = self.writer();
         let inserted = conn.execute(
-            "INSERT INTO repositories (id, name, path, created_at) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO repositories (id, name, path, created_at, description) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
             params![
                 repo.id,
                 repo.name,
                 repo.path.to_string_lossy(),
-                fmt_time(repo.created_at)
+                fmt_time(repo.created_at),
+                repo.description,
             ],
         )?;
         if inserted == 0 {
@@ -35,36 +36,59 @@ impl Catalog {
         let conn = self.conn.lock();
         Ok(conn
             .query_row(
-                "SELECT id, name, path, created_at FROM repositories WHERE id = ?1",
+                &format!("SELECT {COLUMNS} FROM repositories WHERE id = ?1"),
                 [id],
-                |row| {
-                    Ok(Repository {
-                        id: row.get(0)?,
-                        name: row.get(1)?,
-                        path: PathBuf::from(row.get::<_, String>(2)?),
-                        created_at: parse_time(&row.get::<_, String>(3)?)?,
-                    })
-                },
+                repository_row,
             )
             .optional()?)
     }
 
     pub fn repositories(&self) -> Result<Vec<Repository>> {
         let conn = self.conn.lock();
-        let mut stmt =
-            conn.prepare("SELECT id, name, path, created_at FROM repositories ORDER BY id")?;
+        let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM repositories ORDER BY id"))?;
         let repos = stmt
-            .query_map([], |row| {
-                Ok(Repository {
-                    id: row.get(0)?,
-                    name: row.get(1)?,
-                    path: PathBuf::from(row.get::<_, String>(2)?),
-                    created_at: parse_time(&row.get::<_, String>(3)?)?,
-                })
-            })?
+            .query_map([], repository_row)?
             .collect::<rusqlite::Result<_>>()?;
         Ok(repos)
     }
 
-    // --- backups
+    /// Backup rows of every status stored in the repository: what keeps it from being removed.
+    pub fn repository_backup_count(&self, id: &str) -> Result<u64> {
+        let conn = self.conn.lock();
+        let n: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM backups WHERE repository_id = ?1",
+            [id],
+            |row| row.get(0),
+        )?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Removes the row, refused (`Conflict`) while a backup, a flow or a policy names the
+    /// repository: the foreign keys say so, and the message says who.
+    pub fn delete_repository(&self, id: &str) -> Result<bool> {
+        let conn = self.writer();
+        match conn.execute("DELETE FROM repositories WHERE id = ?1", [id]) {
+            Ok(n) => Ok(n > 0),
+            Err(Error::Catalog(e))
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) =>
+            {
+                Err(Error::Conflict(format!(
+                    "repository {id:?} is still used by a backup, a protection flow or a policy"
+                )))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+const COLUMNS: &str = "id, name, path, created_at, description";
+
+fn repository_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Repository> {
+    Ok(Repository {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        path: PathBuf::from(row.get::<_, String>(2)?),
+        created_at: parse_time(&row.get::<_, String>(3)?)?,
+        description: row.get(4)?,
+    })
 }

@@ -40,6 +40,10 @@ pub struct ServeArgs {
     /// Image file I/O: auto (direct except on tmpfs), direct or buffered [default: auto].
     #[arg(long, value_name = "MODE", env = "SENDENSE_HUB_STORAGE_IO")]
     storage_io: Option<qcow2::StorageIo>,
+    /// Serve tokenless requests from loopback on every route, for the Sendense GUI's server on
+    /// this host (see the README: the SNA's tunnel and local users arrive on loopback too).
+    #[arg(long)]
+    trust_loopback_gui: bool,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -64,6 +68,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tls_creds: args.tls_creds,
         api_tls: args.api_tls,
         storage_io: args.storage_io,
+        trust_loopback_gui: args.trust_loopback_gui,
     };
     let config = Config::resolve(file, overrides)?;
     hub::sys::datadir::prepare(&config.data_dir)?;

@@ -53,8 +53,10 @@ pub struct SnaDisk {
     pub path: String,
     #[serde(default)]
     pub vmdk_path: String,
+    /// The SNA's whole GiB on the way in; on the way out, `capacity_bytes` in GiB unrounded
+    /// ([`crate::sys::size::gib`]) when the SNA gave it.
     #[serde(default)]
-    pub size_gb: i64,
+    pub size_gb: f64,
     #[serde(default)]
     pub capacity_bytes: i64,
     #[serde(default)]

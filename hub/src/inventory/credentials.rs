@@ -181,7 +181,16 @@ impl Hub {
         self.credential(id)
     }
 
-    pub fn update_credential(&self, id: i64, req: CredentialRequest) -> Result<Credential> {
+    /// A blank password keeps the stored one (the GUI's edit form says "leave blank to keep").
+    /// `is_default: false` changes nothing: the GUI sends it on every save and has no way to
+    /// unset a default, so the default moves only when another credential becomes it.
+    pub fn update_credential(&self, id: i64, mut req: CredentialRequest) -> Result<Credential> {
+        if req.password.as_ref().is_some_and(|p| p.is_empty()) {
+            req.password = None;
+        }
+        if req.is_default == Some(false) {
+            req.is_default = None;
+        }
         let current = self.credential(id)?;
         let fields = fields(&req, Some(&current))?;
         let sealed = match &req.password {

@@ -133,7 +133,12 @@ impl Hub {
         };
         let (mut discovered, mut refused) = (Vec::with_capacity(vms.len()), Vec::new());
         let mut pending = Pending::default();
-        for vm in vms {
+        for mut vm in vms {
+            for disk in &mut vm.disks {
+                if let Ok(bytes @ 1..) = u64::try_from(disk.capacity_bytes) {
+                    disk.size_gb = crate::sys::size::gib(bytes);
+                }
+            }
             let owner = owners.get(&vm.name);
             let disks = match vet(&vm, &namesakes, owner, &origin.vcenter_host) {
                 Ok(disks) => disks,
@@ -216,6 +221,14 @@ impl Hub {
     }
 
     /// The SNA's inventory of the vCenter `login` opens.
+    /// The credential's login sent to the SNA's discovery, nothing stored: a success proves the
+    /// SNA is reachable, reached vCenter and logged in with it, and could list the inventory.
+    /// Returns how many VMs it listed.
+    pub async fn test_credential(&self, id: i64) -> Result<usize> {
+        let login = self.vcenter_login(id)?;
+        Ok(self.sna_inventory(&login, "").await?.vms.len())
+    }
+
     async fn sna_inventory(&self, login: &VcenterLogin, filter: &str) -> Result<Inventory> {
         let body = SnaDiscover {
             vcenter: &login.vcenter_host,

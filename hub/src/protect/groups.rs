@@ -190,6 +190,17 @@ impl Hub {
         Ok((group, members))
     }
 
+    /// VM contexts in no group: what the GUI's "Create Group" offers.
+    pub fn ungrouped_vm_contexts(&self) -> Result<Vec<crate::catalog::VmContext>> {
+        let mut out = Vec::new();
+        for context in self.vm_contexts()? {
+            if self.catalog.membership(&context.context_id)?.is_none() {
+                out.push(context);
+            }
+        }
+        Ok(out)
+    }
+
     /// The context id of a VM named by context id or VM name.
     fn context_id(&self, name_or_id: &str) -> Result<String> {
         self.catalog

@@ -2,8 +2,9 @@
 //! close off the async threads), the manifest beside them (`manifest`), taking a backup directory
 //! off the disk (`removal`), the start-time comparison of catalog and disk (`reconcile`), the
 //! catalog rebuilt from manifests (`rebuild`), whether completed backups' files are still there
-//! (`presence`), the repositories' health (`health`) and who owns each, and which paths may
-//! become one (`ownership`).
+//! (`presence`), the repositories' health (`health`), who owns each and which paths may become
+//! one (`ownership`), adding, testing and removing one (`manage`, kinds as `manage::Location`)
+//! and whether a directory can hold images (`probe`).
 //!
 //! It knows the catalog's records and the files; it knows nothing of NBD, the SNA or HTTP, and
 //! does not decide when a backup is made or removed (the `backup` room does). S3 repositories will
@@ -14,9 +15,11 @@ pub mod health;
 pub(crate) mod images;
 pub mod layout;
 pub mod limits;
+pub mod manage;
 pub mod manifest;
 pub mod ownership;
 pub(crate) mod presence;
+pub(crate) mod probe;
 pub mod rebuild;
 pub(crate) mod reconcile;
 pub(crate) mod removal;
@@ -50,5 +53,6 @@ pub(crate) fn ensure_default_repository(catalog: &Catalog, data: &Path) -> Resul
         name: DEFAULT_REPOSITORY.into(),
         path,
         created_at: OffsetDateTime::now_utc(),
+        description: None,
     })
 }

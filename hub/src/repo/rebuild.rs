@@ -102,6 +102,7 @@ fn repositories(
             name: id.clone(),
             path,
             created_at: now(),
+            description: None,
         });
     }
     // The default repository is this data dir's own, whatever an old catalog (a copy's) says,
@@ -114,6 +115,7 @@ fn repositories(
             name: DEFAULT_REPOSITORY.into(),
             path: default_repository_path(data_dir)?,
             created_at: now(),
+            description: None,
         },
     );
     Ok(repos)
@@ -356,6 +358,7 @@ fn old_repositories(path: &Path) -> Vec<Repository> {
                 name: row.get(1)?,
                 path: PathBuf::from(row.get::<_, String>(2)?),
                 created_at: now(),
+                description: None,
             })
         })?
         .collect()

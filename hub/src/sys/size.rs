@@ -27,6 +27,13 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size too large: {text:?}"))
 }
 
+/// Bytes in GiB, unrounded: the Sendense GUI adds `size_gb` up and prints the sum as it is, so
+/// a disk under 1 GiB stays visible (512 MiB is `0.5`, 2 MiB `0.001953125`) and sums of
+/// MiB-multiple sizes stay exact (binary fractions).
+pub fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_size;

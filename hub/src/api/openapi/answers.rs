@@ -109,7 +109,7 @@ fn fields_mismatch(doc: &Value, schema: &Value, value: &Value, at: &str) -> Opti
 }
 
 use crate::api::credentials::{CredentialChanged, CredentialDeleted, CredentialList};
-use crate::api::inventory::{ContextDeleted, ContextDetails, ContextList, DiskList};
+use crate::api::inventory::{ContextDeleted, ContextDetails, ContextList, DiskList, VmDiskView};
 use crate::catalog::{Credential, VmContext, VmDisk};
 use crate::inventory::credentials::CredentialView;
 use crate::inventory::discovery::{DiscoverResponse, DiscoveredVm, RefusedVm, SnaDisk, SnaVm};
@@ -227,7 +227,7 @@ fn inventory_answers() -> Vec<Answer> {
             "get",
             "/api/v1/vm-contexts",
             serde_json::to_value(ContextList {
-                vm_contexts: vec![context.clone()],
+                vm_contexts: vec![context.clone().into()],
                 count: 1,
             }),
         ),
@@ -235,8 +235,11 @@ fn inventory_answers() -> Vec<Answer> {
             "get",
             "/api/v1/vm-contexts/{vm_name}",
             serde_json::to_value(ContextDetails {
-                context: context.clone(),
-                disks: vec![disk.clone()],
+                context: context.clone().into(),
+                disks: vec![VmDiskView {
+                    size_gb: 1.0,
+                    disk: disk.clone(),
+                }],
             }),
         ),
         (
@@ -244,7 +247,7 @@ fn inventory_answers() -> Vec<Answer> {
             "/api/v1/vm-contexts/{context_id}/disks",
             serde_json::to_value(DiskList {
                 context_id: context.context_id.clone(),
-                disks: vec![disk],
+                disks: vec![VmDiskView { size_gb: 1.0, disk }],
                 count: 1,
             }),
         ),
@@ -322,7 +325,7 @@ fn sna_vm() -> SnaVm {
             label: String::new(),
             path: String::new(),
             vmdk_path: String::new(),
-            size_gb: 1,
+            size_gb: 1.0,
             capacity_bytes: 1 << 30,
             datastore: String::new(),
             provisioning_type: String::new(),
