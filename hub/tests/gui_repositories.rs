@@ -211,6 +211,14 @@ async fn add_repository_modal_tsx() {
         assert!(!t["error"].as_str().unwrap().is_empty(), "{t}");
         assert!(t["message"].is_string(), "{t}");
     }
+    // A body the schema refuses (a config that is no object) is a 400, not a failed test.
+    let r = h
+        .post(
+            "/api/v1/repositories/test",
+            &json!({"type": "local", "config": [null, null]}),
+        )
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "bad_request");
     // The page's create with a type the hub lacks is a clear 400, not a repository.
     let body = json!({"name": "S3", "type": "s3", "enabled": true, "is_immutable": false,
         "config": {"bucket": "b"}});

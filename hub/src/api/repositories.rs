@@ -40,13 +40,34 @@ pub struct CreateRepository {
     config: Option<RepositoryConfig>,
 }
 
+/// Read from a JSON object only: serde's derive would also take an array of the fields' values
+/// (`[null, null]`), which the schema says is no repository config.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(try_from = "serde_json::Map<String, serde_json::Value>")]
 pub struct RepositoryConfig {
     #[schema(value_type = Option<String>)]
+    path: Option<PathBuf>,
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ConfigFields {
     #[serde(default)]
     path: Option<PathBuf>,
     #[serde(default)]
     description: Option<String>,
+}
+
+impl TryFrom<serde_json::Map<String, serde_json::Value>> for RepositoryConfig {
+    type Error = serde_json::Error;
+
+    fn try_from(map: serde_json::Map<String, serde_json::Value>) -> Result<Self, Self::Error> {
+        let f: ConfigFields = serde_json::from_value(serde_json::Value::Object(map))?;
+        Ok(RepositoryConfig {
+            path: f.path,
+            description: f.description,
+        })
+    }
 }
 
 /// `POST /repositories/test`: a location that is not created.
