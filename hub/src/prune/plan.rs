@@ -21,8 +21,13 @@ pub struct PruneTarget {
 impl PruneTarget {
     /// The jobs framework's target string, and the key no two prunes share at once.
     pub fn key(&self) -> String {
-        format!("{}@{}", self.vm_name, self.repository_id)
+        chain_key(&self.vm_name, &self.repository_id)
     }
+}
+
+/// A VM's chain in a repository, as the prune job's target names it.
+pub fn chain_key(vm_name: &str, repository_id: &str) -> String {
+    format!("{vm_name}@{repository_id}")
 }
 
 /// One backup and what the rules decided for it.

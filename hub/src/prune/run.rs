@@ -69,7 +69,7 @@ impl Hub {
     /// Whether a prune job works on the VM's chain in that repository now: backups on top of it
     /// and restores from it wait until it ends.
     pub(crate) fn pruning(&self, vm_name: &str, repository_id: &str) -> Result<Option<String>> {
-        let key = format!("{vm_name}@{repository_id}");
+        let key = super::plan::chain_key(vm_name, repository_id);
         self.catalog.live_job(JobKind::Prune.as_str(), &key)
     }
 

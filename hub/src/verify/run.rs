@@ -119,8 +119,7 @@ impl Hub {
     /// Why the VM's chain in the repository cannot be read now: a prune works on it, or a merge
     /// of it is unfinished.
     pub(crate) fn chain_busy(&self, vm_name: &str, repository_id: &str) -> Result<Option<String>> {
-        let key = format!("{vm_name}@{repository_id}");
-        if let Some(job) = self.catalog.live_job(JobKind::Prune.as_str(), &key)? {
+        if let Some(job) = self.pruning(vm_name, repository_id)? {
             return Ok(Some(format!("a prune of its chain is running (job {job})")));
         }
         let merging = self
