@@ -25,6 +25,7 @@
 // Every function short enough to read at once; the threshold is in the workspace's clippy.toml.
 #![deny(clippy::too_many_lines)]
 
+mod background;
 mod cache;
 mod chain;
 pub mod check;

@@ -36,7 +36,7 @@ pub(crate) struct Refcounts {
     prealloc_end: u64,
     /// The reservation running on its own thread (at most one): the end it reserves up to, and
     /// the thread, which returns whether it succeeded.
-    reserving: Option<(u64, std::thread::JoinHandle<bool>)>,
+    reserving: Option<(u64, crate::background::Pending<bool>)>,
     /// Largest stretch reserved at once ([`crate::Storage::reserve_step`]).
     reserve_step: u64,
     /// Reservations never reach past this: the file this image needs with every guest cluster
@@ -357,9 +357,9 @@ impl Refcounts {
         Ok(())
     }
 
-    /// Starts reserving (fallocate) the next stretch of the file on its own thread when the
-    /// frontier came within half a step of the reserved end and no reservation is running, so
-    /// no request waits for it (`fallocate` of 256 MiB takes ~55 ms on tmpfs). Steps grow with
+    /// Starts reserving (fallocate) the next stretch of the file on a shared background thread
+    /// (`background`) when the frontier came within half a step of the reserved end and no
+    /// reservation is running, so no request waits for it (`fallocate` of 256 MiB takes ~55 ms on tmpfs). Steps grow with
     /// the image up to [`crate::Storage::reserve_step`], stop at what the image can use and take
     /// at most an eighth of the space still free ([`crate::Storage::free_bytes`]). Reserving
     /// is only an optimisation: data and metadata writes past the end grow the file themselves,
@@ -388,18 +388,16 @@ impl Refcounts {
             return;
         }
         let st = io.st.clone();
-        let spawned = std::thread::Builder::new()
-            .name("qcow2-reserve".into())
-            .spawn(move || match st.allocate(start, end - start) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::debug!(start, end, error = %e, "preallocation failed; not trying again");
-                    false
-                }
-            });
+        let spawned = crate::background::spawn(move || match st.allocate(start, end - start) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(start, end, error = %e, "preallocation failed; not trying again");
+                false
+            }
+        });
         match spawned {
-            Ok(handle) => self.reserving = Some((end, handle)),
-            Err(_) => self.prealloc_off = true,
+            Some(pending) => self.reserving = Some((end, pending)),
+            None => self.prealloc_off = true,
         }
     }
 

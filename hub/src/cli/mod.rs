@@ -85,7 +85,10 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use hub::sys::threads;
     Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads::workers(threads::cores()))
+        .max_blocking_threads(threads::BLOCKING_THREADS)
         .enable_all()
         .build()?)
 }

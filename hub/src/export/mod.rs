@@ -1,11 +1,11 @@
 //! The adapter from a [`qcow2::Image`] to an [`nbd_server::Export`].
 //!
-//! `qcow2` is synchronous (positional file I/O); every call runs on the export's own I/O threads
-//! ([`workers`]) so an NBD connection task never blocks a runtime thread. Image errors become NBD
+//! `qcow2` is synchronous (positional file I/O); every call runs in the export's lane of the shared
+//! I/O engine ([`engine`]) so an NBD connection task never blocks a runtime thread. Image errors become NBD
 //! export errors here and nowhere else.
 
+pub mod engine;
 mod readbuf;
-mod workers;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,20 +14,20 @@ use bytes::Bytes;
 use nbd_server::{Export, ExportError, Extent};
 use qcow2::{ErrorKind, ExtentKind, Image};
 
-use workers::IoWorkers;
+use engine::{IoEngine, IoLane};
 
 /// Largest preferred block size we advertise; bigger clusters do not make bigger requests better.
 const MAX_PREFERRED: u64 = 2 << 20;
 const MIN_PREFERRED: u64 = 4096;
-/// I/O threads per export: enough to keep a few writes in flight while another waits on the
-/// image's metadata lock or a flush.
-const IO_THREADS: usize = 4;
-/// I/O threads of an export whose image uses direct I/O. There no page cache absorbs a write: each
-/// worker waits for the device (asleep in `io_uring_enter`, no CPU), so the worker count is the
-/// device's queue depth. 16 is the depth at which fio reached the disk's 1.5 GiB/s with 2 MiB
-/// direct writes (issue 11); not yet measured with the server. Payload memory stays bounded by the
-/// NBD server's budget, not by this.
-const DIRECT_IO_THREADS: usize = 16;
+/// Calls of one export running at once on buffered I/O: enough to keep a few writes in flight
+/// while another waits on the image's metadata lock or a flush.
+const IO_DEPTH: usize = 4;
+/// Calls of one export running at once on direct I/O. There no page cache absorbs a write: each
+/// call waits for the device (its engine thread asleep in `io_uring_enter`, no CPU), so this is
+/// the export's queue depth on the device. 16 is the depth at which fio reached the disk's
+/// 1.5 GiB/s with 2 MiB direct writes (issue 11). Payload memory stays bounded by the NBD
+/// server's budget, not by this.
+const DIRECT_IO_DEPTH: usize = 16;
 
 /// A QCOW2 image served as an NBD export.
 pub struct ImageExport {
@@ -37,7 +37,7 @@ pub struct ImageExport {
     preferred: u32,
     /// Bytes stored, and changes after the client said it was done.
     tally: Arc<WriteTally>,
-    workers: IoWorkers,
+    lane: IoLane,
 }
 
 /// What the hub learns from an export's changes (WRITE, WRITE_ZEROES, TRIM): the bytes of WRITE
@@ -102,10 +102,10 @@ impl ImageExport {
         let size = image.virtual_size();
         let read_only = !image.is_writable();
         let preferred = image.cluster_size().clamp(MIN_PREFERRED, MAX_PREFERRED) as u32;
-        let threads = if image.io_alignment() > 1 {
-            DIRECT_IO_THREADS
+        let depth = if image.io_alignment() > 1 {
+            DIRECT_IO_DEPTH
         } else {
-            IO_THREADS
+            IO_DEPTH
         };
         Self {
             image,
@@ -113,7 +113,7 @@ impl ImageExport {
             read_only,
             preferred,
             tally: Arc::default(),
-            workers: IoWorkers::new(threads),
+            lane: IoEngine::global().lane(depth),
         }
     }
 
@@ -137,7 +137,15 @@ impl ImageExport {
         T: Send + 'static,
         F: FnOnce(&Image) -> qcow2::Result<T> + Send + 'static,
     {
-        match self.workers.run(&self.image, op).await {
+        let image = Arc::clone(&self.image);
+        // The image handle goes before the answer does: once every caller has its answer, the
+        // engine holds no image, and closing it finds it unshared.
+        let call = move || {
+            let r = op(&image);
+            drop(image);
+            r
+        };
+        match self.lane.run(call).await {
             Ok(result) => result.map_err(map_error),
             Err(_) => Err(ExportError::Io("image I/O thread failed".into())),
         }

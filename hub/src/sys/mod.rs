@@ -3,7 +3,7 @@
 //! TLS credentials, log formatting, systemd's readiness notice, size parsing, the credential key
 //! and its sealing (`secrets`), what of a peer's text may be repeated when it was sent a secret
 //! (`echo`), and the HTTP client of the SNA's API (`sna`: transport and bounds,
-//! not what its answers mean).
+//! not what its answers mean), and the bound on the process's threads (`threads`).
 //!
 //! These sit below every room because `Hub` holds them (the key, the SNA client, the reserve) and
 //! `Config` reads them; nothing here imports a room of the hub, only `error`.
@@ -16,5 +16,6 @@ pub(crate) mod reserve;
 pub mod secrets;
 pub mod size;
 pub mod sna;
+pub mod threads;
 pub mod tls;
 pub mod token;

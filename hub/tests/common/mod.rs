@@ -285,8 +285,15 @@ pub fn wait_status(api: &str, token: &str, id: &str, status: &str) -> Value {
 
 /// `POST /api/v1/backups`: a full backup of one disk of `capacity` bytes; returns its body.
 pub fn create_full(api: &str, token: &str, vm: &str, capacity: u64) -> Value {
-    let req = serde_json::json!({"vm_name": vm, "backup_type": "full",
-        "disks": [{"disk_id": 0, "vmware_disk_key": 2000, "capacity_bytes": capacity}]});
+    create_full_of(api, token, vm, capacity, 1)
+}
+
+/// [`create_full`] with `disks` disks (keys 2000, 2001, ...), each of `capacity` bytes.
+pub fn create_full_of(api: &str, token: &str, vm: &str, capacity: u64, disks: u32) -> Value {
+    let disks: Vec<Value> = (0..disks)
+        .map(|id| serde_json::json!({"disk_id": id, "vmware_disk_key": 2000 + id, "capacity_bytes": capacity}))
+        .collect();
+    let req = serde_json::json!({"vm_name": vm, "backup_type": "full", "disks": disks});
     ok(http(
         "POST",
         api,

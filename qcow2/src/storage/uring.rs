@@ -24,6 +24,13 @@ use io_uring::{IoUring, opcode, squeue, types};
 /// Entries of each thread's ring: more than any one call puts in flight.
 const RING_ENTRIES: u32 = 8;
 
+/// Kernel workers (`iou-wrk`) each thread's io_uring may start for operations it cannot run
+/// inline: bounded work (files) and unbounded (sockets; we have none). They are threads of this
+/// process and count against its task limit; without a cap the kernel starts up to one per ring
+/// entry for every ring. What gets punted here is mostly a direct write that extends the file,
+/// which ext4 runs under the inode lock held exclusive: several workers would only queue on it.
+const IOWQ_MAX_WORKERS: [u32; 2] = [1, 1];
+
 /// Largest transfer of one SQE (its length field is 32 bits); a multiple of any alignment.
 const MAX_SQE_BYTES: usize = 1 << 30;
 
@@ -56,7 +63,13 @@ fn with_ring<T>(f: impl FnOnce(&mut IoUring) -> io::Result<T>) -> io::Result<T> 
     RING.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
-            *slot = Some(IoUring::new(RING_ENTRIES)?);
+            let ring = IoUring::new(RING_ENTRIES)?;
+            // Kernels before 5.15 cannot cap them: keep their default rather than lose the ring.
+            let mut max = IOWQ_MAX_WORKERS;
+            if let Err(e) = ring.submitter().register_iowq_max_workers(&mut max) {
+                tracing::debug!(error = %e, "cannot cap io_uring's kernel workers");
+            }
+            *slot = Some(ring);
         }
         f(slot.as_mut().expect("ring created above"))
     })
