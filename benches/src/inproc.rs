@@ -2,11 +2,18 @@
 //! (`protection_scale`, `discovery_scale`): NBD on 127.0.0.1:0, the API as a `Router` to call
 //! with `tower::ServiceExt::oneshot`.
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
 use hub::{Config, Hub};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 pub struct InProcessHub {
     pub hub: Hub,
@@ -40,5 +47,36 @@ pub async fn start_hub(data_dir: &Path, configure: impl FnOnce(&mut Config)) -> 
         hub,
         shutdown,
         token,
+    }
+}
+
+impl InProcessHub {
+    /// One request as the operator (loopback, with the token); the status and the JSON body
+    /// (`Null` when it is not JSON).
+    pub async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("content-type", "application/json")
+            .body(Body::from(body.map(Value::to_string).unwrap_or_default()))
+            .expect("request");
+        let peer: SocketAddr = "127.0.0.1:40000".parse().expect("address");
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let resp = self.app.clone().oneshot(req).await.expect("infallible");
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, value)
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.hub.shutdown().await;
     }
 }

@@ -7,16 +7,11 @@
 //!
 //! Not a test: run it with `cargo run --release -p benches --bin discovery_scale [-- --vms N]`.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::body::Body;
-use axum::extract::ConnectInfo;
-use axum::http::{Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use clap::Parser;
-use http_body_util::BodyExt;
-use serde_json::{Value, json};
-use tower::ServiceExt;
+use serde_json::json;
 
 #[derive(Parser)]
 #[command(about = "Discovery at scale: POST discover-vms with N VMs, created then refreshed")]
@@ -59,23 +54,6 @@ async fn stand_in_sna(answer: String) -> u16 {
     port
 }
 
-async fn post(app: &axum::Router, token: &str, uri: &str, body: Value) -> (StatusCode, Value) {
-    let mut req = Request::post(uri)
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .expect("request");
-    let peer: SocketAddr = "127.0.0.1:40000".parse().expect("address");
-    req.extensions_mut().insert(ConnectInfo(peer));
-    let resp = app.clone().oneshot(req).await.expect("infallible");
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -83,18 +61,19 @@ async fn main() {
     let answer_mib = answer.len() as f64 / f64::from(1 << 20);
     let sna_port = stand_in_sna(answer).await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let benches::inproc::InProcessHub {
-        hub,
-        app,
-        shutdown,
-        token,
-    } = benches::inproc::start_hub(dir.path(), |c| {
+    let h = benches::inproc::start_hub(dir.path(), |c| {
         c.sna_url = format!("http://127.0.0.1:{sna_port}");
     })
     .await;
     let credential = json!({"credential_name": "vc", "vcenter_host": "vc.bench",
         "username": "admin", "password": PASSWORD, "datacenter": "DC1", "is_default": true});
-    let (s, c) = post(&app, &token, "/api/v1/vmware-credentials", credential).await;
+    let (s, c) = h
+        .call(
+            Method::POST,
+            "/api/v1/vmware-credentials",
+            Some(&credential),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{c}");
     let discover = json!({"credential_id": c["credential"]["id"], "create_context": true});
     println!("{} VMs, SNA answer {answer_mib:.1} MiB", args.vms);
@@ -103,13 +82,13 @@ async fn main() {
         ("refresh", "contexts_updated"),
     ] {
         let began = Instant::now();
-        let (s, d) = post(
-            &app,
-            &token,
-            "/api/v1/discovery/discover-vms",
-            discover.clone(),
-        )
-        .await;
+        let (s, d) = h
+            .call(
+                Method::POST,
+                "/api/v1/discovery/discover-vms",
+                Some(&discover),
+            )
+            .await;
         let took = began.elapsed();
         assert_eq!(s, StatusCode::OK, "{}", d["error"]);
         assert_eq!(d[counted], args.vms, "{}", d["message"]);
@@ -119,6 +98,5 @@ async fn main() {
             args.vms as f64 / took.as_secs_f64()
         );
     }
-    shutdown.cancel();
-    hub.shutdown().await;
+    h.stop().await;
 }

@@ -12,21 +12,14 @@
 //! Not a test: run it with `cargo run --release -p benches --bin protection_scale`.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Body;
-use axum::extract::ConnectInfo;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use clap::Parser;
-use http_body_util::BodyExt;
 use hub::Hub;
 use hub::catalog::{VmContext, VmDisk};
 use hub::protect::cron::CronSchedule;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
 const VMS: usize = 500;
 const GROUPS: usize = 20;
@@ -59,51 +52,22 @@ struct Args {
 
 struct Bench {
     _dir: tempfile::TempDir,
-    hub: Hub,
-    app: Router,
-    shutdown: CancellationToken,
-    token: String,
+    inproc: benches::inproc::InProcessHub,
 }
 
 impl Bench {
     async fn start() -> Bench {
         let dir = tempfile::tempdir().expect("temp dir");
-        let benches::inproc::InProcessHub {
-            hub,
-            app,
-            shutdown,
-            token,
-        } = benches::inproc::start_hub(dir.path(), |_| {}).await;
-        Bench {
-            _dir: dir,
-            hub,
-            app,
-            shutdown,
-            token,
-        }
+        let inproc = benches::inproc::start_hub(dir.path(), |_| {}).await;
+        Bench { _dir: dir, inproc }
     }
 
     async fn stop(self) {
-        self.shutdown.cancel();
-        self.hub.shutdown().await;
+        self.inproc.stop().await;
     }
 
-    /// One request as the operator (loopback, with the token); the status and the JSON body.
     async fn call(&self, method: Method, uri: &str, body: Option<&Value>) -> (StatusCode, Value) {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("authorization", format!("Bearer {}", self.token))
-            .header("content-type", "application/json")
-            .body(Body::from(body.map(Value::to_string).unwrap_or_default()))
-            .expect("request");
-        let peer: SocketAddr = "127.0.0.1:40000".parse().expect("address");
-        req.extensions_mut().insert(ConnectInfo(peer));
-        let resp = self.app.clone().oneshot(req).await.expect("infallible");
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (status, value)
+        self.inproc.call(method, uri, body).await
     }
 
     async fn create(&self, uri: &str, body: Value, want: StatusCode) -> Value {
@@ -190,6 +154,7 @@ impl Bench {
                     unit_number: 0,
                 };
                 let (id, _) = self
+                    .inproc
                     .hub
                     .catalog
                     .upsert_vm_context(&context, &[disk])
@@ -324,7 +289,7 @@ async fn run(args: Args) {
     );
     tokio::time::sleep(settle).await;
     let loaded = idle_cpu(idle).await;
-    let (pass_median, pass_mean, scheduled, next) = time_passes(&b.hub, args.passes);
+    let (pass_median, pass_mean, scheduled, next) = time_passes(&b.inproc.hub, args.passes);
     let list = list_latency(&b, args.warmup, args.requests).await;
     assert_nothing_ran(&b).await;
     b.stop().await;
