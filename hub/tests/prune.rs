@@ -408,3 +408,83 @@ fn an_image_held_by_qemu_refuses_the_merge_and_loses_nothing() {
     prune(&api, &token, json!({ "vm_name": "vm-d", "keep_last": 1 }));
     assert_kept(&api, &token, &chain, &[2], dir.path());
 }
+
+/// A chain in use is refused to whoever else would change or read it, with the job that holds
+/// it, and accepted again once that job ends: a second prune and a verify while a prune merges,
+/// a prune while a verify reads. The increment rewrites the whole disk so that the merge and the
+/// verify last far longer than the request that follows them.
+#[test]
+fn a_chain_in_use_refuses_a_second_prune_and_a_verify() {
+    const BIG: usize = 128 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (_hub, api, _nbd) = start_hub(&data);
+    let token = read_token(&data);
+    let copy_in = |raw: &Path| {
+        let raw = raw.to_owned();
+        move |uri: &str| {
+            run_ok(Command::new("nbdcopy").arg(&raw).arg(uri));
+        }
+    };
+    let full_raw = dir.path().join("big-full.raw");
+    make_raw(&full_raw, BIG, 11);
+    let full = chain::backup(&api, &token, "vm-big", "full", BIG, copy_in(&full_raw));
+    let inc_raw = dir.path().join("big-inc.raw");
+    let inc_bytes = make_raw(&inc_raw, BIG, 12);
+    let inc = chain::backup(
+        &api,
+        &token,
+        "vm-big",
+        "incremental",
+        BIG,
+        copy_in(&inc_raw),
+    );
+    let post = |path: &str, body: Option<&Value>| http("POST", &api, path, Some(&token), body);
+    let prune_body = json!({ "vm_name": "vm-big", "keep_last": 1 });
+    let verify_path = format!("/api/v1/backups/{inc}/verify");
+
+    // A prune merges the full into the increment...
+    let first = post("/api/v1/prune", Some(&prune_body));
+    assert_eq!(first.0, 202, "{}", first.1);
+    let job = first.1["id"].as_str().unwrap().to_owned();
+    // ...and holds the chain: neither a second prune nor a verify gets in.
+    let second = post("/api/v1/prune", Some(&prune_body));
+    assert_eq!(second.0, 409, "{}", second.1);
+    assert!(second.1.to_string().contains(&job), "{}", second.1);
+    let verify = post(&verify_path, None);
+    assert_eq!(verify.0, 409, "{}", verify.1);
+    assert!(verify.1.to_string().contains(&job), "{}", verify.1);
+    let done = chain::wait_job(&api, &token, &job);
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    let gone = http(
+        "GET",
+        &api,
+        &format!("/api/v1/backups/{full}"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(gone.0, 404, "the full was merged away: {}", gone.1);
+
+    // A verify reads the chain: a prune waits for it.
+    let verify = post(&verify_path, None);
+    assert_eq!(verify.0, 202, "{}", verify.1);
+    let vjob = verify.1["id"].as_str().unwrap().to_owned();
+    let refused = post("/api/v1/prune", Some(&prune_body));
+    assert_eq!(refused.0, 409, "{}", refused.1);
+    assert!(refused.1.to_string().contains(&vjob), "{}", refused.1);
+    let vdone = chain::wait_job(&api, &token, &vjob);
+    assert_eq!(vdone["status"], "succeeded", "{vdone:#}");
+    let b = ok(http(
+        "GET",
+        &api,
+        &format!("/api/v1/backups/{inc}"),
+        Some(&token),
+        None,
+    ));
+    assert_eq!(b["verify_state"], "ok", "{b:#}");
+
+    // Nothing was lost under the refusals: the kept point reads back as written.
+    assert!(chain::restore_bytes(&api, &token, &inc, dir.path()) == inc_bytes);
+    let after = prune(&api, &token, prune_body.clone());
+    assert_eq!(after["status"], "succeeded", "{after:#}");
+}

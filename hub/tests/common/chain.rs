@@ -61,7 +61,7 @@ pub fn wait_job(api: &str, token: &str, id: &str) -> Value {
 }
 
 /// One backup of `vm`: created, written by `write` (given the disk's NBD URI), completed.
-fn backup(
+pub fn backup(
     api: &str,
     token: &str,
     vm: &str,
