@@ -133,6 +133,12 @@ async fn rebuild_carries_credentials_contexts_and_protection_over() {
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{flow}");
+    let nas = dir.path().join("nas");
+    let body = json!({"name": "NAS", "type": "local", "enabled": true,
+        "config": {"path": nas, "description": "the rack's NAS"}});
+    let (s, repo) = h.post("/api/v1/repositories", &body).await;
+    assert_eq!(s, StatusCode::OK, "{repo}");
+    let (_, before) = h.get("/api/v1/repositories").await;
     h.stop().await;
     let tick = "2026-11-30T02:00:00Z";
     rusqlite::Connection::open(data.join("catalog.sqlite"))
@@ -181,6 +187,26 @@ async fn rebuild_carries_credentials_contexts_and_protection_over() {
     let (_, flows) = h.get("/api/v1/protection-flows").await;
     assert_eq!(flows["total"], 1, "{flows}");
     assert_eq!(flows["flows"][0]["schedule_id"], schedule["id"], "{flows}");
+    // No file holds a repository's name, description or creation time: the old catalog does.
+    let (_, after) = h.get("/api/v1/repositories").await;
+    let pick = |list: &serde_json::Value, id: &str| {
+        let r = list["repositories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no repository {id}: {list}"));
+        (
+            r["name"].clone(),
+            r["config"]["description"].clone(),
+            r["created_at"].clone(),
+        )
+    };
+    let id = repo["id"].as_str().unwrap();
+    assert_eq!(pick(&after, id), pick(&before, id), "{after}");
+    assert_eq!(pick(&after, id).1, "the rack's NAS", "{after}");
+    assert_eq!(pick(&after, "default"), pick(&before, "default"), "{after}");
     h.stop().await;
 
     // No old catalog: the loss is said, not silent.

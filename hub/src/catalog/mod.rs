@@ -30,3 +30,4 @@ pub use model::*;
 pub use protection_model::*;
 pub use retention::MergeIntent;
 pub use rows::fmt_time;
+pub(crate) use rows::parse_time;

@@ -19,7 +19,7 @@ pub fn fmt_time(t: OffsetDateTime) -> String {
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
-pub(super) fn parse_time(s: &str) -> rusqlite::Result<OffsetDateTime> {
+pub(crate) fn parse_time(s: &str) -> rusqlite::Result<OffsetDateTime> {
     OffsetDateTime::parse(s, &Rfc3339).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
     })

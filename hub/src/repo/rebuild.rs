@@ -85,7 +85,7 @@ pub fn rebuild_catalog(data_dir: &Path, extra: &[(String, PathBuf)]) -> Result<R
     Ok(report)
 }
 
-/// The repositories to search: the old catalog's, then `extra` (replacing any of the same id),
+/// The repositories to search: the old catalog's, then `extra` (moving any of the same id),
 /// and the default repository (always this data dir's) first.
 fn repositories(
     data_dir: &Path,
@@ -96,28 +96,33 @@ fn repositories(
     for (id, path) in extra {
         let path = std::path::absolute(path)
             .map_err(Error::io(format!("resolving {}", path.display())))?;
-        repos.retain(|r| r.id != *id);
-        repos.push(Repository {
-            id: id.clone(),
-            name: id.clone(),
-            path,
-            created_at: now(),
-            description: None,
-        });
+        // A repository the old catalog knew keeps its name and description at its new path.
+        match repos.iter_mut().find(|r| r.id == *id) {
+            Some(known) => known.path = path,
+            None => repos.push(Repository {
+                id: id.clone(),
+                name: id.clone(),
+                path,
+                created_at: now(),
+                description: None,
+            }),
+        }
     }
     // The default repository is this data dir's own, whatever an old catalog (a copy's) says,
     // and first, so that a repository overlapping it is the one left out.
-    repos.retain(|r| r.id != DEFAULT_REPOSITORY);
-    repos.insert(
-        0,
-        Repository {
+    let old_default = repos.iter().position(|r| r.id == DEFAULT_REPOSITORY);
+    let mut default = match old_default {
+        Some(at) => repos.remove(at),
+        None => Repository {
             id: DEFAULT_REPOSITORY.into(),
             name: DEFAULT_REPOSITORY.into(),
-            path: default_repository_path(data_dir)?,
+            path: PathBuf::new(),
             created_at: now(),
             description: None,
         },
-    );
+    };
+    default.path = default_repository_path(data_dir)?;
+    repos.insert(0, default);
     Ok(repos)
 }
 
@@ -343,7 +348,9 @@ fn insert_backups(
     }
 }
 
-/// The repositories the previous catalog lists, if it can still be read.
+/// The repositories the previous catalog lists, if it can still be read, with what the
+/// operator gave them (name, description) and when they were made: no file on disk holds those.
+/// A catalog older than the description column (migration 0009) gives none.
 fn old_repositories(path: &Path) -> Vec<Repository> {
     if !path.exists() {
         return Vec::new();
@@ -351,14 +358,24 @@ fn old_repositories(path: &Path) -> Vec<Repository> {
     let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
     let read = || -> rusqlite::Result<Vec<Repository>> {
         let conn = rusqlite::Connection::open_with_flags(path, flags)?;
-        let mut stmt = conn.prepare("SELECT id, name, path FROM repositories ORDER BY id")?;
+        let described = conn
+            .prepare("SELECT description FROM repositories LIMIT 0")
+            .is_ok();
+        let sql = if described {
+            "SELECT id, name, path, created_at, description FROM repositories ORDER BY id"
+        } else {
+            "SELECT id, name, path, created_at, NULL FROM repositories ORDER BY id"
+        };
+        let mut stmt = conn.prepare(sql)?;
         stmt.query_map([], |row| {
+            let created_at = row.get::<_, String>(3)?;
             Ok(Repository {
                 id: row.get(0)?,
                 name: row.get(1)?,
                 path: PathBuf::from(row.get::<_, String>(2)?),
-                created_at: now(),
-                description: None,
+                // A time the old catalog cannot give back is today's, as for a new repository.
+                created_at: crate::catalog::parse_time(&created_at).unwrap_or_else(|_| now()),
+                description: row.get(4)?,
             })
         })?
         .collect()
