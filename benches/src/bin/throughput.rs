@@ -73,6 +73,11 @@ struct Args {
     /// reads come from the disk as a restore of an old backup does (root only).
     #[arg(long)]
     drop_caches: bool,
+    /// With `--read`: the chain depths read (one row each). Depth 1 is the image qemu-img made
+    /// from the source; each layer above it is a qemu-img overlay in which qemu-io rewrote 1% of
+    /// the disk in 64 KiB pieces, so a restore of an old incremental reads through them all.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    depth: Vec<usize>,
     /// Also write the report (Markdown) to this file.
     #[arg(long)]
     output: Option<PathBuf>,
@@ -119,7 +124,7 @@ impl ServerKind {
     /// Its name in rows of `client`: the ceiling of reads is `nbdkit pattern`.
     fn label(self, client: Client) -> &'static str {
         match (self, client) {
-            (ServerKind::NbdkitNull, Client::NbdcopyRead) => NBDKIT_PATTERN,
+            (ServerKind::NbdkitNull, Client::NbdcopyRead { .. }) => NBDKIT_PATTERN,
             _ => self.name(),
         }
     }
@@ -139,8 +144,10 @@ enum Client {
     Rust {
         request_size: u32,
     },
-    /// nbdcopy from the server into `null:`.
-    NbdcopyRead,
+    /// nbdcopy from the server into `null:`, of the top of a chain of `depth` images.
+    NbdcopyRead {
+        depth: usize,
+    },
 }
 
 impl Client {
@@ -148,7 +155,8 @@ impl Client {
         match self {
             Client::Nbdcopy => "nbdcopy".into(),
             Client::Rust { request_size } => format!("rust {}", format_size(request_size.into())),
-            Client::NbdcopyRead => "nbdcopy read".into(),
+            Client::NbdcopyRead { depth: 1 } => "nbdcopy read".into(),
+            Client::NbdcopyRead { depth } => format!("nbdcopy read, depth {depth}"),
         }
     }
 }
@@ -217,11 +225,11 @@ impl Tools {
     fn client_missing(&self, client: Client, tls: bool) -> Option<String> {
         match client {
             Client::Rust { .. } if tls => Some("the rust client speaks no TLS".into()),
-            Client::Nbdcopy | Client::NbdcopyRead if self.nbdcopy.is_none() => {
+            Client::Nbdcopy | Client::NbdcopyRead { .. } if self.nbdcopy.is_none() => {
                 Some("nbdcopy not found in PATH".into())
             }
-            Client::NbdcopyRead if self.qemu_img.is_none() => {
-                Some("qemu-img not found in PATH (it makes the image read)".into())
+            Client::NbdcopyRead { .. } if self.qemu_img.is_none() || which("qemu-io").is_none() => {
+                Some("qemu-img or qemu-io not found in PATH (they make the images read)".into())
             }
             _ => None,
         }
@@ -442,7 +450,7 @@ fn run_client(
 ) -> Result<(Duration, Duration)> {
     let timeout = Duration::from_secs(60 + size / (10 << 20));
     match client {
-        Client::Nbdcopy | Client::NbdcopyRead => {
+        Client::Nbdcopy | Client::NbdcopyRead { .. } => {
             let log = server.dir.path().join("client.log");
             let uri = match &server.tls_creds {
                 None => format!("nbd+unix:///?socket={}", server.socket.display()),
@@ -454,7 +462,7 @@ fn run_client(
             };
             let mut cmd = Command::new(tool(&tools.nbdcopy, "nbdcopy")?);
             cmd.arg("-C").arg(conns.to_string());
-            if client == Client::NbdcopyRead {
+            if matches!(client, Client::NbdcopyRead { .. }) {
                 cmd.arg(&uri).arg("null:");
             } else {
                 cmd.arg("--flush").arg(source).arg(&uri);
@@ -532,10 +540,17 @@ fn one_run(
     tools: &Tools,
     source: &Path,
     work: &Path,
-    read_image: &Path,
+    read_images: &[(usize, PathBuf)],
 ) -> Result<Measurement> {
-    let reads = client == Client::NbdcopyRead;
-    let server = start_server(kind, tools, args.size, work, reads.then_some(read_image))?;
+    let read_image = match client {
+        Client::NbdcopyRead { depth } => read_images
+            .iter()
+            .find(|(d, _)| *d == depth)
+            .map(|(_, p)| p.as_path()),
+        _ => None,
+    };
+    let reads = read_image.is_some();
+    let server = start_server(kind, tools, args.size, work, read_image)?;
     if reads && args.drop_caches {
         // After the server opened the image, so its first reads come from the disk too.
         sys::drop_caches().context("dropping the page cache")?;
@@ -646,6 +661,56 @@ fn storage_run(
         client_cpu_per_gib: 0.0,
         server_peak_rss_mib: r.max_rss_kib as f64 / 1024.0,
     })
+}
+
+/// One chain for every depth asked: `read.qcow2` (qemu-img convert of the source) and overlays
+/// on it, each with 1% of the disk rewritten in 64 KiB pieces at places that differ per layer.
+/// The top of the chain at each depth asked, with that depth.
+fn make_chains(
+    tools: &Tools,
+    source: &Path,
+    work: &Path,
+    depths: &[usize],
+) -> Result<Vec<(usize, PathBuf)>> {
+    const PIECE: u64 = 64 << 10;
+    let qemu_img = tool(&tools.qemu_img, "qemu-img")?;
+    let qemu_io = which("qemu-io").context("qemu-io not found in PATH")?;
+    let size = std::fs::metadata(source)?.len();
+    let base = work.join("read.qcow2");
+    run_quiet(
+        Command::new(&qemu_img)
+            .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+            .arg(source)
+            .arg(&base),
+    )?;
+    let deepest = depths.iter().copied().max().unwrap_or(1);
+    let pieces = (size / PIECE).max(1);
+    let per_layer = (pieces / 100).max(1);
+    let mut tops = vec![(1, base.clone())];
+    let mut below = base;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(0xc4a1_5eed);
+    for depth in 2..=deepest {
+        let top = work.join(format!("read-{depth}.qcow2"));
+        run_quiet(
+            Command::new(&qemu_img)
+                .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+                .arg(&below)
+                .arg(&top),
+        )?;
+        let mut io = Command::new(&qemu_io);
+        io.args(["-f", "qcow2"]);
+        for _ in 0..per_layer {
+            let at = (rng.next_u64() % pieces) * PIECE;
+            let len = PIECE.min(size - at);
+            io.arg("-c")
+                .arg(format!("write -P {} {at} {len}", depth % 255 + 1));
+        }
+        run_quiet(io.arg(&top))?;
+        tops.push((depth, top.clone()));
+        below = top;
+    }
+    tops.retain(|(d, _)| depths.contains(d));
+    Ok(tops)
 }
 
 fn generate_source(path: &Path, size: u64) -> Result<()> {
@@ -784,7 +849,12 @@ fn main() -> Result<()> {
         }
     }
     if args.read {
-        clients.push(Client::NbdcopyRead);
+        if args.depth.contains(&0) {
+            bail!("--depth counts images: 1 is the base alone");
+        }
+        for &depth in &args.depth {
+            clients.push(Client::NbdcopyRead { depth });
+        }
     }
     if args.drop_caches {
         if !args.read || args.dir.is_none() {
@@ -826,17 +896,15 @@ fn main() -> Result<()> {
         t.elapsed().as_secs_f64()
     );
     // The image every server reads, made by qemu-img so no server reads its own writing.
-    let read_image = work.path().join("read.qcow2");
-    if args.read {
-        let qemu_img = tool(&tools.qemu_img, "qemu-img")?;
-        run_quiet(
-            Command::new(qemu_img)
-                .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
-                .arg(&source)
-                .arg(&read_image),
-        )
-        .context("making the image to read")?;
-    }
+    let read_images = if args.read {
+        let t = Instant::now();
+        let chain = make_chains(&tools, &source, work.path(), &args.depth)
+            .context("making the images to read")?;
+        eprintln!("images to read: made in {:.1} s", t.elapsed().as_secs_f64());
+        chain
+    } else {
+        Vec::new()
+    };
 
     let mut rows = Vec::new();
     for &client in &clients {
@@ -921,7 +989,7 @@ fn main() -> Result<()> {
                         &tools,
                         &source,
                         work.path(),
-                        &read_image,
+                        &read_images,
                     ) {
                         Ok(m) => {
                             eprintln!(
@@ -1005,6 +1073,42 @@ mod tests {
         assert_eq!(q.servers, Some(vec![ServerKind::QemuNbdDirect]));
         assert!(Args::try_parse_from(["throughput", "--servers", "nbd-server"]).is_err());
         assert!(Args::try_parse_from(["throughput", "--size", "lots"]).is_err());
+        let r = Args::try_parse_from(["throughput", "--read", "--depth", "1,16,64"]).unwrap();
+        assert_eq!(r.depth, vec![1, 16, 64]);
+        assert_eq!(d.depth, vec![1]);
+    }
+
+    /// The chains read are real qemu chains of the depth asked, each layer changing the disk.
+    #[test]
+    fn chains_have_the_depth_asked() {
+        let tools = Tools::find(None);
+        if tools.qemu_img.is_none() || which("qemu-io").is_none() {
+            eprintln!("skipped: qemu-img or qemu-io not in PATH");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source.raw");
+        generate_source(&source, 8 << 20).unwrap();
+        let tops = make_chains(&tools, &source, dir.path(), &[1, 3]).unwrap();
+        assert_eq!(tops.iter().map(|(d, _)| *d).collect::<Vec<_>>(), [1, 3]);
+        let out = Command::new("qemu-img")
+            .args(["info", "--backing-chain", "--output=json"])
+            .arg(&tops[1].1)
+            .output()
+            .unwrap();
+        let chain: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(chain.as_array().map(Vec::len), Some(3), "{chain}");
+        let same = |a: &Path, b: &Path| {
+            Command::new("qemu-img")
+                .args(["compare", "-q"])
+                .arg(a)
+                .arg(b)
+                .status()
+                .unwrap()
+                .success()
+        };
+        assert!(same(&tops[0].1, &source));
+        assert!(!same(&tops[1].1, &tops[0].1));
     }
 
     #[test]
