@@ -26,5 +26,6 @@ pub mod source;
 
 pub use error::{Error, Result};
 
+pub use fs::{Entry, EntryKind, FileReader, Filesystem, probe};
 pub use partition::{Partition, detect};
 pub use source::{ReadAt, Slice};
