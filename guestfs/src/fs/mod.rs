@@ -1,0 +1,165 @@
+//! Guest filesystems behind one trait, and [`probe`] to pick the right one for a volume.
+//!
+//! Each backend (`ext4`, `fat`) only answers for paths whose parent components are real
+//! directories ([`resolve::Tree`]); symlinks are resolved once, in `resolve`, inside the guest
+//! and with `..` clamped at its root, so no backend can be talked into following a link
+//! anywhere else, and none ever touches the host's filesystem.
+//!
+//! The handles are not `Send`: ext4-view and fatfs keep their caches in `Rc`/`RefCell`. A
+//! caller on an async runtime opens and uses a filesystem inside one blocking task.
+
+mod ext4;
+mod fat;
+mod resolve;
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::source::ReadAt;
+
+/// What a directory entry is. Devices, FIFOs and sockets are `Other`: listed, never opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Directory,
+    Symlink,
+    Other,
+}
+
+/// One file, directory or link as the guest sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The last component; empty for the root.
+    pub name: String,
+    /// Absolute guest path, resolved (no `.`, `..` or symlinks among the parents).
+    pub path: String,
+    pub kind: EntryKind,
+    /// Bytes of content (for a symlink: of its target string).
+    pub size: u64,
+    /// Permission bits (`0o7777`); FAT has none, so it gets 0o755/0o644, less write when
+    /// read-only.
+    pub mode: u32,
+    /// Last modification, Unix seconds. FAT stores local time without a zone; it is taken as UTC.
+    pub modified: Option<i64>,
+    /// The link's target as stored, for `Symlink` only. Never followed on the host.
+    pub symlink_target: Option<String>,
+}
+
+/// A file's content, read front to back in caller-sized chunks, so restoring a large file
+/// holds one buffer, not the file.
+pub trait FileReader {
+    fn size(&self) -> u64;
+    /// Reads up to `buf.len()` bytes; 0 at the end of the file.
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize>;
+}
+
+/// A guest filesystem, read-only. Paths are guest paths ([`crate::path`]): relative ones are
+/// taken from the root and `..` never climbs above it.
+pub trait Filesystem {
+    /// "ext4", "fat", ...
+    fn kind(&self) -> &'static str;
+    /// Entries of a directory (symlinks on the way, and a final one, followed inside the
+    /// guest), without `.` and `..`, sorted by name.
+    fn list(&self, path: &str) -> Result<Vec<Entry>>;
+    /// The entry itself: a final symlink is described, not followed.
+    fn stat(&self, path: &str) -> Result<Entry>;
+    /// A regular file's content; symlinks are followed inside the guest, at most
+    /// [`resolve::MAX_SYMLINKS`] of them.
+    fn open(&self, path: &str) -> Result<Box<dyn FileReader + '_>>;
+}
+
+/// Which filesystem lies on a volume, by its magic numbers; the known ones that cannot be
+/// read yet are `Unsupported` with their name rather than `UnknownFilesystem`.
+pub fn probe(volume: Arc<dyn ReadAt>) -> Result<Box<dyn Filesystem>> {
+    match identify(&*volume)? {
+        Some("ext") => Ok(Box::new(ext4::Ext4Fs::load(volume)?)),
+        Some("fat") => Ok(Box::new(fat::FatFs::load(volume)?)),
+        Some(other) => Err(Error::Unsupported(other.to_owned())),
+        None => Err(Error::UnknownFilesystem),
+    }
+}
+
+/// Reads `len` bytes at `offset`, or `None` when the volume is too small to have them.
+fn peek(volume: &dyn ReadAt, offset: u64, len: usize) -> Result<Option<Vec<u8>>> {
+    if offset
+        .checked_add(len as u64)
+        .is_none_or(|end| end > volume.size())
+    {
+        return Ok(None);
+    }
+    let mut buf = vec![0u8; len];
+    volume.read_at(&mut buf, offset)?;
+    Ok(Some(buf))
+}
+
+/// The name of the filesystem (or other volume content) on `volume`.
+pub fn identify(volume: &dyn ReadAt) -> Result<Option<&'static str>> {
+    if let Some(b) = peek(volume, 0, 512)? {
+        if &b[3..11] == b"NTFS    " {
+            return Ok(Some("ntfs"));
+        }
+        if &b[3..11] == b"EXFAT   " {
+            return Ok(Some("exfat"));
+        }
+        if &b[0..4] == b"XFSB" {
+            return Ok(Some("xfs"));
+        }
+        if is_fat_boot_sector(&b) {
+            return Ok(Some("fat"));
+        }
+    }
+    if let Some(b) = peek(volume, 1024 + 56, 2)? {
+        if b == [0x53, 0xEF] {
+            return Ok(Some("ext"));
+        }
+    }
+    if let Some(b) = peek(volume, 512, 8)? {
+        if &b == b"LABELONE" {
+            return Ok(Some("lvm2"));
+        }
+    }
+    if let Some(b) = peek(volume, 0x10040, 8)? {
+        if &b == b"_BHRfS_M" {
+            return Ok(Some("btrfs"));
+        }
+    }
+    if let Some(b) = peek(volume, 4096 - 10, 10)? {
+        if &b == b"SWAPSPACE2" {
+            return Ok(Some("swap"));
+        }
+    }
+    Ok(None)
+}
+
+/// A FAT boot sector: a jump, the 55 AA mark, and a BPB whose sector and cluster sizes are
+/// powers of two in range (what fatfs itself insists on before mounting).
+fn is_fat_boot_sector(b: &[u8]) -> bool {
+    let bytes_per_sector = u16::from_le_bytes([b[11], b[12]]);
+    let sectors_per_cluster = b[13];
+    (b[0] == 0xEB || b[0] == 0xE9)
+        && b[510..512] == [0x55, 0xAA]
+        && (512..=4096).contains(&bytes_per_sector)
+        && bytes_per_sector.is_power_of_two()
+        && sectors_per_cluster.is_power_of_two()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn magics() {
+        let mut v = vec![0u8; 8192];
+        assert_eq!(identify(&v).unwrap(), None);
+        v[1024 + 56] = 0x53;
+        v[1024 + 57] = 0xEF;
+        assert_eq!(identify(&v).unwrap(), Some("ext"));
+        v[0..4].copy_from_slice(b"XFSB");
+        assert_eq!(identify(&v).unwrap(), Some("xfs"));
+        assert!(matches!(probe(Arc::new(v)), Err(Error::Unsupported(s)) if s == "xfs"));
+        assert!(matches!(
+            probe(Arc::new(vec![0u8; 10])),
+            Err(Error::UnknownFilesystem)
+        ));
+    }
+}

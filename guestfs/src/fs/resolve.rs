@@ -1,0 +1,211 @@
+//! Symlink resolution inside the guest, shared by every backend.
+//!
+//! Walks a path one component at a time, the way the kernel does under a chroot: a symlink
+//! met on the way is replaced by its target's components (an absolute target restarts at the
+//! guest's root, never the host's), `..` pops but not above the root, and more than
+//! [`MAX_SYMLINKS`] hops is a loop. Backends then only see paths whose parents are real
+//! directories.
+
+use super::{Entry, EntryKind, FileReader, Filesystem};
+use crate::error::{Error, Result};
+use crate::path::{self, Component};
+
+/// Linux's limit (`MAXSYMLINKS`).
+pub const MAX_SYMLINKS: u32 = 40;
+
+/// What a backend provides: lookups on already-resolved paths.
+pub(crate) trait Tree {
+    fn kind(&self) -> &'static str;
+    /// The entry at `parts`, not following a final symlink. The parents are directories.
+    fn lstat(&self, parts: &[String]) -> Result<Entry>;
+    /// The entries of the directory at `parts`, without `.` and `..`.
+    fn list_dir(&self, parts: &[String]) -> Result<Vec<Entry>>;
+    /// The regular file at `parts`, described by `entry`.
+    fn open_file(&self, parts: &[String], entry: &Entry) -> Result<Box<dyn FileReader + '_>>;
+}
+
+enum Step {
+    Parent,
+    Name(String),
+}
+
+fn steps(p: &str) -> Result<Vec<Step>> {
+    Ok(path::components(p)?
+        .into_iter()
+        .map(|c| match c {
+            Component::Parent => Step::Parent,
+            Component::Name(n) => Step::Name(n.to_owned()),
+        })
+        .collect())
+}
+
+/// Resolves `p` to the components of a real entry and that entry. `follow_last` decides
+/// whether a final symlink is followed (list, open) or returned (stat).
+pub(crate) fn resolve<T: Tree + ?Sized>(
+    tree: &T,
+    p: &str,
+    follow_last: bool,
+) -> Result<(Vec<String>, Entry)> {
+    let mut pending = steps(p)?;
+    pending.reverse(); // a stack: the next step is at the end
+    let mut done: Vec<String> = Vec::new();
+    let mut current = tree.lstat(&done)?;
+    let mut hops = 0u32;
+    while let Some(step) = pending.pop() {
+        let name = match step {
+            Step::Parent => {
+                done.pop();
+                current = tree.lstat(&done)?;
+                continue;
+            }
+            Step::Name(n) => n,
+        };
+        if current.kind != EntryKind::Directory {
+            return Err(Error::NotADirectory(path::join(&done)));
+        }
+        done.push(name);
+        let entry = tree.lstat(&done)?;
+        if entry.kind == EntryKind::Symlink && (follow_last || !pending.is_empty()) {
+            hops += 1;
+            if hops > MAX_SYMLINKS {
+                return Err(Error::SymlinkLoop(p.to_owned()));
+            }
+            let target = entry.symlink_target.ok_or_else(|| {
+                Error::Corrupt(format!("symlink {} without a target", path::join(&done)))
+            })?;
+            done.pop();
+            if target.starts_with('/') {
+                done.clear();
+            }
+            let mut more = steps(&target)?;
+            more.reverse();
+            pending.extend(more);
+            current = tree.lstat(&done)?;
+            continue;
+        }
+        current = entry;
+    }
+    Ok((done, current))
+}
+
+impl<T: Tree> Filesystem for T {
+    fn kind(&self) -> &'static str {
+        Tree::kind(self)
+    }
+
+    fn list(&self, p: &str) -> Result<Vec<Entry>> {
+        let (parts, entry) = resolve(self, p, true)?;
+        if entry.kind != EntryKind::Directory {
+            return Err(Error::NotADirectory(entry.path));
+        }
+        let mut entries = self.list_dir(&parts)?;
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
+    }
+
+    fn stat(&self, p: &str) -> Result<Entry> {
+        Ok(resolve(self, p, false)?.1)
+    }
+
+    fn open(&self, p: &str) -> Result<Box<dyn FileReader + '_>> {
+        let (parts, entry) = resolve(self, p, true)?;
+        match entry.kind {
+            EntryKind::File => self.open_file(&parts, &entry),
+            EntryKind::Directory => Err(Error::IsADirectory(entry.path)),
+            _ => Err(Error::Unsupported(format!(
+                "{} is not a regular file",
+                entry.path
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// An in-memory tree: path -> (kind, link target).
+    struct Fake(BTreeMap<String, (EntryKind, Option<String>)>);
+
+    impl Fake {
+        fn new(items: &[(&str, EntryKind, Option<&str>)]) -> Self {
+            let mut m = BTreeMap::new();
+            m.insert("/".to_owned(), (EntryKind::Directory, None));
+            for (p, k, t) in items {
+                m.insert((*p).to_owned(), (*k, t.map(str::to_owned)));
+            }
+            Fake(m)
+        }
+    }
+
+    impl Tree for Fake {
+        fn kind(&self) -> &'static str {
+            "fake"
+        }
+        fn lstat(&self, parts: &[String]) -> Result<Entry> {
+            let p = path::join(parts);
+            let (kind, target) = self.0.get(&p).cloned().ok_or(Error::NotFound(p.clone()))?;
+            Ok(Entry {
+                name: parts.last().cloned().unwrap_or_default(),
+                path: p,
+                kind,
+                size: 0,
+                mode: 0o644,
+                modified: None,
+                symlink_target: target,
+            })
+        }
+        fn list_dir(&self, _parts: &[String]) -> Result<Vec<Entry>> {
+            Ok(Vec::new())
+        }
+        fn open_file(&self, _: &[String], _: &Entry) -> Result<Box<dyn FileReader + '_>> {
+            Err(Error::Unsupported("fake".into()))
+        }
+    }
+
+    fn fake() -> Fake {
+        use EntryKind::*;
+        Fake::new(&[
+            ("/etc", Directory, None),
+            ("/etc/passwd", File, None),
+            ("/abs", Symlink, Some("/etc/passwd")),
+            ("/up", Symlink, Some("../../../../etc")),
+            ("/dir", Directory, None),
+            ("/dir/rel", Symlink, Some("../etc/passwd")),
+            ("/loop1", Symlink, Some("/loop2")),
+            ("/loop2", Symlink, Some("loop1")),
+            ("/file", File, None),
+        ])
+    }
+
+    fn resolved(p: &str, follow: bool) -> Result<String> {
+        resolve(&fake(), p, follow).map(|(parts, _)| path::join(&parts))
+    }
+
+    #[test]
+    fn links_resolve_inside_the_guest() {
+        assert_eq!(resolved("/abs", true).unwrap(), "/etc/passwd");
+        assert_eq!(resolved("/abs", false).unwrap(), "/abs");
+        assert_eq!(resolved("/dir/rel", true).unwrap(), "/etc/passwd");
+        assert_eq!(resolved("/up/passwd", true).unwrap(), "/etc/passwd");
+        assert_eq!(
+            resolved("/../../../etc/./passwd", true).unwrap(),
+            "/etc/passwd"
+        );
+    }
+
+    #[test]
+    fn loops_and_bad_parents_are_errors() {
+        assert!(matches!(
+            resolved("/loop1", true),
+            Err(Error::SymlinkLoop(_))
+        ));
+        assert!(resolved("/loop1", false).is_ok());
+        assert!(matches!(
+            resolved("/file/x", true),
+            Err(Error::NotADirectory(_))
+        ));
+        assert!(matches!(resolved("/nope/x", true), Err(Error::NotFound(_))));
+    }
+}
