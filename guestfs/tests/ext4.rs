@@ -154,16 +154,13 @@ fn symlinks_are_listed_and_resolved_only_inside_the_guest() {
 fn gpt_disk_with_ext4_in_partition_2() {
     require!("mke2fs" from "e2fsprogs", "sfdisk" from "fdisk");
     let dir = tempfile::tempdir().unwrap();
-    let img = common::make_ext4(dir.path(), "64M");
-    let disk = dir.path().join("disk.raw");
-    common::make_disk(
-        &disk,
+    let (disk, source) = common::partitioned_ext4(
+        dir.path(),
         100,
         "label: gpt\nstart=2048, size=8192, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n\
          start=16384, size=131072, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n",
+        16384,
     );
-    common::dd_into(&disk, &img, 16384 * 512);
-    let source = common::open(&disk);
     let parts = detect(&*source).unwrap();
     assert_eq!(parts.len(), 2, "{parts:?}");
     assert_eq!(
@@ -195,16 +192,13 @@ fn gpt_disk_with_ext4_in_partition_2() {
 fn mbr_disk_with_ext4_in_a_logical_partition() {
     require!("mke2fs" from "e2fsprogs", "sfdisk" from "fdisk");
     let dir = tempfile::tempdir().unwrap();
-    let img = common::make_ext4(dir.path(), "64M");
-    let disk = dir.path().join("disk.raw");
-    common::make_disk(
-        &disk,
+    let (_disk, source) = common::partitioned_ext4(
+        dir.path(),
         120,
         "label: dos\nstart=2048, size=8192, type=83\nstart=10240, size=200000, type=5\n\
          start=12288, size=4096, type=82\nstart=20480, size=131072, type=83\n",
+        20480,
     );
-    common::dd_into(&disk, &img, 20480 * 512);
-    let source = common::open(&disk);
     let parts = detect(&*source).unwrap();
     let summary: Vec<(u32, u64, String)> = parts
         .iter()

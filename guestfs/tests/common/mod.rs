@@ -148,6 +148,22 @@ pub fn open(path: &Path) -> Arc<dyn ReadAt> {
     Arc::new(fs::File::open(path).unwrap())
 }
 
+/// A `mib`-MiB disk in `dir` partitioned by the sfdisk `script`, with the ext4 image of
+/// `make_ext4` copied in at 512-byte sector `sector`: the disk's path and an open reader.
+pub fn partitioned_ext4(
+    dir: &Path,
+    mib: u64,
+    script: &str,
+    sector: u64,
+) -> (PathBuf, Arc<dyn ReadAt>) {
+    let img = make_ext4(dir, "64M");
+    let disk = dir.join("disk.raw");
+    make_disk(&disk, mib, script);
+    dd_into(&disk, &img, sector * 512);
+    let source = open(&disk);
+    (disk, source)
+}
+
 /// Streams a file in small chunks, checking no chunk overruns and the total matches the size.
 pub fn read_all(fs: &dyn Filesystem, path: &str) -> guestfs::Result<Vec<u8>> {
     let mut r = fs.open(path)?;
