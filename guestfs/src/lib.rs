@@ -26,6 +26,8 @@ pub mod source;
 
 pub use error::{Error, Result};
 
-pub use fs::{Entry, EntryKind, FileReader, Filesystem, probe};
+pub use fs::{
+    Entry, EntryKind, FileReader, Filesystem, Listing, MAX_LIST, VolumeInfo, identify, probe,
+};
 pub use partition::{Partition, detect};
 pub use source::{ReadAt, Slice};

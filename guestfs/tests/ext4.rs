@@ -231,3 +231,40 @@ fn a_bare_ext4_image_is_one_whole_disk_volume() {
         (0, 0, "whole-disk")
     );
 }
+
+#[test]
+fn volume_info_seek_and_bounded_listing() {
+    require!("mke2fs" from "e2fsprogs", "blkid" from "util-linux");
+    let (_dir, img, fs) = ext4();
+    let info = fs.info();
+    assert_eq!(info.label.as_deref(), Some("guest"));
+    let blkid = std::process::Command::new("blkid")
+        .args(["-o", "value", "-s", "UUID"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    let uuid = String::from_utf8_lossy(&blkid.stdout).trim().to_owned();
+    assert_eq!(info.uuid.as_deref(), Some(uuid.as_str()));
+    let (total, free) = (info.total_bytes.unwrap(), info.free_bytes.unwrap());
+    assert_eq!(total, 64 << 20);
+    assert!(free > 0 && free < total, "free {free} of {total}");
+
+    // A ranged read starts where it is told.
+    let want = common::pattern(common::BIG_LEN);
+    let mut r = fs.open("/big.bin").unwrap();
+    r.seek(1_000_003).unwrap();
+    let mut buf = vec![0u8; 5000];
+    let mut got = 0;
+    while got < buf.len() {
+        got += r.read(&mut buf[got..]).unwrap();
+    }
+    assert_eq!(buf, want[1_000_003..1_005_003]);
+
+    let all = fs.list("/").unwrap();
+    let some = fs.list_limited("/", 3).unwrap();
+    assert!(some.truncated);
+    assert_eq!(some.entries.len(), 3);
+    let whole = fs.list_limited("/", all.len()).unwrap();
+    assert!(!whole.truncated);
+    assert_eq!(whole.entries, all);
+}

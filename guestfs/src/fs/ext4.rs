@@ -29,12 +29,18 @@ impl Ext4Read for Source {
 
 pub(crate) struct Ext4Fs {
     fs: Ext4,
+    space: Option<(u64, u64)>,
 }
 
 impl Ext4Fs {
     pub(crate) fn load(volume: Arc<dyn ReadAt>) -> Result<Self> {
+        let mut sb = [0u8; 1024];
+        volume.read_at(&mut sb, 1024)?;
         let fs = Ext4::load(Box::new(Source(volume))).map_err(|e| map_err(e, "/"))?;
-        Ok(Ext4Fs { fs })
+        Ok(Ext4Fs {
+            fs,
+            space: space(&sb),
+        })
     }
 
     fn entry(&self, parts: &[String], meta: &Metadata) -> Result<Entry> {
@@ -61,6 +67,25 @@ impl Ext4Fs {
             symlink_target,
         })
     }
+}
+
+/// Total and free bytes from the superblock, which ext4-view does not expose: block counts
+/// (with their high halves when the 64-bit feature is on) times the block size.
+fn space(sb: &[u8; 1024]) -> Option<(u64, u64)> {
+    let u32_at = |at: usize| u32::from_le_bytes([sb[at], sb[at + 1], sb[at + 2], sb[at + 3]]);
+    let log = u32_at(0x18);
+    if log > 6 {
+        return None;
+    }
+    let block = 1024u64 << log;
+    let wide = u32_at(0x60) & 0x80 != 0;
+    let hi = |at: usize| if wide { u64::from(u32_at(at)) << 32 } else { 0 };
+    let total = u64::from(u32_at(0x04)) | hi(0x150);
+    let free = u64::from(u32_at(0x0C)) | hi(0x158);
+    Some((
+        total.checked_mul(block)?,
+        free.min(total).checked_mul(block)?,
+    ))
 }
 
 /// Keeps "not found" and "damaged" apart; `path` names what was asked for.
@@ -99,7 +124,17 @@ impl Tree for Ext4Fs {
         self.entry(parts, &meta)
     }
 
-    fn list_dir(&self, parts: &[String]) -> Result<Vec<Entry>> {
+    fn info(&self) -> super::VolumeInfo {
+        let label = self.fs.label().to_str().ok().map(str::to_owned);
+        super::VolumeInfo {
+            label: label.filter(|l| !l.is_empty()),
+            uuid: Some(self.fs.uuid().to_string()),
+            total_bytes: self.space.map(|s| s.0),
+            free_bytes: self.space.map(|s| s.1),
+        }
+    }
+
+    fn list_dir(&self, parts: &[String], limit: usize) -> Result<(Vec<Entry>, bool)> {
         let p = path::join(parts);
         let mut out = Vec::new();
         for item in self.fs.read_dir(p.as_str()).map_err(|e| map_err(e, &p))? {
@@ -108,12 +143,15 @@ impl Tree for Ext4Fs {
             if name == "." || name == ".." {
                 continue;
             }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
             let meta = item.metadata().map_err(|e| map_err(e, &p))?;
             let mut child = parts.to_vec();
             child.push(name);
             out.push(self.entry(&child, &meta)?);
         }
-        Ok(out)
+        Ok((out, false))
     }
 
     fn open_file(&self, parts: &[String], entry: &Entry) -> Result<Box<dyn FileReader + '_>> {
@@ -140,6 +178,11 @@ impl FileReader for Ext4File {
     fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
         self.file
             .read_bytes(buf)
+            .map_err(|e| map_err(e, &self.path))
+    }
+    fn seek(&mut self, pos: u64) -> Result<()> {
+        self.file
+            .seek_to(pos.min(self.size))
             .map_err(|e| map_err(e, &self.path))
     }
 }

@@ -5,9 +5,16 @@
 //! opened with access-date updates off (the one write a plain read would cause), and only
 //! ever asked to read. Its unmount on drop only rewrites the dirty flag when a write set it,
 //! which cannot happen here.
+//!
+//! fatfs follows cluster chains for as long as they go, and skips deleted entries inside one
+//! step of its directory iterator: a damaged FAT whose chain loops back would make a listing
+//! run for ever. Every operation therefore gets a read budget ([`Budget`]) sized from what a
+//! sound volume can hold (a FAT directory has at most 65,536 entries, 2 MiB); past it the
+//! volume is `Corrupt`.
 
 use std::io::Read;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use fatfs::{DirEntry, FileAttributes, FsOptions};
 
@@ -17,18 +24,69 @@ use crate::error::{Error, Result};
 use crate::path;
 use crate::source::{Cursor, ReadAt};
 
-type Disk = Cursor<Arc<dyn ReadAt>>;
+type Disk = Cursor<Budgeted>;
+
+/// Bytes reading one directory may take: its entries at their largest (65,536 of 32 bytes,
+/// 2 MiB) plus the FAT lookups between its clusters. A sound volume never comes near it; a
+/// chain that loops reaches it after a few thousand reads, not never.
+const DIR_BUDGET: u64 = 4 << 20;
+const READ_SLACK: u64 = 16 << 20;
+/// Directory entries one listing may return (the FAT limit per directory).
+const MAX_DIR_ENTRIES: usize = 65_536;
+
+/// The volume, with a count of the bytes the current operation may still read.
+struct Budgeted {
+    volume: Arc<dyn ReadAt>,
+    left: Arc<AtomicU64>,
+}
+
+impl ReadAt for Budgeted {
+    fn size(&self) -> u64 {
+        self.volume.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let len = buf.len() as u64;
+        self.left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(len)
+            })
+            .map_err(|_| {
+                Error::Corrupt(
+                    "fat: cluster chains read on past any sound size (a loop in the FAT?)".into(),
+                )
+            })?;
+        self.volume.read_at(buf, offset)
+    }
+}
+
+/// Sets the read budget of the operations that follow.
+struct Budget(Arc<AtomicU64>);
+
+impl Budget {
+    fn set(&self, bytes: u64) {
+        self.0.store(bytes, Ordering::Relaxed);
+    }
+}
 
 pub(crate) struct FatFs {
     fs: fatfs::FileSystem<Disk>,
+    budget: Budget,
 }
 
 impl FatFs {
     pub(crate) fn load(volume: Arc<dyn ReadAt>) -> Result<Self> {
+        let left = Arc::new(AtomicU64::new(DIR_BUDGET));
+        let disk = Budgeted {
+            volume,
+            left: left.clone(),
+        };
         let options = FsOptions::new().update_accessed_date(false);
-        let fs = fatfs::FileSystem::new(Cursor::new(volume), options)
+        let fs = fatfs::FileSystem::new(Cursor::new(disk), options)
             .map_err(|e| Error::Corrupt(format!("fat: {e}")))?;
-        Ok(FatFs { fs })
+        Ok(FatFs {
+            fs,
+            budget: Budget(left),
+        })
     }
 
     /// The entry at `parts` (not the root). FAT names compare without case, as the guest's
@@ -47,7 +105,8 @@ impl FatFs {
                 dir = parent.to_dir();
             }
             let mut hit = None;
-            for item in dir.iter() {
+            self.budget.set(DIR_BUDGET);
+            for item in dir.iter().take(MAX_DIR_ENTRIES + 1) {
                 let item = item.map_err(|e| io_err(e, parts))?;
                 if item.file_name().eq_ignore_ascii_case(name) && !is_volume_label(&item) {
                     hit = Some(item);
@@ -64,9 +123,16 @@ fn is_volume_label(e: &DirEntry<'_, Disk>) -> bool {
     e.attributes().contains(FileAttributes::VOLUME_ID)
 }
 
-/// fatfs reports a damaged volume as `InvalidData`/`UnexpectedEof`; a refused read of ours
-/// comes back wrapped as `Other`.
+/// fatfs reports a damaged volume as `InvalidData`/`UnexpectedEof`; an error of ours (a
+/// refused read, a spent budget) comes back wrapped as `Other` and is unwrapped.
 fn io_err(e: std::io::Error, parts: &[String]) -> Error {
+    if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+        if let Some(Ok(ours)) = e.into_inner().map(|inner| inner.downcast::<Error>()) {
+            return *ours;
+        }
+        // Checked to hold an Error just above; the downcast cannot miss.
+        return Error::Corrupt(format!("fat: {}", path::join(parts)));
+    }
     match e.kind() {
         std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => {
             Error::Corrupt(format!("fat: {e} ({})", path::join(parts)))
@@ -146,7 +212,23 @@ impl Tree for FatFs {
         Ok(entry(&parts[..parts.len() - 1], &e))
     }
 
-    fn list_dir(&self, parts: &[String]) -> Result<Vec<Entry>> {
+    fn info(&self) -> super::VolumeInfo {
+        let label = self.fs.volume_label().trim_end().to_owned();
+        let id = self.fs.volume_id();
+        let cluster = u64::from(self.fs.cluster_size());
+        // Counting free clusters reads the whole FAT (a few MiB at most); a damaged one is
+        // simply not reported.
+        self.budget.set(DIR_BUDGET * 16);
+        let stats = self.fs.stats().ok();
+        super::VolumeInfo {
+            label: (!label.is_empty() && label != "NO NAME").then_some(label),
+            uuid: Some(format!("{:04X}-{:04X}", id >> 16, id & 0xFFFF)),
+            total_bytes: stats.map(|s| u64::from(s.total_clusters()) * cluster),
+            free_bytes: stats.map(|s| u64::from(s.free_clusters()) * cluster),
+        }
+    }
+
+    fn list_dir(&self, parts: &[String], limit: usize) -> Result<(Vec<Entry>, bool)> {
         let dir = if parts.is_empty() {
             self.fs.root_dir()
         } else {
@@ -156,21 +238,33 @@ impl Tree for FatFs {
             }
             e.to_dir()
         };
+        // `find` spent from the budget; the listing gets its own.
+        self.budget.set(DIR_BUDGET);
         let mut out = Vec::new();
         for item in dir.iter() {
             let item = item.map_err(|e| io_err(e, parts))?;
+            if out.len() == MAX_DIR_ENTRIES {
+                return Err(Error::Corrupt(format!(
+                    "fat: {} has more than {MAX_DIR_ENTRIES} entries",
+                    path::join(parts)
+                )));
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
             let name = item.file_name();
             if name == "." || name == ".." || is_volume_label(&item) {
                 continue;
             }
             out.push(entry(parts, &item));
         }
-        Ok(out)
+        Ok((out, false))
     }
 
     fn open_file(&self, parts: &[String], entry: &Entry) -> Result<Box<dyn FileReader + '_>> {
         let e = self.find(parts)?;
         Ok(Box::new(FatFile {
+            budget: &self.budget,
             file: e.to_file(),
             size: entry.size,
             left: entry.size,
@@ -180,6 +274,7 @@ impl Tree for FatFs {
 }
 
 struct FatFile<'a> {
+    budget: &'a Budget,
     file: fatfs::File<'a, Disk>,
     size: u64,
     /// fatfs follows the cluster chain as long as it goes; the directory's size is the truth.
@@ -198,6 +293,7 @@ impl FileReader for FatFile<'_> {
         if want == 0 {
             return Ok(0);
         }
+        self.budget.set(want as u64 + READ_SLACK);
         let n = self
             .file
             .read(&mut buf[..want])
@@ -211,6 +307,17 @@ impl FileReader for FatFile<'_> {
         }
         self.left -= n as u64;
         Ok(n)
+    }
+    fn seek(&mut self, pos: u64) -> Result<()> {
+        use std::io::{Seek, SeekFrom};
+        let pos = pos.min(self.size);
+        // fatfs walks the cluster chain to `pos`: one FAT entry per cluster passed.
+        self.budget.set(4 * READ_SLACK);
+        self.file
+            .seek(SeekFrom::Start(pos))
+            .map_err(|e| io_err(e, &self.path))?;
+        self.left = self.size - pos;
+        Ok(())
     }
 }
 

@@ -51,7 +51,32 @@ pub trait FileReader {
     fn size(&self) -> u64;
     /// Reads up to `buf.len()` bytes; 0 at the end of the file.
     fn read(&mut self, buf: &mut [u8]) -> Result<usize>;
+    /// Moves to byte `pos` (at most the size), for ranged downloads.
+    fn seek(&mut self, pos: u64) -> Result<()>;
 }
+
+/// What a volume says about itself, for listing a disk's filesystems.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub label: Option<String>,
+    /// ext4's UUID, FAT's 32-bit serial as `XXXX-XXXX` (as `blkid` prints them).
+    pub uuid: Option<String>,
+    pub total_bytes: Option<u64>,
+    pub free_bytes: Option<u64>,
+}
+
+/// A directory's entries, at most as many as were asked for.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    pub entries: Vec<Entry>,
+    /// The directory holds more than `entries`.
+    pub truncated: bool,
+}
+
+/// What [`Filesystem::list`] returns at most: a directory larger than this (a damaged one, or a
+/// hostile one of a billion entries) is an error there, and a truncated [`Listing`] through
+/// [`Filesystem::list_limited`].
+pub const MAX_LIST: usize = 1 << 20;
 
 /// A guest filesystem, read-only. Paths are guest paths ([`crate::path`]): relative ones are
 /// taken from the root and `..` never climbs above it.
@@ -60,7 +85,20 @@ pub trait Filesystem {
     fn kind(&self) -> &'static str;
     /// Entries of a directory (symlinks on the way, and a final one, followed inside the
     /// guest), without `.` and `..`, sorted by name.
-    fn list(&self, path: &str) -> Result<Vec<Entry>>;
+    fn list(&self, path: &str) -> Result<Vec<Entry>> {
+        let listing = self.list_limited(path, MAX_LIST)?;
+        if listing.truncated {
+            return Err(Error::Unsupported(format!(
+                "{path} holds more than {MAX_LIST} entries"
+            )));
+        }
+        Ok(listing.entries)
+    }
+    /// Like `list`, but reads at most `limit` entries (in the directory's own order, then
+    /// sorted) and says whether there were more.
+    fn list_limited(&self, path: &str, limit: usize) -> Result<Listing>;
+    /// Label, UUID and space of the volume.
+    fn info(&self) -> VolumeInfo;
     /// The entry itself: a final symlink is described, not followed.
     fn stat(&self, path: &str) -> Result<Entry>;
     /// A regular file's content; symlinks are followed inside the guest, at most

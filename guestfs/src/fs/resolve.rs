@@ -19,7 +19,9 @@ pub(crate) trait Tree {
     /// The entry at `parts`, not following a final symlink. The parents are directories.
     fn lstat(&self, parts: &[String]) -> Result<Entry>;
     /// The entries of the directory at `parts`, without `.` and `..`.
-    fn list_dir(&self, parts: &[String]) -> Result<Vec<Entry>>;
+    /// At most `limit` entries; the flag says there were more.
+    fn list_dir(&self, parts: &[String], limit: usize) -> Result<(Vec<Entry>, bool)>;
+    fn info(&self) -> super::VolumeInfo;
     /// The regular file at `parts`, described by `entry`.
     fn open_file(&self, parts: &[String], entry: &Entry) -> Result<Box<dyn FileReader + '_>>;
 }
@@ -93,14 +95,18 @@ impl<T: Tree> Filesystem for T {
         Tree::kind(self)
     }
 
-    fn list(&self, p: &str) -> Result<Vec<Entry>> {
+    fn list_limited(&self, p: &str, limit: usize) -> Result<super::Listing> {
         let (parts, entry) = resolve(self, p, true)?;
         if entry.kind != EntryKind::Directory {
             return Err(Error::NotADirectory(entry.path));
         }
-        let mut entries = self.list_dir(&parts)?;
+        let (mut entries, truncated) = self.list_dir(&parts, limit)?;
         entries.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(entries)
+        Ok(super::Listing { entries, truncated })
+    }
+
+    fn info(&self) -> super::VolumeInfo {
+        Tree::info(self)
     }
 
     fn stat(&self, p: &str) -> Result<Entry> {
@@ -156,8 +162,11 @@ mod tests {
                 symlink_target: target,
             })
         }
-        fn list_dir(&self, _parts: &[String]) -> Result<Vec<Entry>> {
-            Ok(Vec::new())
+        fn info(&self) -> crate::fs::VolumeInfo {
+            crate::fs::VolumeInfo::default()
+        }
+        fn list_dir(&self, _parts: &[String], _limit: usize) -> Result<(Vec<Entry>, bool)> {
+            Ok((Vec::new(), false))
         }
         fn open_file(&self, _: &[String], _: &Entry) -> Result<Box<dyn FileReader + '_>> {
             Err(Error::Unsupported("fake".into()))
