@@ -33,6 +33,10 @@ pub struct Config {
     /// How often progress, lifecycle and expiry are checked.
     pub monitor_interval: Duration,
     pub default_restore_ttl: Duration,
+    /// A file-level restore mount ends after this long unused.
+    pub mount_idle_timeout: Duration,
+    /// File-level restore mounts open at once.
+    pub max_mounts: usize,
     /// Time given to in-flight requests at shutdown.
     pub shutdown_grace: Duration,
     pub max_connections_per_export: usize,
@@ -96,6 +100,8 @@ impl Default for Config {
             drain_grace: Duration::from_secs(30),
             monitor_interval: Duration::from_secs(1),
             default_restore_ttl: Duration::from_secs(3600),
+            mount_idle_timeout: Duration::from_secs(3600),
+            max_mounts: 16,
             shutdown_grace: Duration::from_secs(10),
             max_connections_per_export: 16,
             max_concurrent_flow_backups: 16,
@@ -133,6 +139,8 @@ pub struct FileConfig {
     pub drain_grace_secs: Option<u64>,
     pub monitor_interval_ms: Option<u64>,
     pub default_restore_ttl_secs: Option<u64>,
+    pub mount_idle_timeout_secs: Option<u64>,
+    pub max_mounts: Option<usize>,
     pub shutdown_grace_secs: Option<u64>,
     pub max_connections_per_export: Option<usize>,
     pub max_concurrent_flow_backups: Option<usize>,
@@ -244,6 +252,11 @@ impl Config {
                 .default_restore_ttl_secs
                 .map(secs)
                 .unwrap_or(d.default_restore_ttl),
+            mount_idle_timeout: file
+                .mount_idle_timeout_secs
+                .map(secs)
+                .unwrap_or(d.mount_idle_timeout),
+            max_mounts: file.max_mounts.unwrap_or(d.max_mounts),
             shutdown_grace: file
                 .shutdown_grace_secs
                 .map(secs)
@@ -306,6 +319,11 @@ impl Config {
         if !(1..=10_000).contains(&self.max_concurrent_flow_backups) {
             return Err(Error::Config(
                 "max_concurrent_flow_backups must be 1 to 10000".into(),
+            ));
+        }
+        if !(1..=1024).contains(&self.max_mounts) || self.mount_idle_timeout.is_zero() {
+            return Err(Error::Config(
+                "max_mounts must be 1 to 1024 and mount_idle_timeout_secs positive".into(),
             ));
         }
         if self.max_connections_per_export == 0 {

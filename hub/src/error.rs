@@ -17,6 +17,10 @@ pub enum Error {
     /// were removed outside the hub.
     #[error("{0}")]
     Gone(String),
+    /// What the request names is there but cannot be read as asked (HTTP 422): a guest
+    /// filesystem that is damaged, of a kind not read here, or a disk without one.
+    #[error("{0}")]
+    Unprocessable(String),
     /// Something the request needs is unavailable on this hub (HTTP 503): the credential key.
     #[error("{0}")]
     Unavailable(String),

@@ -72,6 +72,7 @@ impl Hub {
             sna,
             active: Mutex::new(HashMap::new()),
             restores: Mutex::new(HashMap::new()),
+            mounts: Mutex::new(HashMap::new()),
             ops: tokio::sync::Mutex::new(()),
             tasks: TaskTracker::new(),
             reserve,

@@ -1395,7 +1395,8 @@ async fn openapi_document_is_served_and_every_operation_is_routed() {
         let uri = path
             .replace("{id}", "no-such-thing")
             .replace("{vm_name}", "no-such-vm")
-            .replace("{context_id}", "no-such-context");
+            .replace("{context_id}", "no-such-context")
+            .replace("{disk_id}", "0");
         assert!(!uri.contains('{'), "{uri}");
         for (method, _) in item.as_object().unwrap() {
             let method: Method = method.to_uppercase().parse().unwrap();

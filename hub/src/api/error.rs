@@ -27,6 +27,8 @@ pub enum ApiError {
     Unavailable(String),
     /// The data dir's or a repository's filesystem is full (507): the message names the path.
     InsufficientStorage(String),
+    /// Read but not understood: a damaged or unsupported guest filesystem (422).
+    Unprocessable(String),
     /// Logged in full; the client only learns that something failed inside.
     Internal(String),
     /// A refusal made outside our handlers (axum's own rejections), kept with its status.
@@ -73,6 +75,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Gone(_) => (StatusCode::GONE, "gone"),
+            ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             ApiError::InsufficientStorage(_) => {
@@ -94,6 +97,7 @@ impl ApiError {
             | ApiError::NotFound(m)
             | ApiError::Conflict(m)
             | ApiError::Gone(m)
+            | ApiError::Unprocessable(m)
             | ApiError::Unavailable(m)
             | ApiError::BadGateway(m)
             | ApiError::Other { message: m, .. } => (m, String::new()),
@@ -157,6 +161,7 @@ impl From<Error> for ApiError {
             Error::NotFound(m) => ApiError::NotFound(m),
             Error::Conflict(m) => ApiError::Conflict(m),
             Error::Gone(m) => ApiError::Gone(m),
+            Error::Unprocessable(m) => ApiError::Unprocessable(m),
             Error::Upstream(m) => ApiError::BadGateway(m),
             Error::Unavailable(m) => ApiError::Unavailable(m),
             other => ApiError::Internal(other.to_string()),

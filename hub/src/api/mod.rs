@@ -11,6 +11,7 @@ mod backups;
 mod credentials;
 mod error;
 pub mod extract;
+mod file_restore;
 mod flows;
 mod groups;
 pub(crate) mod http_conn;
@@ -100,6 +101,7 @@ fn backup_routes() -> Router<Hub> {
             post(restores::create).get(restores::list),
         )
         .route("/api/v1/restores/{id}", delete(restores::delete))
+        .merge(file_restore_routes())
         .route(
             "/api/v1/repositories",
             get(repositories::list).post(repositories::create),
@@ -114,6 +116,33 @@ fn backup_routes() -> Router<Hub> {
         .route(
             "/api/v1/repositories/{id}/storage",
             get(repositories::storage),
+        )
+}
+
+/// File-level restore: the old hub's `/restore/...` and the volumes of a backup's disk.
+fn file_restore_routes() -> Router<Hub> {
+    Router::new()
+        .route("/api/v1/restore/mount", post(file_restore::mount))
+        .route("/api/v1/restore/mounts", get(file_restore::mounts))
+        .route("/api/v1/restore/resources", get(file_restore::resources))
+        .route(
+            "/api/v1/restore/cleanup-status",
+            get(file_restore::cleanup_status),
+        )
+        .route("/api/v1/restore/{id}", delete(file_restore::unmount))
+        .route("/api/v1/restore/{id}/files", get(file_restore::files))
+        .route(
+            "/api/v1/restore/{id}/file-info",
+            get(file_restore::file_info),
+        )
+        .route("/api/v1/restore/{id}/download", get(file_restore::download))
+        .route(
+            "/api/v1/restore/{id}/download-directory",
+            get(file_restore::download_directory),
+        )
+        .route(
+            "/api/v1/backups/{id}/disks/{disk_id}/volumes",
+            get(file_restore::volumes),
         )
 }
 

@@ -45,6 +45,9 @@ impl Hub {
             return Err(Error::Conflict(format!("backup {id} has an open restore")));
         }
         let mut doomed = Vec::with_capacity(riders.len() + 1);
+        let mut ending: Vec<&str> = riders.iter().map(|(c, _)| c.as_str()).collect();
+        ending.push(id);
+        self.end_mounts_of(&ending);
         for (child, _) in &riders {
             let dir = layout::backup_dir_of(&self.backup(child)?);
             doomed.push((child.clone(), dir));

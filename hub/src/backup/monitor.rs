@@ -103,6 +103,7 @@ impl Hub {
                 self.delete_restore(&restore.id).await?;
             }
         }
+        self.expire_mounts();
         Ok(())
     }
 }

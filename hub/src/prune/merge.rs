@@ -44,7 +44,8 @@ impl Hub {
         };
         {
             let _ops = self.ops.lock().await;
-            for b in self.completed_of(&removed.vm_name, &removed.repository_id)? {
+            let chain = self.completed_of(&removed.vm_name, &removed.repository_id)?;
+            for b in &chain {
                 if self.catalog.restores_of(&b.id)? > 0 {
                     return Err(Error::Conflict(format!(
                         "backup {} of the chain has an open restore; close it and prune again",
@@ -52,6 +53,15 @@ impl Hub {
                     )));
                 }
             }
+            // The merge rewrites the images under the chain's mounts: idle ones end, and one
+            // being read (a download under way) holds the prune back like a restore does.
+            let ids: Vec<&str> = chain.iter().map(|b| b.id.as_str()).collect();
+            if let Some(mount) = self.busy_mount_of(&ids) {
+                return Err(Error::Conflict(format!(
+                    "a file-level restore is reading the chain (mount {mount}); prune again after it ends"
+                )));
+            }
+            self.end_mounts_of(&ids);
             self.freeing(|| self.catalog.insert_merge(&intent))?;
         }
         ctx.info(format!(

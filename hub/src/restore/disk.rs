@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::catalog::{Restore, Status};
+use crate::catalog::{Backup, Disk, Repository, Restore, Status};
 use crate::error::{Error, Result};
 use crate::export::ImageExport;
 use crate::repo::images::open_image;
@@ -37,30 +37,14 @@ impl Hub {
             )));
         }
         let _ops = self.ops.lock().await;
-        let backup = self.backup(&req.backup_id)?;
-        let disk = backup.disk(req.disk_id).ok_or_else(|| {
-            Error::NotFound(format!("backup {} has no disk {}", backup.id, req.disk_id))
-        })?;
-        crate::repo::presence::refuse_gone(&self.catalog, &backup)?;
-        if backup.status != Status::Completed {
-            return Err(Error::Conflict(format!(
-                "backup {} is {}; only completed backups can be restored",
-                backup.id,
-                backup.status.as_str()
-            )));
-        }
-        self.refuse_while_merging(&backup)?;
-        let repository = self
-            .catalog
-            .repository(&backup.repository_id)?
-            .ok_or_else(|| {
-                Error::Internal(format!(
-                    "backup {} is in repository {:?}, which is not in the catalog",
-                    backup.id, backup.repository_id
-                ))
-            })?;
-        let (path, io) = (disk.qcow2_path.clone(), self.config.storage_io);
-        let image = open_image(path, repository.path, false, io).await?;
+        let (backup, disk, repository) = self.restorable(&req.backup_id, req.disk_id)?;
+        let image = open_image(
+            disk.qcow2_path.clone(),
+            repository.path,
+            false,
+            self.config.storage_io,
+        )
+        .await?;
         let export_name = layout::restore_export_name(&backup.vm_name, disk.disk_id);
         self.nbd.add_export(
             &export_name,
@@ -87,9 +71,41 @@ impl Hub {
         Ok(restore)
     }
 
+    /// The backup, its disk and its repository, when that disk can be read as of the backup:
+    /// the backup is completed, its files are there, and no prune is merging its chain.
+    pub(crate) fn restorable(
+        &self,
+        backup_id: &str,
+        disk_id: u32,
+    ) -> Result<(Backup, Disk, Repository)> {
+        let backup = self.backup(backup_id)?;
+        let disk = backup.disk(disk_id).cloned().ok_or_else(|| {
+            Error::NotFound(format!("backup {} has no disk {disk_id}", backup.id))
+        })?;
+        crate::repo::presence::refuse_gone(&self.catalog, &backup)?;
+        if backup.status != Status::Completed {
+            return Err(Error::Conflict(format!(
+                "backup {} is {}; only completed backups can be restored",
+                backup.id,
+                backup.status.as_str()
+            )));
+        }
+        self.refuse_while_merging(&backup)?;
+        let repository = self
+            .catalog
+            .repository(&backup.repository_id)?
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "backup {} is in repository {:?}, which is not in the catalog",
+                    backup.id, backup.repository_id
+                ))
+            })?;
+        Ok((backup, disk, repository))
+    }
+
     /// A prune may rename the chain's images under a restore, and a backup being merged away no
     /// longer holds its own point in time.
-    fn refuse_while_merging(&self, backup: &crate::catalog::Backup) -> Result<()> {
+    pub(crate) fn refuse_while_merging(&self, backup: &Backup) -> Result<()> {
         if let Some(m) = self
             .catalog
             .merges()?

@@ -1,0 +1,776 @@
+//! Downloads, streamed: a blocking task reads the guest file (or walks the directory and
+//! writes a zip or tar.gz) into a bounded channel that the HTTP body drains, so memory stays
+//! at a few chunks whatever the size, and a client that goes away stops the reading.
+//!
+//! A file that cannot be read whole while the response is already under way ends the
+//! response with an error (the client sees a cut transfer, never a short file that looks
+//! complete). In an archive, a file that cannot be read is named in `RESTORE-ERRORS.txt` at
+//! the archive's root and in the log; nothing is skipped in silence.
+
+use std::io::{self, Read, Write};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot};
+
+use super::fs_error;
+use super::mount::{InUse, Mount};
+use super::volumes::{self, Volume};
+use crate::error::{Error, Result};
+
+/// Bytes per message on the channel, and messages queued: at most ~1.25 MiB per download.
+const CHUNK: usize = 256 * 1024;
+const QUEUE: usize = 4;
+/// A walk stops descending this deep, and after this many entries, and says so in the report.
+const MAX_DEPTH: usize = 256;
+const MAX_ENTRIES: u64 = 10_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Zip,
+    TarGz,
+}
+
+impl Format {
+    pub fn parse(s: Option<&str>) -> Result<Format> {
+        match s.unwrap_or("zip") {
+            "zip" => Ok(Format::Zip),
+            "tar.gz" | "tgz" => Ok(Format::TarGz),
+            other => Err(Error::Invalid(format!(
+                "format must be zip or tar.gz, not {other:?}"
+            ))),
+        }
+    }
+    fn extension(self) -> &'static str {
+        match self {
+            Format::Zip => "zip",
+            Format::TarGz => "tar.gz",
+        }
+    }
+    fn content_type(self) -> &'static str {
+        match self {
+            Format::Zip => "application/zip",
+            Format::TarGz => "application/gzip",
+        }
+    }
+}
+
+/// What a `Range` header asks of a file of `size` bytes (one range; several are answered with
+/// the whole file, as RFC 9110 allows).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ranged {
+    Whole,
+    /// First and last byte, inclusive.
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+pub fn parse_range(spec: Option<&str>, size: u64) -> Ranged {
+    let Some(spec) = spec else {
+        return Ranged::Whole;
+    };
+    let Some(set) = spec.trim().strip_prefix("bytes=") else {
+        return Ranged::Whole;
+    };
+    if set.contains(',') {
+        return Ranged::Whole;
+    }
+    let Some((first, last)) = set.trim().split_once('-') else {
+        return Ranged::Whole;
+    };
+    let num = |s: &str| s.trim().parse::<u64>().ok();
+    match (first.trim().is_empty(), num(first), num(last)) {
+        // The last N bytes.
+        (true, _, Some(n)) if n > 0 && size > 0 => Ranged::Part(size.saturating_sub(n), size - 1),
+        (true, _, _) => Ranged::Unsatisfiable,
+        (false, Some(a), _) if a >= size => Ranged::Unsatisfiable,
+        (false, Some(a), None) if last.trim().is_empty() => Ranged::Part(a, size - 1),
+        (false, Some(a), Some(b)) if b >= a => Ranged::Part(a, b.min(size - 1)),
+        _ => Ranged::Whole,
+    }
+}
+
+/// `Write` into the channel, in `CHUNK`s.
+struct Sink {
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    buf: BytesMut,
+    sent: u64,
+}
+
+impl Sink {
+    fn new(tx: mpsc::Sender<io::Result<Bytes>>) -> Sink {
+        Sink {
+            tx,
+            buf: BytesMut::with_capacity(CHUNK),
+            sent: 0,
+        }
+    }
+    fn push(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.buf.split().freeze();
+        self.sent += chunk.len() as u64;
+        self.buf.reserve(CHUNK);
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
+    }
+    /// Ends the response with an error: the client sees the transfer cut.
+    fn fail(&self, message: String) {
+        let _ = self.tx.blocking_send(Err(io::Error::other(message)));
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let room = CHUNK - self.buf.len();
+        let n = room.min(data.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() >= CHUNK {
+            self.push()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.push()
+    }
+}
+
+fn body(rx: mpsc::Receiver<io::Result<Bytes>>) -> Body {
+    Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}
+
+/// `attachment` with an ASCII fallback name and the exact one in UTF-8 (RFC 6266, 8187).
+fn disposition(name: &str) -> HeaderValue {
+    let ascii: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut encoded = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    HeaderValue::from_str(&format!(
+        "attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
+}
+
+/// What the reading task tells the handler before the first byte.
+enum Head {
+    File {
+        name: String,
+        size: u64,
+        part: Option<(u64, u64)>,
+    },
+    Archive {
+        name: String,
+        format: Format,
+    },
+    Unsatisfiable {
+        size: u64,
+    },
+}
+
+/// `GET .../download`: a file (following symlinks inside the guest), or a zip of a directory.
+pub async fn download(use_: InUse, path: String, headers: &HeaderMap) -> Result<Response> {
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    start(use_, path, Some(range), Format::Zip).await
+}
+
+/// `GET .../download-directory`: a directory (or the whole disk at `/`) as an archive.
+pub async fn download_directory(use_: InUse, path: String, format: Format) -> Result<Response> {
+    start(use_, path, None, format).await
+}
+
+/// `range: Some(..)` asks for a file (or, if it is a directory, an archive); `None` for an
+/// archive only.
+async fn start(
+    use_: InUse,
+    path: String,
+    range: Option<Option<String>>,
+    format: Format,
+) -> Result<Response> {
+    let (head_tx, head_rx) = oneshot::channel::<Result<Head>>();
+    let (tx, rx) = mpsc::channel(QUEUE);
+    tokio::task::spawn_blocking(move || {
+        // Held to the end of the stream: the mount counts as in use while it is read.
+        let use_ = use_;
+        let mut sink = Sink::new(tx);
+        let failed = match range {
+            Some(range) => send_file(use_.mount(), &path, range, format, head_tx, &mut sink),
+            None => match target(use_.mount(), &path) {
+                Ok(t) => send_archive(use_.mount(), t, format, head_tx, &mut sink),
+                Err(e) => {
+                    let _ = head_tx.send(Err(e));
+                    Ok(())
+                }
+            },
+        };
+        if let Err(message) = failed {
+            tracing::warn!(mount_id = %use_.mount().id, path, error = %message, sent = sink.sent, "download cut short");
+            sink.fail(message);
+        }
+    });
+    let head = head_rx
+        .await
+        .map_err(|_| Error::Internal("the download task ended before answering".into()))??;
+    let mut resp = Response::builder();
+    match head {
+        Head::Unsatisfiable { size } => {
+            return Response::builder()
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{size}"))
+                .body(Body::empty())
+                .map_err(|e| Error::Internal(e.to_string()));
+        }
+        Head::File { name, size, part } => {
+            resp = resp
+                .header(header::CONTENT_TYPE, "application/octet-stream")
+                .header(header::CONTENT_DISPOSITION, disposition(&name))
+                .header(header::ACCEPT_RANGES, "bytes");
+            match part {
+                Some((a, b)) => {
+                    resp = resp
+                        .status(StatusCode::PARTIAL_CONTENT)
+                        .header(header::CONTENT_RANGE, format!("bytes {a}-{b}/{size}"))
+                        .header(header::CONTENT_LENGTH, b - a + 1);
+                }
+                None => resp = resp.header(header::CONTENT_LENGTH, size),
+            }
+        }
+        Head::Archive { name, format } => {
+            resp = resp
+                .header(header::CONTENT_TYPE, format.content_type())
+                .header(
+                    header::CONTENT_DISPOSITION,
+                    disposition(&format!("{name}.{}", format.extension())),
+                );
+        }
+    }
+    resp.body(body(rx))
+        .map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// The last component of a guest path, or `fallback` for a root.
+fn base_name(path: &str, fallback: &str) -> String {
+    path.rsplit('/')
+        .find(|s| !s.is_empty())
+        .unwrap_or(fallback)
+        .to_owned()
+}
+
+/// Sends one file, or hands over to an archive when the path is a directory. `Err` is a
+/// failure after the head went out.
+fn send_file(
+    m: &Mount,
+    path: &str,
+    range: Option<String>,
+    format: Format,
+    head_tx: oneshot::Sender<Result<Head>>,
+    sink: &mut Sink,
+) -> std::result::Result<(), String> {
+    let opened = (|| -> Result<_> {
+        let (volume, inner) = volumes::split(path)
+            .map_err(fs_error)?
+            .ok_or_else(|| Error::Invalid("/ is the disk, not a file".into()))?;
+        let v = m.volume(&volume)?;
+        Ok((v, inner))
+    })();
+    let (v, inner) = match opened {
+        Ok(x) => x,
+        Err(Error::Invalid(_)) if path_is_root(path) => {
+            return match target(m, path) {
+                Ok(t) => send_archive(m, t, format, head_tx, sink),
+                Err(e) => {
+                    let _ = head_tx.send(Err(e));
+                    Ok(())
+                }
+            };
+        }
+        Err(e) => {
+            let _ = head_tx.send(Err(e));
+            return Ok(());
+        }
+    };
+    let fs = match v.open(m.disk()) {
+        Ok(fs) => fs,
+        Err(e) => {
+            let _ = head_tx.send(Err(fs_error(e)));
+            return Ok(());
+        }
+    };
+    let mut file = match fs.open(&inner) {
+        Ok(f) => f,
+        Err(guestfs::Error::IsADirectory(_)) => {
+            return send_archive(m, Target::Dir(v, inner), format, head_tx, sink);
+        }
+        Err(e) => {
+            let _ = head_tx.send(Err(fs_error(e)));
+            return Ok(());
+        }
+    };
+    let size = file.size();
+    let (from, to) = match parse_range(range.as_deref(), size) {
+        Ranged::Whole => (0, size),
+        Ranged::Part(a, b) => (a, b + 1),
+        Ranged::Unsatisfiable => {
+            let _ = head_tx.send(Ok(Head::Unsatisfiable { size }));
+            return Ok(());
+        }
+    };
+    if from > 0 {
+        if let Err(e) = file.seek(from) {
+            let _ = head_tx.send(Err(fs_error(e)));
+            return Ok(());
+        }
+    }
+    let part = (from, to) != (0, size);
+    let name = base_name(&inner, "file");
+    if head_tx
+        .send(Ok(Head::File {
+            name,
+            size,
+            part: part.then_some((from, to - 1)),
+        }))
+        .is_err()
+    {
+        return Ok(());
+    }
+    stream(&mut *file, to - from, path, sink)
+}
+
+/// `len` bytes of `file` from where it stands into the sink.
+fn stream(
+    file: &mut dyn guestfs::FileReader,
+    mut left: u64,
+    path: &str,
+    sink: &mut Sink,
+) -> std::result::Result<(), String> {
+    let mut buf = vec![0u8; CHUNK];
+    while left > 0 {
+        let want = (left.min(CHUNK as u64)) as usize;
+        let n = file
+            .read(&mut buf[..want])
+            .map_err(|e| format!("reading {path}: {e}"))?;
+        if n == 0 {
+            return Err(format!("{path} ended {left} bytes before its size"));
+        }
+        sink.write_all(&buf[..n])
+            .map_err(|e| format!("sending {path}: {e}"))?;
+        left -= n as u64;
+    }
+    sink.flush().map_err(|e| format!("sending {path}: {e}"))
+}
+
+fn path_is_root(path: &str) -> bool {
+    matches!(volumes::split(path), Ok(None))
+}
+
+/// What an archive holds: every readable volume (the disk's root), or one directory.
+enum Target<'a> {
+    Disk,
+    Dir(&'a Volume, String),
+}
+
+fn target<'a>(m: &'a Mount, path: &str) -> Result<Target<'a>> {
+    match volumes::split(path).map_err(fs_error)? {
+        None => Ok(Target::Disk),
+        Some((volume, inner)) => Ok(Target::Dir(m.volume(&volume)?, inner)),
+    }
+}
+
+fn send_archive(
+    m: &Mount,
+    t: Target<'_>,
+    format: Format,
+    head_tx: oneshot::Sender<Result<Head>>,
+    sink: &mut Sink,
+) -> std::result::Result<(), String> {
+    // Everything that can be refused is checked before the head: a wrong path is a 4xx, not
+    // an archive with one error in it.
+    let (top, parts): (String, Vec<(&Volume, String, String)>) = match &t {
+        Target::Disk => (
+            format!("disk{}", m.disk_id),
+            m.volumes
+                .iter()
+                .filter(|v| v.readable)
+                .map(|v| (v, "/".to_owned(), v.name.clone()))
+                .collect(),
+        ),
+        Target::Dir(v, inner) => {
+            let checked = v.open(m.disk()).and_then(|fs| fs.list_limited(inner, 1));
+            if let Err(e) = checked {
+                let _ = head_tx.send(Err(fs_error(e)));
+                return Ok(());
+            }
+            let name = match base_name(inner, "") {
+                n if n.is_empty() || n == ".." => v.name.clone(),
+                n => n,
+            };
+            (name.clone(), vec![(v, inner.clone(), name)])
+        }
+    };
+    if head_tx
+        .send(Ok(Head::Archive {
+            name: top.clone(),
+            format,
+        }))
+        .is_err()
+    {
+        return Ok(());
+    }
+    let mut out = match format {
+        Format::Zip => Archive::zip(&mut *sink),
+        Format::TarGz => Archive::tar(&mut *sink),
+    };
+    let mut report = Report::default();
+    let single = matches!(t, Target::Dir(..));
+    if !single {
+        out.dir(&top, None).map_err(|e| e.to_string())?;
+    }
+    for (v, inner, name) in parts {
+        let at = if single {
+            name
+        } else {
+            format!("{top}/{name}")
+        };
+        walk(m, v, &inner, &at, &mut out, &mut report).map_err(|e| e.to_string())?;
+    }
+    if !report.lines.is_empty() {
+        for line in &report.lines {
+            tracing::warn!(mount_id = %m.id, "{line}");
+        }
+        let text = format!(
+            "These entries could not be restored whole from backup {} disk {}:\n{}\n",
+            m.backup_id,
+            m.disk_id,
+            report.lines.join("\n")
+        );
+        let root = if single { top.clone() } else { top };
+        out.note(&format!("{root}/RESTORE-ERRORS.txt"), text.as_bytes())
+            .map_err(|e| e.to_string())?;
+    }
+    out.finish().map_err(|e| e.to_string())
+}
+
+#[derive(Default)]
+struct Report {
+    lines: Vec<String>,
+    entries: u64,
+}
+
+/// Writes the tree below `inner` of volume `v` at archive path `at` (directories first, each
+/// with its entries in name order).
+fn walk(
+    m: &Mount,
+    v: &Volume,
+    inner: &str,
+    at: &str,
+    out: &mut Archive<'_>,
+    report: &mut Report,
+) -> io::Result<()> {
+    let fs = match v.open(m.disk()) {
+        Ok(fs) => fs,
+        Err(e) => {
+            report.lines.push(format!("{at}/: {e}"));
+            return Ok(());
+        }
+    };
+    let top = fs.stat(inner).ok();
+    out.dir(at, top.as_ref())?;
+    let mut todo = vec![(inner.to_owned(), at.to_owned(), 0usize)];
+    while let Some((dir, dir_at, depth)) = todo.pop() {
+        let listing = match fs.list(&dir) {
+            Ok(l) => l,
+            Err(e) => {
+                report.lines.push(format!("{dir_at}/: {e}"));
+                continue;
+            }
+        };
+        let mut below = Vec::new();
+        for e in listing {
+            report.entries += 1;
+            if report.entries > MAX_ENTRIES {
+                report.lines.push(format!(
+                    "{dir_at}: the archive stopped after {MAX_ENTRIES} entries"
+                ));
+                return Ok(());
+            }
+            let name = format!("{dir_at}/{}", e.name);
+            match e.kind {
+                guestfs::EntryKind::Directory => {
+                    out.dir(&name, Some(&e))?;
+                    if depth + 1 < MAX_DEPTH {
+                        below.push((e.path.clone(), name, depth + 1));
+                    } else {
+                        report
+                            .lines
+                            .push(format!("{name}/: deeper than {MAX_DEPTH} levels, left out"));
+                    }
+                }
+                guestfs::EntryKind::Symlink => {
+                    let target = e.symlink_target.clone().unwrap_or_default();
+                    out.symlink(&name, &e, &target)?;
+                }
+                guestfs::EntryKind::File => match fs.open(&e.path) {
+                    Ok(mut r) => {
+                        if let Some(err) = out.file(&name, &e, &mut *r)? {
+                            report.lines.push(format!("{name}: {err}"));
+                        }
+                    }
+                    Err(err) => report.lines.push(format!("{name}: {err}")),
+                },
+                guestfs::EntryKind::Other => report
+                    .lines
+                    .push(format!("{name}: a device, FIFO or socket, not restored")),
+            }
+        }
+        todo.extend(below.into_iter().rev());
+    }
+    Ok(())
+}
+
+/// A guest file as `Read` of exactly `size` bytes: a read error is kept, and the rest of the
+/// size is zeros, so a tar entry keeps the length its header declares.
+struct Exactly<'a> {
+    file: &'a mut dyn guestfs::FileReader,
+    left: u64,
+    error: Option<String>,
+}
+
+impl Read for Exactly<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = (self.left.min(buf.len() as u64)) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = if self.error.is_some() {
+            0
+        } else {
+            match self.file.read(&mut buf[..want]) {
+                Ok(0) => {
+                    self.error = Some(format!("ended {} bytes before its size", self.left));
+                    0
+                }
+                Ok(n) => n,
+                Err(e) => {
+                    self.error = Some(format!("{e} (the rest is zeros)"));
+                    0
+                }
+            }
+        };
+        let n = if n == 0 {
+            buf[..want].fill(0);
+            want
+        } else {
+            n
+        };
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+enum Archive<'a> {
+    Zip(zip::ZipWriter<zip::write::StreamWriter<&'a mut Sink>>),
+    Tar(tar::Builder<flate2::write::GzEncoder<&'a mut Sink>>),
+}
+
+fn zip_time(secs: Option<i64>) -> zip::DateTime {
+    secs.and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| {
+            zip::DateTime::from_date_and_time(
+                u16::try_from(t.year()).ok()?,
+                t.month() as u8,
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second(),
+            )
+            .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn zip_opts(e: Option<&guestfs::Entry>, default_mode: u32) -> zip::write::SimpleFileOptions {
+    zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        // Level 1: most of deflate's gain on text, at several times level 6's speed.
+        .compression_level(Some(1))
+        .unix_permissions(e.map_or(default_mode, |e| e.mode & 0o7777))
+        .last_modified_time(zip_time(e.and_then(|e| e.modified)))
+        .large_file(e.is_some_and(|e| e.size >= u64::from(u32::MAX)))
+}
+
+fn tar_header(e: Option<&guestfs::Entry>, kind: tar::EntryType, default_mode: u32) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(e.map_or(default_mode, |e| e.mode & 0o7777));
+    h.set_mtime(e.and_then(|e| e.modified).map_or(0, |s| s.max(0) as u64));
+    h.set_size(0);
+    h
+}
+
+fn zip_err(e: zip::result::ZipError) -> io::Error {
+    match e {
+        zip::result::ZipError::Io(e) => e,
+        other => io::Error::other(other),
+    }
+}
+
+impl<'a> Archive<'a> {
+    fn zip(sink: &'a mut Sink) -> Self {
+        Archive::Zip(zip::ZipWriter::new_stream(sink))
+    }
+
+    fn tar(sink: &'a mut Sink) -> Self {
+        let gz = flate2::write::GzEncoder::new(sink, flate2::Compression::fast());
+        let mut b = tar::Builder::new(gz);
+        b.mode(tar::HeaderMode::Complete);
+        Archive::Tar(b)
+    }
+
+    fn dir(&mut self, name: &str, e: Option<&guestfs::Entry>) -> io::Result<()> {
+        match self {
+            Archive::Zip(z) => z
+                .add_directory(format!("{name}/"), zip_opts(e, 0o755))
+                .map_err(zip_err),
+            Archive::Tar(t) => {
+                let mut h = tar_header(e, tar::EntryType::Directory, 0o755);
+                t.append_data(&mut h, format!("{name}/"), io::empty())
+            }
+        }
+    }
+
+    fn symlink(&mut self, name: &str, e: &guestfs::Entry, target: &str) -> io::Result<()> {
+        match self {
+            Archive::Zip(z) => z
+                .add_symlink(name, target, zip_opts(Some(e), 0o777))
+                .map_err(zip_err),
+            Archive::Tar(t) => {
+                let mut h = tar_header(Some(e), tar::EntryType::Symlink, 0o777);
+                t.append_link(&mut h, name, target)
+            }
+        }
+    }
+
+    /// `Ok(Some(why))` when the file could not be read whole (its entry is then short in a zip,
+    /// zero-filled in a tar); `Err` when the archive itself cannot be written.
+    fn file(
+        &mut self,
+        name: &str,
+        e: &guestfs::Entry,
+        file: &mut dyn guestfs::FileReader,
+    ) -> io::Result<Option<String>> {
+        let size = file.size();
+        let mut src = Exactly {
+            file,
+            left: size,
+            error: None,
+        };
+        match self {
+            Archive::Zip(z) => {
+                z.start_file(name, zip_opts(Some(e), 0o644))
+                    .map_err(zip_err)?;
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = src.read(&mut buf)?;
+                    if n == 0 || src.error.is_some() {
+                        break;
+                    }
+                    z.write_all(&buf[..n])?;
+                }
+            }
+            Archive::Tar(t) => {
+                let mut h = tar_header(Some(e), tar::EntryType::Regular, 0o644);
+                h.set_size(size);
+                t.append_data(&mut h, name, &mut src)?;
+            }
+        }
+        Ok(src.error)
+    }
+
+    fn note(&mut self, name: &str, text: &[u8]) -> io::Result<()> {
+        match self {
+            Archive::Zip(z) => {
+                z.start_file(name, zip_opts(None, 0o644)).map_err(zip_err)?;
+                z.write_all(text)
+            }
+            Archive::Tar(t) => {
+                let mut h = tar_header(None, tar::EntryType::Regular, 0o644);
+                h.set_size(text.len() as u64);
+                h.set_mtime(time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64);
+                t.append_data(&mut h, name, text)
+            }
+        }
+    }
+
+    fn finish(self) -> io::Result<()> {
+        match self {
+            Archive::Zip(z) => {
+                let sink = z.finish().map_err(zip_err)?.into_inner();
+                sink.flush()
+            }
+            Archive::Tar(t) => {
+                let gz = t.into_inner()?;
+                let sink = gz.finish()?;
+                sink.flush()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        let r = |s: &str, size| parse_range(Some(s), size);
+        assert_eq!(parse_range(None, 10), Ranged::Whole);
+        assert_eq!(r("bytes=0-4", 10), Ranged::Part(0, 4));
+        assert_eq!(r("bytes=5-", 10), Ranged::Part(5, 9));
+        assert_eq!(r("bytes=5-100", 10), Ranged::Part(5, 9));
+        assert_eq!(r("bytes=-3", 10), Ranged::Part(7, 9));
+        assert_eq!(r("bytes=-30", 10), Ranged::Part(0, 9));
+        assert_eq!(r("bytes=10-", 10), Ranged::Unsatisfiable);
+        assert_eq!(r("bytes=-0", 10), Ranged::Unsatisfiable);
+        assert_eq!(r("bytes=0-", 0), Ranged::Unsatisfiable);
+        assert_eq!(r("bytes=4-2", 10), Ranged::Whole);
+        assert_eq!(r("bytes=0-1,4-5", 10), Ranged::Whole);
+        assert_eq!(r("items=0-1", 10), Ranged::Whole);
+        assert_eq!(r("bytes=x-1", 10), Ranged::Whole);
+    }
+
+    #[test]
+    fn content_disposition_keeps_the_name_and_stays_a_header() {
+        let v = disposition("naïve \"file\".txt");
+        let s = v.to_str().unwrap();
+        assert!(
+            s.starts_with("attachment; filename=\"na_ve _file_.txt\""),
+            "{s}"
+        );
+        assert!(
+            s.ends_with("filename*=UTF-8''na%C3%AFve%20%22file%22.txt"),
+            "{s}"
+        );
+    }
+}
