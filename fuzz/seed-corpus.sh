@@ -1,9 +1,11 @@
 #!/bin/bash
 # Seeds fuzz/corpus/qcow2_image (the corpus `cargo fuzz run qcow2_image` uses by default) with small
-# images made by qemu-img: from an empty corpus the fuzzer rarely gets past the header checks.
+# images made by qemu-img, and fuzz/corpus/guest_disk with small guest volumes (below): from an
+# empty corpus the fuzzer rarely gets past the header checks.
 # Needs qemu-img and qemu-io (Debian: qemu-utils).
 set -euo pipefail
-out="$(cd "$(dirname "$0")" && pwd)/corpus/qcow2_image"
+here="$(cd "$(dirname "$0")" && pwd)"
+out="$here/corpus/qcow2_image"
 mkdir -p "$out"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -30,3 +32,20 @@ io -c 'write -P 3 0 1k' v2.qcow2
 
 cp ./*.qcow2 "$out/"
 echo "seeded $(ls ./*.qcow2 | wc -l) images into $out"
+
+# guest_disk: small guest volumes and a partitioned disk, made without mounting. Needs mke2fs
+# (e2fsprogs), mkfs.vfat and mcopy (dosfstools, mtools), sfdisk (fdisk).
+out="$here/corpus/guest_disk"
+mkdir -p "$out" "$tmp/tree/dir/sub"
+echo hello >"$tmp/tree/hello.txt"
+head -c 5000 /dev/urandom >"$tmp/tree/dir/sub/data.bin"
+ln -s ../hello.txt "$tmp/tree/dir/link"
+mke2fs -q -F -t ext2 -b 1024 -N 32 -d "$tmp/tree" ext2.img 128K >/dev/null
+mke2fs -q -F -t ext4 -b 1024 -N 32 -O ^has_journal -d "$tmp/tree" ext4.img 256K >/dev/null
+mkfs.vfat -C -F 12 fat12.img 128 >/dev/null
+MTOOLS_SKIP_CHECK=1 mcopy -s -i fat12.img "$tmp/tree/hello.txt" "$tmp/tree/dir" ::/
+truncate -s 512K gpt.img
+printf 'label: gpt\nstart=34, size=256, type=linux\n' | sfdisk -q gpt.img
+dd if=ext2.img of=gpt.img bs=512 seek=34 conv=notrunc status=none
+cp ext2.img ext4.img fat12.img gpt.img "$out/"
+echo "seeded 4 disks into $out"

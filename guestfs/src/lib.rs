@@ -20,6 +20,7 @@
 
 pub mod error;
 pub mod fs;
+pub mod fuzzing;
 pub mod partition;
 pub mod path;
 pub mod source;
