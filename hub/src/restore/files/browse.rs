@@ -65,7 +65,7 @@ fn volume_entry(m: &Mount, v: &Volume) -> FileEntry {
     }
 }
 
-fn entry(volume: &str, e: &guestfs::Entry) -> FileEntry {
+fn entry(volume: &str, e: guestfs::Entry) -> FileEntry {
     use guestfs::EntryKind as K;
     let (kind, detail) = match e.kind {
         K::Directory => ("directory", "directory"),
@@ -73,8 +73,9 @@ fn entry(volume: &str, e: &guestfs::Entry) -> FileEntry {
         K::Symlink => ("file", "symlink"),
         K::Other => ("file", "other"),
     };
+    let is_symlink = e.kind == K::Symlink;
     FileEntry {
-        name: e.name.clone(),
+        name: e.name,
         path: if e.path == "/" {
             format!("/{volume}")
         } else {
@@ -88,8 +89,8 @@ fn entry(volume: &str, e: &guestfs::Entry) -> FileEntry {
             .modified
             .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
             .map(fmt_time),
-        is_symlink: e.kind == K::Symlink,
-        symlink_target: e.symlink_target.clone(),
+        is_symlink,
+        symlink_target: e.symlink_target,
     }
 }
 
@@ -143,11 +144,12 @@ pub async fn list(use_: InUse, path: String, recursive: bool, limit: usize) -> R
             };
             truncated |= listing.truncated;
             let mut below = Vec::new();
-            for e in &listing.entries {
-                files.push(entry(&volume, e));
+            // Moved, not copied: a listing of 100,000 entries is held once.
+            for e in listing.entries {
                 if recursive && e.kind == guestfs::EntryKind::Directory && depth < MAX_DEPTH {
                     below.push((volume.clone(), e.path.clone(), depth + 1));
                 }
+                files.push(entry(&volume, e));
             }
             // Depth first, in name order.
             todo.extend(below.into_iter().rev());
@@ -188,7 +190,7 @@ pub async fn info(use_: InUse, path: String) -> Result<FileEntry> {
         if e.path == "/" {
             return Ok(volume_entry(m, v));
         }
-        Ok(entry(&volume, &e))
+        Ok(entry(&volume, e))
     })
     .await
 }

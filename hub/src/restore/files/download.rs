@@ -760,6 +760,134 @@ mod tests {
         assert_eq!(r("bytes=x-1", 10), Ranged::Whole);
     }
 
+    /// Reads `good` bytes, then fails.
+    struct Failing {
+        size: u64,
+        good: u64,
+        at: u64,
+    }
+
+    impl guestfs::FileReader for Failing {
+        fn size(&self) -> u64 {
+            self.size
+        }
+        fn read(&mut self, buf: &mut [u8]) -> guestfs::Result<usize> {
+            if self.at >= self.good {
+                return Err(guestfs::Error::Corrupt("extent tree damaged".into()));
+            }
+            let n = (self.good - self.at).min(buf.len() as u64) as usize;
+            buf[..n].fill(b'x');
+            self.at += n as u64;
+            Ok(n)
+        }
+        fn seek(&mut self, pos: u64) -> guestfs::Result<()> {
+            self.at = pos;
+            Ok(())
+        }
+    }
+
+    fn entry(name: &str, size: u64) -> guestfs::Entry {
+        guestfs::Entry {
+            name: name.into(),
+            path: format!("/{name}"),
+            kind: guestfs::EntryKind::File,
+            size,
+            mode: 0o640,
+            modified: Some(1_600_000_000),
+            symlink_target: None,
+        }
+    }
+
+    /// Writes one archive through a `Sink` on a thread, as a download does; returns its bytes.
+    fn archive_of(
+        format: Format,
+        write: impl FnOnce(&mut Archive<'_>) + Send + 'static,
+    ) -> Vec<u8> {
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        let writer = std::thread::spawn(move || {
+            let mut sink = Sink::new(tx);
+            let mut out = match format {
+                Format::Zip => Archive::zip(&mut sink),
+                Format::TarGz => Archive::tar(&mut sink),
+            };
+            write(&mut out);
+            out.finish().unwrap();
+        });
+        let mut bytes = Vec::new();
+        while let Some(chunk) = rx.blocking_recv() {
+            bytes.extend_from_slice(&chunk.unwrap());
+        }
+        writer.join().unwrap();
+        bytes
+    }
+
+    #[test]
+    fn an_unreadable_file_keeps_its_tar_entry_length_and_is_reported() {
+        let bytes = archive_of(Format::TarGz, |out| {
+            out.dir("top", None).unwrap();
+            let mut f = Failing {
+                size: 300_000,
+                good: 100_000,
+                at: 0,
+            };
+            let why = out
+                .file("top/bad.bin", &entry("bad.bin", 300_000), &mut f)
+                .unwrap();
+            assert!(why.unwrap().contains("extent tree damaged"));
+            out.note("top/RESTORE-ERRORS.txt", b"top/bad.bin: damaged\n")
+                .unwrap();
+        });
+        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+        let mut seen = Vec::new();
+        for e in tar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = e.path().unwrap().display().to_string();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+            if path == "top/bad.bin" {
+                assert_eq!(data.len(), 300_000);
+                assert!(data[..100_000].iter().all(|b| *b == b'x'));
+                assert!(data[100_000..].iter().all(|b| *b == 0));
+                assert_eq!(e.header().mode().unwrap(), 0o640);
+            }
+            seen.push(path);
+        }
+        assert_eq!(seen, ["top/", "top/bad.bin", "top/RESTORE-ERRORS.txt"]);
+    }
+
+    #[test]
+    fn zips_stream_and_open() {
+        let bytes = archive_of(Format::Zip, |out| {
+            out.dir("top", None).unwrap();
+            out.dir("top/empty", None).unwrap();
+            let mut f = Failing {
+                size: 5000,
+                good: 5000,
+                at: 0,
+            };
+            assert_eq!(
+                out.file("top/a.txt", &entry("a.txt", 5000), &mut f)
+                    .unwrap(),
+                None
+            );
+            let link = guestfs::Entry {
+                kind: guestfs::EntryKind::Symlink,
+                mode: 0o777,
+                ..entry("l", 3)
+            };
+            out.symlink("top/l", &link, "a.txt").unwrap();
+        });
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+        let names: Vec<String> = zip.file_names().map(str::to_owned).collect();
+        assert_eq!(names, ["top/", "top/empty/", "top/a.txt", "top/l"]);
+        let mut a = zip.by_name("top/a.txt").unwrap();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut a, &mut data).unwrap();
+        assert_eq!(data, vec![b'x'; 5000]);
+        drop(a);
+        assert!(zip.by_name("top/l").unwrap().is_symlink());
+    }
+
     #[test]
     fn content_disposition_keeps_the_name_and_stays_a_header() {
         let v = disposition("naïve \"file\".txt");
