@@ -90,6 +90,22 @@ pub(crate) fn resolve<T: Tree + ?Sized>(
     Ok((done, current))
 }
 
+/// A name no sound filesystem stores (a `/` or a NUL inside it, or `.`/`..` as an entry the
+/// backend did not skip) is shown with U+FFFD in their place: as it stands it would name some
+/// other path, inside the guest or, in an archive someone extracts, outside the folder it lands in.
+fn sanitize(parent: &[String], e: &mut Entry) {
+    if e.name.contains(['/', '\0']) || e.name == "." || e.name == ".." || e.name.is_empty() {
+        let clean = match e.name.replace(['/', '\0'], "\u{FFFD}") {
+            n if n.is_empty() || n == "." || n == ".." => format!("{n}\u{FFFD}"),
+            n => n,
+        };
+        let mut parts = parent.to_vec();
+        parts.push(clean.clone());
+        e.name = clean;
+        e.path = path::join(&parts);
+    }
+}
+
 impl<T: Tree> Filesystem for T {
     fn kind(&self) -> &'static str {
         Tree::kind(self)
@@ -101,6 +117,9 @@ impl<T: Tree> Filesystem for T {
             return Err(Error::NotADirectory(entry.path));
         }
         let (mut entries, truncated) = self.list_dir(&parts, limit)?;
+        for e in &mut entries {
+            sanitize(&parts, e);
+        }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(super::Listing { entries, truncated })
     }
@@ -165,8 +184,31 @@ mod tests {
         fn info(&self) -> crate::fs::VolumeInfo {
             crate::fs::VolumeInfo::default()
         }
-        fn list_dir(&self, _parts: &[String], _limit: usize) -> Result<(Vec<Entry>, bool)> {
-            Ok((Vec::new(), false))
+        /// The entries whose parent is `parts`, names as stored (the hostile ones too).
+        fn list_dir(&self, parts: &[String], _limit: usize) -> Result<(Vec<Entry>, bool)> {
+            let dir = path::join(parts);
+            let mut out = Vec::new();
+            for (p, (kind, target)) in &self.0 {
+                let Some(name) = p
+                    .strip_prefix(dir.as_str())
+                    .map(|n| n.trim_start_matches('/'))
+                else {
+                    continue;
+                };
+                let inside = !name.is_empty() && (dir == "/" || p.as_bytes()[dir.len()] == b'/');
+                if inside && (!name.contains('/') || name.starts_with("evil")) {
+                    out.push(Entry {
+                        name: name.to_owned(),
+                        path: p.clone(),
+                        kind: *kind,
+                        size: 0,
+                        mode: 0o644,
+                        modified: None,
+                        symlink_target: target.clone(),
+                    });
+                }
+            }
+            Ok((out, false))
         }
         fn open_file(&self, _: &[String], _: &Entry) -> Result<Box<dyn FileReader + '_>> {
             Err(Error::Unsupported("fake".into()))
@@ -201,6 +243,31 @@ mod tests {
         assert_eq!(
             resolved("/../../../etc/./passwd", true).unwrap(),
             "/etc/passwd"
+        );
+    }
+
+    #[test]
+    fn hostile_names_cannot_name_another_path() {
+        let mut t = fake();
+        // As a damaged directory would return them: one name holding slashes, one a NUL.
+        t.0.insert("/dir/evil/../../x".into(), (EntryKind::File, None));
+        t.0.insert("/dir/a\0b".into(), (EntryKind::File, None));
+        let names: Vec<(String, String)> = t
+            .list("/dir")
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name, e.path))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("a\u{FFFD}b".to_owned(), "/dir/a\u{FFFD}b".to_owned()),
+                (
+                    "evil\u{FFFD}..\u{FFFD}..\u{FFFD}x".to_owned(),
+                    "/dir/evil\u{FFFD}..\u{FFFD}..\u{FFFD}x".to_owned()
+                ),
+                ("rel".to_owned(), "/dir/rel".to_owned()),
+            ]
         );
     }
 
