@@ -57,8 +57,9 @@ pub struct Inner {
     pub(crate) active: Mutex<HashMap<String, Arc<ActiveBackup>>>,
     /// Images behind restore exports, by restore id.
     pub(crate) restores: Mutex<HashMap<String, Arc<Image>>>,
-    /// File-level restore mounts, by mount id (in memory: a restart ends them).
-    pub(crate) mounts: Mutex<HashMap<String, Arc<crate::restore::files::mount::Mount>>>,
+    /// File-level restore mounts, by mount id (in memory: a restart ends them). Opaque here so
+    /// `state` imports no room: `restore::files::mount` puts them in and reads them out.
+    pub(crate) mounts: Mutex<HashMap<String, Arc<dyn std::any::Any + Send + Sync>>>,
     /// Serialises state changes (create, complete, cancel, delete, fail) so checks and updates
     /// of the catalog cannot interleave. Never held while draining connections.
     pub(crate) ops: tokio::sync::Mutex<()>,

@@ -11,8 +11,9 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery};
 use crate::catalog::fmt_time;
 use crate::restore::files::browse::{self, DEFAULT_LIMIT, FileEntry, FileList};
-use crate::restore::files::download::{self, Format};
+use crate::restore::files::download;
 use crate::restore::files::mount::{Mount, MountRequest};
+use crate::restore::files::stream::Format;
 use crate::restore::files::volumes::Volume;
 use crate::state::Hub;
 

@@ -6,16 +6,20 @@
 //! - `mount`: the in-memory registry of mounts (bounded, ended when idle or when their backup
 //!   goes);
 //! - `browse`: listings and file info, in the old hub's shapes;
-//! - `download`: files (with `Range`) and directories (zip, tar.gz) streamed with bounded memory.
+//! - `download`: files (with `Range`) streamed with bounded memory, and the head of every download;
+//! - `archive`: directories as zip or tar.gz, written into a download's stream;
+//! - `stream`: that stream (a bounded channel the HTTP body drains) and the head sent before it.
 //!
 //! guestfs's filesystem handles are not `Send`, so every request opens the volume's
 //! filesystem afresh on its own blocking thread (a superblock and a few tables: cheap next to
 //! what the request then reads) and drops it at the end; nothing of a guest filesystem lives
 //! between requests but the mount's image.
 
+pub mod archive;
 pub mod browse;
 pub mod download;
 pub mod mount;
+pub mod stream;
 pub mod volumes;
 
 use crate::error::Error;

@@ -91,6 +91,14 @@ impl Mount {
     }
 }
 
+/// How `Inner::mounts` holds a mount: `state` imports no room, so it keeps them opaque and only
+/// this module, which puts them there, looks inside.
+type Opaque = Arc<dyn std::any::Any + Send + Sync>;
+
+fn mount_of(held: &Opaque) -> Option<Arc<Mount>> {
+    held.clone().downcast::<Mount>().ok()
+}
+
 fn too_many(max: usize) -> Error {
     Error::Conflict(format!(
         "{max} mounts are open, the most allowed (max_mounts); delete one first"
@@ -156,7 +164,7 @@ impl Hub {
             if mounts.len() >= self.config.max_mounts {
                 return Err(too_many(self.config.max_mounts));
             }
-            mounts.insert(mount.id.clone(), mount.clone());
+            mounts.insert(mount.id.clone(), mount.clone() as Opaque);
         }
         tracing::info!(mount_id = %mount.id, backup_id = %backup.id, disk_id,
             volumes = mount.volumes.len(), "file-level restore mount open");
@@ -165,7 +173,7 @@ impl Hub {
 
     /// Open mounts, oldest first.
     pub fn mounts(&self) -> Vec<Arc<Mount>> {
-        let mut all: Vec<_> = self.mounts.lock().values().cloned().collect();
+        let mut all: Vec<_> = self.mounts.lock().values().filter_map(mount_of).collect();
         all.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         all
     }
@@ -176,7 +184,7 @@ impl Hub {
             .mounts
             .lock()
             .get(id)
-            .cloned()
+            .and_then(mount_of)
             .ok_or_else(|| Error::NotFound(format!("no mount {id}")))?;
         mount.busy.fetch_add(1, Ordering::AcqRel);
         mount.touch();
@@ -200,6 +208,7 @@ impl Hub {
     /// reading one keeps its own handle on the image until it ends.
     pub(crate) fn end_mounts_of(&self, backup_ids: &[&str]) {
         self.mounts.lock().retain(|id, m| {
+            let Some(m) = mount_of(m) else { return false };
             let keep = !backup_ids.contains(&m.backup_id.as_str());
             if !keep {
                 tracing::info!(mount_id = %id, backup_id = %m.backup_id, "mount ended: its backup is going");
@@ -213,6 +222,7 @@ impl Hub {
         self.mounts
             .lock()
             .values()
+            .filter_map(mount_of)
             .find(|m| m.is_busy() && backup_ids.contains(&m.backup_id.as_str()))
             .map(|m| m.id.clone())
     }
@@ -223,6 +233,7 @@ impl Hub {
         let idle = self.config.mount_idle_timeout;
         let mut ended = 0;
         self.mounts.lock().retain(|id, m| {
+            let Some(m) = mount_of(m) else { return false };
             let keep = m.is_busy() || m.last_used() + idle > now;
             if !keep {
                 ended += 1;
@@ -239,6 +250,7 @@ impl Hub {
         self.mounts
             .lock()
             .values()
+            .filter_map(mount_of)
             .filter(|m| !m.is_busy() && m.last_used() + self.config.mount_idle_timeout <= now)
             .count()
     }
