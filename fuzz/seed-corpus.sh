@@ -34,7 +34,8 @@ cp ./*.qcow2 "$out/"
 echo "seeded $(ls ./*.qcow2 | wc -l) images into $out"
 
 # guest_disk: small guest volumes and a partitioned disk, made without mounting. Needs mke2fs
-# (e2fsprogs), mkfs.vfat and mcopy (dosfstools, mtools), sfdisk (fdisk).
+# (e2fsprogs), mkfs.vfat and mcopy (dosfstools, mtools), mkntfs and ntfscp (ntfs-3g), sfdisk
+# (fdisk).
 out="$here/corpus/guest_disk"
 mkdir -p "$out" "$tmp/tree/dir/sub"
 echo hello >"$tmp/tree/hello.txt"
@@ -44,8 +45,12 @@ mke2fs -q -F -t ext2 -b 1024 -N 32 -d "$tmp/tree" ext2.img 128K >/dev/null
 mke2fs -q -F -t ext4 -b 1024 -N 32 -O ^has_journal -d "$tmp/tree" ext4.img 256K >/dev/null
 mkfs.vfat -C -F 12 fat12.img 128 >/dev/null
 MTOOLS_SKIP_CHECK=1 mcopy -s -i fat12.img "$tmp/tree/hello.txt" "$tmp/tree/dir" ::/
+truncate -s 2M ntfs.img
+mkntfs -F -Q -q ntfs.img >/dev/null 2>&1
+ntfscp -q ntfs.img "$tmp/tree/hello.txt" hello.txt
+ntfscp -q ntfs.img "$tmp/tree/dir/sub/data.bin" data.bin
 truncate -s 512K gpt.img
 printf 'label: gpt\nstart=34, size=256, type=linux\n' | sfdisk -q gpt.img
 dd if=ext2.img of=gpt.img bs=512 seek=34 conv=notrunc status=none
-cp ext2.img ext4.img fat12.img gpt.img "$out/"
-echo "seeded 4 disks into $out"
+cp ext2.img ext4.img fat12.img ntfs.img gpt.img "$out/"
+echo "seeded 5 disks into $out"

@@ -295,3 +295,46 @@ fn fat_damage_never_panics() {
         let _ = probe(Arc::new(d)).map(|fs| walk(&*fs));
     }
 }
+
+#[test]
+fn ntfs_damage_never_panics() {
+    require!("mkntfs" from "ntfs-3g", "ntfscp" from "ntfs-3g");
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("ntfs.img");
+    fs::File::create(&img).unwrap().set_len(4 << 20).unwrap();
+    common::run(Command::new("mkntfs").args(["-F", "-Q", "-q"]).arg(&img));
+    // Enough names that the root's index outgrows its record into an index allocation (a
+    // B-tree), files resident and not; their content is zeros, so the damage lands on
+    // metadata.
+    let (small, large) = (dir.path().join("small"), dir.path().join("large"));
+    fs::write(&small, [0u8; 100]).unwrap();
+    fs::write(&large, [0u8; 9000]).unwrap();
+    for i in 0..60 {
+        let src = if i % 2 == 0 { &small } else { &large };
+        common::run(
+            Command::new("ntfscp")
+                .arg("-q")
+                .arg(&img)
+                .arg(src)
+                .arg(format!("A long file name number {i}.dat")),
+        );
+    }
+    assert_eq!(
+        probe(common::open(&img)).unwrap().list("/").unwrap().len(),
+        60
+    );
+    // Left alone: boot code, and what no read of a file or directory parses ($LogFile,
+    // filled with 0xFF, and $UpCase, 128 KiB counting up from 0, 1, 2 as u16s), so the
+    // mutations land on the MFT, the index records and the bitmaps.
+    let d = fs::read(&img).unwrap();
+    let upcase_at = d
+        .windows(10)
+        .position(|w| w == [0, 0, 1, 0, 2, 0, 3, 0, 4, 0])
+        .unwrap();
+    let upcase = upcase_at..upcase_at + (128 << 10);
+    let cold = |i: usize| (0x54..510).contains(&i) || d[i] == 0xFF || upcase.contains(&i);
+    mutate_and_walk(&img, 4 << 20, 400, 5, &cold);
+    let mut half = d.clone();
+    half.truncate(d.len() / 2);
+    let _ = probe(Arc::new(half)).map(|fs| walk(&*fs));
+}

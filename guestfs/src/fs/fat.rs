@@ -14,10 +14,10 @@
 
 use std::io::Read;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use fatfs::{DirEntry, FileAttributes, FsOptions};
 
+use super::budget::{Budget, Budgeted, budgeted};
 use super::resolve::Tree;
 use super::{Entry, EntryKind, FileReader};
 use crate::error::{Error, Result};
@@ -34,40 +34,6 @@ const READ_SLACK: u64 = 16 << 20;
 /// Directory entries one listing may return (the FAT limit per directory).
 const MAX_DIR_ENTRIES: usize = 65_536;
 
-/// The volume, with a count of the bytes the current operation may still read.
-struct Budgeted {
-    volume: Arc<dyn ReadAt>,
-    left: Arc<AtomicU64>,
-}
-
-impl ReadAt for Budgeted {
-    fn size(&self) -> u64 {
-        self.volume.size()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let len = buf.len() as u64;
-        self.left
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
-                left.checked_sub(len)
-            })
-            .map_err(|_| {
-                Error::Corrupt(
-                    "fat: cluster chains read on past any sound size (a loop in the FAT?)".into(),
-                )
-            })?;
-        self.volume.read_at(buf, offset)
-    }
-}
-
-/// Sets the read budget of the operations that follow.
-struct Budget(Arc<AtomicU64>);
-
-impl Budget {
-    fn set(&self, bytes: u64) {
-        self.0.store(bytes, Ordering::Relaxed);
-    }
-}
-
 pub(crate) struct FatFs {
     fs: fatfs::FileSystem<Disk>,
     budget: Budget,
@@ -75,18 +41,11 @@ pub(crate) struct FatFs {
 
 impl FatFs {
     pub(crate) fn load(volume: Arc<dyn ReadAt>) -> Result<Self> {
-        let left = Arc::new(AtomicU64::new(DIR_BUDGET));
-        let disk = Budgeted {
-            volume,
-            left: left.clone(),
-        };
+        let (disk, budget) = budgeted(volume, "fat", DIR_BUDGET);
         let options = FsOptions::new().update_accessed_date(false);
         let fs = fatfs::FileSystem::new(Cursor::new(disk), options)
             .map_err(|e| Error::Corrupt(format!("fat: {e}")))?;
-        Ok(FatFs {
-            fs,
-            budget: Budget(left),
-        })
+        Ok(FatFs { fs, budget })
     }
 
     /// The entry at `parts` (not the root). FAT names compare without case, as the guest's
@@ -123,22 +82,8 @@ fn is_volume_label(e: &DirEntry<'_, Disk>) -> bool {
     e.attributes().contains(FileAttributes::VOLUME_ID)
 }
 
-/// fatfs reports a damaged volume as `InvalidData`/`UnexpectedEof`; an error of ours (a
-/// refused read, a spent budget) comes back wrapped as `Other` and is unwrapped.
 fn io_err(e: std::io::Error, parts: &[String]) -> Error {
-    if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
-        if let Some(Ok(ours)) = e.into_inner().map(|inner| inner.downcast::<Error>()) {
-            return *ours;
-        }
-        // Checked to hold an Error just above; the downcast cannot miss.
-        return Error::Corrupt(format!("fat: {}", path::join(parts)));
-    }
-    match e.kind() {
-        std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => {
-            Error::Corrupt(format!("fat: {e} ({})", path::join(parts)))
-        }
-        _ => Error::Io(e),
-    }
+    super::budget::io_error(e, "fat", &path::join(parts))
 }
 
 fn root_entry() -> Entry {

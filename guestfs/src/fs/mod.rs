@@ -1,15 +1,17 @@
 //! Guest filesystems behind one trait, and [`probe`] to pick the right one for a volume.
 //!
-//! Each backend (`ext4`, `fat`) only answers for paths whose parent components are real
+//! Each backend (`ext4`, `fat`, `ntfs`) only answers for paths whose parent components are real
 //! directories ([`resolve::Tree`]); symlinks are resolved once, in `resolve`, inside the guest
 //! and with `..` clamped at its root, so no backend can be talked into following a link
 //! anywhere else, and none ever touches the host's filesystem.
 //!
-//! The handles are not `Send`: ext4-view and fatfs keep their caches in `Rc`/`RefCell`. A
+//! The handles are not `Send`: ext4-view, fatfs and ntfs keep their caches in `Rc`/`RefCell`. A
 //! caller on an async runtime opens and uses a filesystem inside one blocking task.
 
+mod budget;
 mod ext4;
 mod fat;
+mod ntfs;
 mod resolve;
 
 use std::sync::Arc;
@@ -112,6 +114,7 @@ pub fn probe(volume: Arc<dyn ReadAt>) -> Result<Box<dyn Filesystem>> {
     match identify(&*volume)? {
         Some("ext") => Ok(Box::new(ext4::Ext4Fs::load(volume)?)),
         Some("fat") => Ok(Box::new(fat::FatFs::load(volume)?)),
+        Some("ntfs") => Ok(Box::new(self::ntfs::NtfsFs::load(volume)?)),
         Some(other) => Err(Error::Unsupported(other.to_owned())),
         None => Err(Error::UnknownFilesystem),
     }
