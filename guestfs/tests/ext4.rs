@@ -42,21 +42,18 @@ fn lists_stats_and_reads_like_the_source() {
     assert!(!names.iter().any(|n| n == "." || n == ".."));
 
     let src = dir.path().join("src");
-    for (path, mode) in [
-        ("/hello.txt", 0o644),
-        ("/bin/script.sh", 0o755),
-        ("/root/secret", 0o600),
-        ("/a/b/c/deep.txt", 0o640),
-        ("/empty", 0o644),
-        ("/big.bin", 0o644),
-    ] {
-        let e = fs.stat(path).unwrap();
-        let want = fs::read(src.join(&path[1..])).unwrap();
-        assert_eq!(e.kind, EntryKind::File, "{path}");
-        assert_eq!(e.mode, mode, "{path}");
-        assert_eq!(e.size, want.len() as u64, "{path}");
-        assert_eq!(common::read_all(&*fs, path).unwrap(), want, "{path}");
-    }
+    common::check_files(
+        &*fs,
+        &src,
+        &[
+            ("/hello.txt", 0o644),
+            ("/bin/script.sh", 0o755),
+            ("/root/secret", 0o600),
+            ("/a/b/c/deep.txt", 0o640),
+            ("/empty", 0o644),
+            ("/big.bin", 0o644),
+        ],
+    );
     assert_eq!(fs.stat("/hello.txt").unwrap().modified, Some(common::MTIME));
     assert_eq!(
         common::read_all(&*fs, "/big.bin").unwrap(),

@@ -1,11 +1,11 @@
 //! Guest filesystems behind one trait, and [`probe`] to pick the right one for a volume.
 //!
-//! Each backend (`ext4`, `fat`, `ntfs`) only answers for paths whose parent components are real
+//! Each backend (`ext4`, `fat`, `ntfs`, `xfs`) only answers for paths whose parent components are real
 //! directories ([`resolve::Tree`]); symlinks are resolved once, in `resolve`, inside the guest
 //! and with `..` clamped at its root, so no backend can be talked into following a link
 //! anywhere else, and none ever touches the host's filesystem.
 //!
-//! The handles are not `Send`: ext4-view, fatfs and ntfs keep their caches in `Rc`/`RefCell`. A
+//! The handles are not `Send`: ext4-view, fatfs, ntfs and lamxfs keep their state in `Rc`/`RefCell`. A
 //! caller on an async runtime opens and uses a filesystem inside one blocking task.
 
 mod budget;
@@ -13,6 +13,7 @@ mod ext4;
 mod fat;
 mod ntfs;
 mod resolve;
+mod xfs;
 
 use std::sync::Arc;
 
@@ -115,6 +116,7 @@ pub fn probe(volume: Arc<dyn ReadAt>) -> Result<Box<dyn Filesystem>> {
         Some("ext") => Ok(Box::new(ext4::Ext4Fs::load(volume)?)),
         Some("fat") => Ok(Box::new(fat::FatFs::load(volume)?)),
         Some("ntfs") => Ok(Box::new(self::ntfs::NtfsFs::load(volume)?)),
+        Some("xfs") => Ok(Box::new(xfs::XfsFs::load(volume)?)),
         Some(other) => Err(Error::Unsupported(other.to_owned())),
         None => Err(Error::UnknownFilesystem),
     }
@@ -197,7 +199,12 @@ mod tests {
         assert_eq!(identify(&v).unwrap(), Some("ext"));
         v[0..4].copy_from_slice(b"XFSB");
         assert_eq!(identify(&v).unwrap(), Some("xfs"));
-        assert!(matches!(probe(Arc::new(v)), Err(Error::Unsupported(s)) if s == "xfs"));
+        // The magic alone is not a volume: damaged, not unsupported.
+        assert!(matches!(probe(Arc::new(v.clone())), Err(Error::Corrupt(_))));
+        v[0..4].fill(0);
+        v[1024 + 56..1024 + 58].fill(0);
+        v[512..520].copy_from_slice(b"LABELONE");
+        assert!(matches!(probe(Arc::new(v)), Err(Error::Unsupported(s)) if s == "lvm2"));
         assert!(matches!(
             probe(Arc::new(vec![0u8; 10])),
             Err(Error::UnknownFilesystem)

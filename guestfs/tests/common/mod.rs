@@ -184,3 +184,51 @@ pub fn read_all(fs: &dyn Filesystem, path: &str) -> guestfs::Result<Vec<u8>> {
     );
     Ok(out)
 }
+
+/// A `mkfs.xfs -p` protofile of the tree at `src`: the root, then each entry as one line
+/// (name, type and mode, uid, gid, and the source file or link target), `$` closing each
+/// directory. Names are single tokens, so none may hold whitespace.
+pub fn xfs_protofile(src: &Path) -> String {
+    fn walk(dir: &Path, out: &mut String) {
+        let mut items: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap()).collect();
+        items.sort_by_key(|e| e.file_name());
+        for item in items {
+            let name = item.file_name().into_string().unwrap();
+            assert!(
+                !name.contains(char::is_whitespace),
+                "protofile names: {name}"
+            );
+            let meta = fs::symlink_metadata(item.path()).unwrap();
+            let mode = meta.permissions().mode() & 0o777;
+            let line = if meta.file_type().is_symlink() {
+                let target = fs::read_link(item.path()).unwrap();
+                format!("{name} l--777 0 0 {}\n", target.display())
+            } else if meta.is_dir() {
+                format!("{name} d--{mode:03o} 0 0\n")
+            } else {
+                format!("{name} ---{mode:03o} 0 0 {}\n", item.path().display())
+            };
+            out.push_str(&line);
+            if meta.is_dir() {
+                walk(&item.path(), out);
+            }
+        }
+        out.push_str("$\n");
+    }
+    let mut out = String::from("guestfs-test\n0 0\nd--755 0 0\n");
+    walk(src, &mut out);
+    out
+}
+
+/// Each `(guest path, mode)` is a regular file of that mode whose size and content are the
+/// source tree's file of the same path.
+pub fn check_files(fs: &dyn Filesystem, src: &Path, files: &[(&str, u32)]) {
+    for &(path, mode) in files {
+        let e = fs.stat(path).unwrap();
+        let want = fs::read(src.join(&path[1..])).unwrap();
+        assert_eq!(e.kind, guestfs::EntryKind::File, "{path}");
+        assert_eq!(e.mode, mode, "{path}");
+        assert_eq!(e.size, want.len() as u64, "{path}");
+        assert_eq!(read_all(fs, path).unwrap(), want, "{path}");
+    }
+}

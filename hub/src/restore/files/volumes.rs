@@ -106,8 +106,8 @@ pub struct Volume {
     pub size_bytes: u64,
     /// GPT type name or GUID, `mbr-0xNN`, or `whole-disk`.
     pub partition_type: String,
-    /// `ext4`, `fat`; or the name of a filesystem found but not readable here (`ntfs`, `xfs`,
-    /// `lvm2`, ...); absent when nothing known is on it.
+    /// `ext4`, `fat`, `ntfs`, `xfs`; or the name of what was found but is not readable here
+    /// (`lvm2`, `btrfs`, ...); absent when nothing known is on it.
     pub filesystem: Option<String>,
     /// Its files can be listed and downloaded.
     pub readable: bool,
