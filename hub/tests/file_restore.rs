@@ -7,104 +7,22 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::chain;
+use common::restore::*;
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
-const MIB: u64 = 1 << 20;
 /// Partition 1 (ext4) at 1 MiB, partition 2 (FAT) after it.
 const EXT4_MIB: u64 = 200;
 const FAT_MIB: u64 = 32;
 const DISK_MIB: u64 = 1 + EXT4_MIB + FAT_MIB + 1;
-const BIG: usize = 100 << 20;
-
-/// Whether a tool is installed (sbin included, where mke2fs and sfdisk live).
-fn have(tool: &str) -> bool {
-    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-        .iter()
-        .any(|d| Path::new(d).join(tool).exists())
-}
-
-macro_rules! require {
-    ($($tool:literal from $pkg:literal),+) => {
-        $(if !have($tool) {
-            eprintln!("SKIPPED: `{}` not found (apt-get install {})", $tool, $pkg);
-            return;
-        })+
-    };
-}
-
-/// The guest's tree: names with spaces and unicode, a 100 MiB file, deep and empty folders,
-/// relative and absolute symlinks (one to `/etc/passwd`, which the guest has its own of), a
-/// hard link and a sparse file.
-fn guest_tree(root: &Path, hello: &[u8]) {
-    let w = |p: &str, data: &[u8], mode: u32| {
-        let path = root.join(p);
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(&path, data).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
-    };
-    w("hello.txt", hello, 0o644);
-    w(
-        "etc/passwd",
-        b"guest-root:x:0:0:guest:/root:/bin/sh\n",
-        0o644,
-    );
-    w("etc/nginx/nginx.conf", b"worker_processes 4;\n", 0o640);
-    w(
-        "docs/with space/r\u{e9}sum\u{e9} \u{1f600}.txt",
-        "unicode \u{2713}\n".as_bytes(),
-        0o600,
-    );
-    w("a/b/c/d/e/f/g/h/deep.txt", b"deep down\n", 0o644);
-    let big: Vec<u8> = (0..BIG)
-        .map(|i| ((i * 31 + i / 4096 * 7) % 251) as u8)
-        .collect();
-    w("big.bin", &big, 0o644);
-    fs::create_dir_all(root.join("empty/nested-empty")).unwrap();
-    symlink("/etc/passwd", root.join("passwd-link")).unwrap();
-    symlink("nginx/nginx.conf", root.join("etc/conf-link")).unwrap();
-    symlink(
-        "../../../../../../../../etc/passwd",
-        root.join("docs/up-link"),
-    )
-    .unwrap();
-    fs::hard_link(root.join("hello.txt"), root.join("docs/hello-hardlink.txt")).unwrap();
-    let sparse = fs::File::create(root.join("sparse.img")).unwrap();
-    sparse.set_len(8 * MIB).unwrap();
-    drop(sparse);
-    let f = fs::OpenOptions::new()
-        .write(true)
-        .open(root.join("sparse.img"))
-        .unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&f, b"middle", 4 * MIB).unwrap();
-}
 
 /// A GPT disk: partition 1 ext4 made from `src`, partition 2 FAT with two files.
 fn guest_disk(dir: &Path, src: &Path, name: &str) -> PathBuf {
     let disk = dir.join(format!("{name}.raw"));
-    let f = fs::File::create(&disk).unwrap();
-    f.set_len(DISK_MIB * MIB).unwrap();
-    drop(f);
-    let script = format!(
-        "label: gpt\nstart=2048, size={}, type=linux\nstart={}, size={}, type=uefi\n",
-        EXT4_MIB * 2048,
-        (1 + EXT4_MIB) * 2048,
-        FAT_MIB * 2048
-    );
-    let mut sfdisk = Command::new("sfdisk");
-    sfdisk
-        .arg("-q")
-        .arg(&disk)
-        .stdin(std::process::Stdio::piped());
-    let mut child = sfdisk.spawn().unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success());
-
     let ext4 = dir.join(format!("{name}.ext4"));
     run_ok(
         Command::new("mke2fs")
@@ -135,124 +53,19 @@ fn guest_disk(dir: &Path, src: &Path, name: &str) -> PathBuf {
             .arg(efi.join("EFI"))
             .arg("::/"),
     );
-    let out = fs::OpenOptions::new().write(true).open(&disk).unwrap();
-    for (img, at) in [(&ext4, MIB), (&fat, (1 + EXT4_MIB) * MIB)] {
-        let data = fs::read(img).unwrap();
-        std::os::unix::fs::FileExt::write_all_at(&out, &data, at).unwrap();
-    }
-    disk
-}
-
-struct Api {
-    api: String,
-    token: String,
-}
-
-impl Api {
-    fn get(&self, path: &str) -> (u16, Value) {
-        http("GET", &self.api, path, Some(&self.token), None)
-    }
-
-    /// `curl` of `path` into `out`: the status, and the response headers (lowercase names).
-    fn curl(&self, path: &str, out: &Path, extra: &[&str]) -> (u16, BTreeMap<String, String>) {
-        let headers = out.with_extension("headers");
-        let o = run_ok(
-            Command::new("curl")
-                .args(["-sS", "--path-as-is", "-o"])
-                .arg(out)
-                .arg("-D")
-                .arg(&headers)
-                .args(["-w", "%{http_code}", "-H"])
-                .arg(format!("Authorization: Bearer {}", self.token))
-                .args(extra)
-                .arg(format!("http://{}{path}", self.api)),
-        );
-        let status = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
-        let text = fs::read_to_string(&headers).unwrap();
-        let map = text
-            .lines()
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        (status, map)
-    }
-}
-
-fn q(path: &str) -> String {
-    let mut s = String::new();
-    for b in path.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            s.push(b as char);
-        } else {
-            s.push_str(&format!("%{b:02X}"));
-        }
-    }
-    s
-}
-
-/// Every file, directory and symlink below `root`, as guest paths, with what it is.
-fn source_listing(root: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut todo = vec![root.to_path_buf()];
-    while let Some(dir) = todo.pop() {
-        for e in fs::read_dir(&dir).unwrap() {
-            let e = e.unwrap();
-            let p = e.path();
-            let rel = format!("/{}", p.strip_prefix(root).unwrap().to_str().unwrap());
-            let t = e.file_type().unwrap();
-            let kind = if t.is_symlink() {
-                format!("symlink {}", fs::read_link(&p).unwrap().display())
-            } else if t.is_dir() {
-                todo.push(p);
-                "directory".to_owned()
-            } else {
-                format!("file {}", e.metadata().unwrap().len())
-            };
-            out.insert(rel, kind);
-        }
-    }
-    out
-}
-
-fn listing_of(files: &Value, prefix: &str) -> BTreeMap<String, String> {
-    files
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| !f["path"].as_str().unwrap().contains("lost+found"))
-        .map(|f| {
-            let path = f["path"]
-                .as_str()
-                .unwrap()
-                .strip_prefix(prefix)
-                .unwrap()
-                .to_owned();
-            let kind = if f["is_symlink"] == true {
-                format!("symlink {}", f["symlink_target"].as_str().unwrap())
-            } else if f["type"] == "directory" {
-                "directory".to_owned()
-            } else {
-                format!("file {}", f["size"])
-            };
-            (path, kind)
-        })
-        .collect()
-}
-
-/// `diff -r` that compares symlinks as links.
-fn same_tree(a: &Path, b: &Path) {
-    let o = Command::new("diff")
-        .args(["-r", "--no-dereference"])
-        .arg(a)
-        .arg(b)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "trees differ:\n{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
+    let script = format!(
+        "label: gpt\nstart=2048, size={}, type=linux\nstart={}, size={}, type=uefi\n",
+        EXT4_MIB * 2048,
+        (1 + EXT4_MIB) * 2048,
+        FAT_MIB * 2048
     );
+    partitioned_disk(
+        &disk,
+        DISK_MIB,
+        &script,
+        &[(&ext4, MIB), (&fat, (1 + EXT4_MIB) * MIB)],
+    );
+    disk
 }
 
 #[test]
@@ -261,11 +74,7 @@ fn browse_and_download_a_backup_s_files() {
         "mcopy" from "mtools", "curl" from "curl", "nbdcopy" from "libnbd-bin", "unzip" from "unzip");
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (_hub, api, _nbd) = start_hub(&data);
-    let api = Api {
-        token: read_token(&data),
-        api,
-    };
+    let (_hub, api) = Api::start(&data);
     let src = dir.path().join("src");
     guest_tree(&src, b"hello from the full backup\n");
     let disk = guest_disk(dir.path(), &src, "full");
@@ -303,13 +112,7 @@ fn browse_and_download_a_backup_s_files() {
     );
 
     // Mount, as the GUI does.
-    let m = ok(http(
-        "POST",
-        &api.api,
-        "/api/v1/restore/mount",
-        Some(&api.token),
-        Some(&json!({"backup_id": full, "disk_index": 0})),
-    ));
+    let m = api.mount(&full, 0);
     let mid = m["mount_id"].as_str().unwrap().to_owned();
     assert_eq!(
         (&m["backup_id"], &m["disk_index"], &m["status"]),
@@ -428,35 +231,18 @@ fn browse_and_download_a_backup_s_files() {
     );
 
     // Traversal, plain and encoded, never reaches the host's files.
-    let host_line = fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|t| t.lines().next().map(str::to_owned))
-        .unwrap_or_else(|| "root:x:0:0:".to_owned());
-    for path in [
-        "/partition-1/../../../../etc/passwd",
-        "/partition-1/%2e%2e/%2e%2e/etc/passwd",
-        "%2F..%2F..%2Fetc%2Fpasswd",
-        "/../../../etc/passwd",
-        "/partition-1/..%2F..%2F..%2Fetc%2Fshadow",
-    ] {
-        let got = out.join("trav");
-        let _ = fs::remove_file(&got);
-        let (status, _) = api.curl(
-            &format!("/api/v1/restore/{mid}/download?path={path}"),
-            &got,
-            &[],
-        );
-        let body = fs::read(&got).unwrap_or_default();
-        assert!(
-            !String::from_utf8_lossy(&body).contains(&host_line),
-            "{path}: answered with the host's /etc/passwd"
-        );
-        assert!(
-            status == 200 && body == guest_passwd || (400..500).contains(&status),
-            "{path}: {status} {}",
-            String::from_utf8_lossy(&body)
-        );
-    }
+    api.never_leaves_the_guest(
+        &mid,
+        &[
+            "/partition-1/../../../../etc/passwd",
+            "/partition-1/%2e%2e/%2e%2e/etc/passwd",
+            "%2F..%2F..%2Fetc%2Fpasswd",
+            "/../../../etc/passwd",
+            "/partition-1/..%2F..%2F..%2Fetc%2Fshadow",
+        ],
+        &guest_passwd,
+        &out.join("trav"),
+    );
 
     // Ranges.
     let got = out.join("range");
@@ -480,43 +266,16 @@ fn browse_and_download_a_backup_s_files() {
     assert_eq!(status, 416);
 
     // Directories as archives: empty folders and symlinks kept.
-    let zip = out.join("etc.zip");
-    let (status, headers) = api.curl(
-        &format!("/api/v1/restore/{mid}/download-directory?path=/partition-1&format=zip"),
-        &zip,
-        &[],
-    );
-    assert_eq!(status, 200);
-    assert_eq!(headers["content-type"], "application/zip");
     let unzipped = out.join("unzipped");
-    run_ok(
-        Command::new("unzip")
-            .arg("-q")
-            .arg(&zip)
-            .arg("-d")
-            .arg(&unzipped),
-    );
+    api.unpacked(&mid, "/partition-1", "zip", &unzipped);
     let lost = unzipped.join("partition-1/lost+found");
     assert!(lost.is_dir());
     fs::remove_dir(&lost).unwrap();
     same_tree(&src, &unzipped.join("partition-1"));
-    let tgz = out.join("docs.tar.gz");
-    let (status, _) = api.curl(
-        &format!("/api/v1/restore/{mid}/download-directory?path=/partition-1/docs&format=tar.gz"),
-        &tgz,
-        &[],
-    );
-    assert_eq!(status, 200);
     let untarred = out.join("untarred");
-    fs::create_dir_all(&untarred).unwrap();
-    run_ok(
-        Command::new("tar")
-            .arg("-xzf")
-            .arg(&tgz)
-            .arg("-C")
-            .arg(&untarred),
-    );
+    api.unpacked(&mid, "/partition-1/docs", "tar.gz", &untarred);
     same_tree(&src.join("docs"), &untarred.join("docs"));
+    let zip = out.join("etc.zip");
     // A directory through `download` is a zip too.
     let (status, headers) = api.curl(
         &format!("/api/v1/restore/{mid}/download?path=/partition-1/empty"),
@@ -560,13 +319,7 @@ fn browse_and_download_a_backup_s_files() {
     let incr = chain::backup(&api.api, &api.token, "fs-vm", "incremental", size, |uri| {
         run_ok(Command::new("nbdcopy").arg(&disk2).arg(uri));
     });
-    let m2 = ok(http(
-        "POST",
-        &api.api,
-        "/api/v1/restore/mount",
-        Some(&api.token),
-        Some(&json!({"backup_id": incr, "disk_index": 0})),
-    ));
+    let m2 = api.mount(&incr, 0);
     let mid2 = m2["mount_id"].as_str().unwrap();
     for (mount, want) in [
         (mid2, "hello from the incremental\n"),

@@ -4,6 +4,7 @@
 
 pub mod chain;
 pub mod hub;
+pub mod restore;
 pub mod sna;
 pub mod standin;
 
