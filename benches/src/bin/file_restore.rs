@@ -1,7 +1,9 @@
 //! File-level restore against the disk-level restore of the same backup, in one run: a guest
-//! ext4 (made by `mke2fs -d`, no mount) holding one `--size-mib` file (random bytes) and a folder
-//! of `--entries` empty files is backed up into a `sendense-hub` (the release binary, defaults,
-//! a child process) over NBD; then, alternating for `--rounds`:
+//! filesystem (`--fs`, made with no mount: ext4 by `mke2fs -d`, XFS by `mkfs.xfs -p`, NTFS by
+//! `mkntfs` + `ntfscp`) holding one `--size-mib` file (random bytes) and a folder of
+//! `--entries` empty files (not on NTFS: ntfscp makes no folders, and one call per file would
+//! take hours) is backed up into a `sendense-hub` (the release binary, defaults, a child
+//! process) over NBD; then, alternating for `--rounds`:
 //! - `curl` downloads the file from a mount (`/api/v1/restore/{id}/download`) to /dev/null;
 //! - `nbdcopy` reads the disk from a restore export to `null:` (it reads only what is allocated:
 //!   the file's extents and the filesystem's metadata, about the file's size).
@@ -20,8 +22,18 @@ use clap::Parser;
 use rand::{RngCore, SeedableRng};
 use serde_json::{Value, json};
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Fs {
+    Ext4,
+    Xfs,
+    Ntfs,
+}
+
 #[derive(Parser)]
 struct Args {
+    /// The guest filesystem the file is restored from.
+    #[arg(long, value_enum, default_value = "ext4")]
+    fs: Fs,
     /// Size of the file restored, in MiB.
     #[arg(long, default_value_t = 1024)]
     size_mib: u64,
@@ -50,8 +62,8 @@ fn run(cmd: &mut Command) -> anyhow::Result<std::process::Output> {
     Ok(out)
 }
 
-/// The guest tree, and the ext4 image made from it.
-fn make_guest(dir: &Path, size: u64, entries: usize) -> anyhow::Result<PathBuf> {
+/// The guest tree, the image made from it, and the entries its folder got.
+fn make_guest(dir: &Path, fs: Fs, size: u64, entries: usize) -> anyhow::Result<(PathBuf, usize)> {
     let src = dir.join("src");
     std::fs::create_dir_all(src.join("many"))?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -65,21 +77,58 @@ fn make_guest(dir: &Path, size: u64, entries: usize) -> anyhow::Result<PathBuf> 
         left -= n as u64;
     }
     drop(f);
+    let entries = if fs == Fs::Ntfs { 0 } else { entries };
     for i in 0..entries {
         std::fs::File::create(src.join(format!("many/entry-{i:07}")))?;
     }
-    let image = dir.join("guest.ext4");
-    // Room for the file, the folder's inodes and the journal; 4 KiB blocks.
+    let image = dir.join("guest.img");
+    // Room for the file, the folder's inodes and the journal.
     let mib = size / (1 << 20) + (entries as u64 / 2_000) + 128;
-    run(Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext4", "-N"])
-        .arg((entries + 1000).to_string())
-        .arg("-d")
-        .arg(&src)
-        .arg(&image)
-        .arg(format!("{mib}M")))?;
+    match fs {
+        Fs::Ext4 => {
+            run(Command::new("mke2fs")
+                .args(["-q", "-F", "-t", "ext4", "-N"])
+                .arg((entries + 1000).to_string())
+                .arg("-d")
+                .arg(&src)
+                .arg(&image)
+                .arg(format!("{mib}M")))?;
+        }
+        Fs::Xfs => {
+            let mut proto = String::from("bench\n0 0\nd--755 0 0\n");
+            proto.push_str(&format!(
+                "big.bin ---644 0 0 {}\n",
+                src.join("big.bin").display()
+            ));
+            proto.push_str("many d--755 0 0\n");
+            let empty = src.join("empty");
+            std::fs::File::create(&empty)?;
+            for i in 0..entries {
+                proto.push_str(&format!("entry-{i:07} ---644 0 0 {}\n", empty.display()));
+            }
+            proto.push_str("$\n$\n");
+            let proto_path = dir.join("proto");
+            std::fs::write(&proto_path, proto)?;
+            // Two AGs each larger than the file: xfsprogs 6.1's protofile writer runs a file
+            // larger than its AG over the next AG's headers.
+            std::fs::File::create(&image)?.set_len((2 * mib) << 20)?;
+            run(Command::new("mkfs.xfs")
+                .args(["-q", "-f", "-d", "agcount=2", "-p"])
+                .arg(&proto_path)
+                .arg(&image))?;
+        }
+        Fs::Ntfs => {
+            std::fs::File::create(&image)?.set_len(mib << 20)?;
+            run(Command::new("mkntfs").args(["-F", "-Q", "-q"]).arg(&image))?;
+            run(Command::new("ntfscp")
+                .arg("-q")
+                .arg(&image)
+                .arg(src.join("big.bin"))
+                .arg("big.bin"))?;
+        }
+    }
     std::fs::remove_dir_all(&src)?;
-    Ok(image)
+    Ok((image, entries))
 }
 
 struct HubProc {
@@ -188,7 +237,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.dir)?;
     let work = tempfile::tempdir_in(&args.dir)?;
     let size = args.size_mib << 20;
-    let image = make_guest(work.path(), size, args.entries)?;
+    let (image, entries) = make_guest(work.path(), args.fs, size, args.entries)?;
     let capacity = std::fs::metadata(&image)?.len();
     let hub = start_hub(&bin, &work.path().join("data"))?;
 
@@ -250,15 +299,22 @@ fn main() -> anyhow::Result<()> {
         disk_gibs.push(size as f64 / gib / t.elapsed().as_secs_f64());
     }
 
-    let pid = hub.child.id();
-    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").context("resetting the peak RSS")?;
-    let before = rss_kib(pid, "VmRSS:").context("VmRSS")?;
-    let (list_secs, list_bytes) = hub.timed_get(&format!(
-        "/api/v1/restore/{mid}/files?path=/{volume}/many&limit={}",
-        args.entries
-    ))?;
-    let peak = rss_kib(pid, "VmHWM:").context("VmHWM")?;
-
+    let listing = if entries > 0 {
+        let pid = hub.child.id();
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "5").context("resetting the peak RSS")?;
+        let before = rss_kib(pid, "VmRSS:").context("VmRSS")?;
+        let (secs, bytes) = hub.timed_get(&format!(
+            "/api/v1/restore/{mid}/files?path=/{volume}/many&limit={entries}"
+        ))?;
+        let peak = rss_kib(pid, "VmHWM:").context("VmHWM")?;
+        format!(
+            "listing {entries} entries: {secs:.2} s, {} KiB of JSON, hub RSS {before} KiB -> peak {peak} KiB (+{} KiB)",
+            bytes / 1024,
+            peak.saturating_sub(before)
+        )
+    } else {
+        "listing: not measured on this filesystem".to_owned()
+    };
     let (f, d) = (median(file_gibs.clone()), median(disk_gibs.clone()));
     println!(
         "| what (warm, {} rounds alternating, medians) | GiB/s |",
@@ -266,19 +322,17 @@ fn main() -> anyhow::Result<()> {
     );
     println!("|---|--:|");
     println!(
-        "| file download, {} MiB from ext4 (curl) | {f:.2} |",
-        args.size_mib
+        "| file download, {} MiB from {} (curl) | {f:.2} |",
+        args.size_mib,
+        match args.fs {
+            Fs::Ext4 => "ext4",
+            Fs::Xfs => "XFS",
+            Fs::Ntfs => "NTFS",
+        }
     );
     println!("| nbdcopy of the restore export (the same bytes and metadata) | {d:.2} |");
     println!("ratio file/disk: {:.2}", f / d);
     println!("rounds: file {file_gibs:.2?} GiB/s, disk {disk_gibs:.2?} GiB/s");
-    println!(
-        "listing {} entries: {list_secs:.2} s, {} KiB of JSON, hub RSS {} KiB -> peak {} KiB (+{} KiB)",
-        args.entries,
-        list_bytes / 1024,
-        before,
-        peak,
-        peak.saturating_sub(before)
-    );
+    println!("{listing}");
     Ok(())
 }
