@@ -4,10 +4,12 @@
 use std::sync::Arc;
 
 use crate::fs::{EntryKind, probe};
+use crate::lvm::{logical_volumes, open_logical_volume};
 use crate::partition::detect;
 use crate::source::{ReadAt, Slice};
 
-/// One fuzz case: `data` as a whole disk and as one volume; every volume probed, its root and
+/// One fuzz case: `data` as a whole disk and as one volume (and the LVs of any LVM2 PV among
+/// them); every volume probed, its root and
 /// the directories below listed (a few), its files stat'ed and read in part. Errors are fine;
 /// panics, hangs and huge allocations are bugs.
 pub fn fuzz_one(data: &[u8]) {
@@ -17,6 +19,16 @@ pub fn fuzz_one(data: &[u8]) {
         for p in parts.into_iter().take(8) {
             if let Ok(s) = Slice::new(disk.clone(), p.start, p.len) {
                 volumes.push(Arc::new(s));
+            }
+        }
+    }
+    // A PV's logical volumes are volumes too.
+    for pv in volumes.clone() {
+        if let Ok(lvs) = logical_volumes(pv.clone()) {
+            for lv in lvs.into_iter().take(8) {
+                if let Ok(v) = open_logical_volume(pv.clone(), &lv.name) {
+                    volumes.push(v);
+                }
             }
         }
     }

@@ -7,6 +7,7 @@
 //!   front of a GPT, or no table at all (the whole disk is one volume);
 //! - [`fs::probe`]: the filesystem on a volume by its magic, behind the [`fs::Filesystem`]
 //!   trait (list, stat, open and stream a file);
+//! - [`lvm`]: the logical volumes of an LVM2 physical volume, each a [`ReadAt`] of its own;
 //! - [`path`]: resolving a guest path so that nothing (`..`, an absolute symlink) leaves the
 //!   guest filesystem.
 //!
@@ -21,6 +22,7 @@
 pub mod error;
 pub mod fs;
 pub mod fuzzing;
+pub mod lvm;
 pub mod partition;
 pub mod path;
 pub mod source;
@@ -30,5 +32,6 @@ pub use error::{Error, Result};
 pub use fs::{
     Entry, EntryKind, FileReader, Filesystem, Listing, MAX_LIST, VolumeInfo, identify, probe,
 };
+pub use lvm::{LogicalVolume, logical_volumes, open_logical_volume};
 pub use partition::{Partition, detect};
 pub use source::{ReadAt, Slice};

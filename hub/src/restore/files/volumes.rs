@@ -97,17 +97,19 @@ impl ReadAt for ImageDisk {
 /// One volume of a disk, as `GET .../volumes` and the root of a mount show it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Volume {
-    /// `partition-N` (N as in the partition table), or `whole-disk` when the disk has no table:
-    /// the directory the mount's root shows for it.
+    /// `partition-N` (N as in the partition table), `whole-disk` when the disk has no table,
+    /// `lvm-<vg>-<lv>` for a logical volume: the directory the mount's root shows for it.
     pub name: String,
-    /// The partition's number in its table; 0 for a whole disk.
+    /// The partition's number in its table (for an LV: its PV's); 0 for a whole disk.
     pub index: u32,
+    /// Where the partition starts (for an LV: its PV; an LV's extents lie anywhere in it).
     pub start_bytes: u64,
     pub size_bytes: u64,
-    /// GPT type name or GUID, `mbr-0xNN`, or `whole-disk`.
+    /// GPT type name or GUID, `mbr-0xNN`, `whole-disk`, or `lvm2-lv`.
     pub partition_type: String,
     /// `ext4`, `fat`, `ntfs`, `xfs`; or the name of what was found but is not readable here
-    /// (`lvm2`, `btrfs`, ...); absent when nothing known is on it.
+    /// (`btrfs`, `swap`, ...; `lvm2` for a PV, whose LVs follow it); absent when nothing known
+    /// is on it.
     pub filesystem: Option<String>,
     /// Its files can be listed and downloaded.
     pub readable: bool,
@@ -118,15 +120,31 @@ pub struct Volume {
     pub free_bytes: Option<u64>,
     /// Why it cannot be read, when it cannot.
     pub error: Option<String>,
+    /// For a logical volume (named `lvm-<vg>-<lv>`): its volume group. The partition (or disk)
+    /// holding the PV is listed too, as `lvm2` and not readable itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume_group: Option<String>,
+    /// For a logical volume: its name in the volume group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logical_volume: Option<String>,
 }
 
 impl Volume {
+    /// The volume's bytes: its partition's window of the disk, or the logical volume mapped
+    /// through its PV's segments.
     fn window(&self, disk: Arc<dyn ReadAt>) -> guestfs::Result<Arc<dyn ReadAt>> {
-        Ok(Arc::new(Slice::new(
-            disk,
-            self.start_bytes,
-            self.size_bytes,
-        )?))
+        let Some(lv) = &self.logical_volume else {
+            return Ok(Arc::new(Slice::new(
+                disk,
+                self.start_bytes,
+                self.size_bytes,
+            )?));
+        };
+        // The PV from its start to the disk's end: lamlvm bounds every segment by the PV's
+        // own header, so the partition's length (not kept for an LV) adds nothing.
+        let size = disk.size().saturating_sub(self.start_bytes);
+        let pv = Arc::new(Slice::new(disk, self.start_bytes, size)?);
+        guestfs::open_logical_volume(pv, lv)
     }
 
     /// The volume's filesystem, opened afresh: the handles guestfs gives are not `Send`, so
@@ -137,6 +155,7 @@ impl Volume {
 }
 
 /// The volumes of `disk`, each probed: a volume that cannot be read is listed with its error.
+/// A partition holding an LVM2 PV is followed by its logical volumes.
 pub(crate) fn scan(disk: Arc<dyn ReadAt>) -> guestfs::Result<Vec<Volume>> {
     let mut out = Vec::new();
     for p in guestfs::detect(&*disk)? {
@@ -158,30 +177,77 @@ pub(crate) fn scan(disk: Arc<dyn ReadAt>) -> guestfs::Result<Vec<Volume>> {
             used_bytes: None,
             free_bytes: None,
             error: None,
+            volume_group: None,
+            logical_volume: None,
         };
         let window = v.window(disk.clone())?;
-        v.filesystem = guestfs::identify(&*window)
-            .unwrap_or(None)
-            .map(|k| if k == "ext" { "ext4" } else { k }.to_owned());
-        match guestfs::probe(window) {
-            Ok(fs) => {
-                let info = fs.info();
-                v.readable = true;
-                v.filesystem = Some(fs.kind().to_owned());
-                v.label = info.label;
-                v.uuid = info.uuid;
-                v.total_bytes = info.total_bytes;
-                v.free_bytes = info.free_bytes;
-                v.used_bytes = info
-                    .total_bytes
-                    .zip(info.free_bytes)
-                    .map(|(t, f)| t.saturating_sub(f));
+        if identified(&*window).as_deref() == Some("lvm2") {
+            v.filesystem = Some("lvm2".to_owned());
+            let lvs = guestfs::logical_volumes(window);
+            v.error = Some(match &lvs {
+                Ok(_) => "an LVM2 physical volume: its logical volumes are listed after it".into(),
+                Err(e) => e.to_string(),
+            });
+            let pv = v.clone();
+            out.push(v);
+            for lv in lvs.unwrap_or_default() {
+                let mut v = Volume {
+                    name: format!("lvm-{}-{}", lv.vg, lv.name),
+                    size_bytes: lv.size.unwrap_or(0),
+                    partition_type: "lvm2-lv".to_owned(),
+                    filesystem: None,
+                    error: lv.error,
+                    volume_group: Some(lv.vg),
+                    logical_volume: Some(lv.name),
+                    ..pv.clone()
+                };
+                if v.error.is_none() {
+                    probe(&mut v, disk.clone());
+                }
+                out.push(v);
             }
-            Err(e) => v.error = Some(e.to_string()),
+            continue;
         }
+        probe(&mut v, disk.clone());
         out.push(v);
     }
     Ok(out)
+}
+
+/// What lies on a volume by its magic (`ext4`, `ntfs`, `lvm2`, ...), read or not.
+fn identified(window: &dyn ReadAt) -> Option<String> {
+    guestfs::identify(window)
+        .unwrap_or(None)
+        .map(|k| if k == "ext" { "ext4" } else { k }.to_owned())
+}
+
+/// Fills in what the filesystem on `v` says about itself, or why it cannot be read.
+fn probe(v: &mut Volume, disk: Arc<dyn ReadAt>) {
+    let window = match v.window(disk) {
+        Ok(w) => w,
+        Err(e) => {
+            v.error = Some(e.to_string());
+            return;
+        }
+    };
+    v.filesystem = identified(&*window);
+    match guestfs::probe(window) {
+        Ok(fs) => {
+            let info = fs.info();
+            v.readable = true;
+            v.error = None;
+            v.filesystem = Some(fs.kind().to_owned());
+            v.label = info.label;
+            v.uuid = info.uuid;
+            v.total_bytes = info.total_bytes;
+            v.free_bytes = info.free_bytes;
+            v.used_bytes = info
+                .total_bytes
+                .zip(info.free_bytes)
+                .map(|(t, f)| t.saturating_sub(f));
+        }
+        Err(e) => v.error = Some(e.to_string()),
+    }
 }
 
 /// A browse path split at its first component: the volume's name and the path inside it. A
