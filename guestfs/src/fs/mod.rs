@@ -156,8 +156,9 @@ pub fn identify(volume: &dyn ReadAt) -> Result<Option<&'static str>> {
             return Ok(Some("ext"));
         }
     }
-    if let Some(b) = peek(volume, 512, 8)? {
-        if &b == b"LABELONE" {
+    // LVM puts its label in one of the first four sectors (the second, unless told otherwise).
+    for sector in 0..4 {
+        if peek(volume, sector * 512, 8)?.is_some_and(|b| b == b"LABELONE") {
             return Ok(Some("lvm2"));
         }
     }
