@@ -30,6 +30,22 @@ async fn hub_with_vms(dir: &std::path::Path) -> (StandIn, TestHub, Vec<String>) 
     (sna, h, ids)
 }
 
+/// A machine group `web` holding `members` (`POST /machine-groups`, then `.../vms` with
+/// `body`'s extra fields): its id.
+async fn group_web(h: &TestHub, members: &[String], mut body: Value) -> String {
+    let (s, g) = h
+        .post("/api/v1/machine-groups", &json!({"name": "web"}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{g}");
+    let gid = g["id"].as_str().unwrap().to_owned();
+    body["vm_context_ids"] = json!(members);
+    let (s, r) = h
+        .post(&format!("/api/v1/machine-groups/{gid}/vms"), &body)
+        .await;
+    assert!(s.is_success(), "{r}");
+    gid
+}
+
 /// What `getFlowMachines` gathers and the table reads: `os_type` (lowercased unchecked),
 /// `cpu_count`, `memory_mb`, `power_state`, and `disks[].size_gb` summed.
 fn assert_machine(m: &Value, disks: &Value, cpus: Option<i64>, os: &str, gb: f64) {
@@ -55,14 +71,7 @@ fn assert_machine(m: &Value, disks: &Value, cpus: Option<i64>, os: &str, gb: f64
 async fn flow_machines_table_tsx() {
     let dir = tempfile::tempdir().unwrap();
     let (_sna, h, ids) = hub_with_vms(dir.path()).await;
-    let (s, g) = h
-        .post("/api/v1/machine-groups", &json!({"name": "web"}))
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{g}");
-    let gid = g["id"].as_str().unwrap();
-    let uri = format!("/api/v1/machine-groups/{gid}/vms");
-    let (s, r) = h.post(&uri, &json!({"vm_context_ids": ids})).await;
-    assert!(s.is_success(), "{r}");
+    let gid = group_web(&h, &ids, json!({})).await;
     let (s, members) = h.get(&format!("/api/v1/vm-groups/{gid}/members")).await;
     assert_eq!(s, StatusCode::OK, "{members}");
     for m in members["members"].as_array().unwrap() {
@@ -223,13 +232,7 @@ async fn create_group_modal_tsx() {
             assert!(v[f].is_string(), "{f}: {v}");
         }
     }
-    let (s, g) = h
-        .post("/api/v1/machine-groups", &json!({"name": "web"}))
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{g}");
-    let uri = format!("/api/v1/machine-groups/{}/vms", g["id"].as_str().unwrap());
-    let (s, r) = h.post(&uri, &json!({"vm_context_ids": [ids[0]]})).await;
-    assert!(s.is_success(), "{r}");
+    group_web(&h, &ids[..1], json!({})).await;
     let (_, u) = h.get("/api/v1/discovery/ungrouped-vms").await;
     let left: Vec<&str> = u["vms"]
         .as_array()
@@ -238,5 +241,44 @@ async fn create_group_modal_tsx() {
         .map(|v| v["context_id"].as_str().unwrap())
         .collect();
     assert_eq!(left, vec![ids[1].as_str()], "{u}");
+    h.stop().await;
+}
+
+/// `app/protection-groups/page.tsx`: `GET /vm-contexts` → `vm_contexts[]`, whose `groups[]`
+/// (`group_id`, `group_name`, `priority`, `enabled`) the Virtual Machines table shows as the
+/// VM's group, "Ungrouped" when empty, and whose count of empty ones is "N ungrouped".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn app_protection_groups_page_tsx() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_sna, h, ids) = hub_with_vms(dir.path()).await;
+    let gid = group_web(&h, &ids[..1], json!({"priority": 7})).await;
+    let (s, l) = h.get("/api/v1/vm-contexts").await;
+    assert_eq!(s, StatusCode::OK, "{l}");
+    let by_id = |id: &str| {
+        l["vm_contexts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["context_id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    let grouped = by_id(&ids[0]);
+    assert_eq!(
+        grouped["groups"],
+        json!([{"group_id": gid, "group_name": "web", "priority": 7, "enabled": true}]),
+        "{grouped}"
+    );
+    assert_eq!(grouped["group_count"], 1);
+    let ungrouped = by_id(&ids[1]);
+    assert_eq!(
+        (&ungrouped["groups"], &ungrouped["group_count"]),
+        (&json!([]), &json!(0))
+    );
+    // The machine details read the same context.
+    let (_, d) = h
+        .get(&format!("/api/v1/vm-contexts/by-id/{}", ids[0]))
+        .await;
+    assert_eq!(d["context"]["groups"][0]["group_name"], "web", "{d}");
     h.stop().await;
 }

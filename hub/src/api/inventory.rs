@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::ApiJson;
-use crate::catalog::{VmContext, VmDisk};
+use crate::catalog::{Membership, VmContext, VmDisk};
 use crate::inventory::discovery::{DiscoverRequest, DiscoverResponse};
 use crate::state::Hub;
 
@@ -22,16 +22,53 @@ pub struct VmContextView {
     /// `discovered`: every context is made by discovery, and the hub keeps no other state of
     /// a VM (its backups are under `/backups`).
     pub current_status: &'static str,
+    /// The machine groups it is in (`app/protection-groups/page.tsx`): at most one, since a VM
+    /// belongs to one group here; empty when ungrouped.
+    pub groups: Vec<GroupMembershipView>,
+    pub group_count: usize,
 }
 
-impl From<VmContext> for VmContextView {
-    fn from(context: VmContext) -> Self {
+/// A VM's place in a machine group, in the GUI's names.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct GroupMembershipView {
+    pub group_id: String,
+    pub group_name: String,
+    pub priority: u32,
+    pub enabled: bool,
+}
+
+impl VmContextView {
+    /// The view of `context`, in the group `membership` says (None: in none).
+    pub fn new(context: VmContext, membership: Option<(Membership, String)>) -> Self {
+        let groups: Vec<GroupMembershipView> = membership
+            .into_iter()
+            .map(|(m, group_name)| GroupMembershipView {
+                group_id: m.group_id,
+                group_name,
+                priority: m.priority,
+                enabled: m.enabled,
+            })
+            .collect();
         VmContextView {
             os_type: context.guest_os.clone(),
             cpu_count: known_cpus(context.num_cpu),
             current_status: "discovered",
+            group_count: groups.len(),
+            groups,
             context,
         }
+    }
+
+    /// Views of `contexts`, each with its group.
+    fn all(hub: &Hub, contexts: Vec<VmContext>) -> Result<Vec<Self>, ApiError> {
+        let mut memberships = hub.group_memberships()?;
+        Ok(contexts
+            .into_iter()
+            .map(|c| {
+                let m = memberships.remove(&c.context_id);
+                VmContextView::new(c, m)
+            })
+            .collect())
     }
 }
 
@@ -110,7 +147,7 @@ pub async fn discover(
 #[utoipa::path(get, path = "/api/v1/vm-contexts", operation_id = "list_vm_contexts", tag = "discovery",
     responses((status = 200, description = "Every VM context, by VM name", body = ContextList)))]
 pub async fn list(State(hub): State<Hub>) -> Result<Json<ContextList>, ApiError> {
-    let vm_contexts: Vec<VmContextView> = hub.vm_contexts()?.into_iter().map(Into::into).collect();
+    let vm_contexts = VmContextView::all(&hub, hub.vm_contexts()?)?;
     Ok(Json(ContextList {
         count: vm_contexts.len(),
         vm_contexts,
@@ -120,11 +157,7 @@ pub async fn list(State(hub): State<Hub>) -> Result<Json<ContextList>, ApiError>
 #[utoipa::path(get, path = "/api/v1/discovery/ungrouped-vms", operation_id = "ungrouped_vms", tag = "discovery",
     responses((status = 200, description = "VM contexts in no machine group", body = UngroupedVms)))]
 pub async fn ungrouped(State(hub): State<Hub>) -> Result<Json<UngroupedVms>, ApiError> {
-    let vms: Vec<VmContextView> = hub
-        .ungrouped_vm_contexts()?
-        .into_iter()
-        .map(Into::into)
-        .collect();
+    let vms = VmContextView::all(&hub, hub.ungrouped_vm_contexts()?)?;
     Ok(Json(UngroupedVms {
         count: vms.len(),
         vms,
@@ -143,8 +176,9 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<ContextDetails>, ApiError> {
     let (context, disks) = hub.vm_context(&id)?;
+    let membership = hub.group_memberships()?.remove(&context.context_id);
     Ok(Json(ContextDetails {
-        context: context.into(),
+        context: VmContextView::new(context, membership),
         disks: disk_views(disks),
     }))
 }

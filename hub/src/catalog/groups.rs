@@ -195,6 +195,23 @@ impl Catalog {
             .collect())
     }
 
+    /// Every grouped context's membership with its group's name, by context id.
+    pub fn memberships(&self) -> Result<HashMap<String, (Membership, String)>> {
+        let conn = self.conn.lock();
+        let columns = MEMBERSHIP_COLUMNS
+            .split(", ")
+            .map(|c| format!("m.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {columns}, g.name FROM group_members m JOIN machine_groups g ON g.id = m.group_id"
+        ))?;
+        let rows = stmt.query_map([], |row| Ok((membership_from_row(row)?, row.get(6)?)))?;
+        Ok(rows
+            .map(|r| r.map(|(m, name): (Membership, String)| (m.context_id.clone(), (m, name))))
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn membership(&self, context_id: &str) -> Result<Option<Membership>> {
         Ok(membership(&self.conn.lock(), context_id)?)
     }

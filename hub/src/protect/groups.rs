@@ -191,6 +191,14 @@ impl Hub {
     }
 
     /// VM contexts in no group: what the GUI's "Create Group" offers.
+    /// Each grouped VM context's group (id, name, the member's priority and enabled), by
+    /// context id.
+    pub fn group_memberships(
+        &self,
+    ) -> Result<std::collections::HashMap<String, (crate::catalog::Membership, String)>> {
+        self.catalog.memberships()
+    }
+
     pub fn ungrouped_vm_contexts(&self) -> Result<Vec<crate::catalog::VmContext>> {
         let mut out = Vec::new();
         for context in self.vm_contexts()? {

@@ -109,7 +109,9 @@ fn fields_mismatch(doc: &Value, schema: &Value, value: &Value, at: &str) -> Opti
 }
 
 use crate::api::credentials::{CredentialChanged, CredentialDeleted, CredentialList};
-use crate::api::inventory::{ContextDeleted, ContextDetails, ContextList, DiskList, VmDiskView};
+use crate::api::inventory::{
+    ContextDeleted, ContextDetails, ContextList, DiskList, VmContextView, VmDiskView,
+};
 use crate::catalog::{Credential, VmContext, VmDisk};
 use crate::inventory::credentials::CredentialView;
 use crate::inventory::discovery::{DiscoverResponse, DiscoveredVm, RefusedVm, SnaDisk, SnaVm};
@@ -227,7 +229,7 @@ fn inventory_answers() -> Vec<Answer> {
             "get",
             "/api/v1/vm-contexts",
             serde_json::to_value(ContextList {
-                vm_contexts: vec![context.clone().into()],
+                vm_contexts: vec![VmContextView::new(context.clone(), None)],
                 count: 1,
             }),
         ),
@@ -235,7 +237,7 @@ fn inventory_answers() -> Vec<Answer> {
             "get",
             "/api/v1/vm-contexts/{vm_name}",
             serde_json::to_value(ContextDetails {
-                context: context.clone().into(),
+                context: VmContextView::new(context.clone(), None),
                 disks: vec![VmDiskView {
                     size_gb: 1.0,
                     disk: disk.clone(),
