@@ -127,9 +127,11 @@ impl Hub {
             .path;
         let io = self.config.storage_io;
         let (r, i) = (removed.clone(), into.clone());
-        let merged = tokio::task::spawn_blocking(move || merge_disks(&r, &i, &repository, io, ctx))
-            .await
-            .map_err(|e| Error::Internal(format!("merge task: {e}")))?;
+        let retry = !first;
+        let merged =
+            tokio::task::spawn_blocking(move || merge_disks(&r, &i, &repository, io, ctx, retry))
+                .await
+                .map_err(|e| Error::Internal(format!("merge task: {e}")))?;
         let bytes = match merged {
             Ok(bytes) => bytes,
             Err(Failure::Untouched(err)) if first => {
@@ -170,6 +172,22 @@ impl Hub {
         }
         self.reserve.refill();
         Ok(bytes)
+    }
+}
+
+/// Clusters allocated and not referenced (leaks: harmless, but space) given back. After a merge
+/// ran out of space, so that its retry does not need the space a second time (only refcounts
+/// are rewritten, in place, which works on the full disk it ran out of); and after a retry.
+fn reclaim_leaks(parent: &Path) {
+    match qcow2::check::check(parent, true) {
+        Ok(report) => tracing::info!(
+            image = %parent.display(),
+            leaks_fixed = report.leaks_fixed,
+            "clusters an interrupted merge had taken given back"
+        ),
+        Err(err) => {
+            tracing::warn!(image = %parent.display(), %err, "leaks of an interrupted merge not reclaimed")
+        }
     }
 }
 
@@ -214,6 +232,7 @@ fn merge_disks(
     repository: &Path,
     io: qcow2::StorageIo,
     ctx: Option<JobContext>,
+    retry: bool,
 ) -> std::result::Result<u64, Failure> {
     let mut bytes = 0;
     let mut touched = false;
@@ -236,6 +255,9 @@ fn merge_disks(
             cancel: None,
         };
         let report = qcow2::merge::commit_to_backing(&disk.qcow2_path, &opts).map_err(|e| {
+            if e.kind() == qcow2::ErrorKind::NoSpace {
+                reclaim_leaks(&parent.qcow2_path);
+            }
             let untouched = !touched && refused_at_open(&e);
             let err = Error::image(&disk.qcow2_path)(e);
             if untouched {
@@ -247,6 +269,13 @@ fn merge_disks(
         touched = true;
         qcow2::merge::replace_child_with_backing(&report.parent, &disk.qcow2_path)
             .map_err(|e| Failure::Touched(Error::image(&disk.qcow2_path)(e)))?;
+        if retry {
+            // A merge run again rewrites, into new clusters, what the interrupted run had
+            // already written (the old copy stays valid until the new one is mapped), and
+            // leaves the old ones allocated: give them back. Nothing else holds the image
+            // while its chain is pruned.
+            reclaim_leaks(&disk.qcow2_path);
+        }
         bytes += report.bytes_written + report.zeroed_bytes;
     }
     Ok(bytes)

@@ -69,11 +69,27 @@ pub fn backup(
     size: usize,
     write: impl FnOnce(&str),
 ) -> String {
-    let body = json!({
+    backup_in(api, token, vm, kind, size, None, write)
+}
+
+/// [`backup`] into the repository `repository` (None: the default one).
+pub fn backup_in(
+    api: &str,
+    token: &str,
+    vm: &str,
+    kind: &str,
+    size: usize,
+    repository: Option<&str>,
+    write: impl FnOnce(&str),
+) -> String {
+    let mut body = json!({
         "vm_name": vm,
         "backup_type": kind,
         "disks": [{ "disk_id": 0, "vmware_disk_key": 2000, "capacity_bytes": size }],
     });
+    if let Some(r) = repository {
+        body["repository_id"] = json!(r);
+    }
     let b = ok(http(
         "POST",
         api,
