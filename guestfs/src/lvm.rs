@@ -14,6 +14,7 @@ use embedded_io::{ErrorKind, ErrorType, Read, Seek, SeekFrom};
 use lamlvm::{Lvm2, OwnedLvReader};
 
 use crate::error::{Error, Result};
+use crate::fs::guarded;
 use crate::source::ReadAt;
 
 /// One logical volume of a PV's volume group, as its metadata describes it.
@@ -30,6 +31,10 @@ pub struct LogicalVolume {
 /// The LVs of the volume group on `pv` that LVM shows (not the hidden parts of RAID or thin
 /// LVs), in the metadata's order.
 pub fn logical_volumes(pv: Arc<dyn ReadAt>) -> Result<Vec<LogicalVolume>> {
+    guarded("lvm2", "listing its volumes", || list(pv))
+}
+
+fn list(pv: Arc<dyn ReadAt>) -> Result<Vec<LogicalVolume>> {
     let lvm = open(&pv)?;
     let mut out = Vec::new();
     for lv in lvm.lvs() {
@@ -54,6 +59,10 @@ pub fn logical_volumes(pv: Arc<dyn ReadAt>) -> Result<Vec<LogicalVolume>> {
 
 /// The bytes of the LV `name` on `pv`.
 pub fn open_logical_volume(pv: Arc<dyn ReadAt>, name: &str) -> Result<Arc<dyn ReadAt>> {
+    guarded("lvm2", name, || open_lv(pv, name))
+}
+
+fn open_lv(pv: Arc<dyn ReadAt>, name: &str) -> Result<Arc<dyn ReadAt>> {
     let lvm = open(&pv)?;
     let cursor = PvCursor::new(pv);
     let fault = cursor.fault.clone();
@@ -166,6 +175,12 @@ impl ReadAt for Lv {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         crate::source::check_bounds(offset, buf.len(), self.size)?;
+        guarded("lvm2", "reading a volume", || self.read_mapped(buf, offset))
+    }
+}
+
+impl Lv {
+    fn read_mapped(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let mut reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let failed = |e: lamlvm::OpenLvError<PvError>| {
             PvCursor::take_fault(&self.fault, || {

@@ -17,6 +17,8 @@ mod xfs;
 
 use std::sync::Arc;
 
+pub(crate) use resolve::guarded;
+
 use crate::error::{Error, Result};
 use crate::source::ReadAt;
 
@@ -112,14 +114,15 @@ pub trait Filesystem {
 /// Which filesystem lies on a volume, by its magic numbers; the known ones that cannot be
 /// read yet are `Unsupported` with their name rather than `UnknownFilesystem`.
 pub fn probe(volume: Arc<dyn ReadAt>) -> Result<Box<dyn Filesystem>> {
-    match identify(&*volume)? {
-        Some("ext") => Ok(Box::new(ext4::Ext4Fs::load(volume)?)),
+    let kind = identify(&*volume)?;
+    resolve::guarded(kind.unwrap_or("volume"), "opening it", || match kind {
+        Some("ext") => Ok(Box::new(ext4::Ext4Fs::load(volume)?) as Box<dyn Filesystem>),
         Some("fat") => Ok(Box::new(fat::FatFs::load(volume)?)),
         Some("ntfs") => Ok(Box::new(self::ntfs::NtfsFs::load(volume)?)),
         Some("xfs") => Ok(Box::new(xfs::XfsFs::load(volume)?)),
         Some(other) => Err(Error::Unsupported(other.to_owned())),
         None => Err(Error::UnknownFilesystem),
-    }
+    })
 }
 
 /// Reads `len` bytes at `offset`, or `None` when the volume is too small to have them.

@@ -106,42 +106,92 @@ fn sanitize(parent: &[String], e: &mut Entry) {
     }
 }
 
+/// Runs a call into a filesystem crate, turning a panic in it into `Corrupt`. The crates are
+/// meant not to panic on any input, but one that computes with the image's numbers unchecked
+/// (fatfs takes 2 from a cluster number, which a damaged FAT can make 0 or 1) panics on
+/// overflow in a debug build and reads from a wrapped offset in a release one, where our
+/// bounds checks refuse it. Either way the caller gets an error, not a dead thread.
+pub(crate) fn guarded<R>(kind: &str, what: &str, f: impl FnOnce() -> Result<R>) -> Result<R> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(Error::Corrupt(format!(
+            "{kind}: the filesystem's structures make no sense ({what})"
+        )))
+    })
+}
+
+/// A file reader whose calls are [`guarded`].
+struct Guarded<'a> {
+    inner: Box<dyn FileReader + 'a>,
+    kind: &'static str,
+    path: String,
+}
+
+impl FileReader for Guarded<'_> {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
+        let (kind, path) = (self.kind, &self.path);
+        let inner = &mut self.inner;
+        guarded(kind, path, || inner.read(buf))
+    }
+    fn seek(&mut self, pos: u64) -> Result<()> {
+        let (kind, path) = (self.kind, &self.path);
+        let inner = &mut self.inner;
+        guarded(kind, path, || inner.seek(pos))
+    }
+}
+
 impl<T: Tree> Filesystem for T {
     fn kind(&self) -> &'static str {
         Tree::kind(self)
     }
 
     fn list_limited(&self, p: &str, limit: usize) -> Result<super::Listing> {
-        let (parts, entry) = resolve(self, p, true)?;
-        if entry.kind != EntryKind::Directory {
-            return Err(Error::NotADirectory(entry.path));
-        }
-        let (mut entries, truncated) = self.list_dir(&parts, limit)?;
-        for e in &mut entries {
-            sanitize(&parts, e);
-        }
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(super::Listing { entries, truncated })
+        guarded(Tree::kind(self), p, || list_limited(self, p, limit))
     }
 
     fn info(&self) -> super::VolumeInfo {
-        Tree::info(self)
+        guarded(Tree::kind(self), "volume info", || Ok(Tree::info(self))).unwrap_or_default()
     }
 
     fn stat(&self, p: &str) -> Result<Entry> {
-        Ok(resolve(self, p, false)?.1)
+        guarded(Tree::kind(self), p, || Ok(resolve(self, p, false)?.1))
     }
 
     fn open(&self, p: &str) -> Result<Box<dyn FileReader + '_>> {
-        let (parts, entry) = resolve(self, p, true)?;
-        match entry.kind {
-            EntryKind::File => self.open_file(&parts, &entry),
-            EntryKind::Directory => Err(Error::IsADirectory(entry.path)),
-            _ => Err(Error::Unsupported(format!(
-                "{} is not a regular file",
-                entry.path
-            ))),
-        }
+        let kind = Tree::kind(self);
+        let inner = guarded(kind, p, || open(self, p))?;
+        Ok(Box::new(Guarded {
+            inner,
+            kind,
+            path: p.to_owned(),
+        }))
+    }
+}
+
+fn list_limited<T: Tree + ?Sized>(tree: &T, p: &str, limit: usize) -> Result<super::Listing> {
+    let (parts, entry) = resolve(tree, p, true)?;
+    if entry.kind != EntryKind::Directory {
+        return Err(Error::NotADirectory(entry.path));
+    }
+    let (mut entries, truncated) = tree.list_dir(&parts, limit)?;
+    for e in &mut entries {
+        sanitize(&parts, e);
+    }
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(super::Listing { entries, truncated })
+}
+
+fn open<'a, T: Tree + ?Sized>(tree: &'a T, p: &str) -> Result<Box<dyn FileReader + 'a>> {
+    let (parts, entry) = resolve(tree, p, true)?;
+    match entry.kind {
+        EntryKind::File => tree.open_file(&parts, &entry),
+        EntryKind::Directory => Err(Error::IsADirectory(entry.path)),
+        _ => Err(Error::Unsupported(format!(
+            "{} is not a regular file",
+            entry.path
+        ))),
     }
 }
 
