@@ -181,8 +181,8 @@ pub(crate) fn scan(disk: Arc<dyn ReadAt>) -> guestfs::Result<Vec<Volume>> {
             logical_volume: None,
         };
         let window = v.window(disk.clone())?;
-        if identified(&*window).as_deref() == Some("lvm2") {
-            v.filesystem = Some("lvm2".to_owned());
+        v.filesystem = identified(&*window);
+        if v.filesystem.as_deref() == Some("lvm2") {
             let lvs = guestfs::logical_volumes(window);
             v.error = Some(match &lvs {
                 Ok(_) => "an LVM2 physical volume: its logical volumes are listed after it".into(),
@@ -202,13 +202,19 @@ pub(crate) fn scan(disk: Arc<dyn ReadAt>) -> guestfs::Result<Vec<Volume>> {
                     ..pv.clone()
                 };
                 if v.error.is_none() {
-                    probe(&mut v, disk.clone());
+                    match v.window(disk.clone()) {
+                        Ok(window) => {
+                            v.filesystem = identified(&*window);
+                            probe(&mut v, window);
+                        }
+                        Err(e) => v.error = Some(e.to_string()),
+                    }
                 }
                 out.push(v);
             }
             continue;
         }
-        probe(&mut v, disk.clone());
+        probe(&mut v, window);
         out.push(v);
     }
     Ok(out)
@@ -221,16 +227,9 @@ fn identified(window: &dyn ReadAt) -> Option<String> {
         .map(|k| if k == "ext" { "ext4" } else { k }.to_owned())
 }
 
-/// Fills in what the filesystem on `v` says about itself, or why it cannot be read.
-fn probe(v: &mut Volume, disk: Arc<dyn ReadAt>) {
-    let window = match v.window(disk) {
-        Ok(w) => w,
-        Err(e) => {
-            v.error = Some(e.to_string());
-            return;
-        }
-    };
-    v.filesystem = identified(&*window);
+/// Fills in what the filesystem on `v` (its bytes: `window`) says about itself, or why it
+/// cannot be read.
+fn probe(v: &mut Volume, window: Arc<dyn ReadAt>) {
     match guestfs::probe(window) {
         Ok(fs) => {
             let info = fs.info();
