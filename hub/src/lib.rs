@@ -7,6 +7,7 @@ pub mod api;
 pub mod backup;
 pub mod catalog;
 pub mod config;
+pub mod copy;
 pub mod error;
 pub mod export;
 pub mod inventory;

@@ -59,6 +59,7 @@ impl Hub {
         let jobs = crate::jobs::Jobs::new(catalog.clone());
         let stopped: Vec<String> = jobs.recover()?.into_iter().map(|j| j.id).collect();
         catalog.fail_executions_of(&stopped, "hub stopped")?;
+        catalog.fail_unfinished_copies()?;
         let hub = Hub::from_inner(Inner {
             config,
             catalog,
@@ -223,7 +224,7 @@ fn load_credential_key(
     if config.credential_key.is_none() {
         crate::inventory::credentials::finish_rotation(data, catalog)?;
     }
-    let sealed = catalog.credentials()?.len();
+    let sealed = catalog.credentials()?.len() + catalog.repository_secrets()?.len();
     crate::sys::secrets::load_or_create_key(data, config.credential_key.as_ref(), sealed)
 }
 

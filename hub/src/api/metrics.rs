@@ -85,7 +85,7 @@ pub async fn metrics(State(hub): State<Hub>) -> Result<impl IntoResponse, ApiErr
         "# HELP sendense_repository_free_bytes Free bytes on each repository's filesystem.\n",
     );
     out.push_str("# TYPE sendense_repository_free_bytes gauge\n");
-    for repo in hub.catalog.repositories()? {
+    for repo in hub.catalog.local_repositories()? {
         if let Ok(cap) = crate::repo::manage::Capacity::of(&repo.path) {
             let free = cap.available_bytes;
             let _ = writeln!(

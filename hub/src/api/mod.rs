@@ -8,6 +8,7 @@
 
 mod auth;
 mod backups;
+mod copies;
 mod credentials;
 mod error;
 pub mod extract;
@@ -91,6 +92,12 @@ fn backup_routes() -> Router<Hub> {
         )
         .route("/api/v1/prune", post(prune::prune))
         .route("/api/v1/backups/{id}/verify", post(verify::verify_backup))
+        .route("/api/v1/backups/{id}/copy", post(copies::copy))
+        .route("/api/v1/backups/{id}/copies", get(copies::copies))
+        .route(
+            "/api/v1/repositories/{id}/copies",
+            get(copies::repository_copies),
+        )
         .route("/api/v1/verify", post(verify::verify))
         .route(
             "/api/v1/repositories/{id}/verify-new-backups",

@@ -11,9 +11,11 @@ use serde::Deserialize;
 use super::error::{ApiError, ErrorBody};
 use super::extract::ApiJson;
 use super::repository_views::*;
+use crate::catalog::S3Settings;
 use crate::error::Error;
-use crate::repo::manage::{Capacity, Location, NewRepository};
+use crate::repo::manage::{Capacity, Location, NewRepository, Place, place_of};
 use crate::state::Hub;
+use crate::sys::secrets::Secret;
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct CreateRepository {
@@ -27,7 +29,7 @@ pub struct CreateRepository {
     #[schema(value_type = Option<String>)]
     #[serde(default)]
     path: Option<PathBuf>,
-    /// `local` (the default); other kinds are refused.
+    /// `local` (the default) or `s3` (copies only); other kinds are refused.
     #[serde(default, rename = "type")]
     kind: Option<String>,
     /// Only true: the hub has no disabled repositories.
@@ -45,9 +47,23 @@ pub struct CreateRepository {
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(try_from = "serde_json::Map<String, serde_json::Value>")]
 pub struct RepositoryConfig {
+    /// A local repository's directory.
     #[schema(value_type = Option<String>)]
     path: Option<PathBuf>,
     description: Option<String>,
+    /// An S3 repository: `http(s)://host[:port]`.
+    endpoint: Option<String>,
+    /// `us-east-1` when absent.
+    region: Option<String>,
+    bucket: Option<String>,
+    /// Keys go under `<prefix>/`.
+    prefix: Option<String>,
+    access_key_id: Option<String>,
+    /// Sealed at rest with the credential key; never shown again.
+    #[schema(value_type = Option<String>, format = Password, write_only)]
+    secret_access_key: Option<Secret>,
+    /// Path-style requests (`host/bucket/key`); most self-hosted stores want true.
+    path_style: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -56,6 +72,20 @@ struct ConfigFields {
     path: Option<PathBuf>,
     #[serde(default)]
     description: Option<String>,
+    #[serde(default)]
+    endpoint: Option<String>,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    bucket: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    access_key_id: Option<String>,
+    #[serde(default)]
+    secret_access_key: Option<Secret>,
+    #[serde(default)]
+    path_style: Option<bool>,
 }
 
 impl TryFrom<serde_json::Map<String, serde_json::Value>> for RepositoryConfig {
@@ -66,6 +96,13 @@ impl TryFrom<serde_json::Map<String, serde_json::Value>> for RepositoryConfig {
         Ok(RepositoryConfig {
             path: f.path,
             description: f.description,
+            endpoint: f.endpoint,
+            region: f.region,
+            bucket: f.bucket,
+            prefix: f.prefix,
+            access_key_id: f.access_key_id,
+            secret_access_key: f.secret_access_key,
+            path_style: f.path_style,
         })
     }
 }
@@ -106,8 +143,34 @@ fn location(
             };
             Ok(Location::Local { path })
         }
+        "s3" => {
+            let c = config.ok_or_else(|| {
+                ApiError::BadRequest(
+                    "an s3 repository needs config: {endpoint, bucket, access_key_id, \
+                     secret_access_key, region?, prefix?, path_style?}"
+                        .into(),
+                )
+            })?;
+            let need = |v: &Option<String>, name: &str| {
+                v.clone()
+                    .ok_or_else(|| ApiError::BadRequest(format!("config.{name} is required")))
+            };
+            Ok(Location::S3 {
+                settings: S3Settings {
+                    endpoint: need(&c.endpoint, "endpoint")?,
+                    region: c.region.clone().unwrap_or_default(),
+                    bucket: need(&c.bucket, "bucket")?,
+                    prefix: c.prefix.clone().unwrap_or_default(),
+                    access_key_id: need(&c.access_key_id, "access_key_id")?,
+                    path_style: c.path_style.unwrap_or(false),
+                },
+                secret: c.secret_access_key.clone().ok_or_else(|| {
+                    ApiError::BadRequest("config.secret_access_key is required".into())
+                })?,
+            })
+        }
         other => Err(ApiError::BadRequest(format!(
-            "repository type {:?} is not supported: only \"local\"",
+            "repository type {:?} is not supported: only \"local\" and \"s3\"",
             other.chars().take(32).collect::<String>()
         ))),
     }
@@ -166,7 +229,10 @@ pub async fn create(
 }
 
 /// A refusal about the location becomes a failed test; anything else stays an error.
-fn verdict(result: crate::error::Result<Capacity>, ok: &str) -> Result<RepositoryTest, ApiError> {
+fn verdict(
+    result: crate::error::Result<Option<Capacity>>,
+    ok: &str,
+) -> Result<RepositoryTest, ApiError> {
     match result {
         Ok(cap) => Ok(tested(cap, ok.into())),
         Err(Error::Invalid(why) | Error::Conflict(why)) => Ok(failed_test(why)),
@@ -187,7 +253,7 @@ pub async fn test_config(
         Err(ApiError::BadRequest(why)) => return Ok(Json(failed_test(why))),
         Err(e) => return Err(e),
     };
-    let result = hub.test_location(&location);
+    let result = hub.test_location(&location).await;
     Ok(Json(verdict(result, "the location can hold images")?))
 }
 
@@ -199,7 +265,7 @@ pub async fn test(
     State(hub): State<Hub>,
     Path(id): Path<String>,
 ) -> Result<Json<RepositoryTest>, ApiError> {
-    let result = hub.test_repository(&id);
+    let result = hub.test_repository(&id).await;
     Ok(Json(verdict(result, "the repository can hold images")?))
 }
 
@@ -207,10 +273,14 @@ pub async fn test(
     responses((status = 200, description = "How many repositories' filesystems could be read; the figures are read at every answer, so nothing is cached", body = StorageRefreshed)))]
 pub async fn refresh_storage(State(hub): State<Hub>) -> Result<Json<StorageRefreshed>, ApiError> {
     let repos = hub.catalog.repositories()?;
-    let failed = repos
-        .iter()
-        .filter(|r| Capacity::of(&r.path).is_err())
-        .count();
+    let mut failed = 0;
+    for r in &repos {
+        let ok = match place_of(r) {
+            Place::Local(path) => Capacity::of(path).is_ok(),
+            Place::S3(_) => hub.test_repository(&r.id).await.is_ok(),
+        };
+        failed += usize::from(!ok);
+    }
     let refreshed = repos.len() - failed;
     Ok(Json(StorageRefreshed {
         success: true,
@@ -230,13 +300,38 @@ pub async fn storage(
     Path(id): Path<String>,
 ) -> Result<Json<RepositoryStorage>, ApiError> {
     let repo = hub.repository_or_404(&id)?;
-    let cap = Capacity::of(&repo.path)
-        .map_err(|e| ApiError::Unavailable(format!("cannot read {}: {e}", repo.path.display())))?;
-    let backups = hub.catalog.repository_backup_count(&id)?;
+    let info = match place_of(&repo) {
+        Place::Local(path) => {
+            let cap = Capacity::of(path).map_err(|e| {
+                ApiError::Unavailable(format!("cannot read {}: {e}", path.display()))
+            })?;
+            storage_info(&cap, hub.catalog.repository_backup_count(&id)?)
+        }
+        Place::S3(_) => copies_storage(&hub, &id)?,
+    };
     Ok(Json(RepositoryStorage {
         repository_id: repo.id,
-        info: storage_info(&cap, backups),
+        info,
     }))
+}
+
+/// A bucket has no capacity to read: its figures are what the completed copies in it hold
+/// (`total_bytes` and `available_bytes` 0: unknown), and `backup_count` counts those copies.
+fn copies_storage(hub: &Hub, id: &str) -> Result<StorageInfo, ApiError> {
+    let copies = hub.catalog.copies_in_repository(id)?;
+    let done: Vec<_> = copies
+        .iter()
+        .filter(|c| c.status == crate::catalog::CopyStatus::Completed)
+        .collect();
+    let used = done.iter().map(|c| c.size_bytes).sum();
+    Ok(StorageInfo {
+        total_bytes: 0,
+        used_bytes: used,
+        available_bytes: 0,
+        used_percent: 0.0,
+        backup_count: done.len() as u64,
+        last_check_at: crate::catalog::fmt_time(crate::state::now()),
+    })
 }
 
 #[utoipa::path(delete, path = "/api/v1/repositories/{id}", operation_id = "delete_repository", tag = "repositories",

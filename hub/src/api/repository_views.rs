@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::catalog::{Repository, fmt_time};
 use crate::error::Result;
-use crate::repo::manage::{Capacity, Location, location_of};
+use crate::repo::manage::{Capacity, Place, place_of};
 use crate::state::{Hub, now};
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -19,7 +19,7 @@ pub struct RepositoryView {
     pub capacity_bytes: Option<u64>,
     /// What can still be written there; null when it cannot be read.
     pub free_bytes: Option<u64>,
-    /// `local` (the only kind today).
+    /// `local` or `s3`.
     #[serde(rename = "type")]
     pub kind: String,
     /// Always true: the hub has no disabled repositories.
@@ -37,9 +37,23 @@ pub struct RepositoryView {
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RepositoryConfigView {
+    /// The directory; for an S3 repository `s3://<bucket>/<prefix>`.
     pub path: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// An S3 repository's settings as given, all but the secret access key (never shown).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3ConfigView>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct S3ConfigView {
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub prefix: String,
+    pub access_key_id: String,
+    pub path_style: bool,
 }
 
 /// The repository's filesystem, read when the answer was made (there is no cache to refresh).
@@ -135,13 +149,13 @@ pub fn storage_info(cap: &Capacity, backup_count: u64) -> StorageInfo {
     }
 }
 
-pub fn tested(cap: Capacity, message: String) -> RepositoryTest {
+pub fn tested(cap: Option<Capacity>, message: String) -> RepositoryTest {
     RepositoryTest {
         success: true,
         message,
         error: None,
         error_details: None,
-        storage: Some(TestedStorage {
+        storage: cap.map(|cap| TestedStorage {
             total_bytes: cap.total_bytes,
             available_bytes: cap.available_bytes,
             writable: true,
@@ -162,9 +176,22 @@ pub fn failed_test(why: String) -> RepositoryTest {
 impl Hub {
     pub fn repository_view(&self, r: &Repository) -> Result<RepositoryView> {
         let backup_count = self.catalog.repository_backup_count(&r.id)?;
-        let location = location_of(r);
-        let Location::Local { path } = &location;
-        let cap = Capacity::of(path).ok();
+        // A bucket has no size to read: its figures stay null.
+        let (kind, cap, s3) = match place_of(r) {
+            Place::Local(path) => ("local", Capacity::of(path).ok(), None),
+            Place::S3(s) => (
+                "s3",
+                None,
+                Some(S3ConfigView {
+                    endpoint: s.endpoint.clone(),
+                    region: s.region.clone(),
+                    bucket: s.bucket.clone(),
+                    prefix: s.prefix.clone(),
+                    access_key_id: s.access_key_id.clone(),
+                    path_style: s.path_style,
+                }),
+            ),
+        };
         Ok(RepositoryView {
             id: r.id.clone(),
             name: r.name.clone(),
@@ -172,12 +199,13 @@ impl Hub {
             created_at: fmt_time(r.created_at),
             capacity_bytes: cap.map(|c| c.total_bytes),
             free_bytes: cap.map(|c| c.available_bytes),
-            kind: location.kind().into(),
+            kind: kind.into(),
             enabled: true,
             is_immutable: false,
             config: RepositoryConfigView {
-                path: path.display().to_string(),
+                path: r.path.display().to_string(),
                 description: r.description.clone(),
+                s3,
             },
             storage_info: cap.map(|c| storage_info(&c, backup_count)),
             storage: cap.map(|c| StorageUse {

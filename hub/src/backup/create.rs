@@ -155,6 +155,18 @@ fn ready_backup(
     }
 }
 
+/// Backups are written over NBD into files: a bucket holds copies of them, not the backups.
+pub(crate) fn refuse_bucket(repo: &crate::catalog::Repository) -> Result<()> {
+    match repo.s3 {
+        Some(_) => Err(Error::Invalid(format!(
+            "repository {:?} is an S3 bucket: it holds copies of backups (a policy's copy rules, \
+             POST /api/v1/backups/{{id}}/copy), not backups themselves",
+            repo.id
+        ))),
+        None => Ok(()),
+    }
+}
+
 impl Hub {
     pub async fn create_backup(&self, req: CreateBackup) -> Result<Backup> {
         validate(&req)?;
@@ -167,6 +179,7 @@ impl Hub {
             .catalog
             .repository(&repository_id)?
             .ok_or_else(|| Error::NotFound(format!("no repository {repository_id:?}")))?;
+        refuse_bucket(&repo)?;
         self.refuse_second_backup(&req.vm_name)?;
         if let Some(job) = self.pruning(&req.vm_name, &repository_id)? {
             return Err(Error::Conflict(format!(

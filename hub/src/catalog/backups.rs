@@ -381,6 +381,7 @@ mod tests {
                 path: dir.path().into(),
                 created_at: OffsetDateTime::now_utc(),
                 description: None,
+                s3: None,
             };
             cat.insert_repository(&repo).unwrap();
             assert!(matches!(

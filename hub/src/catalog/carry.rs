@@ -175,6 +175,7 @@ mod tests {
             path: format!("/srv/{id}").into(),
             created_at: time::OffsetDateTime::now_utc(),
             description: None,
+            s3: None,
         }
     }
 

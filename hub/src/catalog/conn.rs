@@ -22,6 +22,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0007_retention.sql"),
     include_str!("../../migrations/0008_verify.sql"),
     include_str!("../../migrations/0009_repository_description.sql"),
+    include_str!("../../migrations/0010_s3_copies.sql"),
 ];
 
 pub struct Catalog {

@@ -180,9 +180,12 @@ impl Catalog {
     }
 
     /// Re-seal every credential's password in one transaction; the first error rolls all back.
+    /// Every sealed secret re-sealed in one transaction: each credential's password, then each
+    /// S3 repository's secret access key. Returns how many.
     pub fn reseal_credentials(
         &self,
         mut reseal: impl FnMut(&Credential) -> Result<Vec<u8>>,
+        mut reseal_repository: impl FnMut(&str, &[u8]) -> Result<Vec<u8>>,
     ) -> Result<usize> {
         self.written((|| {
             let mut conn = self.conn.lock();
@@ -201,8 +204,22 @@ impl Catalog {
                     params![credential.id, sealed],
                 )?;
             }
+            let repositories: Vec<(String, Vec<u8>)> = {
+                let mut stmt = tx.prepare(
+                    "SELECT id, secret_sealed FROM repositories WHERE secret_sealed IS NOT NULL",
+                )?;
+                stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?
+            };
+            for (id, sealed) in &repositories {
+                let resealed = reseal_repository(id, sealed)?;
+                tx.execute(
+                    "UPDATE repositories SET secret_sealed = ?2 WHERE id = ?1",
+                    params![id, resealed],
+                )?;
+            }
             tx.commit()?;
-            Ok(all.len())
+            Ok(all.len() + repositories.len())
         })())
     }
 }

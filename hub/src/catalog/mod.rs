@@ -7,6 +7,7 @@
 mod backups;
 mod carry;
 mod conn;
+pub mod copies;
 pub mod flows;
 mod groups;
 pub mod inventory;
@@ -23,6 +24,7 @@ mod verify;
 
 pub use carry::CarriedOver;
 pub use conn::{CATALOG_FILE, Catalog, is_disk_full};
+pub use copies::{BackupCopy, CopiedDisk, CopyStatus, CopyUpdate};
 pub use flows::{Flow, FlowExecution};
 pub use inventory::{ContextOwner, Credential, CredentialFields, VmContext, VmDisk};
 pub use jobs::{Job, JobEnd, JobFilter, JobLogLine, JobStatus};

@@ -115,6 +115,25 @@ pub struct Repository {
     pub created_at: OffsetDateTime,
     /// The operator's words about it (the GUI's `config.description`).
     pub description: Option<String>,
+    /// Where an `s3` repository's objects are; `None` for a local directory (`path`). For an S3
+    /// repository `path` is `s3://<bucket>/<prefix>`, for people only.
+    pub s3: Option<S3Settings>,
+}
+
+/// An S3 repository's settings, all but the secret access key (sealed apart, never shown).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct S3Settings {
+    /// `http(s)://host[:port]`.
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    /// Keys start with `<prefix>/` (no leading or trailing slash; may be empty).
+    #[serde(default)]
+    pub prefix: String,
+    pub access_key_id: String,
+    /// `https://host/bucket/key` rather than `https://bucket.host/key`.
+    #[serde(default)]
+    pub path_style: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -143,7 +143,7 @@ fn check_password(password: &Secret) -> Result<()> {
 }
 
 impl Hub {
-    fn key(&self) -> Result<&CredentialKey> {
+    pub(crate) fn key(&self) -> Result<&CredentialKey> {
         self.credential_key.as_ref().map_err(|reason| {
             Error::Unavailable(format!(
                 "credentials are unavailable: the credential key could not be loaded ({reason})"
@@ -320,15 +320,25 @@ pub fn rotate_key(data_dir: &Path, source: KeySource) -> Result<usize> {
             (old, new)
         }
     };
-    let resealed = catalog.reseal_credentials(|c| {
-        let password = old.open(c.id, &c.password_sealed).map_err(|err| {
-            Error::Config(format!(
-                "VMware credential {} ({:?}) does not open with the current key: {err}; nothing was changed",
-                c.id, c.credential_name
-            ))
-        })?;
-        Ok(new.seal(c.id, password.expose()))
-    });
+    let resealed = catalog.reseal_credentials(
+        |c| {
+            let password = old.open(c.id, &c.password_sealed).map_err(|err| {
+                Error::Config(format!(
+                    "VMware credential {} ({:?}) does not open with the current key: {err}; nothing was changed",
+                    c.id, c.credential_name
+                ))
+            })?;
+            Ok(new.seal(c.id, password.expose()))
+        },
+        |id, sealed| {
+            let secret = old.open_repository_secret(id, sealed).map_err(|err| {
+                Error::Config(format!(
+                    "the secret of repository {id:?} does not open with the current key: {err}; nothing was changed"
+                ))
+            })?;
+            Ok(new.seal_repository_secret(id, secret.expose()))
+        },
+    );
     let count = match (resealed, &source) {
         (Ok(count), _) => count,
         (Err(err), KeySource::File) => {
@@ -360,23 +370,26 @@ pub(crate) fn finish_rotation(data_dir: &Path, catalog: &Catalog) -> Result<()> 
     let path = secrets::key_file(data_dir);
     let current = secrets::read_key_file(&path)?;
     let all = catalog.credentials()?;
+    let repository_secrets = catalog.repository_secrets()?;
     let opened_by = |key: &CredentialKey| {
         all.iter()
             .filter(|c| key.open(c.id, &c.password_sealed).is_ok())
             .count()
+            + repository_secrets
+                .iter()
+                .filter(|(id, sealed)| key.open_repository_secret(id, sealed).is_ok())
+                .count()
     };
     let by_staged = opened_by(&staged);
     let by_current = current.as_ref().map_or(0, opened_by);
     let shown = (staged_path.display(), path.display());
-    if by_staged > 0 && by_current > 0 || by_staged == 0 && current.is_none() && !all.is_empty() {
+    let sealed = all.len() + repository_secrets.len();
+    if by_staged > 0 && by_current > 0 || by_staged == 0 && current.is_none() && sealed > 0 {
         return Err(Error::Config(format!(
-            "an interrupted key rotation left {}, and it opens {by_staged} of {} VMware \
-             credential(s) while {} opens {by_current}: nothing was changed; keep both files and \
+            "an interrupted key rotation left {}, and it opens {by_staged} of {} sealed \
+             secret(s) (VMware credentials, S3 repository keys) while {} opens {by_current}: nothing was changed; keep both files and \
              move the one that opens your credentials to {}",
-            shown.0,
-            all.len(),
-            shown.1,
-            shown.1
+            shown.0, sealed, shown.1, shown.1
         )));
     }
     if by_staged > 0 || current.is_none() {

@@ -9,16 +9,24 @@ pub enum JobKind {
     Prune,
     /// A verify of backups' chains: digests and structure (see `hub::verify`).
     Verify,
+    /// A backup's chain copied into an S3 repository (see `hub::copy`).
+    Copy,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 3] = [JobKind::ProtectionFlow, JobKind::Prune, JobKind::Verify];
+    pub const ALL: [JobKind; 4] = [
+        JobKind::ProtectionFlow,
+        JobKind::Prune,
+        JobKind::Verify,
+        JobKind::Copy,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::ProtectionFlow => "protection_flow",
             JobKind::Prune => "prune",
             JobKind::Verify => "verify",
+            JobKind::Copy => "copy",
         }
     }
 
@@ -37,6 +45,9 @@ impl JobKind {
             // A verify reads whole chains at disk speed: one at a time leaves the disk to the
             // backups and merges beside it.
             JobKind::Verify => 1,
+            // A copy reads local disks and waits on the network: two chains at once keep a link
+            // busy (each sends parts in parallel) without taking the disk from the backups.
+            JobKind::Copy => 2,
         }
     }
 
@@ -51,6 +62,9 @@ impl JobKind {
             JobKind::Prune => false,
             // The monitor queues a verify again for what is still due (see verify::due).
             JobKind::Verify => false,
+            // The copy rows are failed at start too; copying again checks what reached the
+            // bucket and sends only the rest.
+            JobKind::Copy => false,
         }
     }
 }

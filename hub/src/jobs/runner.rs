@@ -236,6 +236,22 @@ impl Jobs {
         Ok(self.inner.with_live(job))
     }
 
+    /// Waits for the job to end and says how; `None` when `waiter`'s own job is cancelled first
+    /// (or the job cannot be read).
+    pub async fn wait(&self, id: &str, waiter: &JobContext) -> Option<JobStatus> {
+        loop {
+            match self.inner.catalog.job(id) {
+                Ok(Some(job)) if job.status.is_ended() => return Some(job.status),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return None,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = waiter.cancelled() => return None,
+            }
+        }
+    }
+
     pub fn list(&self, filter: &JobFilter) -> Result<(Vec<Job>, u64)> {
         let (jobs, total) = self.inner.catalog.jobs(filter)?;
         Ok((

@@ -205,11 +205,16 @@ impl Hub {
                 "target_type must be vm or group, not {other:?}"
             ))),
         }
-        if self.catalog.repository(&flow.repository_id)?.is_none() {
-            problems.push(Error::NotFound(format!(
+        match self.catalog.repository(&flow.repository_id)? {
+            None => problems.push(Error::NotFound(format!(
                 "no repository {:?}",
                 flow.repository_id
-            )));
+            ))),
+            Some(repo) => {
+                if let Err(e) = crate::backup::create::refuse_bucket(&repo) {
+                    problems.push(e);
+                }
+            }
         }
         if let Some(policy) = &flow.policy_id {
             if self.catalog.policy(policy)?.is_none() {

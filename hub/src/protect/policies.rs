@@ -163,6 +163,9 @@ impl Hub {
             (None, None) => return Err(Error::Invalid("primary_repository_id is required".into())),
         };
         self.repository_exists("primary", &primary)?;
+        if let Some(repo) = self.catalog.repository(&primary)? {
+            crate::backup::create::refuse_bucket(&repo)?;
+        }
         let retention = retention(&req, current.map(|p| &p.retention));
         let copy_rules = match (req.copy_rules, current) {
             (Some(rules), _) => self.copy_rules(&id, &primary, rules.unwrap_or_default())?,

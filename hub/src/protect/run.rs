@@ -53,7 +53,7 @@ struct Plan {
 }
 
 enum VmEnd {
-    Completed { bytes: u64 },
+    Completed { bytes: u64, backup_id: String },
     Failed,
     Cancelled,
 }
@@ -221,9 +221,14 @@ impl Hub {
                     return;
                 };
                 let end = hub.back_up_vm(&ctx, &plan, &vm, &execution).await;
-                let completed = matches!(end, VmEnd::Completed { .. });
+                let completed = match &end {
+                    VmEnd::Completed { backup_id, .. } => Some(backup_id.clone()),
+                    _ => None,
+                };
                 hub.count_vm(&ctx, &execution, &vm, end);
-                if let (true, Some(policy)) = (completed, &plan.flow.policy_id) {
+                if let (Some(backup_id), Some(policy)) = (completed, &plan.flow.policy_id) {
+                    // Copies first: they read the chain, which the prune may merge.
+                    hub.copy_after_backup(policy, &backup_id, &ctx).await;
                     hub.prune_after_backup(policy, &plan.flow.repository_id, &vm.vm_name, &ctx)
                         .await;
                 }
@@ -255,7 +260,10 @@ impl Hub {
                 Ok(id) => match self.wait_backup(ctx, &id).await {
                     Some((Status::Completed, bytes)) => {
                         ctx.info(format!("{}: backup {id} completed", vm.vm_name));
-                        return VmEnd::Completed { bytes };
+                        return VmEnd::Completed {
+                            bytes,
+                            backup_id: id,
+                        };
                     }
                     Some((status, _)) => {
                         ctx.warn(format!("{}: backup {id} {}", vm.vm_name, status.as_str()))
@@ -353,7 +361,7 @@ impl Hub {
     ) {
         let mut e = execution.lock();
         match end {
-            VmEnd::Completed { bytes } => {
+            VmEnd::Completed { bytes, .. } => {
                 e.jobs_completed += 1;
                 e.bytes_transferred += bytes;
             }

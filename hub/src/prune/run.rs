@@ -38,6 +38,12 @@ impl Hub {
                 target.vm_name
             )));
         }
+        if let Some(job) = self.copying(&target.vm_name, &target.repository_id)? {
+            return Err(Error::Conflict(format!(
+                "a copy reads the chain of VM {:?} (job {job}); prune after it ends",
+                target.vm_name
+            )));
+        }
         let hub = self.clone();
         let job = self
             .jobs

@@ -78,7 +78,7 @@ fn probe_writable(dir: &Path) -> std::io::Result<()> {
 
 impl Hub {
     pub async fn health(&self) -> Health {
-        let (database, repos) = match self.catalog.repositories() {
+        let (database, repos) = match self.catalog.local_repositories() {
             Ok(repos) => ("ok".to_owned(), repos),
             Err(err) => {
                 tracing::error!(%err, "health: catalog did not answer");

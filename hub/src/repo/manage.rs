@@ -1,20 +1,28 @@
 //! Adding, testing and removing repositories, and what their filesystems hold.
 //!
-//! A repository's kind is a [`Location`]: today only a local directory. Each operation matches
-//! on it, so a new kind (S3) is a new variant whose arms the compiler asks for.
+//! A repository's kind is a [`Location`]: a local directory, or an S3 bucket (which holds
+//! copies only, see `s3`). Each operation matches on it, so a new kind is a new variant whose
+//! arms the compiler asks for.
 
 use std::path::{Path, PathBuf};
 
 use super::DEFAULT_REPOSITORY;
-use crate::catalog::Repository;
+use super::s3::{self, Bucket, Patience};
+use crate::catalog::{Repository, S3Settings};
 use crate::error::{Error, Result};
 use crate::state::{Hub, now};
+use crate::sys::secrets::Secret;
 
 /// Where a repository keeps its backups.
 #[derive(Debug, Clone)]
 pub enum Location {
     /// A directory on this host (absolute; created when missing).
     Local { path: PathBuf },
+    /// A bucket and prefix on an S3-compatible store; copies only.
+    S3 {
+        settings: S3Settings,
+        secret: Secret,
+    },
 }
 
 impl Location {
@@ -22,14 +30,22 @@ impl Location {
     pub fn kind(&self) -> &'static str {
         match self {
             Location::Local { .. } => "local",
+            Location::S3 { .. } => "s3",
         }
     }
 }
 
-/// What the hub knows of the repository's kind: every row today is a local directory.
-pub fn location_of(repo: &Repository) -> Location {
-    Location::Local {
-        path: repo.path.clone(),
+/// Where a stored repository is, without its secret.
+#[derive(Debug, Clone)]
+pub enum Place<'a> {
+    Local(&'a Path),
+    S3(&'a S3Settings),
+}
+
+pub fn place_of(repo: &Repository) -> Place<'_> {
+    match &repo.s3 {
+        Some(s) => Place::S3(s),
+        None => Place::Local(&repo.path),
     }
 }
 
@@ -74,6 +90,12 @@ impl Capacity {
     }
 }
 
+/// Whether keys under one prefix can be keys under the other ("" holds every key).
+fn prefixes_overlap(a: &str, b: &str) -> bool {
+    let under = |x: &str, y: &str| x.is_empty() || y == x || y.starts_with(&format!("{x}/"));
+    under(a, b) || under(b, a)
+}
+
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
@@ -92,8 +114,18 @@ impl Hub {
             Some(_) => return Err(Error::Invalid("id must be 1 to 64 of [A-Za-z0-9_-]".into())),
             None => self.free_id(new.location.kind())?,
         };
-        let Location::Local { path } = &new.location;
-        let path = self.prepare_local(path, true)?;
+        let (path, s3, sealed) = match &new.location {
+            Location::Local { path } => (self.prepare_local(path, true)?, None, None),
+            Location::S3 { settings, secret } => {
+                let settings = self.prepare_s3(settings, secret).await?;
+                let sealed = self.key()?.seal_repository_secret(&id, secret.expose());
+                (
+                    PathBuf::from(s3::display(&settings)),
+                    Some(settings),
+                    Some(sealed),
+                )
+            }
+        };
         let repo = Repository {
             name: new
                 .name
@@ -103,11 +135,66 @@ impl Hub {
             path,
             created_at: now(),
             description: new.description.filter(|d| !d.trim().is_empty()),
+            s3,
         };
-        super::ownership::claim_repository(&repo, &self.config.data_dir)?;
-        self.catalog.insert_repository(&repo)?;
+        if repo.s3.is_none() {
+            super::ownership::claim_repository(&repo, &self.config.data_dir)?;
+        }
+        self.catalog
+            .insert_repository_sealed(&repo, sealed.as_deref())?;
         tracing::info!(repository = %repo.id, path = %repo.path.display(), "repository added");
         Ok(repo)
+    }
+
+    /// The settings checked and the bucket probed (listed, a probe object written and
+    /// removed): wrong credentials, a missing bucket or an unreachable endpoint are said now.
+    async fn prepare_s3(&self, settings: &S3Settings, secret: &Secret) -> Result<S3Settings> {
+        if secret.is_empty() {
+            return Err(Error::Invalid(
+                "config.secret_access_key is required".into(),
+            ));
+        }
+        let settings = s3::checked(settings.clone())?;
+        let overlapping = self.catalog.repositories()?.into_iter().find(|r| {
+            r.s3.as_ref().is_some_and(|o| {
+                o.endpoint == settings.endpoint
+                    && o.bucket == settings.bucket
+                    && prefixes_overlap(&o.prefix, &settings.prefix)
+            })
+        });
+        if let Some(other) = overlapping {
+            return Err(Error::Conflict(format!(
+                "repository {:?} already uses {}: two repositories may not share keys",
+                other.id,
+                s3::display(other.s3.as_ref().expect("found by its settings"))
+            )));
+        }
+        let bucket = Bucket::open(&settings, secret, Patience::Interactive)?;
+        bucket.probe().await.map_err(Error::Invalid)?;
+        Ok(settings)
+    }
+
+    /// The repository's bucket, its secret opened with the credential key.
+    pub fn bucket_of(&self, repo: &Repository, patience: Patience) -> Result<Bucket> {
+        let Some(settings) = &repo.s3 else {
+            return Err(Error::Invalid(format!(
+                "repository {:?} is a local directory, not an S3 bucket",
+                repo.id
+            )));
+        };
+        let sealed = self.catalog.repository_secret(&repo.id)?.ok_or_else(|| {
+            Error::Unavailable(format!("repository {:?} has no secret stored", repo.id))
+        })?;
+        let secret = self
+            .key()?
+            .open_repository_secret(&repo.id, &sealed)
+            .map_err(|err| {
+                Error::Unavailable(format!(
+                    "the secret of repository {:?} does not open: {err}",
+                    repo.id
+                ))
+            })?;
+        Bucket::open(settings, &secret, patience)
     }
 
     /// `repo-<kind>-<n>`, the smallest `n` not taken.
@@ -149,24 +236,43 @@ impl Hub {
     }
 
     /// Would [`Hub::add_repository`] accept this location? Nothing is created or recorded.
-    pub fn test_location(&self, location: &Location) -> Result<Capacity> {
-        let Location::Local { path } = location;
+    /// An S3 location has no capacity to tell (`None`).
+    pub async fn test_location(&self, location: &Location) -> Result<Option<Capacity>> {
+        let path = match location {
+            Location::Local { path } => path,
+            Location::S3 { settings, secret } => {
+                self.prepare_s3(settings, secret).await?;
+                return Ok(None);
+            }
+        };
         let path = self.prepare_local(path, false)?;
         let at = path
             .ancestors()
             .find(|p| p.exists())
             .unwrap_or(Path::new("/"));
-        Capacity::of(at).map_err(|e| Error::Invalid(format!("statvfs {}: {e}", at.display())))
+        Capacity::of(at)
+            .map(Some)
+            .map_err(|e| Error::Invalid(format!("statvfs {}: {e}", at.display())))
     }
 
-    /// Can the repository hold images now? Its directory is probed by creating a file.
-    pub fn test_repository(&self, id: &str) -> Result<Capacity> {
+    /// Can the repository hold images now? Its directory is probed by creating a file; a
+    /// bucket by listing it and writing a probe object.
+    pub async fn test_repository(&self, id: &str) -> Result<Option<Capacity>> {
         let repo = self.repository_or_404(id)?;
-        let Location::Local { path } = location_of(&repo);
+        let path = match place_of(&repo) {
+            Place::Local(path) => path.to_owned(),
+            Place::S3(_) => {
+                let bucket = self.bucket_of(&repo, Patience::Interactive)?;
+                bucket.probe().await.map_err(Error::Invalid)?;
+                return Ok(None);
+            }
+        };
         super::probe::usable_directory(&path).map_err(|why| {
             Error::Invalid(format!("{} cannot hold images: {why}", path.display()))
         })?;
-        Capacity::of(&path).map_err(|e| Error::Invalid(format!("statvfs {}: {e}", path.display())))
+        Capacity::of(&path)
+            .map(Some)
+            .map_err(|e| Error::Invalid(format!("statvfs {}: {e}", path.display())))
     }
 
     /// Forgets a repository no backup, flow or policy uses, and takes its ownership marker
@@ -185,10 +291,19 @@ impl Hub {
                 "repository {id:?} holds {backups} backup(s): delete them first"
             )));
         }
+        let copies = self.catalog.repository_copy_count(id)?;
+        if copies > 0 {
+            return Err(Error::Conflict(format!(
+                "repository {id:?} holds {copies} copy(ies) of backups: delete them first"
+            )));
+        }
         if !self.catalog.delete_repository(id)? {
             return Err(Error::NotFound(format!("no repository {id:?}")));
         }
-        let Location::Local { path } = location_of(&repo);
+        let Place::Local(path) = place_of(&repo) else {
+            tracing::info!(repository = %id, location = %repo.path.display(), "repository removed");
+            return Ok(repo);
+        };
         let marker = path.join(super::ownership::MARKER);
         match std::fs::remove_file(&marker) {
             Ok(()) => {}

@@ -23,6 +23,7 @@ pub(crate) mod probe;
 pub mod rebuild;
 pub(crate) mod reconcile;
 pub(crate) mod removal;
+pub mod s3;
 
 use std::path::{Path, PathBuf};
 
@@ -54,5 +55,6 @@ pub(crate) fn ensure_default_repository(catalog: &Catalog, data: &Path) -> Resul
         path,
         created_at: OffsetDateTime::now_utc(),
         description: None,
+        s3: None,
     })
 }

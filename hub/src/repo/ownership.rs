@@ -80,7 +80,7 @@ fn resolved(path: &Path) -> PathBuf {
 pub(crate) fn check_repositories(catalog: &Catalog, data: &Path) -> Result<()> {
     let data_dir = resolved(data);
     let id = hub_id(data)?;
-    let repos = catalog.repositories()?;
+    let repos = catalog.local_repositories()?;
     if let Some(default) = repos.iter().find(|r| r.id == DEFAULT_REPOSITORY) {
         let (stored, ours) = (resolved(&default.path), resolved(&data.join("repository")));
         if stored != ours {
@@ -192,7 +192,7 @@ pub(crate) fn check_new_path(catalog: &Catalog, data: &Path, path: &Path) -> Res
             data_dir.display()
         )));
     }
-    for repo in catalog.repositories()? {
+    for repo in catalog.local_repositories()? {
         let theirs = resolved(&repo.path);
         let how = if path == theirs {
             "the path of"

@@ -105,6 +105,7 @@ fn repositories(
                 path,
                 created_at: now(),
                 description: None,
+                s3: None,
             }),
         }
     }
@@ -119,6 +120,7 @@ fn repositories(
             path: PathBuf::new(),
             created_at: now(),
             description: None,
+            s3: None,
         },
     };
     default.path = default_repository_path(data_dir)?;
@@ -361,7 +363,15 @@ fn old_repositories(path: &Path) -> Vec<Repository> {
         let described = conn
             .prepare("SELECT description FROM repositories LIMIT 0")
             .is_ok();
-        let sql = if described {
+        // S3 repositories hold copies, not backups a rebuild walks; they come back with "bring
+        // back" from their buckets, not from here.
+        let kinds = conn
+            .prepare("SELECT kind FROM repositories LIMIT 0")
+            .is_ok();
+        let sql = if kinds {
+            "SELECT id, name, path, created_at, description FROM repositories WHERE kind = 'local' \
+             ORDER BY id"
+        } else if described {
             "SELECT id, name, path, created_at, description FROM repositories ORDER BY id"
         } else {
             "SELECT id, name, path, created_at, NULL FROM repositories ORDER BY id"
@@ -376,6 +386,7 @@ fn old_repositories(path: &Path) -> Vec<Repository> {
                 // A time the old catalog cannot give back is today's, as for a new repository.
                 created_at: crate::catalog::parse_time(&created_at).unwrap_or_else(|_| now()),
                 description: row.get(4)?,
+                s3: None,
             })
         })?
         .collect()

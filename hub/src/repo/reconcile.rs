@@ -88,7 +88,7 @@ pub(crate) fn check_catalog(
         .into_iter()
         .map(|(id, _)| id)
         .collect();
-    for repo in catalog.repositories()? {
+    for repo in catalog.local_repositories()? {
         let dirs = match backup_dirs(&repo.path) {
             Ok(d) => d,
             Err(e) => {

@@ -1,8 +1,9 @@
-//! Secrets at rest: the credential key and AES-256-GCM sealing of vCenter passwords.
+//! Secrets at rest: the credential key and AES-256-GCM sealing of vCenter passwords and of S3
+//! repositories' secret access keys.
 //!
 //! A sealed secret is `nonce (12 bytes) || ciphertext || tag (16 bytes)`, with a fresh random
-//! nonce for every sealing and the credential's id as associated data, so a sealed password
-//! copied onto another credential's row does not open.
+//! nonce for every sealing and the owner (a credential's id, a repository's id) as associated
+//! data, so a sealed secret copied onto another row does not open.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -106,15 +107,39 @@ impl CredentialKey {
     }
 
     pub fn seal(&self, credential_id: i64, plaintext: &str) -> Vec<u8> {
+        self.seal_as(&associated_data(credential_id), plaintext)
+    }
+
+    pub fn open(
+        &self,
+        credential_id: i64,
+        sealed: &[u8],
+    ) -> std::result::Result<Secret, OpenError> {
+        self.open_as(&associated_data(credential_id), sealed)
+    }
+
+    /// An S3 repository's secret access key, bound to the repository's id.
+    pub fn seal_repository_secret(&self, repository_id: &str, plaintext: &str) -> Vec<u8> {
+        self.seal_as(&repository_data(repository_id), plaintext)
+    }
+
+    pub fn open_repository_secret(
+        &self,
+        repository_id: &str,
+        sealed: &[u8],
+    ) -> std::result::Result<Secret, OpenError> {
+        self.open_as(&repository_data(repository_id), sealed)
+    }
+
+    fn seal_as(&self, aad: &[u8], plaintext: &str) -> Vec<u8> {
         let cipher = Aes256Gcm::new(&self.0);
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
-        let aad = associated_data(credential_id);
         let sealed = cipher
             .encrypt(
                 &nonce,
                 Payload {
                     msg: plaintext.as_bytes(),
-                    aad: &aad,
+                    aad,
                 },
             )
             // Encryption fails only for inputs of gigabytes; a password is not one.
@@ -125,24 +150,13 @@ impl CredentialKey {
         out
     }
 
-    pub fn open(
-        &self,
-        credential_id: i64,
-        sealed: &[u8],
-    ) -> std::result::Result<Secret, OpenError> {
+    fn open_as(&self, aad: &[u8], sealed: &[u8]) -> std::result::Result<Secret, OpenError> {
         if sealed.len() < NONCE_LEN + 16 {
             return Err(OpenError::Truncated);
         }
         let (nonce, body) = sealed.split_at(NONCE_LEN);
-        let aad = associated_data(credential_id);
         let plain = Aes256Gcm::new(&self.0)
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: body,
-                    aad: &aad,
-                },
-            )
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: body, aad })
             .map_err(|_| OpenError::WrongKey)?;
         String::from_utf8(plain)
             .map(Secret)
@@ -152,6 +166,10 @@ impl CredentialKey {
 
 fn associated_data(credential_id: i64) -> Vec<u8> {
     format!("sendense-hub vmware-credential {credential_id}").into_bytes()
+}
+
+fn repository_data(repository_id: &str) -> Vec<u8> {
+    format!("sendense-hub repository-secret {repository_id}").into_bytes()
 }
 
 /// The key from `SENDENSE_HUB_CREDENTIAL_KEY` when given, else from `<data_dir>/credential-key`,

@@ -5,6 +5,7 @@
 pub mod chain;
 pub mod hub;
 pub mod restore;
+pub mod s3;
 pub mod sna;
 pub mod standin;
 

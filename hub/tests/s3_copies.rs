@@ -1,0 +1,279 @@
+//! Copies into an S3 repository, against the `sendense-hub` binary at its defaults and a real S3
+//! server on loopback (moto_server): the repository is created only when the bucket answers, its
+//! secret is never shown or stored in clear, a copy of the newest backup of a chain sends the
+//! whole chain (a 40 MiB full as a multipart upload, two incrementals), every layer is read back,
+//! and the objects alone give the guest's bytes back through qemu-img. An object already at a
+//! key is never replaced.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::chain::{self, wait_job};
+use common::s3::{Moto, SECRET};
+use common::*;
+use serde_json::{Value, json};
+
+const SIZE: usize = 40 << 20;
+
+fn call(api: &str, token: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    http(method, api, path, Some(token), body)
+}
+
+#[test]
+fn a_chain_copied_to_s3_restores_from_the_objects_alone() {
+    let Some(moto) = Moto::start() else { return };
+    moto.create_bucket("offsite", false);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut hub, api, _nbd) = start_hub(&data);
+    let token = read_token(&data);
+
+    // Refused at creation, each with a 400 that says why.
+    let mut missing = moto.repository("nobucket", "no-such-bucket", "");
+    let r = call(&api, &token, "POST", "/api/v1/repositories", Some(&missing));
+    assert_eq!(r.0, 400, "{}", r.1);
+    assert!(r.1.to_string().contains("no-such-bucket"), "{}", r.1);
+    missing["config"]["endpoint"] = json!("http://127.0.0.1:9");
+    let r = call(&api, &token, "POST", "/api/v1/repositories", Some(&missing));
+    assert_eq!(r.0, 400, "{}", r.1);
+    let mut no_secret = moto.repository("nosecret", "offsite", "");
+    no_secret["config"]
+        .as_object_mut()
+        .unwrap()
+        .remove("secret_access_key");
+    let r = call(
+        &api,
+        &token,
+        "POST",
+        "/api/v1/repositories",
+        Some(&no_secret),
+    );
+    assert_eq!(r.0, 400, "{}", r.1);
+    assert!(r.1.to_string().contains("secret_access_key"), "{}", r.1);
+    // The old test route: a failed test is a 200 with success false.
+    let test = |bucket: &str| {
+        let body = moto.repository("t", bucket, "");
+        ok(call(
+            &api,
+            &token,
+            "POST",
+            "/api/v1/repositories/test",
+            Some(&body),
+        ))
+    };
+    assert_eq!(test("no-such-bucket")["success"], false);
+    assert_eq!(test("offsite")["success"], true);
+
+    let created = ok(call(
+        &api,
+        &token,
+        "POST",
+        "/api/v1/repositories",
+        Some(&moto.repository("offsite", "offsite", "hub1")),
+    ));
+    assert_eq!(created["repository"]["type"], "s3", "{created}");
+    assert_eq!(created["repository"]["config"]["bucket"], "offsite");
+    assert_eq!(created["repository"]["config"]["prefix"], "hub1");
+    // A second repository over the same keys is refused.
+    let r = call(
+        &api,
+        &token,
+        "POST",
+        "/api/v1/repositories",
+        Some(&moto.repository("again", "offsite", "")),
+    );
+    assert_eq!(r.0, 409, "{}", r.1);
+    // Backups are not written into a bucket.
+    let r = call(
+        &api,
+        &token,
+        "POST",
+        "/api/v1/backups",
+        Some(
+            &json!({"vm_name": "vm1", "backup_type": "full", "repository_id": "offsite",
+            "disks": [{"disk_id": 0, "vmware_disk_key": 2000, "capacity_bytes": SIZE}]}),
+        ),
+    );
+    assert_eq!(r.0, 400, "{}", r.1);
+
+    let c = chain::build(&api, &token, "vm1", dir.path(), 2, SIZE);
+    let top = c.ids.last().unwrap().clone();
+
+    // A local destination is refused; the S3 copy of the newest backup takes the chain.
+    let r = call(
+        &api,
+        &token,
+        "POST",
+        &format!("/api/v1/backups/{top}/copy"),
+        Some(&json!({"repository_id": "default"})),
+    );
+    assert_eq!(r.0, 400, "{}", r.1);
+    let started = call(
+        &api,
+        &token,
+        "POST",
+        &format!("/api/v1/backups/{top}/copy"),
+        Some(&json!({"repository_id": "offsite"})),
+    );
+    assert_eq!(started.0, 201, "{}", started.1);
+    assert_eq!(started.1["status"], "pending", "{}", started.1);
+    let job = wait_job(&api, &token, started.1["job_id"].as_str().unwrap());
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let again = call(
+        &api,
+        &token,
+        "POST",
+        &format!("/api/v1/backups/{top}/copy"),
+        Some(&json!({"repository_id": "offsite"})),
+    );
+    assert_eq!(again.0, 409, "{}", again.1);
+
+    let restored = dir.path().join("from-bucket");
+    std::fs::create_dir(&restored).unwrap();
+    let mut below: Option<std::path::PathBuf> = None;
+    for (i, id) in c.ids.iter().enumerate() {
+        let copies = ok(call(
+            &api,
+            &token,
+            "GET",
+            &format!("/api/v1/backups/{id}/copies"),
+            None,
+        ));
+        let copies = copies.as_array().unwrap();
+        assert_eq!(copies.len(), 1, "{copies:?}");
+        let copy = &copies[0];
+        assert_eq!(copy["status"], "completed", "{copy}");
+        assert_eq!(copy["verification_status"], "passed", "{copy}");
+        assert_eq!(copy["repository_id"], "offsite");
+        assert_eq!(copy["source_backup_id"], *id);
+        let parent = i.checked_sub(1).map(|p| c.ids[p].clone());
+        assert_eq!(
+            copy["parent_backup_id"].as_str(),
+            parent.as_deref(),
+            "{copy}"
+        );
+        // The layer's objects, fetched with plain GETs, read back as the chain.
+        let prefix = format!("hub1/vm1/{id}");
+        let image = restored.join(format!("{id}.qcow2"));
+        std::fs::write(
+            &image,
+            moto.get("offsite", &format!("{prefix}/disk0.qcow2")),
+        )
+        .unwrap();
+        let manifest: Value =
+            serde_json::from_slice(&moto.get("offsite", &format!("{prefix}/manifest.json")))
+                .unwrap();
+        assert_eq!(manifest["backup_id"], *id, "{manifest}");
+        assert_eq!(
+            manifest["copy"]["disks"][0]["image_key"],
+            format!("{prefix}/disk0.qcow2")
+        );
+        assert!(
+            !moto
+                .get("offsite", &format!("{prefix}/disk0.digests"))
+                .is_empty()
+        );
+        if let Some(parent) = &below {
+            run_ok(
+                Command::new("qemu-img")
+                    .args(["rebase", "-u", "-F", "qcow2", "-b"])
+                    .arg(parent)
+                    .arg(&image),
+            );
+        }
+        qemu_img_check(&image);
+        let raw = restored.join(format!("{id}.raw"));
+        std::fs::write(&raw, &c.points[i]).unwrap();
+        qemu_img_compare(&raw, &image);
+        below = Some(image);
+    }
+
+    // The storage figures count the copies; the repository cannot go while it holds them.
+    let storage = ok(call(
+        &api,
+        &token,
+        "GET",
+        "/api/v1/repositories/offsite/storage",
+        None,
+    ));
+    assert_eq!(storage["backup_count"], 3, "{storage}");
+    assert!(
+        storage["used_bytes"].as_u64().unwrap() > SIZE as u64 / 2,
+        "{storage}"
+    );
+    let r = call(&api, &token, "DELETE", "/api/v1/repositories/offsite", None);
+    assert_eq!(r.0, 409, "{}", r.1);
+
+    // The secret is in no answer and in no file of the data dir.
+    let list = ok(call(&api, &token, "GET", "/api/v1/repositories", None));
+    assert!(list.to_string().contains("AKIATESTKEY"), "{list}");
+    assert!(!list.to_string().contains(SECRET), "{list}");
+    assert!(files_containing(&data, SECRET.as_bytes()).is_empty());
+
+    never_over_an_existing_object(&moto, &api, &token, dir.path(), &c.vm);
+
+    // A restart: the bucket is no directory to reconcile or probe; the copies are still there.
+    hub.terminate_and_wait();
+    let (_hub, api, _nbd) = start_hub(&data);
+    let health = http("GET", &api, "/health", None, None);
+    assert_eq!(health.0, 200, "{}", health.1);
+    let copies = ok(call(
+        &api,
+        &token,
+        "GET",
+        &format!("/api/v1/backups/{top}/copies"),
+        None,
+    ));
+    assert_eq!(copies[0]["status"], "completed", "{copies}");
+    let t = ok(call(
+        &api,
+        &token,
+        "POST",
+        "/api/v1/repositories/offsite/test",
+        None,
+    ));
+    assert_eq!(t["success"], true, "{t}");
+}
+
+/// An object already at a layer's key (not the hub's) stays as it is, and the copy fails saying
+/// so; the copy row is failed, not completed.
+fn never_over_an_existing_object(moto: &Moto, api: &str, token: &str, dir: &Path, vm: &str) {
+    let id = chain::backup(api, token, vm, "incremental", SIZE, |uri| {
+        run_ok(Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 9 0 65536", uri]));
+    });
+    let squatter = dir.join("squatter");
+    std::fs::write(&squatter, b"not a qcow2 image").unwrap();
+    let key = format!("hub1/{vm}/{id}/disk0.qcow2");
+    moto.put("offsite", &key, &squatter);
+    let started = call(
+        api,
+        token,
+        "POST",
+        &format!("/api/v1/backups/{id}/copy"),
+        Some(&json!({"repository_id": "offsite"})),
+    );
+    assert_eq!(started.0, 201, "{}", started.1);
+    let job = wait_job(api, token, started.1["job_id"].as_str().unwrap());
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(
+        job["error"].as_str().unwrap().contains("not replaced"),
+        "{job}"
+    );
+    assert_eq!(moto.get("offsite", &key), b"not a qcow2 image");
+    let copies = ok(call(
+        api,
+        token,
+        "GET",
+        &format!("/api/v1/backups/{id}/copies"),
+        None,
+    ));
+    assert_eq!(copies[0]["status"], "failed", "{copies}");
+    assert!(
+        !moto
+            .keys("offsite")
+            .contains(&format!("hub1/{vm}/{id}/manifest.json")),
+        "a failed layer has no manifest"
+    );
+}
