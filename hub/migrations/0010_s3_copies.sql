@@ -35,3 +35,20 @@ CREATE TABLE backup_copies (
     UNIQUE (backup_id, repository_id)
 );
 CREATE INDEX backup_copies_by_repository ON backup_copies (repository_id, vm_name);
+
+-- A restore may read a copy in an S3 repository (`repository_id`; NULL: the backup's own
+-- repository), whose backup need not be in the catalog any more: `backup_id` is no foreign key.
+-- Restores are cleared at every start, so the rows carried over are only for form.
+CREATE TABLE restores_new (
+    id             TEXT PRIMARY KEY,
+    backup_id      TEXT NOT NULL,
+    disk_id        INTEGER NOT NULL,
+    export_name    TEXT NOT NULL UNIQUE,
+    created_at     TEXT NOT NULL,
+    expires_at     TEXT NOT NULL,
+    repository_id  TEXT
+);
+INSERT INTO restores_new (id, backup_id, disk_id, export_name, created_at, expires_at)
+    SELECT id, backup_id, disk_id, export_name, created_at, expires_at FROM restores;
+DROP TABLE restores;
+ALTER TABLE restores_new RENAME TO restores;

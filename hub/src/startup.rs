@@ -73,6 +73,9 @@ impl Hub {
             sna,
             active: Mutex::new(HashMap::new()),
             restores: Mutex::new(HashMap::new()),
+            object_cache: Arc::new(crate::sys::objects::ChunkCache::new(
+                crate::sys::objects::DEFAULT_CACHE_BYTES,
+            )),
             mounts: Mutex::new(HashMap::new()),
             ops: tokio::sync::Mutex::new(()),
             tasks: TaskTracker::new(),

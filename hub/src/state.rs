@@ -57,6 +57,8 @@ pub struct Inner {
     pub(crate) active: Mutex<HashMap<String, Arc<ActiveBackup>>>,
     /// Images behind restore exports, by restore id.
     pub(crate) restores: Mutex<HashMap<String, Arc<Image>>>,
+    /// What restores from buckets read lately (`repo::objects`), shared by all of them.
+    pub(crate) object_cache: Arc<crate::sys::objects::ChunkCache>,
     /// File-level restore mounts, by mount id (in memory: a restart ends them). Opaque here so
     /// `state` imports no room: `restore::files::mount` puts them in and reads them out.
     pub(crate) mounts: Mutex<HashMap<String, Arc<dyn std::any::Any + Send + Sync>>>,

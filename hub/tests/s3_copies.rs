@@ -190,6 +190,31 @@ fn a_chain_copied_to_s3_restores_from_the_objects_alone() {
         below = Some(image);
     }
 
+    // Restores from the bucket while the local chain is there, and after it is gone: each point
+    // of the chain read over NBD from the objects alone.
+    let from_bucket =
+        |id: &str| chain::restore_bytes_from(&api, &token, id, dir.path(), Some("offsite"));
+    assert!(
+        from_bucket(&top) == c.points[2],
+        "the bucket's newest point differs"
+    );
+    for id in c.ids.iter().rev() {
+        let gone = call(
+            &api,
+            &token,
+            "DELETE",
+            &format!("/api/v1/backups/{id}"),
+            None,
+        );
+        assert!(gone.0 == 200 || gone.0 == 204, "{}", gone.1);
+    }
+    for (i, id) in c.ids.iter().enumerate() {
+        assert!(
+            from_bucket(id) == c.points[i],
+            "point {i} from the bucket differs"
+        );
+    }
+
     // The storage figures count the copies; the repository cannot go while it holds them.
     let storage = ok(call(
         &api,
@@ -240,7 +265,7 @@ fn a_chain_copied_to_s3_restores_from_the_objects_alone() {
 /// An object already at a layer's key (not the hub's) stays as it is, and the copy fails saying
 /// so; the copy row is failed, not completed.
 fn never_over_an_existing_object(moto: &Moto, api: &str, token: &str, dir: &Path, vm: &str) {
-    let id = chain::backup(api, token, vm, "incremental", SIZE, |uri| {
+    let id = chain::backup(api, token, vm, "full", SIZE, |uri| {
         run_ok(Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 9 0 65536", uri]));
     });
     let squatter = dir.join("squatter");

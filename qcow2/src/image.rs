@@ -230,6 +230,37 @@ impl Image {
         Ok(img)
     }
 
+    /// A read-only image held by any storage, reading through `backing` where it maps nothing:
+    /// for a chain whose layers are not files (objects in a bucket, say), opened bottom up. The
+    /// image must name a backing file (its name is not resolved: `backing` stands for it), and
+    /// a chain deeper than `max_chain_depth` is refused as [`Image::open`] refuses it.
+    pub fn open_storage_over(
+        st: Arc<dyn Storage>,
+        opts: &OpenOptions,
+        backing: Image,
+    ) -> Result<Image> {
+        if opts.writable {
+            return Err(Error::unsupported(
+                "a layer over a given backing image is read-only",
+            ));
+        }
+        let mut img = Self::open_storage(st, opts)?;
+        if img.header.backing_file.is_none() {
+            return Err(Error::corrupt(
+                "the image names no backing file, but a backing image was given",
+            ));
+        }
+        let depth = 1 + chain_depth(&backing);
+        if depth > opts.max_chain_depth {
+            return Err(Error::unsupported(format!(
+                "backing chain deeper than {}",
+                opts.max_chain_depth
+            )));
+        }
+        img.backing = Some(Backing::Qcow2(Box::new(backing)));
+        Ok(img)
+    }
+
     fn refuse(h: &Header, writable: bool) -> Result<()> {
         h.refuse_unknown_incompatible()?;
         if h.crypt_method != 0 || h.extensions.contains(&format::EXT_CRYPTO) {
@@ -1024,4 +1055,13 @@ fn is_zero(buf: &[u8]) -> bool {
 fn _assert_send_sync() {
     fn is<T: Send + Sync>() {}
     is::<Image>();
+}
+
+/// Layers under `img` (0 for an image without a backing file).
+fn chain_depth(img: &Image) -> u32 {
+    match &img.backing {
+        Some(Backing::Qcow2(b)) => 1 + chain_depth(b),
+        Some(Backing::Raw { .. }) => 1,
+        None => 0,
+    }
 }

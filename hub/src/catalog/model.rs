@@ -210,6 +210,8 @@ pub struct Restore {
     pub export_name: String,
     pub created_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
+    /// The S3 repository whose copy is read; `None`: the backup's own repository.
+    pub repository_id: Option<String>,
 }
 
 /// Filters of `GET /api/v1/backups` (and of its stats): unknown values are refused by serde.

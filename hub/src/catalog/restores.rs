@@ -11,15 +11,16 @@ impl Catalog {
     pub fn insert_restore(&self, restore: &Restore) -> Result<()> {
         let conn = self.writer();
         conn.execute(
-            "INSERT INTO restores (id, backup_id, disk_id, export_name, created_at, expires_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO restores (id, backup_id, disk_id, export_name, created_at, expires_at, \
+             repository_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 restore.id,
                 restore.backup_id,
                 restore.disk_id,
                 restore.export_name,
                 fmt_time(restore.created_at),
-                fmt_time(restore.expires_at)
+                fmt_time(restore.expires_at),
+                restore.repository_id,
             ],
         )?;
         Ok(())
@@ -28,7 +29,8 @@ impl Catalog {
     pub fn restores(&self) -> Result<Vec<Restore>> {
         let conn = self.conn.lock();
         let mut stmt = conn.prepare(
-            "SELECT id, backup_id, disk_id, export_name, created_at, expires_at FROM restores ORDER BY rowid DESC",
+            "SELECT id, backup_id, disk_id, export_name, created_at, expires_at, repository_id \
+             FROM restores ORDER BY rowid DESC",
         )?;
         Ok(stmt
             .query_map([], restore_from_row)?
@@ -40,10 +42,11 @@ impl Catalog {
         Ok(conn.execute("DELETE FROM restores WHERE id = ?1", [id])? == 1)
     }
 
+    /// Open restores of the backup's own images (a restore of a copy in a bucket is not one).
     pub fn restores_of(&self, backup_id: &str) -> Result<usize> {
         let conn = self.conn.lock();
         let n: i64 = conn.query_row(
-            "SELECT COUNT(*) FROM restores WHERE backup_id = ?1",
+            "SELECT COUNT(*) FROM restores WHERE backup_id = ?1 AND repository_id IS NULL",
             [backup_id],
             |r| r.get(0),
         )?;

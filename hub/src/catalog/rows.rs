@@ -118,6 +118,7 @@ pub(super) fn restore_from_row(row: &Row<'_>) -> rusqlite::Result<Restore> {
         export_name: row.get(3)?,
         created_at: parse_time(&row.get::<_, String>(4)?)?,
         expires_at: parse_time(&row.get::<_, String>(5)?)?,
+        repository_id: row.get(6)?,
     })
 }
 

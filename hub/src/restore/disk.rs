@@ -22,6 +22,10 @@ pub struct CreateRestore {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 604_800)]
     pub ttl_seconds: Option<u64>,
+    /// An S3 repository holding a copy of the backup: the disk is read from the copy's objects
+    /// (the backup need not be in this hub's repositories any more). Absent: the backup's own.
+    #[serde(default)]
+    pub repository_id: Option<String>,
 }
 
 impl Hub {
@@ -37,15 +41,41 @@ impl Hub {
             )));
         }
         let _ops = self.ops.lock().await;
-        let (backup, disk, repository) = self.restorable(&req.backup_id, req.disk_id)?;
-        let image = open_image(
-            disk.qcow2_path.clone(),
-            repository.path,
-            false,
-            self.config.storage_io,
-        )
-        .await?;
-        let export_name = layout::restore_export_name(&backup.vm_name, disk.disk_id);
+        let bucket = match &req.repository_id {
+            Some(r) => Some(self.repository_or_404(r)?).filter(|repo| repo.s3.is_some()),
+            None => None,
+        };
+        let (image, vm_name) = match &bucket {
+            Some(repo) => {
+                let (image, copy) = self
+                    .open_copy_chain(&req.backup_id, req.disk_id, repo)
+                    .await?;
+                (image, copy.vm_name)
+            }
+            None => {
+                let (backup, disk, repository) = self.restorable(&req.backup_id, req.disk_id)?;
+                if req
+                    .repository_id
+                    .as_ref()
+                    .is_some_and(|r| *r != repository.id)
+                {
+                    return Err(Error::Invalid(format!(
+                        "backup {} is in repository {}; repository_id names it or an S3 \
+                         repository holding a copy",
+                        backup.id, repository.id
+                    )));
+                }
+                let image = open_image(
+                    disk.qcow2_path.clone(),
+                    repository.path,
+                    false,
+                    self.config.storage_io,
+                )
+                .await?;
+                (image, backup.vm_name)
+            }
+        };
+        let export_name = layout::restore_export_name(&vm_name, req.disk_id);
         self.nbd.add_export(
             &export_name,
             Arc::new(ImageExport::new(Arc::clone(&image)).read_only()),
@@ -53,11 +83,12 @@ impl Hub {
         let created_at = now();
         let restore = Restore {
             id: uuid::Uuid::new_v4().to_string(),
-            backup_id: backup.id.clone(),
-            disk_id: disk.disk_id,
+            backup_id: req.backup_id.clone(),
+            disk_id: req.disk_id,
             export_name,
             created_at,
             expires_at: created_at + ttl,
+            repository_id: bucket.map(|r| r.id),
         };
         if let Err(err) = self.catalog.insert_restore(&restore) {
             let _ = self
@@ -67,7 +98,8 @@ impl Hub {
             return Err(err);
         }
         self.restores.lock().insert(restore.id.clone(), image);
-        tracing::info!(restore_id = %restore.id, backup_id = %backup.id, disk_id = disk.disk_id, "restore export open");
+        tracing::info!(restore_id = %restore.id, backup_id = %restore.backup_id,
+            disk_id = restore.disk_id, repository = ?restore.repository_id, "restore export open");
         Ok(restore)
     }
 

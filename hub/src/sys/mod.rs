@@ -3,7 +3,8 @@
 //! TLS credentials, log formatting, systemd's readiness notice, size parsing, the credential key
 //! and its sealing (`secrets`), what of a peer's text may be repeated when it was sent a secret
 //! (`echo`), and the HTTP client of the SNA's API (`sna`: transport and bounds,
-//! not what its answers mean), and the bound on the process's threads (`threads`).
+//! not what its answers mean), the bound on the process's threads (`threads`), and an object in a
+//! bucket read as qcow2 storage through a bounded cache (`objects`).
 //!
 //! These sit below every room because `Hub` holds them (the key, the SNA client, the reserve) and
 //! `Config` reads them; nothing here imports a room of the hub, only `error`.
@@ -12,6 +13,7 @@ pub mod datadir;
 pub mod echo;
 pub mod logfmt;
 pub(crate) mod notify;
+pub mod objects;
 pub(crate) mod reserve;
 pub mod secrets;
 pub mod size;

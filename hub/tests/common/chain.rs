@@ -164,7 +164,21 @@ pub fn build(
 
 /// The disk as of backup `id`, read through a restore export with nbdcopy.
 pub fn restore_bytes(api: &str, token: &str, id: &str, dir: &Path) -> Vec<u8> {
-    let body = json!({ "backup_id": id, "disk_id": 0 });
+    restore_bytes_from(api, token, id, dir, None)
+}
+
+/// [`restore_bytes`] from the backup's copy in `repository` (an S3 repository) when given.
+pub fn restore_bytes_from(
+    api: &str,
+    token: &str,
+    id: &str,
+    dir: &Path,
+    repository: Option<&str>,
+) -> Vec<u8> {
+    let mut body = json!({ "backup_id": id, "disk_id": 0 });
+    if let Some(r) = repository {
+        body["repository_id"] = json!(r);
+    }
     let r = ok(http(
         "POST",
         api,

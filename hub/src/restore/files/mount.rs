@@ -19,6 +19,10 @@ pub struct MountRequest {
     pub backup_id: String,
     /// The backup's disk (`disk_id` in the backup's `disks`, 0 for the first).
     pub disk_index: u32,
+    /// An S3 repository holding a copy of the backup: its objects are browsed. Absent: the
+    /// backup's own repository.
+    #[serde(default)]
+    pub repository_id: Option<String>,
 }
 
 pub struct Mount {
@@ -106,21 +110,37 @@ fn too_many(max: usize) -> Error {
 }
 
 impl Hub {
-    /// The backup's disk opened read-only through its chain, and its volumes scanned.
+    /// The backup's disk opened read-only through its chain, and its volumes scanned. From the
+    /// copy in `bucket` (an S3 repository's id) when given: there is no local backup then.
     async fn open_for_browsing(
         &self,
         backup_id: &str,
         disk_id: u32,
-    ) -> Result<(crate::catalog::Backup, Arc<Image>, Vec<Volume>)> {
-        let (backup, disk, repository) = self.restorable(backup_id, disk_id)?;
-        // Browsing reads small pieces all over the disk: through the page cache, never O_DIRECT.
-        let image = open_image(
-            disk.qcow2_path.clone(),
-            repository.path,
-            false,
-            qcow2::StorageIo::Buffered,
-        )
-        .await?;
+        bucket: Option<&str>,
+    ) -> Result<(Option<crate::catalog::Backup>, Arc<Image>, Vec<Volume>)> {
+        let bucket = match bucket {
+            Some(id) => Some(self.repository_or_404(id)?).filter(|r| r.s3.is_some()),
+            None => None,
+        };
+        let (backup, image) = match bucket {
+            Some(repo) => (
+                None,
+                self.open_copy_chain(backup_id, disk_id, &repo).await?.0,
+            ),
+            None => {
+                let (backup, disk, repository) = self.restorable(backup_id, disk_id)?;
+                // Browsing reads small pieces all over the disk: through the page cache, never
+                // O_DIRECT.
+                let image = open_image(
+                    disk.qcow2_path.clone(),
+                    repository.path,
+                    false,
+                    qcow2::StorageIo::Buffered,
+                )
+                .await?;
+                (Some(backup), image)
+            }
+        };
         let reader: Arc<dyn guestfs::ReadAt> = Arc::new(ImageDisk::new(image.clone()));
         let found = blocking(move || {
             volumes::scan(reader).map_err(|e| {
@@ -133,7 +153,7 @@ impl Hub {
 
     /// The partitions and filesystems of a backup's disk, without keeping a mount.
     pub async fn disk_volumes(&self, backup_id: &str, disk_id: u32) -> Result<Vec<Volume>> {
-        Ok(self.open_for_browsing(backup_id, disk_id).await?.2)
+        Ok(self.open_for_browsing(backup_id, disk_id, None).await?.2)
     }
 
     pub async fn mount_backup(&self, req: MountRequest) -> Result<Arc<Mount>> {
@@ -141,17 +161,19 @@ impl Hub {
             return Err(too_many(self.config.max_mounts));
         }
         let (backup, image, found) = self
-            .open_for_browsing(&req.backup_id, req.disk_index)
+            .open_for_browsing(&req.backup_id, req.disk_index, req.repository_id.as_deref())
             .await?;
         let disk_id = req.disk_index;
         // Checked again under the lock: two requests may have passed the first check at once,
         // and a prune may have started on the chain while the disk was scanned.
         let _ops = self.ops.lock().await;
-        self.refuse_while_merging(&backup)?;
+        if let Some(backup) = &backup {
+            self.refuse_while_merging(backup)?;
+        }
         let created_at = now();
         let mount = Arc::new(Mount {
             id: uuid::Uuid::new_v4().to_string(),
-            backup_id: backup.id.clone(),
+            backup_id: req.backup_id.clone(),
             disk_id,
             image,
             volumes: found,
@@ -166,7 +188,7 @@ impl Hub {
             }
             mounts.insert(mount.id.clone(), mount.clone() as Opaque);
         }
-        tracing::info!(mount_id = %mount.id, backup_id = %backup.id, disk_id,
+        tracing::info!(mount_id = %mount.id, backup_id = %mount.backup_id, disk_id,
             volumes = mount.volumes.len(), "file-level restore mount open");
         Ok(mount)
     }
