@@ -260,6 +260,137 @@ fn a_chain_copied_to_s3_restores_from_the_objects_alone() {
         None,
     ));
     assert_eq!(t["success"], true, "{t}");
+
+    // Copies go top down: a layer another copy reads through is refused; then the repository.
+    let copy_of = |id: &str| {
+        let all = ok(call(
+            &api,
+            &token,
+            "GET",
+            &format!("/api/v1/backups/{id}/copies"),
+            None,
+        ));
+        all[0]["id"].as_str().unwrap().to_owned()
+    };
+    let full_copy = copy_of(&c.ids[0]);
+    let r = call(
+        &api,
+        &token,
+        "DELETE",
+        &format!("/api/v1/copies/{full_copy}"),
+        None,
+    );
+    assert_eq!(r.0, 409, "{}", r.1);
+    let listed = ok(call(
+        &api,
+        &token,
+        "GET",
+        "/api/v1/repositories/offsite/copies",
+        None,
+    ));
+    let all: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .collect();
+    for id in all {
+        let r = call(
+            &api,
+            &token,
+            "DELETE",
+            &format!("/api/v1/copies/{id}"),
+            None,
+        );
+        assert_eq!(r.0, 200, "{}", r.1);
+    }
+    let left = moto.keys("offsite");
+    assert!(left.iter().all(|k| !k.starts_with("hub1/")), "{left:?}");
+    let r = call(&api, &token, "DELETE", "/api/v1/repositories/offsite", None);
+    assert_eq!(r.0, 200, "{}", r.1);
+}
+
+/// The civil date (YYYY-MM-DD, UTC) `days` from now (Howard Hinnant's days-to-civil).
+fn date_in(days: u64) -> String {
+    let t = std::time::SystemTime::now() + std::time::Duration::from_secs(days * 86_400);
+    let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let z = secs.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// A bucket with Object Lock: every object of a copy is locked (compliance) until its date, the
+/// hub refuses to delete the copy before it and says so, and a later layer's longer lock reaches
+/// the layers it reads through.
+#[test]
+fn object_lock_keeps_a_chain_as_long_as_its_newest_layer() {
+    let Some(moto) = Moto::start() else { return };
+    moto.create_bucket("vault", true);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (_hub, api, _nbd) = start_hub(&data);
+    let token = read_token(&data);
+    let repo = moto.repository("vault", "vault", "");
+    ok(call(
+        &api,
+        &token,
+        "POST",
+        "/api/v1/repositories",
+        Some(&repo),
+    ));
+    let c = chain::build(&api, &token, "vm2", dir.path(), 1, 4 << 20);
+    let copy = |id: &str, days: u32| {
+        let body = json!({"repository_id": "vault", "retain_days": days});
+        let r = call(
+            &api,
+            &token,
+            "POST",
+            &format!("/api/v1/backups/{id}/copy"),
+            Some(&body),
+        );
+        assert_eq!(r.0, 201, "{}", r.1);
+        let job = wait_job(&api, &token, r.1["job_id"].as_str().unwrap());
+        assert_eq!(job["status"], "succeeded", "{job}");
+    };
+    let row = |id: &str| {
+        ok(call(
+            &api,
+            &token,
+            "GET",
+            &format!("/api/v1/backups/{id}/copies"),
+            None,
+        ))[0]
+            .clone()
+    };
+    let until = |row: &Value| row["retain_until"].as_str().unwrap()[..10].to_owned();
+
+    copy(&c.ids[0], 3);
+    let full = row(&c.ids[0]);
+    assert_eq!(until(&full), date_in(3), "{full}");
+    let image = format!("vm2/{}/disk0.qcow2", c.ids[0]);
+    let retention = moto.retention("vault", &image);
+    assert!(retention.contains("COMPLIANCE"), "{retention}");
+    assert!(retention.contains(&date_in(3)), "{retention}");
+    let path = format!("/api/v1/copies/{}", full["id"].as_str().unwrap());
+    let r = call(&api, &token, "DELETE", &path, None);
+    assert_eq!(r.0, 409, "{}", r.1);
+    assert!(r.1.to_string().contains("locked"), "{}", r.1);
+
+    // The incremental's copy is kept 5 days: the full it reads through is too.
+    copy(&c.ids[1], 5);
+    assert_eq!(until(&row(&c.ids[1])), date_in(5));
+    assert_eq!(until(&row(&c.ids[0])), date_in(5));
+    assert!(moto.retention("vault", &image).contains(&date_in(5)));
+    let manifest = format!("vm2/{}/manifest.json", c.ids[1]);
+    assert!(moto.retention("vault", &manifest).contains(&date_in(5)));
 }
 
 /// An object already at a layer's key (not the hub's) stays as it is, and the copy fails saying

@@ -23,6 +23,11 @@ pub struct CopyBody {
     /// Read every object back and compare it with what was sent (default true).
     #[serde(default)]
     pub verify: Option<bool>,
+    /// Where the bucket has Object Lock: days each object stays locked (the bucket's default
+    /// retention when longer or when absent).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 36_500)]
+    pub retain_days: Option<u32>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -58,6 +63,9 @@ pub struct CopyView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_message: Option<String>,
     pub created_at: String,
+    /// Where the bucket has Object Lock: no object of the copy can be deleted before this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retain_until: Option<String>,
     /// The backup this layer reads through at the destination (its copy is there too).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent_backup_id: Option<String>,
@@ -81,6 +89,7 @@ impl From<&BackupCopy> for CopyView {
             verification_status: c.verification_status.clone(),
             error_message: c.error_message.clone(),
             created_at: fmt_time(c.created_at),
+            retain_until: c.retain_until.map(fmt_time),
             parent_backup_id: c.parent_backup_id.clone(),
             job_id: c.job_id.clone(),
         }
@@ -106,6 +115,7 @@ pub async fn copy(
             repository_id: body.repository_id,
             copy_rule_id: None,
             verify: body.verify.unwrap_or(true),
+            retain_days: body.retain_days,
         })
         .await?;
     Ok((
@@ -135,6 +145,20 @@ pub async fn copies(
         hub.backup(&id)?;
     }
     Ok(Json(copies.iter().map(CopyView::from).collect()))
+}
+
+#[utoipa::path(delete, path = "/api/v1/copies/{id}", operation_id = "delete_copy", tag = "backups",
+    params(("id" = String, Path, description = "Copy id")),
+    responses((status = 200, description = "The copy's objects and row are gone", body = CopyView),
+        (status = 404, description = "No such copy", body = ErrorBody),
+        (status = 409, description = "Its job is live, its objects are locked until a date the message gives, or a copy above reads through it", body = ErrorBody),
+        (status = 502, description = "The bucket refused or did not answer", body = ErrorBody)))]
+pub async fn delete_copy(
+    State(hub): State<Hub>,
+    Path(id): Path<String>,
+) -> Result<Json<CopyView>, ApiError> {
+    let copy = hub.delete_copy(&id).await?;
+    Ok(Json(CopyView::from(&copy)))
 }
 
 #[utoipa::path(get, path = "/api/v1/repositories/{id}/copies", operation_id = "repository_copies", tag = "repositories",

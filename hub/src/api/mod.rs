@@ -94,6 +94,7 @@ fn backup_routes() -> Router<Hub> {
         .route("/api/v1/backups/{id}/verify", post(verify::verify_backup))
         .route("/api/v1/backups/{id}/copy", post(copies::copy))
         .route("/api/v1/backups/{id}/copies", get(copies::copies))
+        .route("/api/v1/copies/{id}", delete(copies::delete_copy))
         .route(
             "/api/v1/repositories/{id}/copies",
             get(copies::repository_copies),

@@ -292,6 +292,11 @@ impl Catalog {
         Ok(all)
     }
 
+    pub fn delete_copy(&self, id: &str) -> Result<bool> {
+        let conn = self.writer();
+        Ok(conn.execute("DELETE FROM backup_copies WHERE id = ?1", [id])? == 1)
+    }
+
     pub fn repository_copy_count(&self, repository_id: &str) -> Result<u64> {
         let conn = self.conn.lock();
         let n: i64 = conn.query_row(

@@ -14,8 +14,8 @@ impl Hub {
         backup_id: &str,
         ctx: &JobContext,
     ) {
-        let rules = match self.catalog.policy(policy_id) {
-            Ok(Some(p)) => p.copy_rules,
+        let (rules, retain_days) = match self.catalog.policy(policy_id) {
+            Ok(Some(p)) => (p.copy_rules, p.retention_days),
             Ok(None) => return,
             Err(err) => return ctx.warn(format!("backup {backup_id}: no copies: {err}")),
         };
@@ -28,6 +28,8 @@ impl Hub {
                 repository_id: rule.destination_repository_id.clone(),
                 copy_rule_id: Some(rule.id.clone()),
                 verify: rule.verify_after_copy,
+                // The policy's days: a copy is immutable as long as the policy keeps backups.
+                retain_days,
             };
             let job = match self.start_copy(req).await {
                 Ok((job, _)) => job,

@@ -6,7 +6,7 @@ use object_store::path::Path as Key;
 use serde::Serialize;
 
 use super::object_name;
-use super::run::{Progress, Work};
+use super::run::{Progress, Retain, Work};
 use super::upload::{self, Sent, Uploaded};
 use crate::catalog::{Backup, BackupCopy, CopiedDisk, CopyStatus, CopyUpdate, Disk};
 use crate::error::{Error, Result};
@@ -69,10 +69,14 @@ impl Hub {
             .key(&object_name(&layer.vm_name, &layer.id, "manifest.json"));
         let body = serde_json::to_vec_pretty(&manifest).expect("a manifest serialises");
         upload::put_new(work.bucket.store().as_ref(), &key, body).await?;
+        if let Some(r) = work.retain {
+            lock_objects(work, sent.iter().map(|(k, _)| k).chain([&key]), r).await?;
+        }
         let bytes: u64 = sent.iter().map(|(_, u)| u.bytes).sum();
         let update = CopyUpdate {
             size_bytes: Some(bytes),
             disks: Some(disks),
+            retain_until: work.retain.map(|r| r.until),
             ..Default::default()
         };
         self.catalog.update_copy(&row.id, update)?;
@@ -95,6 +99,44 @@ impl Hub {
         }
         self.catalog.update_copy(&row.id, update)?;
         Ok(bytes)
+    }
+
+    /// The completed copies the job's bottom layer reads through get the job's lock where theirs
+    /// ends sooner: a chain stays as immutable as its newest layer.
+    pub(super) async fn extend_below(&self, work: &Work, ctx: &JobContext) -> Result<()> {
+        let (Some(r), Some((bottom, _))) = (work.retain, work.layers.first()) else {
+            return Ok(());
+        };
+        let repository = work.layers[0].1.repository_id.clone();
+        let mut parent = bottom.parent_backup_id.clone();
+        while let Some(id) = parent {
+            let Some(copy) = self.catalog.copy_in(&id, &repository)? else {
+                break;
+            };
+            if copy.retain_until.is_none_or(|u| u < r.until) {
+                let manifest = Key::from(format!("{}/manifest.json", copy.object_prefix));
+                let keys: Vec<Key> = copy
+                    .disks
+                    .iter()
+                    .flat_map(|d| [Some(&d.image_key), d.digests_key.as_ref()])
+                    .flatten()
+                    .map(|k| Key::from(k.as_str()))
+                    .chain([manifest])
+                    .collect();
+                lock_objects(work, keys.iter(), r).await?;
+                let update = CopyUpdate {
+                    retain_until: Some(r.until),
+                    ..Default::default()
+                };
+                self.catalog.update_copy(&copy.id, update)?;
+                ctx.info(format!(
+                    "backup {id}: its copy is locked until {} too",
+                    r.until
+                ));
+            }
+            parent = copy.parent_backup_id;
+        }
+        Ok(())
     }
 
     fn set_copy_status(&self, id: &str, status: CopyStatus, started: bool) -> Result<()> {
@@ -156,6 +198,17 @@ async fn copy_disk(
         sent.push((key, up));
     }
     Ok((copied, sent))
+}
+
+async fn lock_objects<'a>(
+    work: &Work,
+    keys: impl Iterator<Item = &'a Key>,
+    r: Retain,
+) -> Result<()> {
+    for key in keys {
+        work.bucket.retain(key, r.mode, r.until).await?;
+    }
+    Ok(())
 }
 
 /// Every object read back whole: its size and BLAKE3 must be what was sent.

@@ -12,6 +12,7 @@
 mod after;
 mod layer;
 mod plan;
+mod remove;
 mod run;
 mod start;
 pub mod upload;

@@ -3,10 +3,13 @@
 
 use serde_json::json;
 
+use time::OffsetDateTime;
+
 use crate::catalog::{Backup, BackupCopy};
 use crate::jobs::{JobContext, Outcome};
+use crate::repo::object_lock::LockMode;
 use crate::repo::s3::Bucket;
-use crate::state::Hub;
+use crate::state::{Hub, now};
 
 /// Bytes sent so far of bytes to send, over the whole job.
 pub(super) struct Progress {
@@ -19,10 +22,20 @@ pub(super) struct Work {
     /// Bottom first, each with its row.
     pub layers: Vec<(Backup, BackupCopy)>,
     pub verify: bool,
+    pub retain_days: Option<u32>,
+    /// The lock every object gets, once the bucket's Object Lock was read (`None`: no lock).
+    pub retain: Option<Retain>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Retain {
+    pub mode: LockMode,
+    pub until: OffsetDateTime,
 }
 
 impl Hub {
-    pub(super) async fn run_copy(&self, work: Work, ctx: JobContext) -> Outcome {
+    pub(super) async fn run_copy(&self, mut work: Work, ctx: JobContext) -> Outcome {
+        work.retain = retention(&work, &ctx).await;
         let total: u64 = work
             .layers
             .iter()
@@ -60,6 +73,42 @@ impl Hub {
                 }
             }
         }
+        if let Err(err) = self.extend_below(&work, &ctx).await {
+            let error = format!("the layers below could not be locked as long: {err}");
+            return Outcome::Failed {
+                error,
+                result: Some(json!({"copied": copied})),
+            };
+        }
         Outcome::Succeeded(json!({"copied": copied, "bytes": progress.done}))
     }
+}
+
+/// The lock the job's objects get: none where the bucket has no Object Lock; else until the
+/// later of the asked days and the bucket's default, in the bucket's default mode (compliance
+/// when it has none: nobody, the hub's own key included, deletes a copy before its date).
+async fn retention(work: &Work, ctx: &JobContext) -> Option<Retain> {
+    let lock = match work.bucket.object_lock().await {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            if work.retain_days.is_some() {
+                ctx.warn("the bucket has no Object Lock: the copy is not immutable");
+            }
+            return None;
+        }
+        Err(err) => {
+            ctx.warn(format!(
+                "Object Lock not read, the copy is not locked: {err}"
+            ));
+            return None;
+        }
+    };
+    let days = work.retain_days.max(lock.default_days)?;
+    let until = now() + time::Duration::days(i64::from(days));
+    let mode = lock.default_mode.unwrap_or(LockMode::Compliance);
+    ctx.info(format!(
+        "Object Lock: every object {} until {until}",
+        mode.as_str()
+    ));
+    Some(Retain { mode, until })
 }

@@ -19,6 +19,9 @@ pub struct CopyRequest {
     pub copy_rule_id: Option<String>,
     /// Read every object back and compare it with what was sent.
     pub verify: bool,
+    /// Days each object stays locked where the bucket has Object Lock (the bucket's default
+    /// retention when longer or when this is absent).
+    pub retain_days: Option<u32>,
 }
 
 impl Hub {
@@ -75,6 +78,8 @@ impl Hub {
                 bucket,
                 layers,
                 verify: req.verify,
+                retain_days: req.retain_days,
+                retain: None,
             },
         )?;
         tracing::info!(job_id = %job.id, backup = %backup.id, repository = %repo.id, "copy queued");

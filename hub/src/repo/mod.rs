@@ -17,6 +17,7 @@ pub mod layout;
 pub mod limits;
 pub mod manage;
 pub mod manifest;
+pub mod object_lock;
 pub mod ownership;
 pub(crate) mod presence;
 pub(crate) mod probe;

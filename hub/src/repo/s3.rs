@@ -30,6 +30,9 @@ pub enum Patience {
 #[derive(Debug, Clone)]
 pub struct Bucket {
     settings: S3Settings,
+    /// `Debug` shows `***`; kept for the requests object_store has no verb for (`object_lock`).
+    secret: Secret,
+    options: ClientOptions,
     store: Arc<AmazonS3>,
 }
 
@@ -134,12 +137,17 @@ impl Bucket {
             .with_access_key_id(&settings.access_key_id)
             .with_secret_access_key(secret.expose())
             .with_virtual_hosted_style_request(!settings.path_style)
-            .with_client_options(options)
+            .with_client_options(options.clone())
             .with_retry(retry)
+            // Every PUT and part carries its SHA-256: the store checks what it received, and
+            // buckets with Object Lock require a checksum on writes.
+            .with_checksum_algorithm(object_store::aws::Checksum::SHA256)
             .build()
             .map_err(|e| Error::Invalid(format!("S3 settings: {}", describe(&e))))?;
         Ok(Bucket {
             settings: settings.clone(),
+            secret: secret.clone(),
+            options,
             store: Arc::new(store),
         })
     }
@@ -150,6 +158,14 @@ impl Bucket {
 
     pub fn settings(&self) -> &S3Settings {
         &self.settings
+    }
+
+    pub(super) fn secret(&self) -> &Secret {
+        &self.secret
+    }
+
+    pub(super) fn client_options(&self) -> &ClientOptions {
+        &self.options
     }
 
     /// The key of `rel` (a `/`-separated relative name) under the repository's prefix.

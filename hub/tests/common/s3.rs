@@ -108,6 +108,17 @@ impl Moto {
             .collect()
     }
 
+    /// The object's Object Lock headers as a HEAD answers them (`x-amz-object-lock-mode`,
+    /// `x-amz-object-lock-retain-until-date`; moto answers `GET ?retention` with the object).
+    pub fn retention(&self, bucket: &str, key: &str) -> String {
+        let head = self.curl(&["-I", &format!("{}/{bucket}/{key}", self.endpoint)]);
+        String::from_utf8_lossy(&head)
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("x-amz-object-lock"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     pub fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
         self.curl(&[&format!("{}/{bucket}/{key}", self.endpoint)])
     }

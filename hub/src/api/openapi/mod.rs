@@ -41,6 +41,7 @@ mod tests;
         super::verify::set_verify_new,
         super::copies::copy,
         super::copies::copies,
+        super::copies::delete_copy,
         super::copies::repository_copies,
         super::backups::complete,
         super::backups::change_id,
