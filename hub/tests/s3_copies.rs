@@ -261,6 +261,35 @@ fn a_chain_copied_to_s3_restores_from_the_objects_alone() {
     ));
     assert_eq!(t["success"], true, "{t}");
 
+    // The hub's disks lost: a new hub given the same bucket finds the copies in their manifests
+    // and restores every point from them.
+    let data2 = dir.path().join("data2");
+    let (_hub2, api2, _nbd2) = start_hub(&data2);
+    let token2 = read_token(&data2);
+    let again = ok(call(
+        &api2,
+        &token2,
+        "POST",
+        "/api/v1/repositories",
+        Some(&moto.repository("offsite", "offsite", "hub1")),
+    ));
+    assert_eq!(again["adopted_copies"], 3, "{again}");
+    for (i, id) in c.ids.iter().enumerate() {
+        let bytes = chain::restore_bytes_from(&api2, &token2, id, dir.path(), Some("offsite"));
+        assert!(
+            bytes == c.points[i],
+            "point {i} from the bucket on a new hub differs"
+        );
+    }
+    let rescan = ok(call(
+        &api2,
+        &token2,
+        "POST",
+        "/api/v1/repositories/offsite/rescan",
+        None,
+    ));
+    assert_eq!(rescan["adopted_copies"], 0, "{rescan}");
+
     // Copies go top down: a layer another copy reads through is refused; then the repository.
     let copy_of = |id: &str| {
         let all = ok(call(

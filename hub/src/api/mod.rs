@@ -122,6 +122,10 @@ fn backup_routes() -> Router<Hub> {
         .route("/api/v1/repositories/{id}", delete(repositories::delete))
         .route("/api/v1/repositories/{id}/test", post(repositories::test))
         .route(
+            "/api/v1/repositories/{id}/rescan",
+            post(repositories::rescan),
+        )
+        .route(
             "/api/v1/repositories/{id}/storage",
             get(repositories::storage),
         )

@@ -220,11 +220,24 @@ pub async fn create(
             location,
         })
         .await?;
+    // A bucket that already holds copies (this hub's before it lost its disks, say): they are
+    // the catalog's again. A listing that fails leaves the repository added; a rescan retries.
+    let adopted_copies = match repo.s3 {
+        Some(_) => match hub.adopt_copies(&repo).await {
+            Ok(n) => Some(n),
+            Err(err) => {
+                tracing::warn!(repository = %repo.id, %err, "the bucket's copies were not read");
+                Some(0)
+            }
+        },
+        None => None,
+    };
     let view = hub.repository_view(&repo)?;
     Ok(Json(RepositoryCreated {
         success: true,
         repository: view.clone(),
         view,
+        adopted_copies,
     }))
 }
 
@@ -267,6 +280,29 @@ pub async fn test(
 ) -> Result<Json<RepositoryTest>, ApiError> {
     let result = hub.test_repository(&id).await;
     Ok(Json(verdict(result, "the repository can hold images")?))
+}
+
+#[utoipa::path(post, path = "/api/v1/repositories/{id}/rescan", operation_id = "rescan_repository", tag = "repositories",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "The copies found in the S3 repository's bucket that the catalog lacked, now listed (completed; each layer's manifest is written last)", body = Rescanned),
+        (status = 400, description = "A local repository", body = ErrorBody),
+        (status = 404, description = "No such repository", body = ErrorBody),
+        (status = 502, description = "The bucket could not be listed", body = ErrorBody)))]
+pub async fn rescan(
+    State(hub): State<Hub>,
+    Path(id): Path<String>,
+) -> Result<Json<Rescanned>, ApiError> {
+    let repo = hub.repository_or_404(&id)?;
+    if repo.s3.is_none() {
+        return Err(ApiError::BadRequest(format!(
+            "repository {id:?} is a local directory; only S3 repositories are rescanned"
+        )));
+    }
+    let adopted_copies = hub.adopt_copies(&repo).await?;
+    Ok(Json(Rescanned {
+        success: true,
+        adopted_copies,
+    }))
 }
 
 #[utoipa::path(post, path = "/api/v1/repositories/refresh-storage", operation_id = "refresh_repository_storage", tag = "repositories",

@@ -98,6 +98,15 @@ pub struct RepositoryCreated {
     #[serde(flatten)]
     pub view: RepositoryView,
     pub repository: RepositoryView,
+    /// An S3 repository: the copies its bucket already held, now in the catalog.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adopted_copies: Option<usize>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Rescanned {
+    pub success: bool,
+    pub adopted_copies: usize,
 }
 
 /// A test's verdict: a failed test is still a 200, with `success: false`.

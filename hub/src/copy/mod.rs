@@ -9,6 +9,7 @@
 //! backups' rows). It reads the catalog and the files and writes objects; it knows nothing of
 //! HTTP or NBD.
 
+mod adopt;
 mod after;
 mod layer;
 mod plan;

@@ -59,6 +59,7 @@ mod tests;
         super::file_restore::resources,
         super::file_restore::cleanup_status,
         super::file_restore::volumes,
+        super::repositories::rescan,
         super::repositories::list,
         super::repositories::create,
         super::repositories::test_config,
