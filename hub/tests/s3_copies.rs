@@ -462,3 +462,91 @@ fn never_over_an_existing_object(moto: &Moto, api: &str, token: &str, dir: &Path
         "a failed layer has no manifest"
     );
 }
+
+/// A hub killed (SIGKILL) while a copy uploads: at the next start the copy is failed, saying
+/// why, never completed; copying again finishes it, and the bucket restores the disk exactly.
+#[test]
+fn a_copy_killed_mid_upload_is_failed_then_finished_by_copying_again() {
+    let Some(moto) = Moto::start() else { return };
+    moto.create_bucket("offsite", false);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut hub, api, _nbd) = start_hub(&data);
+    let token = read_token(&data);
+    let repo = moto.repository("offsite", "offsite", "");
+    ok(call(
+        &api,
+        &token,
+        "POST",
+        "/api/v1/repositories",
+        Some(&repo),
+    ));
+    let c = chain::build(&api, &token, "vm3", dir.path(), 0, 128 << 20);
+    let id = c.ids[0].clone();
+    let path = format!("/api/v1/backups/{id}/copy");
+    let body = json!({"repository_id": "offsite"});
+    let started = call(&api, &token, "POST", &path, Some(&body));
+    assert_eq!(started.0, 201, "{}", started.1);
+    let job = started.1["job_id"].as_str().unwrap().to_owned();
+    let mut sending = false;
+    for _ in 0..2000 {
+        let j = ok(call(
+            &api,
+            &token,
+            "GET",
+            &format!("/api/v1/jobs/{job}"),
+            None,
+        ));
+        if j["status"] != "queued" && j["status"] != "running" {
+            break;
+        }
+        if j["bytes_done"].as_u64().unwrap_or(0) > 0 {
+            sending = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(sending, "the copy ended before it could be interrupted");
+    hub.child().kill().unwrap();
+    hub.child().wait().unwrap();
+
+    let (_hub, api, _nbd) = start_hub(&data);
+    let copies = ok(call(
+        &api,
+        &token,
+        "GET",
+        &format!("/api/v1/backups/{id}/copies"),
+        None,
+    ));
+    assert_eq!(copies[0]["status"], "failed", "{copies}");
+    assert!(
+        copies[0]["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("stopped"),
+        "{copies}"
+    );
+    let r = call(&api, &token, "POST", &path, Some(&body));
+    assert_eq!(r.0, 201, "{}", r.1);
+    let j = wait_job(&api, &token, r.1["job_id"].as_str().unwrap());
+    assert_eq!(j["status"], "succeeded", "{j}");
+    let copies = ok(call(
+        &api,
+        &token,
+        "GET",
+        &format!("/api/v1/backups/{id}/copies"),
+        None,
+    ));
+    assert_eq!(copies[0]["status"], "completed", "{copies}");
+    assert_eq!(copies[0]["verification_status"], "passed", "{copies}");
+    let gone = call(
+        &api,
+        &token,
+        "DELETE",
+        &format!("/api/v1/backups/{id}"),
+        None,
+    );
+    assert!(gone.0 == 200 || gone.0 == 204, "{}", gone.1);
+    let bytes = chain::restore_bytes_from(&api, &token, &id, dir.path(), Some("offsite"));
+    assert!(bytes == c.points[0], "the disk from the bucket differs");
+}
