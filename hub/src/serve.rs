@@ -43,9 +43,11 @@ pub async fn start(config: Config, nbd: TcpListener, shutdown: CancellationToken
     let monitor = hub.clone();
     let scheduler = (hub.clone(), shutdown.clone());
     let verify = (hub.clone(), shutdown.clone());
+    let copies = (hub.clone(), shutdown.clone());
     tokio::spawn(async move { monitor.monitor(shutdown).await });
     tokio::spawn(async move { scheduler.0.scheduler(scheduler.1).await });
     tokio::spawn(async move { verify.0.verify_clock(verify.1).await });
+    tokio::spawn(async move { copies.0.copy_clock(copies.1).await });
     tracing::info!(nbd = %nbd_addr, "NBD server listening");
     Ok(hub)
 }

@@ -550,3 +550,63 @@ fn a_copy_killed_mid_upload_is_failed_then_finished_by_copying_again() {
     let bytes = chain::restore_bytes_from(&api, &token, &id, dir.path(), Some("offsite"));
     assert!(bytes == c.points[0], "the disk from the bucket differs");
 }
+
+/// A policy's `scheduled` copy rule copies the newest backup it made on its own (the pass runs
+/// every 30 s at the defaults), and not again once the copy is there.
+#[test]
+fn a_scheduled_rule_copies_the_policys_newest_backup_on_its_own() {
+    let Some(moto) = Moto::start() else { return };
+    moto.create_bucket("offsite", false);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (_hub, api, _nbd) = start_hub(&data);
+    let token = read_token(&data);
+    let repo = moto.repository("offsite", "offsite", "");
+    ok(call(
+        &api,
+        &token,
+        "POST",
+        "/api/v1/repositories",
+        Some(&repo),
+    ));
+    let policy = json!({"name": "nightly", "primary_repository_id": "default",
+        "copy_rules": [{"destination_repository_id": "offsite", "copy_mode": "scheduled",
+            "verify_after_copy": true}]});
+    let r = call(&api, &token, "POST", "/api/v1/policies", Some(&policy));
+    assert!(r.0 == 200 || r.0 == 201, "{}", r.1);
+    let policy_id = r.1["id"].as_str().unwrap().to_owned();
+    let raw = dir.path().join("vm4.raw");
+    let bytes = make_raw(&raw, 4 << 20, 11);
+    let body = json!({"vm_name": "vm4", "backup_type": "full", "policy_id": policy_id,
+        "disks": [{"disk_id": 0, "vmware_disk_key": 2000, "capacity_bytes": 4 << 20}]});
+    let id = chain::backup_of(&api, &token, &body, |uri| {
+        run_ok(Command::new("nbdcopy").arg(&raw).arg(uri));
+    });
+    let mut copy = Value::Null;
+    for _ in 0..900 {
+        let all = ok(call(
+            &api,
+            &token,
+            "GET",
+            &format!("/api/v1/backups/{id}/copies"),
+            None,
+        ));
+        copy = all.get(0).cloned().unwrap_or(Value::Null);
+        if copy["status"] == "completed" || copy["status"] == "failed" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(copy["status"], "completed", "{copy}");
+    assert_eq!(copy["verification_status"], "passed", "{copy}");
+    assert!(copy["copy_rule_id"].is_string(), "{copy}");
+    let from_bucket = chain::restore_bytes_from(&api, &token, &id, dir.path(), Some("offsite"));
+    assert!(
+        from_bucket == bytes,
+        "the scheduled copy restores other bytes"
+    );
+    // The next passes leave it alone: one copy job in all.
+    std::thread::sleep(std::time::Duration::from_secs(35));
+    let jobs = ok(call(&api, &token, "GET", "/api/v1/jobs?type=copy", None));
+    assert_eq!(jobs["total"], 1, "{jobs}");
+}

@@ -90,12 +90,17 @@ pub fn backup_in(
     if let Some(r) = repository {
         body["repository_id"] = json!(r);
     }
+    backup_of(api, token, &body, write)
+}
+
+/// One backup made from the request `body` (one disk), written by `write`, completed.
+pub fn backup_of(api: &str, token: &str, body: &Value, write: impl FnOnce(&str)) -> String {
     let b = ok(http(
         "POST",
         api,
         "/api/v1/backups",
         Some(token),
-        Some(&body),
+        Some(body),
     ));
     let id = b["backup_id"].as_str().unwrap().to_owned();
     write(b["disk_results"][0]["nbd_uri"].as_str().unwrap());
