@@ -21,6 +21,42 @@ fn call(api: &str, token: &str, method: &str, path: &str, body: Option<&Value>) 
     http(method, api, path, Some(token), body)
 }
 
+/// A moto server with `bucket`, a hub at its defaults, and the bucket added as repository
+/// `bucket` (no prefix).
+struct Env {
+    moto: Moto,
+    dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    hub: ChildGuard,
+    api: String,
+    token: String,
+}
+
+fn env(bucket: &str, object_lock: bool) -> Option<Env> {
+    let moto = Moto::start()?;
+    moto.create_bucket(bucket, object_lock);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (hub, api, _nbd) = start_hub(&data);
+    let token = read_token(&data);
+    let repo = moto.repository(bucket, bucket, "");
+    ok(call(
+        &api,
+        &token,
+        "POST",
+        "/api/v1/repositories",
+        Some(&repo),
+    ));
+    Some(Env {
+        moto,
+        dir,
+        data,
+        hub,
+        api,
+        token,
+    })
+}
+
 #[test]
 fn a_chain_copied_to_s3_restores_from_the_objects_alone() {
     let Some(moto) = Moto::start() else { return };
@@ -361,20 +397,17 @@ fn date_in(days: u64) -> String {
 /// the layers it reads through.
 #[test]
 fn object_lock_keeps_a_chain_as_long_as_its_newest_layer() {
-    let Some(moto) = Moto::start() else { return };
-    moto.create_bucket("vault", true);
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let (_hub, api, _nbd) = start_hub(&data);
-    let token = read_token(&data);
-    let repo = moto.repository("vault", "vault", "");
-    ok(call(
-        &api,
-        &token,
-        "POST",
-        "/api/v1/repositories",
-        Some(&repo),
-    ));
+    let Some(Env {
+        moto,
+        dir,
+        data: _data,
+        hub: _hub,
+        api,
+        token,
+    }) = env("vault", true)
+    else {
+        return;
+    };
     let c = chain::build(&api, &token, "vm2", dir.path(), 1, 4 << 20);
     let copy = |id: &str, days: u32| {
         let body = json!({"repository_id": "vault", "retain_days": days});
@@ -467,20 +500,17 @@ fn never_over_an_existing_object(moto: &Moto, api: &str, token: &str, dir: &Path
 /// why, never completed; copying again finishes it, and the bucket restores the disk exactly.
 #[test]
 fn a_copy_killed_mid_upload_is_failed_then_finished_by_copying_again() {
-    let Some(moto) = Moto::start() else { return };
-    moto.create_bucket("offsite", false);
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let (mut hub, api, _nbd) = start_hub(&data);
-    let token = read_token(&data);
-    let repo = moto.repository("offsite", "offsite", "");
-    ok(call(
-        &api,
-        &token,
-        "POST",
-        "/api/v1/repositories",
-        Some(&repo),
-    ));
+    let Some(Env {
+        moto: _moto,
+        dir,
+        data,
+        mut hub,
+        api,
+        token,
+    }) = env("offsite", false)
+    else {
+        return;
+    };
     let c = chain::build(&api, &token, "vm3", dir.path(), 0, 128 << 20);
     let id = c.ids[0].clone();
     let path = format!("/api/v1/backups/{id}/copy");
@@ -555,20 +585,17 @@ fn a_copy_killed_mid_upload_is_failed_then_finished_by_copying_again() {
 /// every 30 s at the defaults), and not again once the copy is there.
 #[test]
 fn a_scheduled_rule_copies_the_policys_newest_backup_on_its_own() {
-    let Some(moto) = Moto::start() else { return };
-    moto.create_bucket("offsite", false);
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let (_hub, api, _nbd) = start_hub(&data);
-    let token = read_token(&data);
-    let repo = moto.repository("offsite", "offsite", "");
-    ok(call(
-        &api,
-        &token,
-        "POST",
-        "/api/v1/repositories",
-        Some(&repo),
-    ));
+    let Some(Env {
+        moto: _moto,
+        dir,
+        data: _data,
+        hub: _hub,
+        api,
+        token,
+    }) = env("offsite", false)
+    else {
+        return;
+    };
     let policy = json!({"name": "nightly", "primary_repository_id": "default",
         "copy_rules": [{"destination_repository_id": "offsite", "copy_mode": "scheduled",
             "verify_after_copy": true}]});
@@ -609,4 +636,55 @@ fn a_scheduled_rule_copies_the_policys_newest_backup_on_its_own() {
     std::thread::sleep(std::time::Duration::from_secs(35));
     let jobs = ok(call(&api, &token, "GET", "/api/v1/jobs?type=copy", None));
     assert_eq!(jobs["total"], 1, "{jobs}");
+}
+
+/// A store that answers every third request `503 SlowDown` (a proxy of the test's own in front
+/// of moto): the copy rides it out with its retries and completes, verified, and the disk restores
+/// exactly through the same store.
+#[test]
+fn a_store_saying_slow_down_is_ridden_out() {
+    let Some(moto) = Moto::start() else { return };
+    moto.create_bucket("busy", false);
+    let proxy = common::s3::SlowDown::start(&moto.endpoint, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (_hub, api, _nbd) = start_hub(&data);
+    let token = read_token(&data);
+    let mut repo = moto.repository("busy", "busy", "");
+    repo["config"]["endpoint"] = json!(proxy.endpoint);
+    ok(call(
+        &api,
+        &token,
+        "POST",
+        "/api/v1/repositories",
+        Some(&repo),
+    ));
+    let c = chain::build(&api, &token, "vm5", dir.path(), 1, 40 << 20);
+    let top = c.ids[1].clone();
+    let body = json!({"repository_id": "busy"});
+    let r = call(
+        &api,
+        &token,
+        "POST",
+        &format!("/api/v1/backups/{top}/copy"),
+        Some(&body),
+    );
+    assert_eq!(r.0, 201, "{}", r.1);
+    let job = wait_job(&api, &token, r.1["job_id"].as_str().unwrap());
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let copies = ok(call(
+        &api,
+        &token,
+        "GET",
+        &format!("/api/v1/backups/{top}/copies"),
+        None,
+    ));
+    assert_eq!(copies[0]["verification_status"], "passed", "{copies}");
+    let bytes = chain::restore_bytes_from(&api, &token, &top, dir.path(), Some("busy"));
+    assert!(
+        bytes == c.points[1],
+        "the disk through a busy store differs"
+    );
+    let refused = proxy.refused.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(refused >= 5, "only {refused} requests were refused");
 }

@@ -160,3 +160,106 @@ pub const KEY_ID: &str = "AKIATESTKEY";
 
 /// The secret access key the tests give; it must never appear in an answer or a file.
 pub const SECRET: &str = "s3cr3t-Never-Shown-9f2c";
+
+/// An HTTP proxy of the test's own in front of an S3 server that answers every `every`-th
+/// request `503 SlowDown` (as S3 does under load) and passes the others through, one request per
+/// connection. Counts what it refused.
+pub struct SlowDown {
+    pub endpoint: String,
+    pub refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SlowDown {
+    pub fn start(upstream: &str, every: usize) -> SlowDown {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let refused = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = refused.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (upstream, seen, counter) = (upstream.clone(), seen.clone(), counter.clone());
+                std::thread::spawn(move || {
+                    let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+                    let slow = n % every == 0;
+                    if slow {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let _ = relay(conn, &upstream, slow);
+                });
+            }
+        });
+        SlowDown { endpoint, refused }
+    }
+}
+
+/// The head of an HTTP message (up to the blank line), and what came after it.
+fn read_head(r: &mut impl std::io::Read) -> std::io::Result<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(at + 4);
+            return Ok((String::from_utf8_lossy(&buf).into_owned(), rest));
+        }
+        let n = r.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The head with its `Connection` header replaced by `close`.
+fn closing(head: &str) -> String {
+    let mut lines: Vec<&str> = head
+        .trim_end()
+        .lines()
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .collect();
+    lines.push("Connection: close");
+    format!("{}\r\n\r\n", lines.join("\r\n"))
+}
+
+fn relay(mut client: std::net::TcpStream, upstream: &str, slow: bool) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let (head, mut body) = read_head(&mut client)?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while body.len() < length {
+        let mut chunk = vec![0u8; (length - body.len()).min(1 << 20)];
+        let n = client.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    if slow {
+        let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code>\
+                   <Message>Please reduce your request rate.</Message></Error>";
+        write!(
+            client,
+            "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{xml}",
+            xml.len()
+        )?;
+        return Ok(());
+    }
+    let mut up = std::net::TcpStream::connect(upstream)?;
+    up.write_all(closing(&head).as_bytes())?;
+    up.write_all(&body)?;
+    let (rhead, rest) = read_head(&mut up)?;
+    client.write_all(closing(&rhead).as_bytes())?;
+    client.write_all(&rest)?;
+    std::io::copy(&mut up, &mut client)?;
+    Ok(())
+}
