@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::chain::{self, wait_job};
+use common::copies;
 use common::s3::{Moto, SECRET};
 use common::*;
 use serde_json::{Value, json};
@@ -411,16 +412,7 @@ fn object_lock_keeps_a_chain_as_long_as_its_newest_layer() {
     let c = chain::build(&api, &token, "vm2", dir.path(), 1, 4 << 20);
     let copy = |id: &str, days: u32| {
         let body = json!({"repository_id": "vault", "retain_days": days});
-        let r = call(
-            &api,
-            &token,
-            "POST",
-            &format!("/api/v1/backups/{id}/copy"),
-            Some(&body),
-        );
-        assert_eq!(r.0, 201, "{}", r.1);
-        let job = wait_job(&api, &token, r.1["job_id"].as_str().unwrap());
-        assert_eq!(job["status"], "succeeded", "{job}");
+        copies::copied(&api, &token, id, &body);
     };
     let row = |id: &str| {
         ok(call(
@@ -518,24 +510,7 @@ fn a_copy_killed_mid_upload_is_failed_then_finished_by_copying_again() {
     let started = call(&api, &token, "POST", &path, Some(&body));
     assert_eq!(started.0, 201, "{}", started.1);
     let job = started.1["job_id"].as_str().unwrap().to_owned();
-    let mut sending = false;
-    for _ in 0..2000 {
-        let j = ok(call(
-            &api,
-            &token,
-            "GET",
-            &format!("/api/v1/jobs/{job}"),
-            None,
-        ));
-        if j["status"] != "queued" && j["status"] != "running" {
-            break;
-        }
-        if j["bytes_done"].as_u64().unwrap_or(0) > 0 {
-            sending = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let sending = copies::when_sending(&api, &token, &job);
     assert!(sending, "the copy ended before it could be interrupted");
     hub.child().kill().unwrap();
     hub.child().wait().unwrap();
@@ -662,16 +637,7 @@ fn a_store_saying_slow_down_is_ridden_out() {
     let c = chain::build(&api, &token, "vm5", dir.path(), 1, 40 << 20);
     let top = c.ids[1].clone();
     let body = json!({"repository_id": "busy"});
-    let r = call(
-        &api,
-        &token,
-        "POST",
-        &format!("/api/v1/backups/{top}/copy"),
-        Some(&body),
-    );
-    assert_eq!(r.0, 201, "{}", r.1);
-    let job = wait_job(&api, &token, r.1["job_id"].as_str().unwrap());
-    assert_eq!(job["status"], "succeeded", "{job}");
+    copies::copied(&api, &token, &top, &body);
     let copies = ok(call(
         &api,
         &token,

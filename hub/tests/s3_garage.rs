@@ -8,6 +8,7 @@
 mod common;
 
 use common::chain::{self, wait_job};
+use common::copies;
 use common::garage::Cluster;
 use common::*;
 use serde_json::{Value, json};
@@ -43,16 +44,7 @@ fn copies_survive_a_node_of_three_and_restore_from_the_cluster() {
     let c = chain::build(&api, &token, "vm1", dir.path(), 2, 40 << 20);
     let top = c.ids.last().unwrap().clone();
     let body = json!({"repository_id": "garage"});
-    let r = call(
-        &api,
-        &token,
-        "POST",
-        &format!("/api/v1/backups/{top}/copy"),
-        Some(&body),
-    );
-    assert_eq!(r.0, 201, "{}", r.1);
-    let job = wait_job(&api, &token, r.1["job_id"].as_str().unwrap());
-    assert_eq!(job["status"], "succeeded", "{job}");
+    copies::copied(&api, &token, &top, &body);
     for id in &c.ids {
         let copies = ok(call(
             &api,
@@ -92,24 +84,9 @@ fn copies_survive_a_node_of_three_and_restore_from_the_cluster() {
     );
     assert_eq!(r.0, 201, "{}", r.1);
     let job_id = r.1["job_id"].as_str().unwrap().to_owned();
-    let mut killed = false;
-    for _ in 0..3000 {
-        let j = ok(call(
-            &api,
-            &token,
-            "GET",
-            &format!("/api/v1/jobs/{job_id}"),
-            None,
-        ));
-        if j["status"] != "queued" && j["status"] != "running" {
-            break;
-        }
-        if j["bytes_done"].as_u64().unwrap_or(0) > 0 {
-            cluster.kill(2);
-            killed = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
+    let killed = copies::when_sending(&api, &token, &job_id);
+    if killed {
+        cluster.kill(2);
     }
     assert!(killed, "the copy ended before a node could be killed");
     let job = wait_job(&api, &token, &job_id);

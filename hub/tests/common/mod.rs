@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod chain;
+pub mod copies;
 pub mod garage;
 pub mod hub;
 pub mod restore;
