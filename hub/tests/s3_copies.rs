@@ -327,6 +327,54 @@ fn a_chain_copied_to_s3_restores_from_the_objects_alone() {
     ));
     assert_eq!(rescan["adopted_copies"], 0, "{rescan}");
 
+    // Bring the chain back into the new hub's own repository: its backups again, each point
+    // restoring from local images, qemu-img finding them clean, and a verify passing.
+    let top_copy = copies::copies(&api2, &token2, &top)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = call(
+        &api2,
+        &token2,
+        "POST",
+        &format!("/api/v1/copies/{top_copy}/bring-back"),
+        Some(&json!({})),
+    );
+    assert_eq!(r.0, 202, "{}", r.1);
+    let job = wait_job(&api2, &token2, r.1["id"].as_str().unwrap());
+    assert_eq!(job["status"], "succeeded", "{job}");
+    for (i, id) in c.ids.iter().enumerate() {
+        let b = ok(call(
+            &api2,
+            &token2,
+            "GET",
+            &format!("/api/v1/backups/{id}"),
+            None,
+        ));
+        assert_eq!(b["status"], "completed", "{b}");
+        let image = data2.join(format!("repository/vm1/{id}/disk0.qcow2"));
+        qemu_img_check(&image);
+        assert!(chain::restore_bytes(&api2, &token2, id, dir.path()) == c.points[i]);
+    }
+    let v = call(
+        &api2,
+        &token2,
+        "POST",
+        &format!("/api/v1/backups/{top}/verify"),
+        None,
+    );
+    assert_eq!(v.0, 202, "{}", v.1);
+    let job = wait_job(&api2, &token2, v.1["id"].as_str().unwrap());
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let b = ok(call(
+        &api2,
+        &token2,
+        "GET",
+        &format!("/api/v1/backups/{top}"),
+        None,
+    ));
+    assert_eq!(b["verify_state"], "ok", "{b}");
+
     // Copies go top down: a layer another copy reads through is refused; then the repository.
     let copy_of = |id: &str| {
         let all = ok(call(

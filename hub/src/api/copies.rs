@@ -161,6 +161,32 @@ pub async fn delete_copy(
     Ok(Json(CopyView::from(&copy)))
 }
 
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BringBackBody {
+    /// A local repository (the default one when absent).
+    #[serde(default)]
+    pub repository_id: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/copies/{id}/bring-back", operation_id = "bring_back_copy", tag = "backups",
+    params(("id" = String, Path, description = "Copy id")),
+    request_body = BringBackBody,
+    responses((status = 202, description = "A job downloading the copy's chain (the layers the repository lacks, bottom up, each checked against its recorded BLAKE3) into the local repository as its backups; `Location` names it", body = super::jobs::JobView),
+        (status = 400, description = "The target is an S3 repository", body = ErrorBody),
+        (status = 404, description = "No such copy or repository, or a layer's copy is missing", body = ErrorBody),
+        (status = 409, description = "The copy is not completed, the backup is there already or in another repository, or a copy of the chain is under way", body = ErrorBody)))]
+pub async fn bring_back(
+    State(hub): State<Hub>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<BringBackBody>,
+) -> Result<Response, ApiError> {
+    let job = hub
+        .start_bring_back(&id, body.repository_id.as_deref())
+        .await?;
+    Ok(super::jobs::accepted(&job))
+}
+
 #[utoipa::path(get, path = "/api/v1/repositories/{id}/copies", operation_id = "repository_copies", tag = "repositories",
     params(("id" = String, Path, description = "Repository id")),
     responses((status = 200, description = "Every copy in the repository, oldest first", body = [CopyView]),

@@ -95,6 +95,7 @@ fn backup_routes() -> Router<Hub> {
         .route("/api/v1/backups/{id}/copy", post(copies::copy))
         .route("/api/v1/backups/{id}/copies", get(copies::copies))
         .route("/api/v1/copies/{id}", delete(copies::delete_copy))
+        .route("/api/v1/copies/{id}/bring-back", post(copies::bring_back))
         .route(
             "/api/v1/repositories/{id}/copies",
             get(copies::repository_copies),

@@ -11,6 +11,7 @@
 
 mod adopt;
 mod after;
+mod bring;
 mod due;
 mod layer;
 mod plan;

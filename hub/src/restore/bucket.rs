@@ -88,7 +88,7 @@ impl Hub {
         Ok((image, top))
     }
 
-    fn completed_copy(&self, backup_id: &str, repo: &Repository) -> Result<BackupCopy> {
+    pub(crate) fn completed_copy(&self, backup_id: &str, repo: &Repository) -> Result<BackupCopy> {
         match self.catalog.copy_in(backup_id, &repo.id)? {
             Some(c) if c.status == CopyStatus::Completed => Ok(c),
             Some(c) => Err(Error::Conflict(format!(

@@ -4,7 +4,8 @@
 //!
 //! `qcow2` is synchronous: a read blocks its thread (an export engine's worker or a blocking
 //! task, never a runtime thread) on the GET. Two readers of one chunk share one GET (the chunk's
-//! slot is locked while it is fetched); the least recently used chunks go first.
+//! slot fills once), each read starts the next `AHEAD` chunks in the background, and the least
+//! recently used chunks go first.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -24,14 +25,21 @@ pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 
 type ChunkId = (Arc<str>, u64);
 
+/// Chunks fetched ahead of a read, in the background: a restore reads sequentially, and several
+/// GETs in flight keep the store busy where one at a time waits on each round trip.
+const AHEAD: u64 = 8;
+
 struct Slot {
-    data: Mutex<Option<Bytes>>,
+    /// Filled once, by whichever reader or read-ahead gets there first; the others wait for it.
+    data: tokio::sync::OnceCell<Bytes>,
+    /// A read-ahead was started for it (not started twice).
+    ahead: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
 struct State {
     slots: HashMap<ChunkId, Arc<Slot>>,
-    /// Filled chunks, least recently used first (may hold ids already evicted).
+    /// Filled chunks, least recently used first.
     order: VecDeque<ChunkId>,
     bytes: u64,
 }
@@ -45,7 +53,7 @@ pub struct ChunkCache {
 impl ChunkCache {
     pub fn new(budget: u64) -> ChunkCache {
         ChunkCache {
-            budget: budget.max(CHUNK),
+            budget: budget.max(CHUNK * (AHEAD + 1)),
             state: Mutex::new(State::default()),
         }
     }
@@ -61,7 +69,8 @@ impl ChunkCache {
             .entry(id.clone())
             .or_insert_with(|| {
                 Arc::new(Slot {
-                    data: Mutex::new(None),
+                    data: tokio::sync::OnceCell::new(),
+                    ahead: std::sync::atomic::AtomicBool::new(false),
                 })
             })
             .clone()
@@ -77,8 +86,9 @@ impl ChunkCache {
         }
     }
 
-    /// A chunk was filled: count it, and drop the least recently used ones over the budget. A
-    /// slot forgotten while it was fetched is not counted (nothing holds it any more).
+    /// A chunk was filled: count it, and drop the least recently used ones over the budget
+    /// (readers holding one keep it until they are done). A slot evicted while it was fetched
+    /// is not counted: nothing holds it any more.
     fn filled(&self, id: ChunkId, slot: &Arc<Slot>, len: u64) {
         let mut st = self.state.lock();
         if !st.slots.get(&id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
@@ -95,38 +105,17 @@ impl ChunkCache {
                 break;
             }
             if let Some(slot) = st.slots.remove(&old) {
-                let held = slot.data.lock().take();
-                st.bytes -= held.map_or(0, |b| b.len() as u64);
+                st.bytes -= slot.data.get().map_or(0, |b| b.len() as u64);
             }
         }
-    }
-
-    /// Every chunk of `key` forgotten (its restore ended).
-    pub fn forget(&self, key: &str) {
-        let mut st = self.state.lock();
-        let ids: Vec<ChunkId> = st
-            .slots
-            .keys()
-            .filter(|(k, _)| &**k == key)
-            .cloned()
-            .collect();
-        for id in ids {
-            if let Some(slot) = st.slots.remove(&id) {
-                // A slot being fetched is locked and not counted yet: `filled` skips it.
-                if let Some(mut data) = slot.data.try_lock() {
-                    let held = data.take();
-                    st.bytes -= held.map_or(0, |b| b.len() as u64);
-                }
-            }
-        }
-        st.order.retain(|(k, _)| &**k != key);
     }
 }
 
-/// One object, read-only.
+/// One object, read-only. Cheap to clone (a read-ahead takes a clone).
+#[derive(Clone)]
 pub struct ObjectStorage {
     store: Arc<dyn ObjectStore>,
-    key: Key,
+    key: Arc<Key>,
     id: Arc<str>,
     len: u64,
     cache: Arc<ChunkCache>,
@@ -145,44 +134,74 @@ impl ObjectStorage {
         ObjectStorage {
             id: Arc::from(format!("{key}")),
             store,
-            key,
+            key: Arc::new(key),
             len,
             cache,
             runtime,
         }
     }
 
+    fn chunks(&self) -> u64 {
+        self.len.div_ceil(CHUNK)
+    }
+
+    /// The chunk's bytes, fetched once and counted in the cache.
+    async fn fill(&self, index: u64, slot: &Arc<Slot>) -> io::Result<Bytes> {
+        let got = slot
+            .data
+            .get_or_try_init(|| async {
+                let start = index * CHUNK;
+                let end = (start + CHUNK).min(self.len);
+                let got = self
+                    .store
+                    .get_range(&self.key, start..end)
+                    .await
+                    .map_err(|e| io::Error::other(format!("{}: {e}", self.key)))?;
+                if got.len() as u64 != end - start {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "{}: {} bytes at {start}, {} expected (a truncated object)",
+                            self.key,
+                            got.len(),
+                            end - start
+                        ),
+                    ));
+                }
+                self.cache
+                    .filled((self.id.clone(), index), slot, got.len() as u64);
+                Ok(got)
+            })
+            .await?;
+        Ok(got.clone())
+    }
+
+    /// The next `AHEAD` chunks fetched in the background, each once.
+    fn read_ahead(&self, index: u64) {
+        for next in (index + 1..=index + AHEAD).take_while(|&i| i < self.chunks()) {
+            let slot = self.cache.slot(&(self.id.clone(), next));
+            if slot.data.initialized() || slot.ahead.swap(true, std::sync::atomic::Ordering::AcqRel)
+            {
+                continue;
+            }
+            let this = self.clone();
+            self.runtime.spawn(async move {
+                // A failure here is the reader's to meet (and say) when it gets there.
+                let _ = this.fill(next, &slot).await;
+            });
+        }
+    }
+
     fn chunk(&self, index: u64) -> io::Result<Bytes> {
         let id = (self.id.clone(), index);
         let slot = self.cache.slot(&id);
-        let mut data = slot.data.lock();
-        if let Some(bytes) = &*data {
+        self.read_ahead(index);
+        if let Some(bytes) = slot.data.get() {
             let bytes = bytes.clone();
-            drop(data);
             self.cache.touch(&id);
             return Ok(bytes);
         }
-        let start = index * CHUNK;
-        let end = (start + CHUNK).min(self.len);
-        let got = self
-            .runtime
-            .block_on(self.store.get_range(&self.key, start..end))
-            .map_err(|e| io::Error::other(format!("{}: {e}", self.key)))?;
-        if got.len() as u64 != end - start {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "{}: {} bytes at {start}, {} expected (a truncated object)",
-                    self.key,
-                    got.len(),
-                    end - start
-                ),
-            ));
-        }
-        *data = Some(got.clone());
-        drop(data);
-        self.cache.filled(id, &slot, got.len() as u64);
-        Ok(got)
+        self.runtime.block_on(self.fill(index, &slot))
     }
 }
 
@@ -243,27 +262,27 @@ mod tests {
 
     #[test]
     fn the_cache_stays_within_its_budget_and_keeps_what_is_used() {
-        let cache = ChunkCache::new(3 * CHUNK);
+        let cache = ChunkCache::new(0);
+        let budget = cache.budget / CHUNK;
         let id = |i: u64| (Arc::<str>::from("k"), i);
         let fill = |i: u64| {
             let slot = cache.slot(&id(i));
-            *slot.data.lock() = Some(Bytes::from(vec![0u8; CHUNK as usize]));
+            slot.data
+                .set(Bytes::from(vec![0u8; CHUNK as usize]))
+                .unwrap();
             cache.filled(id(i), &slot, CHUNK);
         };
-        for i in 0..3 {
+        for i in 0..budget {
             fill(i);
         }
         cache.touch(&id(0));
-        fill(3);
-        assert_eq!(cache.bytes(), 3 * CHUNK);
+        fill(budget);
+        assert_eq!(cache.bytes(), budget * CHUNK);
         let st = cache.state.lock();
         assert!(st.slots.contains_key(&id(0)), "the chunk used last stays");
         assert!(
             !st.slots.contains_key(&id(1)),
             "the least recently used goes"
         );
-        drop(st);
-        cache.forget("k");
-        assert_eq!(cache.bytes(), 0);
     }
 }

@@ -42,6 +42,7 @@ mod tests;
         super::copies::copy,
         super::copies::copies,
         super::copies::delete_copy,
+        super::copies::bring_back,
         super::copies::repository_copies,
         super::backups::complete,
         super::backups::change_id,
