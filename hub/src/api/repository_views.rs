@@ -41,19 +41,20 @@ pub struct RepositoryConfigView {
     pub path: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// An S3 repository's settings as given, all but the secret access key (never shown).
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub s3: Option<S3ConfigView>,
-}
-
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct S3ConfigView {
-    pub endpoint: String,
-    pub region: String,
-    pub bucket: String,
-    pub prefix: String,
-    pub access_key_id: String,
-    pub path_style: bool,
+    /// An S3 repository's settings as given, all but the secret access key (never shown); the
+    /// fields are absent for a local repository.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_style: Option<bool>,
 }
 
 /// The repository's filesystem, read when the answer was made (there is no cache to refresh).
@@ -188,18 +189,7 @@ impl Hub {
         // A bucket has no size to read: its figures stay null.
         let (kind, cap, s3) = match place_of(r) {
             Place::Local(path) => ("local", Capacity::of(path).ok(), None),
-            Place::S3(s) => (
-                "s3",
-                None,
-                Some(S3ConfigView {
-                    endpoint: s.endpoint.clone(),
-                    region: s.region.clone(),
-                    bucket: s.bucket.clone(),
-                    prefix: s.prefix.clone(),
-                    access_key_id: s.access_key_id.clone(),
-                    path_style: s.path_style,
-                }),
-            ),
+            Place::S3(s) => ("s3", None, Some(s)),
         };
         Ok(RepositoryView {
             id: r.id.clone(),
@@ -214,7 +204,12 @@ impl Hub {
             config: RepositoryConfigView {
                 path: r.path.display().to_string(),
                 description: r.description.clone(),
-                s3,
+                endpoint: s3.map(|s| s.endpoint.clone()),
+                region: s3.map(|s| s.region.clone()),
+                bucket: s3.map(|s| s.bucket.clone()),
+                prefix: s3.map(|s| s.prefix.clone()),
+                access_key_id: s3.map(|s| s.access_key_id.clone()),
+                path_style: s3.map(|s| s.path_style),
             },
             storage_info: cap.map(|c| storage_info(&c, backup_count)),
             storage: cap.map(|c| StorageUse {

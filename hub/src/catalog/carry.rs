@@ -1,5 +1,6 @@
 //! What `catalog rebuild` takes from the old catalog because no manifest holds it: vCenter
-//! credentials, VM contexts with their disks, and the protection objects. Rows are copied as they
+//! credentials, VM contexts with their disks, the protection objects, and S3 repositories with
+//! their copies. Rows are copied as they
 //! are, ids included: a credential's password is sealed with its row id as associated data, and
 //! groups, flows and backups name the others by id.
 
@@ -40,6 +41,7 @@ const TABLES: &[&str] = &[
     "policies",
     "copy_rules",
     "protection_flows",
+    "backup_copies",
 ];
 
 impl Catalog {
@@ -56,6 +58,7 @@ impl Catalog {
             // Rows whose repository is gone go in first and are removed before the commit,
             // which is when the references are checked.
             tx.pragma_update(None, "defer_foreign_keys", true)?;
+            copy_s3_repositories(&old, &tx)?;
             for table in TABLES {
                 copy_table(&old, &tx, table)?;
             }
@@ -73,6 +76,31 @@ impl Catalog {
 fn columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
     let mut stmt = conn.prepare(&format!("PRAGMA table_info({table})"))?;
     stmt.query_map([], |row| row.get::<_, String>(1))?.collect()
+}
+
+/// The S3 repositories as they are (no manifest on a local disk names them): their settings and
+/// sealed secrets (sealed with the repository id as associated data, so they open again), so
+/// the copy rules and copies that name them stay.
+fn copy_s3_repositories(old: &Connection, tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    if !columns(old, "repositories")?.iter().any(|c| c == "kind") {
+        return Ok(());
+    }
+    let mut read = old.prepare(
+        "SELECT id, name, path, created_at, description, kind, s3_config, secret_sealed \
+         FROM repositories WHERE kind = 's3'",
+    )?;
+    let mut write = tx.prepare(
+        "INSERT INTO repositories (id, name, path, created_at, description, kind, s3_config, \
+         secret_sealed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING",
+    )?;
+    let mut rows = read.query([])?;
+    while let Some(row) = rows.next()? {
+        let values = (0..8)
+            .map(|i| row.get::<_, Value>(i))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        write.execute(rusqlite::params_from_iter(values))?;
+    }
+    Ok(())
 }
 
 /// Every row of `table`, in the columns both catalogs have (an older one may lack some that
@@ -226,6 +254,55 @@ mod tests {
             })
             .unwrap();
         assert_eq!((id, tick.as_str()), (7, "2026-01-01T00:00:00Z"));
+    }
+
+    #[test]
+    fn s3_repositories_and_their_copies_come_over_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old_path, new_path) = (dir.path().join("old"), dir.path().join("new"));
+        let old = Catalog::open(&old_path).unwrap();
+        old.insert_repository(&repo("default")).unwrap();
+        let settings = crate::catalog::S3Settings {
+            endpoint: "http://127.0.0.1:9000".into(),
+            region: "us-east-1".into(),
+            bucket: "offsite".into(),
+            prefix: "hub1".into(),
+            access_key_id: "AKIA".into(),
+            path_style: true,
+        };
+        let bucket = Repository {
+            s3: Some(settings.clone()),
+            ..repo("offsite")
+        };
+        old.insert_repository_sealed(&bucket, Some(b"sealed"))
+            .unwrap();
+        let t = "'2026-01-01T00:00:00Z'";
+        old.conn
+            .lock()
+            .execute_batch(&format!(
+                "INSERT INTO policies (id, name, enabled, primary_repository_id, created_at,
+                     updated_at) VALUES ('p', 'nightly', 1, 'default', {t}, {t});
+                 INSERT INTO copy_rules (id, policy_id, destination_repository_id, copy_mode,
+                     priority, enabled, verify_after_copy, created_at)
+                 VALUES ('r', 'p', 'offsite', 'immediate', 1, 1, 1, {t});
+                 INSERT INTO backup_copies (id, backup_id, repository_id, vm_name, backup_type,
+                     status, verification_status, object_prefix, created_at)
+                 VALUES ('c', 'b', 'offsite', 'vm', 'full', 'completed', 'passed', 'hub1/vm/b', {t});"
+            ))
+            .unwrap();
+        drop(old);
+        let new = Catalog::open(&new_path).unwrap();
+        new.insert_repository(&repo("default")).unwrap();
+        let over = new.carry_over(&old_path).unwrap();
+        assert_eq!((over.policies, over.copy_rules), (1, 1), "{over:?}");
+        assert!(over.dropped.is_empty(), "{over:?}");
+        let back = new.repository("offsite").unwrap().unwrap();
+        assert_eq!(back.s3, Some(settings));
+        assert_eq!(
+            new.repository_secret("offsite").unwrap().as_deref(),
+            Some(&b"sealed"[..])
+        );
+        assert_eq!(new.copy_in("b", "offsite").unwrap().unwrap().id, "c");
     }
 
     #[test]
